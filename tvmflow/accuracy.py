@@ -1,0 +1,70 @@
+"""Accuracy against onnxruntime: the reference every artifact is checked against."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tvmflow.manifest import OutputAccuracy
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass when max |actual - expected| <= atol + rtol * max |expected| for every output.
+
+    Scaling by the output's magnitude (not per element) keeps near-zero elements, whose
+    relative error is meaningless after reordered fp32 sums, from failing a correct build.
+    """
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+    def passes(self, acc: OutputAccuracy, scale: float) -> bool:
+        return (
+            bool(np.isfinite(acc.max_abs_err)) and acc.max_abs_err <= self.atol + self.rtol * scale
+        )
+
+
+def onnxruntime_outputs(
+    model: Path, feeds: Mapping[str, np.ndarray], threads: int | None = None
+) -> dict[str, np.ndarray]:
+    """Run the original ONNX file on onnxruntime's CPU provider."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, dict(feeds)), strict=True))
+
+
+def compare(
+    actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]
+) -> tuple[OutputAccuracy, ...]:
+    """Max abs error, max error relative to the output's magnitude, cosine similarity."""
+    results = []
+    for name, ref in expected.items():
+        got = np.asarray(actual[name])
+        ref = np.asarray(ref)
+        if got.shape != ref.shape:
+            raise ValueError(f"output {name!r}: shape {got.shape} != onnxruntime's {ref.shape}")
+        a = got.astype(np.float64).ravel()
+        b = ref.astype(np.float64).ravel()
+        diff = np.abs(a - b)
+        max_abs = float(diff.max()) if diff.size else 0.0
+        scale = float(np.abs(b).max()) if b.size else 0.0
+        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+        norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+        cosine = float(a @ b / norm) if norm > 0 else float(np.array_equal(a, b))
+        results.append(OutputAccuracy(name, max_abs, max_rel, cosine))
+    return tuple(results)
+
+
+def output_scales(expected: Mapping[str, np.ndarray]) -> dict[str, float]:
+    return {
+        k: float(np.abs(np.asarray(v, np.float64)).max(initial=0.0)) for k, v in expected.items()
+    }

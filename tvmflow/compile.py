@@ -1,0 +1,193 @@
+"""Compile: an imported ONNX model + a target preset → an artifact directory.
+
+The artifact is `model.so` (weights embedded: one file to ship) and `manifest.json`. Files
+are written to a scratch folder inside the output directory and moved into place only once
+the library is built and (when the target runs here) verified against onnxruntime, so a
+failed or killed compile never leaves a half-written or unverified artifact behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tvmflow import __version__
+from tvmflow.accuracy import Tolerance, compare, onnxruntime_outputs, output_scales
+from tvmflow.errors import AccuracyError, TvmflowError
+from tvmflow.frontend import ImportedModel, to_relax
+from tvmflow.inputs import random_inputs
+from tvmflow.manifest import (
+    LIBRARY_NAME,
+    Manifest,
+    OutputAccuracy,
+    TensorSpec,
+    sha256_file,
+    write_manifest,
+)
+from tvmflow.passes import fuse, kernel_names
+from tvmflow.schedules import apply_default_schedules
+from tvmflow.targets import Preset, check_build_tools
+from tvmflow.tune import apply_records, check_log_dir, shipped_log_dirs
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import relax
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How to build: which tuning records to use and whether to check the result."""
+
+    tuning_logs: tuple[Path, ...] = ()
+    use_shipped_logs: bool = True
+    verify: bool = True
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A compiled, self-describing artifact directory."""
+
+    directory: Path
+    manifest: Manifest
+
+    @property
+    def library(self) -> Path:
+        return self.directory / LIBRARY_NAME
+
+
+def compile_model(
+    model: ImportedModel, preset: Preset, out_dir: Path, options: CompileOptions | None = None
+) -> Artifact:
+    """Build, export, verify and write an artifact; returns it once it is in place."""
+    import tvm
+
+    options = options or CompileOptions()
+    _require_compiler()
+    check_build_tools(preset)
+    start = time.perf_counter()
+    target = tvm.target.Target(preset.target)
+    mod = to_relax(model)
+    outputs = _output_specs(mod, model)
+    mod = fuse(mod, target)
+    total = len(kernel_names(mod))
+    mod, tuning = apply_records(mod, target, _log_dirs(preset, options), total)
+    mod = apply_default_schedules(mod, target)
+    executable = _build(mod, target)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as scratch:
+        library = Path(scratch) / LIBRARY_NAME
+        _export(executable, preset, library)
+        manifest = Manifest(
+            tvmflow_version=__version__,
+            tvm_version=tvm.__version__,
+            preset=preset.name,
+            target=dict(preset.target),
+            device=preset.device,
+            arch=preset.arch,
+            cpu_features=preset.cpu_features,
+            inputs=model.inputs,
+            outputs=outputs,
+            library_sha256=sha256_file(library),
+            onnx_sha256=model.sha256,
+            tuning=tuning,
+            compile_seconds=round(time.perf_counter() - start, 3),
+        )
+        write_manifest(Path(scratch), manifest)
+        if options.verify and preset.runs_on_host():
+            accuracy = _verify(Path(scratch), model, options)
+            manifest = Manifest(**{**manifest.__dict__, "accuracy": accuracy})
+            write_manifest(Path(scratch), manifest)
+        # library first, manifest last: a manifest only ever describes a complete library
+        library.replace(out_dir / LIBRARY_NAME)
+        (Path(scratch) / "manifest.json").replace(out_dir / "manifest.json")
+    return Artifact(out_dir, manifest)
+
+
+def _require_compiler() -> None:
+    import tvm.base
+
+    if tvm.base._RUNTIME_ONLY:
+        raise TvmflowError(
+            "TVM was loaded in runtime-only mode in this process (TVM_USE_RUNTIME_LIB=1, or "
+            "tvmflow.load ran before compiling); compile in a separate process"
+        )
+
+
+def _output_specs(mod: tvm.IRModule, model: ImportedModel) -> tuple[TensorSpec, ...]:
+    """Static output signature from Relax's inferred types, named after the ONNX outputs."""
+    from tvm import relax
+
+    ret = mod["main"].ret_ty
+    infos = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    names = [o.name for o in model.proto.graph.output]
+    specs = []
+    for name, info in zip(names, infos, strict=True):
+        if not isinstance(info, relax.TensorType) or info.shape is None:
+            raise TvmflowError(f"output {name!r} is not a tensor of known rank; cannot compile")
+        try:
+            shape = tuple(int(d) for d in info.shape.values)
+        except TypeError as exc:
+            raise TvmflowError(
+                f"output {name!r} has a data-dependent shape {info.shape}; tvmflow compiles "
+                "static shapes only"
+            ) from exc
+        specs.append(TensorSpec(name, shape, str(info.dtype)))
+    return tuple(specs)
+
+
+def _log_dirs(preset: Preset, options: CompileOptions) -> list[Path]:
+    """The user's logs first, then the logs shipped for this preset."""
+    dirs = [check_log_dir(Path(d)) for d in options.tuning_logs]
+    if options.use_shipped_logs:
+        dirs += [d for d in shipped_log_dirs(preset.name) if d not in dirs]
+    return dirs
+
+
+def _build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+    from tvm import relax
+
+    return relax.build(mod, target=target)
+
+
+def _export(executable: relax.VMExecutable, preset: Preset, library: Path) -> None:
+    """Write the shared library, with the cross compiler the preset names."""
+    if preset.cross_compiler:
+        from tvm.contrib import cc
+
+        executable.export_library(str(library), fcompile=cc.cross_compiler(preset.cross_compiler))
+    else:
+        executable.export_library(str(library))
+
+
+def _verify(
+    directory: Path, model: ImportedModel, options: CompileOptions
+) -> tuple[OutputAccuracy, ...]:
+    """Run the exported library through the production loader and compare with onnxruntime."""
+    from tvmflow.runtime import load
+
+    feeds = random_inputs(model.inputs, options.seed)
+    expected = onnxruntime_outputs(model.path, feeds)
+    actual = load(directory).run(feeds)
+    accuracy = compare(actual, expected)
+    scales = output_scales(expected)
+    bad = [a for a in accuracy if not options.tolerance.passes(a, scales[a.name])]
+    if bad:
+        detail = ", ".join(
+            f"{a.name}: max abs err {a.max_abs_err:.3g} (rel {a.max_rel_err:.3g})" for a in bad
+        )
+        raise AccuracyError(
+            f"compiled model disagrees with onnxruntime beyond tolerance (atol "
+            f"{options.tolerance.atol}, rtol {options.tolerance.rtol}): {detail}; nothing was "
+            "written (use --no-verify to write it anyway)"
+        )
+    return accuracy

@@ -1,0 +1,15 @@
+"""The one exception family the CLI turns into a message and an exit code."""
+
+from __future__ import annotations
+
+
+class TvmflowError(Exception):
+    """A problem the user can fix (bad input, missing tool): one line, exit code 2."""
+
+    exit_code = 2
+
+
+class AccuracyError(TvmflowError):
+    """A compiled artifact disagrees with onnxruntime beyond tolerance: exit code 1."""
+
+    exit_code = 1

@@ -1,0 +1,230 @@
+"""Frontend: an ONNX file on disk → a checked, shape-fixed ONNX graph → a Relax IRModule.
+
+Real exported models carry Shape→Gather→Reshape chains that TVM's importer cannot follow;
+once every input shape is fixed, onnxslim folds them into constants, so we always slim.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+from tvmflow.errors import TvmflowError
+from tvmflow.manifest import TensorSpec, sha256_file
+
+if TYPE_CHECKING:
+    import tvm
+
+log = logging.getLogger(__name__)
+
+# Domains TVM's ONNX importer understands; anything else is reported as unsupported.
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class ImportedModel:
+    """An ONNX model with every input shape fixed and shape computations folded."""
+
+    path: Path
+    sha256: str
+    proto: onnx.ModelProto
+    inputs: tuple[TensorSpec, ...]
+    opset: int
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {spec.name: spec.shape for spec in self.inputs}
+
+
+def load_onnx(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ImportedModel:
+    """Read, check and shape-fix an ONNX model; every problem is a one-line TvmflowError."""
+    path = Path(path)
+    proto = _read(path)
+    inputs = _fix_input_shapes(proto, dict(input_shapes or {}))
+    proto = _fold_shapes(proto, inputs)
+    _check_supported(proto)
+    return ImportedModel(path, sha256_file(path), proto, inputs, _default_opset(proto))
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise TvmflowError(f"model file {path} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise TvmflowError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc})") from exc
+    _check_external_data(proto, path.parent)
+    try:
+        external_data_helper.load_external_data_for_model(proto, str(path.parent))
+    except OSError as exc:
+        raise TvmflowError(f"{path}: cannot read external weights ({exc})") from exc
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise TvmflowError(f"{path} fails the ONNX checker: {first}") from exc
+    return proto
+
+
+def _check_external_data(proto: onnx.ModelProto, base: Path) -> None:
+    """Refuse external-data locations outside the model's folder (path traversal)."""
+    root = base.resolve()
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        target = (root / info.location).resolve()
+        if not target.is_relative_to(root):
+            raise TvmflowError(
+                f"tensor {tensor.name!r} points to external data {info.location!r} outside the "
+                f"model's folder {root}; move the data file next to the model"
+            )
+
+
+def _graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {init.name for init in proto.graph.initializer}
+    return [i for i in proto.graph.input if i.name not in initializers]
+
+
+def _fix_input_shapes(
+    proto: onnx.ModelProto, user: dict[str, Sequence[int]]
+) -> tuple[TensorSpec, ...]:
+    graph_inputs = _graph_inputs(proto)
+    names = [i.name for i in graph_inputs]
+    unknown = sorted(set(user) - set(names))
+    if unknown:
+        raise TvmflowError(
+            f"--input-shape names unknown input(s) {', '.join(unknown)}; "
+            f"the model's inputs are {', '.join(names)}"
+        )
+    specs = []
+    for value in graph_inputs:
+        tensor_type = value.type.tensor_type
+        if not value.type.HasField("tensor_type"):
+            raise TvmflowError(
+                f"input {value.name!r} is not a tensor; tvmflow compiles tensors only"
+            )
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+        dims = list(tensor_type.shape.dim)
+        shape = _input_shape(value.name, dims, user.get(value.name))
+        specs.append(TensorSpec(value.name, shape, dtype))
+    return tuple(specs)
+
+
+def _input_shape(
+    name: str, dims: Sequence[onnx.TensorShapeProto.Dimension], given: Sequence[int] | None
+) -> tuple[int, ...]:
+    flag = f"--input-shape {name}=" + ",".join(
+        str(d.dim_value) if d.dim_value > 0 else (d.dim_param or "?") for d in dims
+    )
+    if given is not None:
+        given = tuple(int(d) for d in given)
+        if len(given) != len(dims) or any(g <= 0 for g in given):
+            raise TvmflowError(
+                f"--input-shape for {name!r} has {len(given)} positive dims expected {len(dims)} "
+                f"(the model declares {flag.split('=', 1)[1]})"
+            )
+        for axis, (dim, value) in enumerate(zip(dims, given, strict=True)):
+            if dim.dim_value > 0 and dim.dim_value != value:
+                raise TvmflowError(
+                    f"--input-shape gives {name!r} dim {axis} = {value}, but the model fixes it "
+                    f"to {dim.dim_value}"
+                )
+        return given
+    for axis, dim in enumerate(dims):
+        if dim.dim_value <= 0:
+            label = f" ({dim.dim_param!r})" if dim.dim_param else ""
+            raise TvmflowError(
+                f"input {name!r} has dynamic dim {axis}{label}; fix it with {flag} "
+                "(replace the symbolic dims with numbers)"
+            )
+    return tuple(int(d.dim_value) for d in dims)
+
+
+def _fold_shapes(proto: onnx.ModelProto, inputs: tuple[TensorSpec, ...]) -> onnx.ModelProto:
+    """Pin input shapes and let onnxslim fold shape arithmetic and dead nodes."""
+    import onnxslim
+
+    shapes = [f"{spec.name}:{','.join(map(str, spec.shape))}" for spec in inputs]
+    try:
+        slimmed = onnxslim.slim(proto, input_shapes=shapes or None)
+    except Exception as exc:  # onnxslim bugs must not block a model TVM may import as is
+        log.warning("onnxslim could not simplify the model (%s); importing it unfolded", exc)
+        return proto
+    if not isinstance(slimmed, onnx.ModelProto):  # pragma: no cover - defensive
+        return proto
+    return slimmed
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    for opset in proto.opset_import:
+        if opset.domain in _DEFAULT_DOMAINS:
+            return int(opset.version)
+    return 1
+
+
+def _iter_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                nodes.extend(_iter_nodes(attr.g))
+    return nodes
+
+
+def _check_supported(proto: onnx.ModelProto) -> None:
+    """List every operator TVM cannot import, with counts, instead of failing on the first."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    supported = set(_get_convert_map()) | {"Constant", "If"}
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    missing: collections.Counter[tuple[str, str]] = collections.Counter()
+    first: dict[tuple[str, str], str] = {}
+    for node in _iter_nodes(proto.graph):
+        key = (node.domain or "", node.op_type)
+        if key[0] in _DEFAULT_DOMAINS and node.op_type in supported:
+            continue
+        missing[key] += 1
+        first.setdefault(key, node.name or "<unnamed>")
+    if missing:
+        parts = [
+            f"{op} (domain {domain or 'ai.onnx'!r}, opset {opsets.get(domain, '?')}) "
+            f"x{count}, first at node {first[(domain, op)]!r}"
+            for (domain, op), count in sorted(missing.items())
+        ]
+        raise TvmflowError(
+            "unsupported operators: " + "; ".join(parts) + ". Replace them before export "
+            "(or export with a lower opset / without custom domains)"
+        )
+
+
+def to_relax(model: ImportedModel) -> tvm.IRModule:
+    """Import the shape-fixed graph into Relax with weights as embedded constants."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        return from_onnx(
+            model.proto,
+            shape_dict={s.name: list(s.shape) for s in model.inputs},
+            dtype_dict={s.name: s.dtype for s in model.inputs},
+            opset=model.opset,
+            keep_params_in_input=False,
+            sanitize_input_names=False,
+        )
+    except TvmflowError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise TvmflowError(
+            f"TVM's ONNX importer failed on {model.path.name}: {first[:300]} "
+            "(try onnxslim or re-exporting with a different opset)"
+        ) from exc

@@ -1,0 +1,162 @@
+"""The artifact manifest: what was built, from what, for where, and how accurate it is.
+
+Pure Python and JSON so that the production loader can read it without TVM's compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tvmflow.errors import TvmflowError
+
+FORMAT_VERSION = 1
+LIBRARY_NAME = "model.so"
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, static shape and numpy dtype name of one model input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(str(data["name"]), tuple(int(d) for d in data["shape"]), str(data["dtype"]))
+
+
+@dataclass(frozen=True)
+class OutputAccuracy:
+    """Worst disagreement of one output with onnxruntime on seeded random inputs."""
+
+    name: str
+    max_abs_err: float
+    max_rel_err: float
+    cosine: float
+
+
+@dataclass(frozen=True)
+class TuningInfo:
+    """Which tuning records the build used; `log_digest` is None for an untuned build."""
+
+    log_digest: str | None
+    tasks_tuned: int
+    tasks_total: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a loader or a reviewer needs to know about one artifact."""
+
+    tvmflow_version: str
+    tvm_version: str
+    preset: str
+    target: dict[str, Any]
+    device: str  # "cpu" or "cuda"
+    arch: str  # machine the library runs on, as platform.machine() spells it
+    cpu_features: tuple[str, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    library_sha256: str
+    onnx_sha256: str
+    tuning: TuningInfo
+    compile_seconds: float
+    accuracy: tuple[OutputAccuracy, ...] | None = None
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["inputs"] = [asdict(t) | {"shape": list(t.shape)} for t in self.inputs]
+        data["outputs"] = [asdict(t) | {"shape": list(t.shape)} for t in self.outputs]
+        data["cpu_features"] = list(self.cpu_features)
+        if self.accuracy is not None:
+            data["accuracy"] = {a.name: asdict(a) for a in self.accuracy}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        acc = data.get("accuracy")
+        return cls(
+            tvmflow_version=data["tvmflow_version"],
+            tvm_version=data["tvm_version"],
+            preset=data["preset"],
+            target=dict(data["target"]),
+            device=data["device"],
+            arch=data["arch"],
+            cpu_features=tuple(data.get("cpu_features", ())),
+            inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+            library_sha256=data["library_sha256"],
+            onnx_sha256=data["onnx_sha256"],
+            tuning=TuningInfo(**data["tuning"]),
+            compile_seconds=float(data["compile_seconds"]),
+            accuracy=None if acc is None else tuple(OutputAccuracy(**a) for a in acc.values()),
+            format_version=int(data["format_version"]),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed so large weights do not sit in memory twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file + rename so a killed process never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    path = directory / MANIFEST_NAME
+    write_atomic(path, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
+    return path
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Read and version-check an artifact's manifest; a user-facing error if it is not one."""
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise TvmflowError(
+            f"{directory} is not a tvmflow artifact: {MANIFEST_NAME} is missing "
+            "(pass the directory written by `tvmflow compile -o DIR`)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TvmflowError(f"{path} is not valid JSON ({exc}); recompile the artifact") from exc
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise TvmflowError(
+            f"{path} has artifact format version {version}, this tvmflow reads version "
+            f"{FORMAT_VERSION}; recompile the model with this tvmflow"
+        )
+    try:
+        return Manifest.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TvmflowError(f"{path} is incomplete ({exc!r}); recompile the artifact") from exc

@@ -1,0 +1,42 @@
+"""Relax lowering shared by `tune` and `compile`.
+
+Tuning records are keyed by the structural hash of each fused TIR function, so tuning and
+compiling must run exactly the same passes before MetaSchedule sees the module: this module
+is the one place that sequence lives.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tvm
+
+
+def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Legalize Relax ops to TIR and fuse them into the kernels tuning and codegen see."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        return tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+                relax.transform.DeadCodeElimination(),
+            ]
+        )(mod)
+
+
+def kernel_names(mod: tvm.IRModule) -> list[str]:
+    """Names of the TIR kernels (the units tuning works on)."""
+    import tvm
+
+    return sorted(
+        gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    )

@@ -1,0 +1,151 @@
+"""Runtime: load an artifact directory and run it, importing TVM's runtime library only.
+
+This is the module production services import. It never imports onnx, TVM's compiler
+library or any other tvmflow stage: when TVM is not yet imported in the process it sets
+`TVM_USE_RUNTIME_LIB=1`, so only `libtvm_runtime.so` is loaded. Before anything is loaded,
+the manifest is checked (format version, machine, CPU features) and the library's sha256
+is compared with the manifest, so a tampered or foreign file is refused, not executed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tvmflow.errors import TvmflowError
+from tvmflow.inputs import check_inputs
+from tvmflow.manifest import LIBRARY_NAME, Manifest, TensorSpec, read_manifest, sha256_file
+from tvmflow.targets import host_arch, host_cpu_features
+
+
+def _import_tvm() -> Any:
+    """Import TVM, runtime library only unless the process already has the full TVM."""
+    if "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    import tvm
+
+    return tvm
+
+
+def check_compatible(manifest: Manifest, directory: Path) -> None:
+    """Refuse artifacts this machine cannot run, saying why."""
+    if manifest.arch != host_arch():
+        raise TvmflowError(
+            f"{directory} was built for {manifest.arch} (preset {manifest.preset}); this "
+            f"machine is {host_arch()}: compile it with a {host_arch()} target"
+        )
+    missing = sorted(set(manifest.cpu_features) - host_cpu_features())
+    if missing:
+        raise TvmflowError(
+            f"{directory} was built for preset {manifest.preset}, which needs CPU features "
+            f"{', '.join(missing)} that this machine lacks: compile it with a preset this CPU "
+            "supports (e.g. --target x86)"
+        )
+
+
+def _device(tvm: Any, manifest: Manifest, directory: Path) -> Any:
+    if manifest.device == "cpu":
+        return tvm.cpu(0)
+    if manifest.device == "cuda":
+        _load_cuda_runtime(tvm)
+        dev = tvm.cuda(0)
+        if not dev.exist:
+            raise TvmflowError(
+                f"{directory} is a CUDA artifact (preset {manifest.preset}) but no CUDA GPU is "
+                "visible on this machine"
+            )
+        return dev
+    raise TvmflowError(f"{directory}: unknown device {manifest.device!r} in manifest")
+
+
+def _load_cuda_runtime(tvm: Any) -> None:
+    """TVM's CUDA runtime is a separate library; it must be loaded before a CUDA artifact."""
+    lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    try:
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        raise TvmflowError(
+            f"cannot load TVM's CUDA runtime ({exc}); this host needs an NVIDIA driver "
+            "(libcuda.so.1) to run CUDA artifacts"
+        ) from exc
+
+
+class CompiledModel:
+    """A loaded artifact. `run` is safe to call from several threads at once."""
+
+    def __init__(self, directory: Path, manifest: Manifest, library: Any, device: Any) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self._library = library
+        self._device = device
+        self._local = threading.local()
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.outputs
+
+    def _vm(self) -> Any:
+        """One VM per calling thread: a VM holds per-call registers and is not reentrant."""
+        vm = getattr(self._local, "vm", None)
+        if vm is None:
+            vm = self._library["vm_load_executable"]()
+            dev, host = self._device, _import_tvm().cpu(0)
+            vm["vm_initialization"](
+                dev.dlpack_device_type(), dev.index, 2, host.dlpack_device_type(), 0, 2
+            )
+            self._local.vm = vm
+        return vm
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on named numpy arrays; returns named numpy arrays."""
+        check_inputs(inputs, self.inputs)
+        tvm = _import_tvm()
+        args = [
+            tvm.runtime.tensor(np.ascontiguousarray(inputs[s.name]), self._device)
+            for s in self.inputs
+        ]
+        result = self._vm()["main"](*args)
+        values = [result] if hasattr(result, "numpy") else list(result)
+        return {s.name: v.numpy() for s, v in zip(self.outputs, values, strict=True)}
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return self.run(inputs)
+
+    def __repr__(self) -> str:
+        sig = ", ".join(s.describe() for s in self.inputs)
+        return f"CompiledModel({str(self.directory)!r}, preset={self.manifest.preset}, ({sig}))"
+
+
+def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel:
+    """Check and load an artifact directory written by `tvmflow compile`.
+
+    `num_threads` sets the size of TVM's CPU thread pool (default: physical cores).
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    check_compatible(manifest, directory)
+    library_path = directory / LIBRARY_NAME
+    if not library_path.is_file():
+        raise TvmflowError(f"{directory} has no {LIBRARY_NAME}; recompile the artifact")
+    if sha256_file(library_path) != manifest.library_sha256:
+        raise TvmflowError(
+            f"{library_path} does not match the sha256 in its manifest (modified or corrupted); "
+            "refusing to load it: recompile or re-copy the artifact"
+        )
+    tvm = _import_tvm()
+    if num_threads is not None:
+        tvm.get_global_func("runtime.config_threadpool")(1, int(num_threads))
+    device = _device(tvm, manifest, directory)
+    library = tvm.runtime.load_module(str(library_path))
+    return CompiledModel(directory, manifest, library, device)

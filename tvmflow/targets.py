@@ -1,0 +1,179 @@
+"""Target presets: named hardware targets loaded from `targets/*.toml` data files.
+
+A preset says what TVM should generate code for (a JSON-dict TVM target), what the code runs
+on (device, machine, CPU features the loader checks) and what building it needs (a cross
+compiler, nvcc). No TVM import here: the production loader uses the host checks too.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tomllib
+from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from tvmflow.errors import TvmflowError
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named target. `select_best_of` presets pick the first candidate this host runs."""
+
+    name: str
+    description: str
+    target: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    arch: str = "x86_64"
+    cpu_features: tuple[str, ...] = ()
+    cross_compiler: str | None = None
+    needs: tuple[str, ...] = ()
+    select_best_of: tuple[str, ...] = ()
+
+    @property
+    def is_alias(self) -> bool:
+        return bool(self.select_best_of)
+
+    def missing_host_features(self) -> tuple[str, ...]:
+        """CPU features this preset's code needs that this host lacks (empty: runs here)."""
+        if self.arch != host_arch():
+            return (f"a {self.arch} machine (this host is {host_arch()})",)
+        have = host_cpu_features()
+        return tuple(f for f in self.cpu_features if f not in have)
+
+    def runs_on_host(self) -> bool:
+        """True when artifacts for this preset can be loaded and checked on this machine."""
+        return self.device == "cpu" and not self.missing_host_features()
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+@cache
+def host_cpu_features() -> frozenset[str]:
+    """CPU feature flags from /proc/cpuinfo (x86 `flags`, Arm `Features`)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def host_cores() -> int:
+    """Physical cores available to this process: what TVM's thread pool will use."""
+    import psutil
+
+    physical = psutil.cpu_count(logical=False) or 1
+    return max(1, min(physical, len(os.sched_getaffinity(0))))
+
+
+def _parse(path: Path) -> Preset:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise TvmflowError(f"cannot read target preset {path}: {exc}") from exc
+    build = data.get("build", {})
+    known = {"description", "target", "device", "arch", "cpu_features", "build", "select_best_of"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TvmflowError(f"{path}: unknown keys {unknown}; valid keys are {sorted(known)}")
+    preset = Preset(
+        name=path.stem,
+        description=str(data.get("description", "")),
+        target=dict(data.get("target", {})),
+        device=str(data.get("device", "cpu")),
+        arch=str(data.get("arch", "x86_64")),
+        cpu_features=tuple(data.get("cpu_features", ())),
+        cross_compiler=build.get("cross_compiler"),
+        needs=tuple(build.get("needs", ())),
+        select_best_of=tuple(data.get("select_best_of", ())),
+    )
+    if not preset.is_alias:
+        if preset.device not in DEVICES:
+            raise TvmflowError(f"{path}: device must be one of {DEVICES}, not {preset.device!r}")
+        if "kind" not in preset.target:
+            raise TvmflowError(f'{path}: [target] needs a `kind` (e.g. kind = "llvm")')
+    return preset
+
+
+@cache
+def builtin_presets() -> dict[str, Preset]:
+    """All presets shipped in `targets/`, by name."""
+    presets: dict[str, Preset] = {}
+    for path in sorted(PRESETS_DIR.glob("*.toml")):
+        preset = _parse(path)
+        if preset.name in presets:  # pragma: no cover - file names are unique
+            raise TvmflowError(f"duplicate target preset {preset.name!r} in {PRESETS_DIR}")
+        presets[preset.name] = preset
+    return presets
+
+
+def resolve_preset(name_or_path: str) -> Preset:
+    """A concrete preset from a built-in name or a `.toml` path; aliases pick for this host."""
+    presets = builtin_presets()
+    if name_or_path.endswith(".toml") or os.sep in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise TvmflowError(f"target file {path} does not exist")
+        preset = _parse(path)
+    elif name_or_path in presets:
+        preset = presets[name_or_path]
+    else:
+        raise TvmflowError(
+            f"unknown target {name_or_path!r}; valid names: {', '.join(sorted(presets))} "
+            "(or a path to a .toml preset)"
+        )
+    if preset.is_alias:
+        preset = _select_for_host(preset, presets)
+    if preset.runs_on_host() and "num-cores" not in preset.target:
+        preset = replace(preset, target={**preset.target, "num-cores": host_cores()})
+    return preset
+
+
+def _select_for_host(alias: Preset, presets: dict[str, Preset]) -> Preset:
+    for candidate in alias.select_best_of:
+        if candidate not in presets:
+            raise TvmflowError(f"preset {alias.name!r} names unknown preset {candidate!r}")
+        if presets[candidate].runs_on_host():
+            return presets[candidate]
+    raise TvmflowError(
+        f"target {alias.name!r} picks the best of {', '.join(alias.select_best_of)} for this "
+        "host, but this host runs none of them; name a preset explicitly"
+    )
+
+
+def find_tool(name: str) -> Path | None:
+    """Locate a build tool; nvcc is also looked up in CUDA_HOME and CUDA's standard place."""
+    if name == "nvcc":
+        for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+            if root and (Path(root) / "bin" / "nvcc").is_file():
+                return Path(root) / "bin" / "nvcc"
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def check_build_tools(preset: Preset) -> None:
+    """Fail early, with the install hint, when a preset's build tools are missing."""
+    if preset.cross_compiler and find_tool(preset.cross_compiler) is None:
+        raise TvmflowError(
+            f"target {preset.name!r} needs the cross compiler {preset.cross_compiler}, which is "
+            "not on PATH; install it with `apt-get install gcc-aarch64-linux-gnu`"
+        )
+    for tool in preset.needs:
+        if find_tool(tool) is None:
+            raise TvmflowError(
+                f"target {preset.name!r} needs {tool}, which was not found in $CUDA_HOME/bin, "
+                f"/usr/local/cuda/bin or PATH; install the CUDA toolkit or set CUDA_HOME"
+            )
