@@ -82,7 +82,7 @@ def targets_cmd(as_json: bool) -> None:
     """List the target presets."""
     from tvmflow.targets import builtin_presets, resolve_preset
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, preset in builtin_presets().items():
         if preset.is_alias:
             try:
@@ -227,7 +227,7 @@ def run_cmd(
     outputs = model.run(feeds)
     elapsed = time.perf_counter() - start
     if output:
-        np.savez(output, **outputs)
+        np.savez(output, **outputs)  # type: ignore[arg-type]
         click.echo(f"wrote {len(outputs)} output(s) to {output}")
     for name, arr in outputs.items():
         click.echo(

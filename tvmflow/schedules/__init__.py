@@ -34,4 +34,4 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
     from tvm.s_tir import dlight
 
     with target:
-        return dlight.ApplyDefaultSchedule(*default_rules(target))(mod)  # type: ignore[no-any-return]
+        return dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
