@@ -23,6 +23,10 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
             [
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
+                # Weights to HWIO (a constant transpose FoldConstant removes): the output
+                # channel is then contiguous, so CPU rules vectorize conv2d over it like a GEMM
+                # (K = kh*kw*ic, N = oc). Activations stay NCHW: no transposes in the graph.
+                relax.transform.ConvertLayout({"relax.nn.conv2d": ["NCHW", "HWIO"]}),
                 relax.transform.LegalizeOps(),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
