@@ -27,10 +27,18 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
             dlight.gpu.Fallback(),
         ]
     from tvmflow.schedules.cpu_conv2d import Conv2d
+    from tvmflow.schedules.cpu_depthwise_conv2d import DepthwiseConv2d
     from tvmflow.schedules.cpu_elementwise import Elementwise
     from tvmflow.schedules.cpu_matmul import Matmul
 
-    return [Conv2d(), Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Elementwise()]
+    return [
+        Conv2d(),
+        DepthwiseConv2d(),
+        Matmul(),
+        dlight.cpu.GEMV(),
+        dlight.cpu.Reduction(),
+        Elementwise(),
+    ]
 
 
 def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:

@@ -241,3 +241,36 @@ def prepack_weight(
 
     sch.transform_layout(cache, ("write", 0), index_map)
     sch.annotate(cache, PREPACK_ATTR, True)
+
+
+def fuse_epilogue(
+    sch: s_tir.Schedule,
+    writeback: s_tir.schedule.SBlockRV,
+    epilogue: Sequence[s_tir.schedule.SBlockRV],
+) -> s_tir.schedule.SBlockRV | None:
+    """Apply the injective blocks after a tiled reduction to each tile as it is written.
+
+    Intermediate blocks are inlined into their consumers (a value used twice, as in
+    hardswish, is recomputed: cheaper than a buffer); the blocks left (those writing kernel
+    outputs) move into the tile loop and read the accumulator directly. Returns the block
+    that now writes the tile, or None if the epilogue cannot be fused.
+    """
+    from tvm.error import InternalError
+    from tvm.s_tir.schedule import ScheduleError
+
+    try:
+        remaining = []
+        for block in epilogue:
+            try:
+                sch.compute_inline(block)
+            except ScheduleError:
+                remaining.append(block)
+        if not remaining:
+            return writeback
+        tile_loop = sch.get_loops(writeback)[0]
+        for block in remaining:
+            sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
+        sch.compute_inline(writeback)
+    except (ScheduleError, InternalError):
+        return None
+    return remaining[-1]

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tvm.error import InternalError
 from tvm.s_tir.dlight import ScheduleRule
+from tvm.s_tir.schedule import ScheduleError
 
 from tvmflow.schedules.cpu_common import (
     GemmLoops,
     dtype_bits_of_block,
     extents,
+    fuse_epilogue,
     index_vars,
     is_cpu,
     is_layout_free,
@@ -144,14 +147,10 @@ class Conv2d(ScheduleRule):  # type: ignore[misc]
             ("write", 0),
             lambda *idx: [*(idx[i] for i in range(ndim) if i != n_dim), idx[n_dim]],
         )
-        for info in infos[reductions[0] + 1 :]:
-            try:
-                sch.reverse_compute_inline(info.block_rv)
-            except tvm.TVMError:
-                return None
+        if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[reductions[0] + 1 :]]) is None:
+            return None
         for info in infos[: reductions[0]]:
             _schedule_producer(sch, info.block_rv, lanes)
-        del writeback
         return sch
 
 
@@ -164,6 +163,6 @@ def _schedule_producer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lane
         try:
             sch.compute_inline(block)
             return
-        except tvm.TVMError:
+        except (ScheduleError, InternalError):
             pass
     schedule_spatial(sch, block, lanes)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tvm.error import InternalError
 from tvm.s_tir.dlight import ScheduleRule
+from tvm.s_tir.schedule import ScheduleError
 
 from tvmflow.schedules.cpu_common import (
     GemmLoops,
     dtype_bits_of_block,
     extents,
+    fuse_epilogue,
     index_vars,
     is_cpu,
     pick_tile,
@@ -91,7 +94,7 @@ class Matmul(ScheduleRule):  # type: ignore[misc]
         for info in infos[: reductions[0]]:
             try:
                 sch.compute_inline(info.block_rv)
-            except tvm.TVMError:
+            except (ScheduleError, InternalError):
                 return None
         loops = [it.loop_rv for it in main.iters]
         sizes = extents(sch, loops)
@@ -109,13 +112,11 @@ class Matmul(ScheduleRule):  # type: ignore[misc]
             reduce=(loops[-1],),
         )
         writeback = tile_gemm(sch, main.block_rv, gemm, tile)
-        for info in infos[reductions[0] + 1 :]:
-            try:
-                sch.reverse_compute_inline(info.block_rv)
-            except tvm.TVMError:
-                return None
-        wb_loops = sch.get_loops(writeback)
-        if tile[2] > 1:
+        out = fuse_epilogue(sch, writeback, [i.block_rv for i in infos[reductions[0] + 1 :]])
+        if out is None:
+            return None
+        wb_loops = sch.get_loops(out)
+        if tile[2] > 1 and sch.get(wb_loops[-1]).extent.value % tile[2] == 0:
             _, vec = sch.split(wb_loops[-1], factors=[None, tile[2]])
             sch.vectorize(vec)
         return sch
