@@ -26,14 +26,37 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
             dlight.gpu.GeneralReduction(),
             dlight.gpu.Fallback(),
         ]
-    # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
-    # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
-    return [dlight.cpu.Reduction()]
+    from tvmflow.schedules.cpu_conv2d import Conv2d
+    from tvmflow.schedules.cpu_depthwise_conv2d import DepthwiseConv2d
+    from tvmflow.schedules.cpu_elementwise import Elementwise
+    from tvmflow.schedules.cpu_matmul import Matmul
+
+    return [
+        Conv2d(),
+        DepthwiseConv2d(),
+        Matmul(),
+        # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
+        # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
+        dlight.cpu.Reduction(),
+        Elementwise(),
+    ]
 
 
 def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Schedule every still-unscheduled kernel with the first applicable default rule."""
+    """Schedule every still-unscheduled kernel with the first applicable default rule.
+
+    On CPUs, rules may repack weights (parameters bound to constants) into the layout their
+    micro-kernel streams best; those repackings are split out of the kernels and folded
+    into the embedded constants here, so they cost nothing at run time.
+    """
+    from tvm import relax
     from tvm.s_tir import dlight
 
     with target:
-        return dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
+        if "gpu" in target.keys:
+            return dlight.ApplyDefaultSchedule(*default_rules(target))(mod)  # type: ignore[no-any-return]
+        mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+        mod = dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
+        mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+        mod = relax.transform.FoldConstant()(mod)
+        return relax.transform.DeadCodeElimination()(mod)  # type: ignore[no-any-return]
