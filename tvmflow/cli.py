@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 import numpy as np
@@ -260,6 +260,174 @@ def demo_cmd(workdir: Path) -> None:
             f"accuracy  {acc.name}: max abs err {acc.max_abs_err:.2e} vs onnxruntime "
             f"(cosine {acc.cosine:.6f})"
         )
+
+
+class DurationParam(click.ParamType):
+    """`90`, `30s`, `45m`, `2h` → seconds."""
+
+    name = "DURATION"
+    units: ClassVar[dict[str, float]] = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        number, unit = (text[:-1], text[-1]) if text[-1:] in "smh" else (text, "")
+        try:
+            seconds = float(number) * self.units[unit]
+        except ValueError:
+            seconds = -1.0
+        if seconds <= 0:
+            self.fail(f"{value!r} is not a duration like 90, 30s, 45m or 2h", param, ctx)
+        return seconds
+
+
+class SplitParam(click.ParamType):
+    """`i/N` → (i, N)."""
+
+    name = "i/N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        i, sep, n = str(value).partition("/")
+        if not (sep and i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+            self.fail(f"{value!r} is not i/N with 1 <= i <= N (e.g. 2/4)", param, ctx)
+        return int(i), int(n)
+
+
+class HostPortParam(click.ParamType):
+    """`HOST:PORT` → (host, port)."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        host, sep, port = str(value).rpartition(":")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            self.fail(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9190)", param, ctx)
+        return host, int(port)
+
+
+@cli.command("tune")
+@click.argument("model", type=click.Path(path_type=Path))
+@target_option
+@click.option(
+    "--log",
+    "log_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Tuning log directory (created; an existing one for this model and target resumes).",
+)
+@input_shape_option
+@click.option("--trials", type=int, help="Trial budget, counting trials already in the log.")
+@click.option("--trials-per-task", type=int, help="Budget per kernel, counting the log's trials.")
+@click.option(
+    "--time-limit", type=DurationParam(), help="Stop at the first batch boundary after this."
+)
+@click.option(
+    "--tasks", "split", type=SplitParam(), default="1/1", help="Tune share i of N (by kernel)."
+)
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Trials per batch.")
+@click.option(
+    "--population", type=int, default=512, show_default=True, help="Evolutionary search effort."
+)
+@click.option("--rpc-tracker", type=HostPortParam(), help="Measure on an RPC device farm.")
+@click.option("--rpc-key", help="Device key on the tracker (with --rpc-tracker).")
+@click.option("--seed", type=int, help="Seed the search (reproducible runs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def tune_cmd(
+    model: Path,
+    target: str,
+    log_dir: Path,
+    input_shapes: Sequence[tuple[str, tuple[int, ...]]],
+    trials: int | None,
+    trials_per_task: int | None,
+    time_limit: float | None,
+    split: tuple[int, int],
+    batch_size: int,
+    population: int,
+    rpc_tracker: tuple[str, int] | None,
+    rpc_key: str | None,
+    seed: int | None,
+    as_json: bool,
+) -> None:
+    """Tune MODEL's kernels for a target with MetaSchedule; records go to --log DIR."""
+    from tvmflow.farm import Farm, Tracker
+    from tvmflow.frontend import load_onnx
+    from tvmflow.progress import ConsoleProgress, format_table
+    from tvmflow.targets import resolve_preset
+    from tvmflow.tune import TuneOptions, tune_model
+    from tvmflow.tunelog import read_summary
+
+    if bool(rpc_tracker) != bool(rpc_key):
+        raise click.UsageError("--rpc-tracker and --rpc-key go together")
+    farm = Farm(Tracker(*rpc_tracker), str(rpc_key)) if rpc_tracker else None
+    preset = resolve_preset(target)
+    imported = load_onnx(model, dict(input_shapes))
+    options = TuneOptions(
+        trials=trials,
+        trials_per_task=trials_per_task,
+        batch_size=batch_size,
+        population=population,
+        time_limit_s=time_limit,
+        split=split,
+        farm=farm,
+        seed=seed,
+    )
+    result = tune_model(imported, preset, log_dir, options, ConsoleProgress())
+    if as_json:
+        click.echo(json.dumps(read_summary(log_dir), indent=2))
+    else:
+        click.echo(format_table(result))
+
+
+@cli.group("logs")
+def logs_group() -> None:
+    """Work with tuning logs."""
+
+
+@logs_group.command("merge")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--best-only", is_flag=True, help="Keep only each kernel's fastest record.")
+def logs_merge_cmd(sources: Sequence[Path], output: Path, best_only: bool) -> None:
+    """Union tuning logs (e.g. from `tune --tasks i/N` on several machines) into one."""
+    from tvmflow.tunelog import merge_logs
+
+    merged = merge_logs(list(sources), output, best_only)
+    click.echo(
+        f"merged {len(sources)} log(s) into {merged.out}: {merged.records} records for "
+        f"{merged.workloads} kernels ({merged.duplicates} duplicates dropped)"
+    )
+
+
+@cli.group("farm")
+def farm_group() -> None:
+    """RPC device farms (TVM RPC tracker and servers)."""
+
+
+@farm_group.command("status")
+@click.option("--rpc-tracker", type=HostPortParam(), required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def farm_status_cmd(rpc_tracker: tuple[str, int], as_json: bool) -> None:
+    """List the tracker's device keys with their free and busy servers."""
+    from dataclasses import asdict
+
+    from tvmflow.farm import Tracker, farm_status
+
+    tracker = Tracker(*rpc_tracker)
+    keys = farm_status(tracker)
+    if as_json:
+        click.echo(json.dumps([asdict(k) | {"busy": k.busy} for k in keys], indent=2))
+        return
+    if not keys:
+        click.echo(f"tracker {tracker}: no servers registered")
+        return
+    click.echo(f"{'key':<24} {'servers':>7} {'free':>5} {'busy':>5} {'queued':>6}")
+    for k in keys:
+        click.echo(f"{k.key:<24} {k.servers:>7} {k.free:>5} {k.busy:>5} {k.pending_requests:>6}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

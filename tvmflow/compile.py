@@ -31,7 +31,8 @@ from tvmflow.manifest import (
 from tvmflow.passes import fuse, kernel_names
 from tvmflow.schedules import apply_default_schedules
 from tvmflow.targets import Preset, check_build_tools
-from tvmflow.tune import apply_records, check_log_dir, shipped_log_dirs
+from tvmflow.tune import apply_records
+from tvmflow.tunelog import check_log_dir, log_matches_target, log_target, shipped_log_dirs
 
 if TYPE_CHECKING:
     import tvm
@@ -146,10 +147,22 @@ def _output_specs(mod: tvm.IRModule, model: ImportedModel) -> tuple[TensorSpec, 
 
 
 def _log_dirs(preset: Preset, options: CompileOptions) -> list[Path]:
-    """The user's logs first, then the logs shipped for this preset."""
+    """The user's logs first, then the logs shipped for this preset (records for another
+    target would generate code this target may not run: a user's is refused, a shipped one
+    skipped)."""
     dirs = [check_log_dir(Path(d)) for d in options.tuning_logs]
+    for d in dirs:
+        if not log_matches_target(d, preset.target):
+            raise TvmflowError(
+                f"tuning log {d} was tuned for target {log_target(d)}, not {preset.name} "
+                f"{preset.target}; tune for this target or drop --tuning-log {d}"
+            )
     if options.use_shipped_logs:
-        dirs += [d for d in shipped_log_dirs(preset.name) if d not in dirs]
+        dirs += [
+            d
+            for d in shipped_log_dirs(preset.name)
+            if d not in dirs and log_matches_target(d, preset.target)
+        ]
     return dirs
 
 
@@ -162,7 +175,7 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
 def _export(executable: relax.VMExecutable, preset: Preset, library: Path) -> None:
     """Write the shared library, with the cross compiler the preset names."""
     if preset.cross_compiler:
-        from tvm.contrib import cc
+        from tvm.support import cc
 
         executable.export_library(str(library), fcompile=cc.cross_compiler(preset.cross_compiler))
     else:
