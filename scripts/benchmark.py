@@ -101,9 +101,8 @@ def measure(ref: Reference, preset: str, opts: bench.BenchOptions) -> bench.Benc
     return bench.run_bench(model, artifact, opts, input_shapes=ref.shapes, compile_s=compile_s)
 
 
-def update_readme(markdown: str, source: str) -> bool:
+def update_readme(readme: Path, markdown: str, source: str) -> bool:
     """Replace the table between the README markers; False when the markers are missing."""
-    readme = ROOT / "README.md"
     text = readme.read_text()
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
     if not pattern.search(text):
@@ -136,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     full = not args.quick and len(reports) == len(REFERENCE_SET)
     if full and args.out == ROOT / "benchmarks":
         source = f"`scripts/benchmark`, [benchmarks/{preset}.md](benchmarks/{preset}.md)"
-        if update_readme(bench.to_markdown(reports), source):
+        if update_readme(ROOT / "README.md", bench.to_markdown(reports), source):
             print("updated the table in README.md")
     failed = [Path(r.model).stem for r in reports if not r.passed]
     if failed:
