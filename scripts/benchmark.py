@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = options(args)
         reports = []
         for ref in args.models:
-            print(f"== {ref.name} on {preset}", flush=True)
+            print(f"== {ref.name}: compiling for {preset}, then measuring", flush=True)
             report = measure(ref, preset, opts)
             print(bench.format_table(report), flush=True)
             reports.append(report)
