@@ -260,6 +260,141 @@ def demo_cmd(workdir: Path) -> None:
             f"accuracy  {acc.name}: max abs err {acc.max_abs_err:.2e} vs onnxruntime "
             f"(cosine {acc.cosine:.6f})"
         )
+    from tvmflow.bench import BenchOptions, run_bench
+
+    quick = BenchOptions(warmup=2, rounds=4, min_time=0.4, measure_rss=False)
+    report = run_bench(path, artifact.directory, quick, input_shapes=DEMO_SHAPES)
+    ours, theirs, ratio = report.engine("tvmflow"), report.engine("onnxruntime"), report.ratio()
+    click.echo(
+        f"latency   p50 tvmflow {ours.p50_ms:.3g} ms, onnxruntime {theirs.p50_ms:.3g} ms "
+        f"({report.threads} threads): tvmflow/onnxruntime {ratio.p50_ratio:.2f}x "
+        f"[{ratio.ci_low:.2f}, {ratio.ci_high:.2f}] (95% CI; `tvmflow bench` for the full report)"
+    )
+
+
+@cli.command("bench")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--artifact",
+    type=click.Path(path_type=Path),
+    help="Artifact directory compiled from MODEL (or use --target).",
+)
+@click.option("--target", "-t", help="Compile MODEL for this preset first (or use --artifact).")
+@click.option(
+    "--tuning-log",
+    "tuning_logs",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="With --target: tuning log directory (repeatable).",
+)
+@click.option("--no-shipped-logs", is_flag=True, help="With --target: ignore tuning_logs/.")
+@input_shape_option
+@click.option(
+    "--inputs",
+    "npz",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="An .npz file holding every input by name (default: seeded random inputs).",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="Threads per engine [default: physical cores]."
+)
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Interleaved rounds (each engine runs in every round).",
+)
+@click.option(
+    "--min-time",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds of timed calls per engine, spread over the rounds.",
+)
+@click.option(
+    "--compare",
+    default="onnxruntime",
+    show_default=True,
+    help="Engines to compare with, comma-separated: onnxruntime,openvino.",
+)
+@click.option("--atol", type=float, default=1e-4, show_default=True)
+@click.option(
+    "--rtol",
+    type=float,
+    default=1e-3,
+    show_default=True,
+    help="Tolerance relative to the output's largest magnitude.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-rss", is_flag=True, help="Skip the peak-RSS probes (one process per engine).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report.")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write a markdown table.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Write a latency chart (.png).")
+def bench_cmd(
+    model: Path,
+    artifact: Path | None,
+    target: str | None,
+    tuning_logs: Sequence[Path],
+    no_shipped_logs: bool,
+    input_shapes: Sequence[tuple[str, tuple[int, ...]]],
+    npz: Path | None,
+    threads: int | None,
+    warmup: int,
+    rounds: int,
+    min_time: float,
+    compare: str,
+    atol: float,
+    rtol: float,
+    seed: int,
+    no_rss: bool,
+    json_path: Path | None,
+    markdown: Path | None,
+    plot: Path | None,
+) -> None:
+    """Benchmark a tvmflow artifact against onnxruntime on identical inputs (exit 3: inaccurate)."""
+    import tempfile
+
+    from tvmflow import bench
+    from tvmflow.accuracy import Tolerance
+    from tvmflow.inputs import load_inputs
+
+    if (artifact is None) == (target is None):
+        raise TvmflowError("give exactly one of --artifact DIR or --target NAME")
+    if tuning_logs and target is None:
+        raise TvmflowError("--tuning-log applies to --target only (an artifact is already built)")
+    options = bench.BenchOptions(
+        threads=threads,
+        warmup=warmup,
+        rounds=rounds,
+        min_time=min_time,
+        comparators=tuple(n.strip() for n in compare.split(",") if n.strip()),
+        tolerance=Tolerance(atol, rtol),
+        measure_rss=not no_rss,
+        seed=seed,
+        progress=sys.stderr.isatty(),
+    )
+    arrays = load_inputs(npz=npz) if npz else None
+    with tempfile.TemporaryDirectory(prefix="tvmflow-bench-") as scratch:
+        compile_s = None
+        if target is not None:
+            artifact, compile_s = bench.compile_for_bench(
+                model, target, Path(scratch), dict(input_shapes), tuning_logs, not no_shipped_logs
+            )
+        assert artifact is not None
+        report = bench.run_bench(
+            model, artifact, options, arrays, str(npz), dict(input_shapes), compile_s
+        )
+    click.echo(bench.format_table(report))
+    for path, write in ((json_path, bench.write_json), (markdown, bench.write_markdown)):
+        if path:
+            write([report], path)
+            click.echo(f"wrote {path}")
+    if plot:
+        bench.plot([report], plot)
+        click.echo(f"wrote {plot}")
+    bench.check_accuracy(report)
 
 
 class DurationParam(click.ParamType):

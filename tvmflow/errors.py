@@ -13,3 +13,13 @@ class AccuracyError(TvmflowError):
     """A compiled artifact disagrees with onnxruntime beyond tolerance: exit code 1."""
 
     exit_code = 1
+
+
+class BenchAccuracyError(TvmflowError):
+    """`tvmflow bench`: the artifact's outputs disagree with onnxruntime beyond tolerance: exit 3.
+
+    Distinct from AccuracyError (exit 1 from compile) so scripts can tell "measured, but
+    wrong" apart from a failed build.
+    """
+
+    exit_code = 3
