@@ -162,7 +162,7 @@ def _build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
 def _export(executable: relax.VMExecutable, preset: Preset, library: Path) -> None:
     """Write the shared library, with the cross compiler the preset names."""
     if preset.cross_compiler:
-        from tvm.contrib import cc
+        from tvm.support import cc
 
         executable.export_library(str(library), fcompile=cc.cross_compiler(preset.cross_compiler))
     else:
