@@ -13,3 +13,9 @@ class AccuracyError(TvmflowError):
     """A compiled artifact disagrees with onnxruntime beyond tolerance: exit code 1."""
 
     exit_code = 1
+
+
+class EmulationError(TvmflowError):
+    """An artifact crashed or hung under emulation (not a user mistake): exit code 1."""
+
+    exit_code = 1
