@@ -9,6 +9,7 @@ import pytest
 
 # Compile-capable TVM must be loaded before any test imports the runtime-only loader.
 import tvmflow.compile  # noqa: F401
+from tests.emulation import arm_rpc_tracker  # noqa: F401  (fixture: emulated aarch64 RPC server)
 from tvmflow import zoo
 from tvmflow.compile import Artifact, CompileOptions, compile_model
 from tvmflow.frontend import load_onnx

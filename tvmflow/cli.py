@@ -7,11 +7,12 @@ accuracy failure exit 1, anything unexpected exit 1; `--debug` adds the tracebac
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -182,6 +183,10 @@ def compile_cmd(
         click.echo(f"  {acc.name}: max abs err {acc.max_abs_err:.2e}, rel {acc.max_rel_err:.2e}")
     if m.accuracy is None:
         click.echo("  accuracy: not checked (target does not run here, or --no-verify)")
+        if preset.arch == "aarch64" and not no_verify:
+            click.echo("  (run scripts/arm-sysroot to check arm-* artifacts under emulation)")
+    elif "verified_with" in m.extra:
+        click.echo(f"  accuracy checked: {m.extra['verified_with']}")
 
 
 @cli.command("inspect")
@@ -205,6 +210,11 @@ def inspect_cmd(artifact: Path) -> None:
 @click.option("--random", "use_random", is_flag=True, help="Seeded random inputs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Save outputs as .npz.")
+@click.option(
+    "--emulate",
+    is_flag=True,
+    help="Run an aarch64 artifact under qemu in the sysroot of scripts/arm-sysroot.",
+)
 def run_cmd(
     artifact: Path,
     input_files: Sequence[tuple[str, Path]],
@@ -212,19 +222,30 @@ def run_cmd(
     use_random: bool,
     seed: int,
     output: Path | None,
+    emulate: bool,
 ) -> None:
     """Run an artifact on inputs and print (or save) its outputs."""
     from tvmflow.inputs import load_inputs, random_inputs
-    from tvmflow.runtime import load
 
     if use_random == bool(input_files or npz):
         raise TvmflowError(
             "give either --random or inputs (--input NAME=FILE.npy / --inputs F.npz)"
         )
-    model = load(artifact)
-    feeds = random_inputs(model.inputs, seed) if use_random else load_inputs(dict(input_files), npz)
+    run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+    if emulate:
+        from tvmflow.emulate import run_emulated
+        from tvmflow.manifest import read_manifest
+
+        specs = read_manifest(artifact).inputs
+        run = functools.partial(run_emulated, artifact)
+    else:
+        from tvmflow.runtime import load
+
+        model = load(artifact)
+        specs, run = model.inputs, model.run
+    feeds = random_inputs(specs, seed) if use_random else load_inputs(dict(input_files), npz)
     start = time.perf_counter()
-    outputs = model.run(feeds)
+    outputs = run(feeds)
     elapsed = time.perf_counter() - start
     if output:
         np.savez(output, **outputs)  # type: ignore[arg-type]
@@ -234,7 +255,10 @@ def run_cmd(
             f"{name}: {arr.dtype}{list(arr.shape)} min {arr.min():.4g} max {arr.max():.4g} "
             f"mean {arr.mean():.4g}"
         )
-    click.echo(f"ran in {elapsed * 1e3:.2f} ms (first run)")
+    if emulate:
+        click.echo(f"ran under emulation in {elapsed:.1f} s (qemu: says nothing about speed)")
+    else:
+        click.echo(f"ran in {elapsed * 1e3:.2f} ms (first run)")
 
 
 @cli.command("demo")

@@ -2,8 +2,9 @@
 
 The artifact is `model.so` (weights embedded: one file to ship) and `manifest.json`. Files
 are written to a scratch folder inside the output directory and moved into place only once
-the library is built and (when the target runs here) verified against onnxruntime, so a
-failed or killed compile never leaves a half-written or unverified artifact behind.
+the library is built and verified against onnxruntime (when this machine can run it, natively
+or under emulation: `tvmflow.emulate.host_runner`), so a failed or killed compile never leaves
+a half-written or unverified artifact behind.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tvmflow import __version__
 from tvmflow.accuracy import Tolerance, compare, onnxruntime_outputs, output_scales
+from tvmflow.emulate import HostRunner, host_runner
 from tvmflow.errors import AccuracyError, TvmflowError
 from tvmflow.frontend import ImportedModel, to_relax
 from tvmflow.inputs import random_inputs
@@ -104,9 +106,11 @@ def compile_model(
             compile_seconds=round(time.perf_counter() - start, 3),
         )
         write_manifest(Path(scratch), manifest)
-        if options.verify and preset.runs_on_host():
-            accuracy = _verify(Path(scratch), model, options)
-            manifest = Manifest(**{**manifest.__dict__, "accuracy": accuracy})
+        runner = host_runner(preset) if options.verify else None
+        if runner is not None:
+            accuracy = _verify(Path(scratch), model, options, runner)
+            extra = {**manifest.extra, "verified_with": runner.description}
+            manifest = replace(manifest, accuracy=accuracy, extra=extra)
             write_manifest(Path(scratch), manifest)
         # library first, manifest last: a manifest only ever describes a complete library
         library.replace(out_dir / LIBRARY_NAME)
@@ -183,14 +187,12 @@ def _export(executable: relax.VMExecutable, preset: Preset, library: Path) -> No
 
 
 def _verify(
-    directory: Path, model: ImportedModel, options: CompileOptions
+    directory: Path, model: ImportedModel, options: CompileOptions, runner: HostRunner
 ) -> tuple[OutputAccuracy, ...]:
     """Run the exported library through the production loader and compare with onnxruntime."""
-    from tvmflow.runtime import load
-
     feeds = random_inputs(model.inputs, options.seed)
     expected = onnxruntime_outputs(model.path, feeds)
-    actual = load(directory).run(feeds)
+    actual = runner.run(directory, feeds)
     accuracy = compare(actual, expected)
     scales = output_scales(expected)
     bad = [a for a in accuracy if not options.tolerance.passes(a, scales[a.name])]

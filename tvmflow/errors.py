@@ -23,3 +23,9 @@ class BenchAccuracyError(TvmflowError):
     """
 
     exit_code = 3
+
+
+class EmulationError(TvmflowError):
+    """An artifact crashed or hung under emulation (not a user mistake): exit code 1."""
+
+    exit_code = 1
