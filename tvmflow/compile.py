@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tvmflow import __version__
+from tvmflow import __version__, cuda
 from tvmflow.accuracy import Tolerance, compare, onnxruntime_outputs, output_scales
 from tvmflow.errors import AccuracyError, TvmflowError
 from tvmflow.frontend import ImportedModel, to_relax
@@ -28,7 +28,7 @@ from tvmflow.manifest import (
     sha256_file,
     write_manifest,
 )
-from tvmflow.passes import fuse, kernel_names
+from tvmflow.passes import PRECISIONS, fuse, kernel_names
 from tvmflow.schedules import apply_default_schedules
 from tvmflow.targets import Preset, check_build_tools
 from tvmflow.tune import apply_records, check_log_dir, shipped_log_dirs
@@ -42,13 +42,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """How to build: which tuning records to use and whether to check the result."""
+    """How to build: which tuning records to use, the precision, whether to check the result.
+
+    `precision="fp16"` (CUDA presets only) computes in fp16 with fp32 accumulation; inputs
+    and outputs stay fp32. Its accuracy check uses `FP16_TOLERANCE` unless it is looser.
+    """
 
     tuning_logs: tuple[Path, ...] = ()
     use_shipped_logs: bool = True
     verify: bool = True
     tolerance: Tolerance = field(default_factory=Tolerance)
     seed: int = 0
+    precision: str = "fp32"
+
+
+# fp16 rounds every activation to 11 significant bits: errors of 1e-3 relative are expected.
+FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2)
 
 
 @dataclass(frozen=True)
@@ -72,21 +81,22 @@ def compile_model(
     options = options or CompileOptions()
     _require_compiler()
     check_build_tools(preset)
+    _check_precision(preset, options.precision)
     start = time.perf_counter()
     target = tvm.target.Target(preset.target)
     mod = to_relax(model)
     outputs = _output_specs(mod, model)
-    mod = fuse(mod, target)
+    mod = fuse(mod, target, options.precision)
     total = len(kernel_names(mod))
     mod, tuning = apply_records(mod, target, _log_dirs(preset, options), total)
     mod = apply_default_schedules(mod, target)
-    executable = _build(mod, target)
+    executable = _build(mod, target, preset)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as scratch:
         library = Path(scratch) / LIBRARY_NAME
-        _export(executable, preset, library)
+        _export(executable, preset, target, library)
         manifest = Manifest(
             tvmflow_version=__version__,
             tvm_version=tvm.__version__,
@@ -101,12 +111,17 @@ def compile_model(
             onnx_sha256=model.sha256,
             tuning=tuning,
             compile_seconds=round(time.perf_counter() - start, 3),
+            precision=options.precision,
+            extra=_device_code_info(library, preset),
         )
         write_manifest(Path(scratch), manifest)
-        if options.verify and preset.runs_on_host():
+        not_here = _why_not_verifiable(preset, options)
+        if not_here is None:
             accuracy = _verify(Path(scratch), model, options)
-            manifest = Manifest(**{**manifest.__dict__, "accuracy": accuracy})
-            write_manifest(Path(scratch), manifest)
+            manifest = replace(manifest, accuracy=accuracy)
+        else:
+            manifest = replace(manifest, extra={**manifest.extra, "accuracy_note": not_here})
+        write_manifest(Path(scratch), manifest)
         # library first, manifest last: a manifest only ever describes a complete library
         library.replace(out_dir / LIBRARY_NAME)
         (Path(scratch) / "manifest.json").replace(out_dir / "manifest.json")
@@ -153,20 +168,59 @@ def _log_dirs(preset: Preset, options: CompileOptions) -> list[Path]:
     return dirs
 
 
-def _build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+def _check_precision(preset: Preset, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise TvmflowError(
+            f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}"
+        )
+    if precision != "fp32" and preset.device != "cuda":
+        raise TvmflowError(
+            f"--precision {precision} is for CUDA targets; {preset.name} is a {preset.device} "
+            "target, where fp16 arithmetic is emulated and slower: use --precision fp32"
+        )
+
+
+def _build(mod: tvm.IRModule, target: tvm.target.Target, preset: Preset) -> relax.VMExecutable:
     from tvm import relax
 
+    if preset.device == "cuda":
+        with cuda.source_codegen():
+            return relax.build(mod, target=target)
     return relax.build(mod, target=target)
 
 
-def _export(executable: relax.VMExecutable, preset: Preset, library: Path) -> None:
-    """Write the shared library, with the cross compiler the preset names."""
-    if preset.cross_compiler:
+def _export(
+    executable: relax.VMExecutable, preset: Preset, target: tvm.target.Target, library: Path
+) -> None:
+    """Write the shared library: with nvcc-built device code for CUDA, with the cross
+    compiler for presets that name one."""
+    if preset.device == "cuda":
+        executable.export_library(str(library), fpack_imports=cuda.pack_imports(target))
+    elif preset.cross_compiler:
         from tvm.contrib import cc
 
         executable.export_library(str(library), fcompile=cc.cross_compiler(preset.cross_compiler))
     else:
         executable.export_library(str(library))
+
+
+def _device_code_info(library: Path, preset: Preset) -> dict[str, Any]:
+    """What device code the library carries (CUDA: the fatbin images), for the manifest."""
+    if preset.device != "cuda":
+        return {}
+    return {"device_code": cuda.describe_device_code(library)}
+
+
+def _why_not_verifiable(preset: Preset, options: CompileOptions) -> str | None:
+    """None when the artifact can be run and checked here, else the reason it is not."""
+    if not options.verify:
+        return "not checked: --no-verify"
+    if preset.device == "cuda":
+        return cuda.why_not_runnable(str(preset.target["arch"]))
+    missing = preset.missing_host_features()
+    if missing:
+        return f"not checked: this machine cannot run it (needs {', '.join(missing)})"
+    return None
 
 
 def _verify(
@@ -175,19 +229,24 @@ def _verify(
     """Run the exported library through the production loader and compare with onnxruntime."""
     from tvmflow.runtime import load
 
+    tolerance = options.tolerance
+    if options.precision == "fp16":
+        tolerance = Tolerance(
+            max(tolerance.atol, FP16_TOLERANCE.atol), max(tolerance.rtol, FP16_TOLERANCE.rtol)
+        )
     feeds = random_inputs(model.inputs, options.seed)
     expected = onnxruntime_outputs(model.path, feeds)
     actual = load(directory).run(feeds)
     accuracy = compare(actual, expected)
     scales = output_scales(expected)
-    bad = [a for a in accuracy if not options.tolerance.passes(a, scales[a.name])]
+    bad = [a for a in accuracy if not tolerance.passes(a, scales[a.name])]
     if bad:
         detail = ", ".join(
             f"{a.name}: max abs err {a.max_abs_err:.3g} (rel {a.max_rel_err:.3g})" for a in bad
         )
         raise AccuracyError(
             f"compiled model disagrees with onnxruntime beyond tolerance (atol "
-            f"{options.tolerance.atol}, rtol {options.tolerance.rtol}): {detail}; nothing was "
+            f"{tolerance.atol}, rtol {tolerance.rtol}): {detail}; nothing was "
             "written (use --no-verify to write it anyway)"
         )
     return accuracy

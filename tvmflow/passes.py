@@ -13,14 +13,25 @@ if TYPE_CHECKING:
     import tvm
 
 
-def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Legalize Relax ops to TIR and fuse them into the kernels tuning and codegen see."""
+PRECISIONS = ("fp32", "fp16")
+
+
+def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") -> tvm.IRModule:
+    """Legalize Relax ops to TIR and fuse them into the kernels tuning and codegen see.
+
+    `precision="fp16"` first runs Relax's ToMixedPrecision (fp16 compute, fp32 accumulation;
+    inputs and outputs stay fp32), which changes the kernels, so tuning must use it too.
+    """
     import tvm
     from tvm import relax
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    mixed = [relax.transform.ToMixedPrecision(out_dtype="float32")] if precision == "fp16" else []
     with target:
         return tvm.transform.Sequential(
             [
+                *mixed,
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
                 relax.transform.LegalizeOps(),
