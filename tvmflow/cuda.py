@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
-from tvmflow.targets import find_tool
+from tvmflow.targets import require_tool
 
 if TYPE_CHECKING:
     import tvm
@@ -76,22 +76,12 @@ def gencode_flags(arch: str) -> list[str]:
     return ["-gencode", f"arch={compute},code={arch}", "-gencode", f"arch={compute},code={compute}"]
 
 
-def nvcc_path() -> Path:
-    nvcc = find_tool("nvcc")
-    if nvcc is None:
-        raise TvmflowError(
-            "CUDA targets need nvcc, which was not found in $CUDA_HOME/bin, $CUDA_PATH/bin, "
-            "/usr/local/cuda/bin or PATH; install the CUDA toolkit or set CUDA_HOME"
-        )
-    return nvcc
-
-
 def compile_fatbin(source: str, target: tvm.target.Target) -> bytes:
     """nvcc the CUDA source for the target's arch, with the flags TVM itself uses for nvcc."""
     from tvm.support import nvcc as tvm_nvcc
 
     arch = str(target.attrs["arch"])
-    with target, _path_with(nvcc_path().parent):
+    with target, _path_with(require_tool("nvcc", "compiling CUDA kernels").parent):
         try:
             return bytes(
                 tvm_nvcc.compile_cuda(
