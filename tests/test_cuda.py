@@ -20,9 +20,9 @@ import tvm
 from tvm import relax
 
 from tvmflow import cuda, targets
-from tvmflow.accuracy import compare, onnxruntime_outputs, output_scales
+from tvmflow.accuracy import FP16_TOLERANCE, compare, onnxruntime_outputs, output_scales
 from tvmflow.cli import main
-from tvmflow.compile import FP16_TOLERANCE, Artifact, CompileOptions, compile_model
+from tvmflow.compile import Artifact, CompileOptions, compile_model
 from tvmflow.errors import TvmflowError
 from tvmflow.frontend import load_onnx, to_relax
 from tvmflow.inputs import random_inputs
@@ -60,6 +60,7 @@ def stub_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
     that would call NVRTC if model.so held source — and the no-GPU check is reached.
     """
     from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
 
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
@@ -67,6 +68,7 @@ def stub_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runtime_cuda = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
     with open(runtime_cuda, "rb") as f:
         dynsym = ELFFile(f).get_section_by_name(".dynsym")
+        assert isinstance(dynsym, SymbolTableSection)
         driver_calls = sorted(
             s.name
             for s in dynsym.iter_symbols()
@@ -316,6 +318,7 @@ def test_fp16_cuda_build_records_its_precision(zoo_dir: Path, tmp_path: Path) ->
     assert cuda.FatbinEntry("sass", 80) in cuda.fatbin_entries(module.code)
 
 
+@pytest.mark.slow  # ~1-3 min: MetaSchedule parses all tensor intrinsics on first use
 def test_cuda_presets_are_accepted_by_metaschedule(zoo_dir: Path) -> None:
     """Task extraction, design spaces and postprocessed candidates (VerifyGPUCode checks the
     preset's thread/shared-memory limits) for a CUDA preset: everything but measuring."""

@@ -62,7 +62,7 @@ class FatbinEntry:
 
 
 def arch_number(arch: str) -> int:
-    """"sm_90" / "sm_90a" -> 90: the compute capability an artifact needs."""
+    """ "sm_90" / "sm_90a" -> 90: the compute capability an artifact needs."""
     match = re.fullmatch(r"sm_(\d+)[a-z]?", arch)
     if not match:
         raise TvmflowError(f"CUDA arch {arch!r} is not of the form sm_XY (e.g. sm_90)")
@@ -81,16 +81,14 @@ def compile_fatbin(source: str, target: tvm.target.Target) -> bytes:
     from tvm.support import nvcc as tvm_nvcc
 
     arch = str(target.attrs["arch"])
+    flags = gencode_flags(arch)
     with target, _path_with(require_tool("nvcc", "compiling CUDA kernels").parent):
         try:
-            return bytes(
-                tvm_nvcc.compile_cuda(
-                    source, target_format="fatbin", arch=gencode_flags(arch), compiler="nvcc"
-                )
-            )
+            fatbin = tvm_nvcc.compile_cuda(source, "fatbin", flags, compiler="nvcc")
         except RuntimeError as exc:  # nvcc failed: its output is the last part of the message
             tail = str(exc).rsplit("Compilation error:", 1)[-1].strip()
-            raise TvmflowError(f"nvcc failed to compile the CUDA kernels for {arch}: {tail}") from exc
+            raise TvmflowError(f"nvcc failed on the CUDA kernels for {arch}: {tail}") from exc
+    return bytes(fatbin)
 
 
 @contextlib.contextmanager
@@ -272,11 +270,16 @@ def _host_target_string(mod: Any) -> str:
 def library_blob(library: Path) -> bytes:
     """The packed-imports blob (`__tvm_ffi__library_bin`, size prefix included) of a model.so."""
     from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
 
     with open(library, "rb") as f:
         elf = ELFFile(f)
         symbols = elf.get_section_by_name(".dynsym")
-        found = symbols.get_symbol_by_name(BLOB_SYMBOL) if symbols is not None else None
+        found = (
+            symbols.get_symbol_by_name(BLOB_SYMBOL)
+            if isinstance(symbols, SymbolTableSection)
+            else None
+        )
         if not found:
             raise TvmflowError(f"{library} has no {BLOB_SYMBOL}: not a TVM library with imports")
         addr = found[0]["st_value"]
