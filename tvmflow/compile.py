@@ -14,10 +14,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tvmflow import __version__
-from tvmflow.accuracy import Tolerance, compare, onnxruntime_outputs, output_scales
+from tvmflow import __version__, cuda
+from tvmflow.accuracy import (
+    Tolerance,
+    compare,
+    onnxruntime_outputs,
+    output_scales,
+    tolerance_for,
+)
 from tvmflow.emulate import HostRunner, host_runner
 from tvmflow.errors import AccuracyError, TvmflowError
 from tvmflow.frontend import ImportedModel, to_relax
@@ -30,7 +36,7 @@ from tvmflow.manifest import (
     sha256_file,
     write_manifest,
 )
-from tvmflow.passes import fuse, kernel_names
+from tvmflow.passes import PRECISIONS, fuse, kernel_names
 from tvmflow.schedules import apply_default_schedules
 from tvmflow.targets import Preset, check_build_tools
 from tvmflow.tune import apply_records
@@ -45,13 +51,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """How to build: which tuning records to use and whether to check the result."""
+    """How to build: which tuning records to use, the precision, whether to check the result.
+
+    `precision="fp16"` (CUDA presets only) computes in fp16 with fp32 accumulation; inputs
+    and outputs stay fp32. Its accuracy check is never tighter than `FP16_TOLERANCE`.
+    """
 
     tuning_logs: tuple[Path, ...] = ()
     use_shipped_logs: bool = True
     verify: bool = True
     tolerance: Tolerance = field(default_factory=Tolerance)
     seed: int = 0
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -75,21 +86,22 @@ def compile_model(
     options = options or CompileOptions()
     _require_compiler()
     check_build_tools(preset)
+    _check_precision(preset, options.precision)
     start = time.perf_counter()
     target = tvm.target.Target(preset.target)
     mod = to_relax(model)
     outputs = _output_specs(mod, model)
-    mod = fuse(mod, target)
+    mod = fuse(mod, target, options.precision)
     total = len(kernel_names(mod))
     mod, tuning = apply_records(mod, target, _log_dirs(preset, options), total)
     mod = apply_default_schedules(mod, target)
-    executable = _build(mod, target)
+    executable = _build(mod, target, preset)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as scratch:
         library = Path(scratch) / LIBRARY_NAME
-        _export(executable, preset, library)
+        _export(executable, preset, target, library)
         manifest = Manifest(
             tvmflow_version=__version__,
             tvm_version=tvm.__version__,
@@ -104,14 +116,18 @@ def compile_model(
             onnx_sha256=model.sha256,
             tuning=tuning,
             compile_seconds=round(time.perf_counter() - start, 3),
+            precision=options.precision,
+            extra=_device_code_info(library, preset),
         )
         write_manifest(Path(scratch), manifest)
-        runner = host_runner(preset) if options.verify else None
+        runner, note = _verifier(preset, options)
         if runner is not None:
             accuracy = _verify(Path(scratch), model, options, runner)
             extra = {**manifest.extra, "verified_with": runner.description}
             manifest = replace(manifest, accuracy=accuracy, extra=extra)
-            write_manifest(Path(scratch), manifest)
+        else:
+            manifest = replace(manifest, extra={**manifest.extra, "accuracy_note": note})
+        write_manifest(Path(scratch), manifest)
         # library first, manifest last: a manifest only ever describes a complete library
         library.replace(out_dir / LIBRARY_NAME)
         (Path(scratch) / "manifest.json").replace(out_dir / "manifest.json")
@@ -170,15 +186,35 @@ def _log_dirs(preset: Preset, options: CompileOptions) -> list[Path]:
     return dirs
 
 
-def _build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+def _check_precision(preset: Preset, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise TvmflowError(
+            f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}"
+        )
+    if precision != "fp32" and preset.device != "cuda":
+        raise TvmflowError(
+            f"--precision {precision} is for CUDA targets; {preset.name} is a {preset.device} "
+            "target, where fp16 arithmetic is emulated and slower: use --precision fp32"
+        )
+
+
+def _build(mod: tvm.IRModule, target: tvm.target.Target, preset: Preset) -> relax.VMExecutable:
     from tvm import relax
 
+    if preset.device == "cuda":
+        with cuda.source_codegen():
+            return relax.build(mod, target=target)
     return relax.build(mod, target=target)
 
 
-def _export(executable: relax.VMExecutable, preset: Preset, library: Path) -> None:
-    """Write the shared library, with the cross compiler the preset names."""
-    if preset.cross_compiler:
+def _export(
+    executable: relax.VMExecutable, preset: Preset, target: tvm.target.Target, library: Path
+) -> None:
+    """Write the shared library: with nvcc-built device code for CUDA, with the cross
+    compiler for presets that name one."""
+    if preset.device == "cuda":
+        executable.export_library(str(library), fpack_imports=cuda.pack_imports(target))
+    elif preset.cross_compiler:
         from tvm.support import cc
 
         executable.export_library(str(library), fcompile=cc.cross_compiler(preset.cross_compiler))
@@ -186,23 +222,46 @@ def _export(executable: relax.VMExecutable, preset: Preset, library: Path) -> No
         executable.export_library(str(library))
 
 
+def _device_code_info(library: Path, preset: Preset) -> dict[str, Any]:
+    """What device code the library carries (CUDA: the fatbin images), for the manifest."""
+    if preset.device != "cuda":
+        return {}
+    return {"device_code": cuda.describe_device_code(library)}
+
+
+def _verifier(preset: Preset, options: CompileOptions) -> tuple[HostRunner | None, str]:
+    """How this machine can run the artifact to check it, or why it cannot."""
+    if not options.verify:
+        return None, "not checked: --no-verify"
+    runner = host_runner(preset)
+    if runner is not None:
+        return runner, ""
+    if preset.device == "cuda":
+        return None, cuda.why_not_runnable(str(preset.target["arch"])) or "not checked"
+    emulable = preset.arch == "aarch64"
+    hint = " (run scripts/arm-sysroot to check it under emulation)" if emulable else ""
+    missing = ", ".join(preset.missing_host_features())
+    return None, f"not checked: this machine cannot run it (needs {missing}){hint}"
+
+
 def _verify(
     directory: Path, model: ImportedModel, options: CompileOptions, runner: HostRunner
 ) -> tuple[OutputAccuracy, ...]:
     """Run the exported library through the production loader and compare with onnxruntime."""
+    tolerance = tolerance_for(options.precision, options.tolerance)
     feeds = random_inputs(model.inputs, options.seed)
     expected = onnxruntime_outputs(model.path, feeds)
     actual = runner.run(directory, feeds)
     accuracy = compare(actual, expected)
     scales = output_scales(expected)
-    bad = [a for a in accuracy if not options.tolerance.passes(a, scales[a.name])]
+    bad = [a for a in accuracy if not tolerance.passes(a, scales[a.name])]
     if bad:
         detail = ", ".join(
             f"{a.name}: max abs err {a.max_abs_err:.3g} (rel {a.max_rel_err:.3g})" for a in bad
         )
         raise AccuracyError(
             f"compiled model disagrees with onnxruntime beyond tolerance (atol "
-            f"{options.tolerance.atol}, rtol {options.tolerance.rtol}): {detail}; nothing was "
+            f"{tolerance.atol}, rtol {tolerance.rtol}): {detail}; nothing was "
             "written (use --no-verify to write it anyway)"
         )
     return accuracy

@@ -73,6 +73,7 @@ class Manifest:
     tuning: TuningInfo
     compile_seconds: float
     accuracy: tuple[OutputAccuracy, ...] | None = None
+    precision: str = "fp32"  # "fp16": fp16 compute, fp32 inputs and outputs
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +104,7 @@ class Manifest:
             tuning=TuningInfo(**data["tuning"]),
             compile_seconds=float(data["compile_seconds"]),
             accuracy=None if acc is None else tuple(OutputAccuracy(**a) for a in acc.values()),
+            precision=str(data.get("precision", "fp32")),
             format_version=int(data["format_version"]),
             extra=dict(data.get("extra", {})),
         )

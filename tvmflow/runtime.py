@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from tvmflow.cuda import check_gpu
 from tvmflow.errors import TvmflowError
 from tvmflow.inputs import check_inputs
 from tvmflow.manifest import LIBRARY_NAME, Manifest, TensorSpec, read_manifest, sha256_file
@@ -59,8 +60,10 @@ def _device(tvm: Any, manifest: Manifest, directory: Path) -> Any:
         if not dev.exist:
             raise TvmflowError(
                 f"{directory} is a CUDA artifact (preset {manifest.preset}) but no CUDA GPU is "
-                "visible on this machine"
+                "visible on this machine: run it on a GPU host, or compile for a CPU preset "
+                "(e.g. --target x86)"
             )
+        check_gpu(str(dev.compute_version), str(manifest.target.get("arch")), str(directory))
         return dev
     raise TvmflowError(f"{directory}: unknown device {manifest.device!r} in manifest")
 
@@ -72,8 +75,8 @@ def _load_cuda_runtime(tvm: Any) -> None:
         ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:
         raise TvmflowError(
-            f"cannot load TVM's CUDA runtime ({exc}); this host needs an NVIDIA driver "
-            "(libcuda.so.1) to run CUDA artifacts"
+            f"cannot load TVM's CUDA runtime ({exc}); CUDA artifacts need a GPU host with the "
+            "NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime (libcudart.so.13)"
         ) from exc
 
 
