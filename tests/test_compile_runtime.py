@@ -233,3 +233,16 @@ def test_loader_imports_runtime_only(artifacts: dict[str, Artifact]) -> None:
     )
     expected = tvmflow.load(directory).run({"x": np.ones((4, 64), np.float32)})["logits"].sum()
     assert info["logits_sum"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_num_threads_sizes_pool_without_pinning_caller(artifacts: dict[str, Artifact]) -> None:
+    import tvm
+
+    before = os.sched_getaffinity(0)
+    try:
+        model = tvmflow.load(artifacts["mlp"].directory, num_threads=1)
+        model.run({"x": np.ones((4, 64), np.float32)})
+        assert tvm.runtime.num_threads() == 1
+        assert os.sched_getaffinity(0) == before
+    finally:
+        tvmflow.load(artifacts["mlp"].directory, num_threads=len(before))

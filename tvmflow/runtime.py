@@ -130,6 +130,18 @@ class CompiledModel:
         return f"CompiledModel({str(self.directory)!r}, preset={self.manifest.preset}, ({sig}))"
 
 
+# TVM's AffinityMode kSpecifyThreadShareAllCore: workers may run on every allowed CPU. The
+# default mode (kBig) pins the calling thread to one core, and every thread the service
+# starts afterwards inherits that pin.
+_SHARE_ALL_CORES = -3
+
+
+def _size_thread_pool(tvm: Any, num_threads: int) -> None:
+    """Resize TVM's CPU thread pool without pinning the caller's threads."""
+    cpus = [str(c) for c in sorted(os.sched_getaffinity(0))]
+    tvm.get_global_func("runtime.config_threadpool")(_SHARE_ALL_CORES, num_threads, cpus)
+
+
 def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel:
     """Check and load an artifact directory written by `tvmflow compile`.
 
@@ -148,7 +160,7 @@ def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel
         )
     tvm = _import_tvm()
     if num_threads is not None:
-        tvm.get_global_func("runtime.config_threadpool")(1, int(num_threads))
+        _size_thread_pool(tvm, int(num_threads))
     device = _device(tvm, manifest, directory)
     library = tvm.runtime.load_module(str(library_path))
     return CompiledModel(directory, manifest, library, device)
