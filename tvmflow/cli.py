@@ -414,11 +414,15 @@ def bench_cmd(
     arrays = load_inputs(npz=npz) if npz else None
     with tempfile.TemporaryDirectory(prefix="tvmflow-bench-") as scratch:
         compile_s = None
-        if target is not None:
+        if artifact is None:
             artifact, compile_s = bench.compile_for_bench(
-                model, target, Path(scratch), dict(input_shapes), tuning_logs, not no_shipped_logs
+                model,
+                str(target),
+                Path(scratch),
+                dict(input_shapes),
+                tuning_logs,
+                not no_shipped_logs,
             )
-        assert artifact is not None
         report = bench.run_bench(
             model, artifact, options, arrays, str(npz), dict(input_shapes), compile_s
         )
