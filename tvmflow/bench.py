@@ -605,15 +605,11 @@ class _Loaded:
 
 
 def _load(spec: EngineSpec, feeds: Mapping[str, np.ndarray]) -> _Loaded:
-    """Load and run once. The calling thread's CPU affinity is restored afterwards: TVM pins
-    it to one core when it sizes its pool, and every engine loaded later (its threads inherit
-    the affinity) would be confined to that core."""
+    """Load and run once."""
     import_engine(spec.kind)
-    affinity = os.sched_getaffinity(0)
     start = time.perf_counter()
     run, detail = open_engine(spec)
     load_s = time.perf_counter() - start
-    os.sched_setaffinity(0, affinity)
     start = time.perf_counter()
     outputs = run(feeds)
     first_ms = (time.perf_counter() - start) * 1e3
