@@ -375,9 +375,10 @@ def use_bundled_python(workdir: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": python_dir}
 
 
-def time_ms(fn: Callable[[], Any], sync: Callable[[], Any], iters: int, warmup: int = 10) -> float:
-    """Median over 5 rounds of the mean time per call (ms), synchronizing after each round."""
-    for _ in range(warmup):
+def time_ms(fn: Callable[[], Any], sync: Callable[[], Any], iters: int) -> float:
+    """Median over 5 rounds of the mean time per call (ms), synchronizing after each round;
+    `min(iters, 10)` calls warm up first."""
+    for _ in range(min(iters, 10)):
         fn()
     sync()
     rounds = []
@@ -504,7 +505,7 @@ def markdown(meta: dict[str, Any], host: dict[str, Any], results: list[ModelResu
         f"# gpu-check: {meta['preset']} artifacts on {host.get('gpu', 'this host (no GPU)')}",
         "",
         f"TVM {host['tvm']} runtime only, Python {host['python']}, torch {host.get('torch')}; "
-        "fp32 unless the artifact says otherwise, batch as compiled, untuned (DLight).",
+        "fp32 unless the artifact says otherwise, batch as compiled, untuned (default schedules).",
         "Latency: median of 5 rounds, ms per call, inputs already on the GPU; `run()` adds the "
         "numpy copies. Cold load: fresh process, `tvmflow.load` + first run.",
         "",

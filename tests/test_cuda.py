@@ -222,6 +222,33 @@ def test_tvm_default_export_would_need_a_compiler_at_load(
     assert proc.stdout.startswith("failed:") and "NVRTC" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_source_codegen_keeps_source_where_the_cuda_factory_is_registered(zoo_dir: Path) -> None:
+    """On a GPU build box TVM's CUDA runtime registers `ffi.Module.create.cuda`, which compiles
+    at build time (NVRTC by default); `source_codegen` keeps the source for nvcc there too."""
+    import tvm_ffi
+
+    name = "ffi.Module.create.cuda"
+    if name in tvm_ffi.registry.list_global_func_names():
+        pytest.skip("TVM's CUDA runtime is loaded here: cannot stand in for it")
+    target = tvm.target.Target(resolve_preset("cuda-sm90").target)
+    mod = to_relax(load_onnx(zoo_dir / "mlp.onnx", ZOO_SHAPES["mlp"]))
+    mod = apply_default_schedules(fuse(mod, target), target)
+
+    def factory(code: bytes, fmt: str, fmap: object, source: object) -> None:
+        raise RuntimeError(f"runtime factory called with fmt {fmt}")
+
+    tvm_ffi.register_global_func(name, factory)
+    try:
+        with pytest.raises(RuntimeError, match="runtime factory called with fmt cuda"):
+            relax.build(mod, target=target)
+        with cuda.source_codegen():
+            executable = relax.build(mod, target=target)
+    finally:
+        tvm_ffi.remove_global_func(name)
+    (device,) = [m for m in executable.mod.imports[0].imports if m.kind == "cuda"]
+    assert "__global__" in device.inspect_source("cuda")
+
+
 @needs_nvcc
 def test_running_a_cuda_artifact_without_a_gpu_exits_2(
     cuda_block: Artifact, capsys: pytest.CaptureFixture[str]

@@ -62,7 +62,7 @@ class FatbinEntry:
 
 
 def arch_number(arch: str) -> int:
-    """ "sm_90" / "sm_90a" -> 90: the compute capability an artifact needs."""
+    """The compute capability an artifact needs, as a number: sm_90 and sm_90a -> 90."""
     match = re.fullmatch(r"sm_(\d+)[a-z]?", arch)
     if not match:
         raise TvmflowError(f"CUDA arch {arch!r} is not of the form sm_XY (e.g. sm_90)")
@@ -77,12 +77,14 @@ def gencode_flags(arch: str) -> list[str]:
 
 
 def compile_fatbin(source: str, target: tvm.target.Target) -> bytes:
-    """nvcc the CUDA source for the target's arch, with the flags TVM itself uses for nvcc."""
+    """nvcc the CUDA source for the target's arch, with the flags TVM itself uses for nvcc
+    (TVM runs `nvcc` from PATH: the one we found, e.g. in CUDA_HOME, goes first)."""
     from tvm.support import nvcc as tvm_nvcc
 
     arch = str(target.attrs["arch"])
     flags = gencode_flags(arch)
-    with target, _path_with(require_tool("nvcc", "compiling CUDA kernels").parent):
+    nvcc_dir = require_tool("nvcc", "compiling CUDA kernels").parent
+    with target, _environ("PATH", f"{nvcc_dir}{os.pathsep}{os.environ.get('PATH', '')}"):
         try:
             fatbin = tvm_nvcc.compile_cuda(source, "fatbin", flags, compiler="nvcc")
         except RuntimeError as exc:  # nvcc failed: its output is the last part of the message
@@ -91,33 +93,27 @@ def compile_fatbin(source: str, target: tvm.target.Target) -> bytes:
     return bytes(fatbin)
 
 
-@contextlib.contextmanager
-def _path_with(directory: Path) -> Iterator[None]:
-    """TVM runs `nvcc` from PATH; put the nvcc we found (CUDA_HOME etc.) first while it runs."""
-    old = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{directory}{os.pathsep}{old}"
-    try:
-        yield
-    finally:
-        os.environ["PATH"] = old
-
-
-@contextlib.contextmanager
-def source_codegen() -> Iterator[None]:
+def source_codegen() -> contextlib.AbstractContextManager[None]:
     """Make TVM's CUDA codegen keep the source even where its runtime factory is loaded.
 
     With `TVM_COMPILE_FORCE_FALLBACK` set, codegen stores CUDA source exactly as on a GPU-less
     machine, so GPU and GPU-less build boxes produce the same nvcc-built artifact.
     """
-    old = os.environ.get("TVM_COMPILE_FORCE_FALLBACK")
-    os.environ["TVM_COMPILE_FORCE_FALLBACK"] = "1"
+    return _environ("TVM_COMPILE_FORCE_FALLBACK", "1")
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable (TVM reads its settings there) for the `with` block."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            del os.environ["TVM_COMPILE_FORCE_FALLBACK"]
+            os.environ.pop(name, None)
         else:
-            os.environ["TVM_COMPILE_FORCE_FALLBACK"] = old
+            os.environ[name] = old
 
 
 class _Reader:
