@@ -374,6 +374,36 @@ def test_cuda_presets_are_accepted_by_metaschedule(zoo_dir: Path) -> None:
         assert len(context.generate_measure_candidates() or []) == 4
 
 
+@needs_nvcc
+def test_tuning_candidates_are_built_like_artifacts(zoo_dir: Path) -> None:
+    """`tvmflow tune`'s builder makes each candidate a library with an nvcc-built fatbin for
+    the preset's arch, so it is measured as the artifact will run it (and needs no NVRTC)."""
+    from tvmflow.tune import build_candidate, export_candidate
+
+    preset = resolve_preset("cuda-sm86")
+    target = tvm.target.Target(preset.target)
+    mod = to_relax(load_onnx(zoo_dir / "mlp.onnx", ZOO_SHAPES["mlp"]))
+    mod = apply_default_schedules(fuse(mod, target), target)
+    kernel = next(f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    candidate = tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")})
+    library = Path(export_candidate(preset, build_candidate(candidate, target, None)))
+    (module,) = cuda.device_modules(cuda.library_blob(library))
+    assert module.fmt == "fatbin"
+    assert cuda.FatbinEntry("sass", 86) in cuda.fatbin_entries(module.code)
+    shutil.rmtree(library.parent)
+
+
+def test_tuning_a_cuda_preset_without_a_gpu_exits_2(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if tvm.cuda(0).exist:
+        pytest.skip("a GPU is present: candidates can be measured here")
+    args = ["tune", str(zoo_dir / "mlp.onnx"), "-t", "cuda-sm90", "--log", str(tmp_path / "l")]
+    assert main([*args, "--input-shape", "x=4,64"]) == 2
+    err = capsys.readouterr().err
+    assert "target 'cuda-sm90' does not run on this machine" in err and "--rpc-tracker" in err
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_artifact_runs_and_matches_onnxruntime(

@@ -26,6 +26,7 @@ from tvmflow.accuracy import (
 )
 from tvmflow.emulate import HostRunner, host_runner
 from tvmflow.errors import AccuracyError, TvmflowError
+from tvmflow.export import codegen_scope, export_library
 from tvmflow.frontend import ImportedModel, to_relax
 from tvmflow.inputs import random_inputs
 from tvmflow.manifest import (
@@ -95,13 +96,13 @@ def compile_model(
     total = len(kernel_names(mod))
     mod, tuning = apply_records(mod, target, _log_dirs(preset, options), total)
     mod = apply_default_schedules(mod, target)
-    executable = _build(mod, target, preset)
+    executable = _build(mod, target)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as scratch:
         library = Path(scratch) / LIBRARY_NAME
-        _export(executable, preset, target, library)
+        export_library(executable, preset, target, library)
         manifest = Manifest(
             tvmflow_version=__version__,
             tvm_version=tvm.__version__,
@@ -198,28 +199,11 @@ def _check_precision(preset: Preset, precision: str) -> None:
         )
 
 
-def _build(mod: tvm.IRModule, target: tvm.target.Target, preset: Preset) -> relax.VMExecutable:
+def _build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     from tvm import relax
 
-    if preset.device == "cuda":
-        with cuda.source_codegen():
-            return relax.build(mod, target=target)
-    return relax.build(mod, target=target)
-
-
-def _export(
-    executable: relax.VMExecutable, preset: Preset, target: tvm.target.Target, library: Path
-) -> None:
-    """Write the shared library: with nvcc-built device code for CUDA, with the cross
-    compiler for presets that name one."""
-    if preset.device == "cuda":
-        executable.export_library(str(library), fpack_imports=cuda.pack_imports(target))
-    elif preset.cross_compiler:
-        from tvm.support import cc
-
-        executable.export_library(str(library), fcompile=cc.cross_compiler(preset.cross_compiler))
-    else:
-        executable.export_library(str(library))
+    with codegen_scope(target):
+        return relax.build(mod, target=target)
 
 
 def _device_code_info(library: Path, preset: Preset) -> dict[str, Any]:

@@ -193,7 +193,7 @@ def tune_model(
     check_build_tools(preset)
     if options.farm is not None:
         check_farm(options.farm)
-    elif not preset.runs_on_host():
+    elif not _measurable_here(preset):
         raise TvmflowError(
             f"target {preset.name!r} does not run on this machine, so candidates cannot be "
             "measured here; measure on devices with --rpc-tracker HOST:PORT --rpc-key KEY"
@@ -209,6 +209,15 @@ def tune_model(
             return job.run()
         finally:
             unstage(log_dir)
+
+
+def _measurable_here(preset: Preset) -> bool:
+    """Candidates run on this machine's CPU, or for a CUDA preset on a GPU here that runs it."""
+    if preset.device == "cuda":
+        from tvmflow import cuda
+
+        return cuda.why_not_runnable(str(preset.target["arch"])) is None
+    return preset.runs_on_host()
 
 
 def _check_options(options: TuneOptions) -> None:
@@ -368,7 +377,7 @@ class _Job:
         return ms.builder.LocalBuilder(
             max_workers=self.options.build_workers or os.cpu_count() or 1,
             f_build=build_candidate,
-            f_export=functools.partial(export_candidate, self.preset.cross_compiler),
+            f_export=functools.partial(export_candidate, self.preset),
         )
 
     def _runner(self) -> ms.runner.Runner:
@@ -707,24 +716,27 @@ def build_candidate(
     import tvm
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from tvmflow.export import codegen_scope
+
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm.build(mod, target=target)
+    with codegen_scope(target):
+        return tvm.build(mod, target=target)
 
 
-def export_candidate(cross_compiler: str | None, mod: tvm.runtime.Module) -> str:
-    """Export one candidate as a shared library, with the preset's cross compiler if any.
+def export_candidate(preset: Preset, mod: tvm.runtime.Module) -> str:
+    """Export one candidate as a shared library, built as compile builds the preset's
+    artifacts (its cross compiler; nvcc-built device code for CUDA).
 
     MetaSchedule's default exports a tar of object files that the measuring machine links
     itself; a shared library built here needs no compiler on the (remote, maybe ARM) device.
     """
-    from tvm.support import cc
+    import tvm
 
-    path = os.path.join(tempfile.mkdtemp(prefix="tvmflow-candidate-"), "candidate.so")
-    if cross_compiler:
-        mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
-    else:
-        mod.export_library(path)
-    return path
+    from tvmflow.export import export_library
+
+    path = Path(tempfile.mkdtemp(prefix="tvmflow-candidate-")) / "candidate.so"
+    export_library(mod, preset, tvm.target.Target(preset.target), path)
+    return str(path)
 
 
 @contextmanager
