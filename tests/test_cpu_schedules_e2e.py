@@ -66,7 +66,9 @@ def test_real_models_compile_and_verify(name: str, tmp_path: Path):
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "encoder"])
 def test_zoo_benchmark_models_compile_and_verify(name: str, zoo_dir: Path, tmp_path: Path):
     path = zoo_dir / f"{name}.onnx"
-    shapes = {"encoder": {"hidden_in": (1, 128, 256)}}.get(name, {"image": (1, 3, 224, 224)})
+    shapes: dict[str, tuple[int, ...]] = (
+        {"hidden_in": (1, 128, 256)} if name == "encoder" else {"image": (1, 3, 224, 224)}
+    )
     rules = _rules(path, shapes)
     assert None not in rules.values()
     artifact = compile_model(

@@ -51,6 +51,7 @@ def test_conv_matches_unscheduled(case):
 
 def test_conv_is_tiled_vectorized_parallel_and_prepacks_weights():
     sch = Conv2d().apply(_conv(16, 32, (14, 14)), TARGET, False)
+    assert sch is not None
     assert {"parallel", "vectorized", "unrolled"} <= loop_kinds(sch)
     assert "layout_rewrite_preproc" in sch.mod["main"].script()
 

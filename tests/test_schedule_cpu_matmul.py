@@ -43,6 +43,7 @@ def test_dense_is_tiled_vectorized_and_parallel():
 
 def test_weights_are_prepacked_when_constant():
     sch = Matmul().apply(_dense(16, 32, 64), TARGET, False)
+    assert sch is not None
     blocks = [b for b in sch.mod["main"].script().splitlines() if "layout_rewrite_preproc" in b]
     assert blocks, "a constant [K, N] weight is repacked for the micro-kernel"
 

@@ -57,12 +57,12 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
 
     with target:
         if "gpu" in target.keys:
-            return dlight.ApplyDefaultSchedule(*default_rules(target))(mod)  # type: ignore[no-any-return]
+            return dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
         mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         mod = dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
         mod = relax.transform.SplitLayoutRewritePreproc()(mod)
         mod = relax.transform.FoldConstant()(mod)
-        return relax.transform.DeadCodeElimination()(mod)  # type: ignore[no-any-return]
+        return relax.transform.DeadCodeElimination()(mod)
 
 
 def kernel_rules(mod: tvm.IRModule, target: tvm.target.Target) -> dict[str, str | None]:

@@ -117,7 +117,7 @@ def _dim_using(region: Any, var: Any) -> int | None:
     return dims[0] if len(dims) == 1 else None
 
 
-class Conv2d(ScheduleRule):  # type: ignore[misc]
+class Conv2d(ScheduleRule):
     """Kernels with one GEMM-shaped convolution block; producers (pad) and epilogues injective."""
 
     def apply(

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from tvm import s_tir
 
 
-class Fallback(ScheduleRule):  # type: ignore[misc]
+class Fallback(ScheduleRule):
     """Inline what can be inlined; parallelize each remaining block's leading spatial loops."""
 
     def apply(

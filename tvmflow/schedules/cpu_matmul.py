@@ -71,7 +71,7 @@ def matmul_roles(
     return (position[m_vars[-1]] if m_vars else None), position[n_var], b_read, k_dim
 
 
-class Matmul(ScheduleRule):  # type: ignore[misc]
+class Matmul(ScheduleRule):
     """Kernels with exactly one matmul-shaped reduction block and injective other blocks."""
 
     def apply(
