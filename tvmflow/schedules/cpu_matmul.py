@@ -23,7 +23,6 @@ from tvmflow.schedules.cpu_common import (
     is_layout_free,
     pick_tile,
     prepack_weight,
-    schedule_spatial,
     tile_gemm,
     uses,
     vector_lanes,
@@ -130,6 +129,3 @@ class Matmul(ScheduleRule):
             _, vec = sch.split(wb_loops[-1], factors=[None, tile[2]])
             sch.vectorize(vec)
         return sch
-
-
-__all__ = ["Matmul", "matmul_roles", "schedule_spatial"]
