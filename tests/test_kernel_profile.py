@@ -57,6 +57,7 @@ def test_side_by_side_rounds_interleave():
     )
     assert order == ["t", "o", "t", "t", "o", "o", "t", "t", "o", "o"]
     assert times.samples == 4
+    assert times.tvmflow_cpu_p50 >= 0 and times.onnxruntime_cpu_p50 >= 0
 
 
 def test_script_runs_on_a_zoo_model():
