@@ -14,6 +14,8 @@ from tvmflow.passes import fuse
 from tvmflow.targets import resolve_preset
 
 TARGET = tvm.target.Target(resolve_preset("x86").target)
+AVX2 = tvm.target.Target(resolve_preset("x86-avx2").target)  # runs on any AVX-512 host too
+NEON = tvm.target.Target(resolve_preset("arm-neoverse-n1").target)  # compiled, not run
 
 
 def fused_kernels(
@@ -30,6 +32,17 @@ def fused_kernels(
         bb.emit_func_output(out)
     mod = relax.transform.AttachAttrLayoutFreeBuffers()(fuse(bb.get(), target))
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def only_kernel(
+    inputs: dict[str, tuple[tuple[int, ...], str]],
+    body: Callable[..., relax.Expr],
+    target: tvm.target.Target = TARGET,
+) -> tvm.tirx.PrimFunc:
+    """The single kernel a one-op (plus epilogue) graph lowers to."""
+    kernels = fused_kernels(inputs, body, target)
+    assert len(kernels) == 1, sorted(kernels)
+    return next(iter(kernels.values()))
 
 
 def const(shape: tuple[int, ...], seed: int = 0) -> relax.Constant:
@@ -69,6 +82,12 @@ def assert_schedule_matches(
     for exp, act in zip(expected, actual, strict=True):
         scale = float(np.abs(exp).max(initial=0.0)) or 1.0
         np.testing.assert_allclose(act, exp, rtol=0, atol=rtol * scale * 10 + 1e-6)
+
+
+def lowers_for(sch: s_tir.Schedule, target: Any) -> None:
+    """The scheduled kernel goes through TVM's whole lowering and LLVM codegen for `target`."""
+    func = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
 
 
 def loop_kinds(sch: s_tir.Schedule) -> set[str]:

@@ -44,16 +44,29 @@ class KernelTime:
 
 @dataclass(frozen=True)
 class ModelTimes:
-    """Median end-to-end latency of both runtimes, measured in interleaved rounds."""
+    """Median end-to-end latency of both runtimes, measured in interleaved rounds.
+
+    Wall-clock and process CPU time are both kept: on a shared machine a run's wall time
+    includes the time other processes held the cores, its CPU time does not. With one
+    thread (both runtimes then compute on the calling thread) CPU time is the robust
+    measure; with several, wall time is the one that matters but needs a quiet machine.
+    """
 
     tvmflow_p50: float
     onnxruntime_p50: float
     samples: int
+    tvmflow_cpu_p50: float = 0.0
+    onnxruntime_cpu_p50: float = 0.0
 
     @property
     def ratio(self) -> float:
         """tvmflow latency / onnxruntime latency (below 1: tvmflow is faster)."""
         return self.tvmflow_p50 / self.onnxruntime_p50
+
+    @property
+    def cpu_ratio(self) -> float:
+        """tvmflow CPU time / onnxruntime CPU time per inference."""
+        return self.tvmflow_cpu_p50 / self.onnxruntime_cpu_p50 if self.onnxruntime_cpu_p50 else 0
 
 
 @dataclass(frozen=True)
@@ -99,15 +112,19 @@ def time_side_by_side(
     """p50 latencies from alternating rounds of both runtimes (after one warm-up each)."""
     run_tvm()
     run_ort()
-    tvm_s: list[float] = []
-    ort_s: list[float] = []
+    wall: dict[str, list[float]] = {"tvm": [], "ort": []}
+    cpu: dict[str, list[float]] = {"tvm": [], "ort": []}
     for _ in range(rounds):
-        for fn, out in ((run_tvm, tvm_s), (run_ort, ort_s)):
+        for key, fn in (("tvm", run_tvm), ("ort", run_ort)):
             for _ in range(per_round):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 fn()
-                out.append(time.perf_counter() - start)
-    return ModelTimes(statistics.median(tvm_s), statistics.median(ort_s), len(tvm_s))
+                wall[key].append(time.perf_counter() - start)
+                cpu[key].append(time.process_time() - start_cpu)
+    med = statistics.median
+    return ModelTimes(
+        med(wall["tvm"]), med(wall["ort"]), len(wall["tvm"]), med(cpu["tvm"]), med(cpu["ort"])
+    )
 
 
 def onnxruntime_session(model: Path, threads: int) -> Any:
@@ -200,6 +217,8 @@ def format_profile(profile: KernelProfile, top: int = 25) -> str:
         f"{profile.model}: tvmflow p50 {t.tvmflow_p50 * 1e3:.3f} ms, onnxruntime p50 "
         f"{t.onnxruntime_p50 * 1e3:.3f} ms, ratio {t.ratio:.2f}x "
         f"({profile.threads} threads, {t.samples} runs each, interleaved)",
+        f"CPU time per run: tvmflow {t.tvmflow_cpu_p50 * 1e3:.3f} ms, onnxruntime "
+        f"{t.onnxruntime_cpu_p50 * 1e3:.3f} ms, ratio {t.cpu_ratio:.2f}x",
         f"kernels: {len(profile.kernels)} distinct, sum {total * 1e3:.3f} ms "
         f"({total / t.tvmflow_p50:.0%} of end-to-end p50)",
         f"{'ms':>9} {'share':>6} {'calls':>5} {'GFLOP/s':>8}  kernel",

@@ -70,9 +70,7 @@ def extents(sch: s_tir.Schedule, loops: Sequence[s_tir.schedule.LoopRV]) -> list
     return out
 
 
-def schedule_spatial(
-    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int, dtype_bits: int = 32
-) -> None:
+def schedule_spatial(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
     """Parallelize the outer loops of a spatial block and vectorize its innermost loop.
 
     Loops are not fused across dims for vectorization: a fused index reaches the buffers

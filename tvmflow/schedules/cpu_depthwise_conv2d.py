@@ -75,7 +75,7 @@ def depthwise_roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> dict
     }
 
 
-class DepthwiseConv2d(ScheduleRule):  # type: ignore[misc]
+class DepthwiseConv2d(ScheduleRule):
     """Kernels with one depthwise conv block fed by an in-kernel padding block."""
 
     def apply(

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 from tvm.s_tir.dlight import ScheduleRule
 
 
-class Elementwise(ScheduleRule):  # type: ignore[misc]
+class Elementwise(ScheduleRule):
     """Kernels whose blocks are all spatial (no reduction)."""
 
     def apply(

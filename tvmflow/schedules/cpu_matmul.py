@@ -20,8 +20,9 @@ from tvmflow.schedules.cpu_common import (
     fuse_epilogue,
     index_vars,
     is_cpu,
+    is_layout_free,
     pick_tile,
-    schedule_spatial,
+    prepack_weight,
     tile_gemm,
     uses,
     vector_lanes,
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
 
 def matmul_roles(
     sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV
-) -> tuple[int | None, int] | None:
-    """(m, n) iter positions of a `C[.., m, n] += A[.., m, k] * B[.., k, n]` block, else None.
+) -> tuple[int | None, int, int, int | None] | None:
+    """Roles in a `C[.., m, n] += A[.., m, k] * B[.., k, n]` block, else None: the iter
+    positions of m and n, which read is B, and the dim of B that k indexes.
 
     m is None when the kernel has a single row (a GEMV with the weight as [K, N]).
     """
@@ -53,8 +55,10 @@ def matmul_roles(
         return None
     n_var = out[-1]
     a, b = (index_vars(r) for r in stmt.reads)
+    b_read = 1
     if uses(a, n_var) and not uses(b, n_var):
         a, b = b, a
+        b_read = 0
     # b is contiguous along n (its last index), a does not depend on n, both on k
     if b[-1] is None or not b[-1].same_as(n_var) or uses(a, n_var):
         return None
@@ -62,10 +66,11 @@ def matmul_roles(
         return None
     m_vars = [v for v in out[:-1] if uses(a, v) and not uses(b, v)]
     position = {iv.var: i for i, iv in enumerate(iters)}
-    return (position[m_vars[-1]] if m_vars else None), position[n_var]
+    k_dim = next((d for d, v in enumerate(b) if v is not None and v.same_as(k)), None)
+    return (position[m_vars[-1]] if m_vars else None), position[n_var], b_read, k_dim
 
 
-class Matmul(ScheduleRule):  # type: ignore[misc]
+class Matmul(ScheduleRule):
     """Kernels with exactly one matmul-shaped reduction block and injective other blocks."""
 
     def apply(
@@ -100,17 +105,21 @@ class Matmul(ScheduleRule):  # type: ignore[misc]
         sizes = extents(sch, loops)
         if sizes is None:
             return None
-        m_pos, n_pos = roles
+        m_pos, n_pos, b_read, k_dim = roles
         lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
         m_size = 1 if m_pos is None else sizes[m_pos]
         tile = pick_tile(m_size, sizes[n_pos], lanes, vector_registers(target))
         gemm = GemmLoops(
-            batch=tuple(loop for i, loop in enumerate(loops[:-1]) if i not in roles),
+            batch=tuple(loop for i, loop in enumerate(loops[:-1]) if i not in (m_pos, n_pos)),
             rows=(),
             m=None if m_pos is None else loops[m_pos],
             n=loops[n_pos],
             reduce=(loops[-1],),
         )
+        weight = sch.get(main.block_rv).reads[b_read]
+        if k_dim is not None and is_layout_free(func, weight.source):
+            n_dim = len(weight.region) - 1
+            prepack_weight(sch, main.block_rv, b_read, [k_dim], n_dim, tile[1] * tile[2])
         writeback = tile_gemm(sch, main.block_rv, gemm, tile)
         out = fuse_epilogue(sch, writeback, [i.block_rv for i in infos[reductions[0] + 1 :]])
         if out is None:
@@ -120,6 +129,3 @@ class Matmul(ScheduleRule):  # type: ignore[misc]
             _, vec = sch.split(wb_loops[-1], factors=[None, tile[2]])
             sch.vectorize(vec)
         return sch
-
-
-__all__ = ["Matmul", "matmul_roles", "schedule_spatial"]
