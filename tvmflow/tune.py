@@ -766,13 +766,13 @@ def _sigint_deferred(on_sigint: Callable[[], None]) -> Iterator[None]:
 def apply_records(
     mod: tvm.IRModule, target: tvm.target.Target, log_dirs: Sequence[Path], total: int
 ) -> tuple[tvm.IRModule, TuningInfo]:
-    """Schedule every kernel a record covers; the rest keep their default schedules."""
+    """Schedule every kernel a search result improves; the rest keep their default schedules."""
     import tvm
     from tvm import relax
 
     if not log_dirs:
         return mod, TuningInfo(None, 0, total)
-    with target, open_database(log_dirs):
+    with target, improving_records(log_dirs):
         mod = relax.transform.MetaScheduleApplyDatabase()(mod)
     tuned = sum(
         1
@@ -780,3 +780,37 @@ def apply_records(
         if isinstance(f, tvm.tirx.PrimFunc) and bool(f.attrs and f.attrs.get("tirx.is_scheduled"))
     )
     return mod, TuningInfo(logs_digest(log_dirs) if tuned else None, tuned, total)
+
+
+def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
+    """Per kernel, the fastest search result, kept only where it beat its log's baseline.
+
+    A log also holds each kernel's default schedule as measured when it was tuned (trial 0:
+    a deterministic trace, with no Sample* instructions). Applying that record would pin the
+    default rules of that day and bypass today's (and their weight prepacking), so compile
+    applies a record only when the search found something faster than that baseline.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    searched: dict[str, ms.database.TuningRecord] = {}
+    baseline: dict[str, float] = {}
+    for log in log_dirs:
+        for record in open_database([log]).get_all_tuning_records():
+            if not record.run_secs:
+                continue
+            key, secs = str(record.workload.as_json()[0]), _mean_secs(record.run_secs)
+            if any(inst.kind.name.startswith("Sample") for inst in record.trace.insts):
+                if key not in searched or secs < _mean_secs(searched[key].run_secs):
+                    searched[key] = record
+            else:
+                baseline[key] = min(secs, baseline.get(key, secs))
+    db = ms.database.MemoryDatabase()
+    for key, record in searched.items():
+        if _mean_secs(record.run_secs) < baseline.get(key, float("inf")):
+            workload = db.commit_workload(record.workload.mod)
+            db.commit_tuning_record(
+                ms.database.TuningRecord(
+                    record.trace, workload, record.run_secs, record.target, record.args_info
+                )
+            )
+    return db
