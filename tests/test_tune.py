@@ -210,6 +210,40 @@ def test_kill_9_mid_job_leaves_a_log_that_loads_and_resumes(
     assert resumed.new_trials <= 1 + BATCH
 
 
+@pytest.mark.slow
+def test_ctrl_c_from_a_terminal_spares_the_batch_in_flight(zoo_dir: Path, tmp_path: Path) -> None:
+    """A terminal sends SIGINT to the whole process group, MetaSchedule's workers included:
+    the batch being measured still completes without errors, then the job stops."""
+    log = tmp_path / "log"
+    job = subprocess.Popen(
+        _cli("tune", str(zoo_dir / "mlp.onnx"), "-t", "x86", "--input-shape", "x=4,64",
+             "--log", str(log), "--trials", "500", "--batch-size", "8", "--population", "32"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        seen = 0
+        while seen < 2 + 1:  # the untuned trials and a search batch are on disk
+            assert job.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+            seen = (read_summary(log) or {}).get("trials", 0)
+        time.sleep(2.0)  # the next batch is being built or measured
+        os.killpg(job.pid, signal.SIGINT)
+        _, err = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 130
+    assert "tuning stopped (interrupted)" in err.decode()
+    summary = read_summary(log)
+    assert summary is not None and summary["last_job"]["stopped"] == "interrupted"
+    assert summary["last_job"]["errors"] == 0  # no candidate of the last batch was lost
+    assert summary["trials"] >= seen and summary["trials"] == len(open_database([log]))
+
+
 def test_split_tasks_then_merge_covers_every_kernel(
     mlp: ImportedModel, zoo_dir: Path, tmp_path: Path, capsys
 ) -> None:

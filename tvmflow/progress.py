@@ -87,9 +87,10 @@ class ConsoleProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        more = "" if result.trials >= result.budget else "; rerun the same command to continue"
         print(
             f"tuning stopped ({result.stop_reason}): {result.trials} trials in {result.log_dir} "
-            f"(+{result.new_trials} in {duration(result.seconds)})",
+            f"(+{result.new_trials} in {duration(result.seconds)}){more}",
             file=self.stream,
             flush=True,
         )

@@ -36,6 +36,7 @@ from tvmflow.targets import Preset, check_build_tools
 from tvmflow.tunelog import (
     RECORDS,
     SUMMARY_VERSION,
+    WORKLOADS,
     LogIdentity,
     check_log_for_job,
     locked,
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
     from tvm.s_tir import meta_schedule as ms
 
     from tvmflow.frontend import ImportedModel
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TRIALS_PER_TASK = 64
 FAILED_SECS = 1e10  # MetaSchedule's run time for a candidate that failed to build or run (s)
@@ -195,7 +194,7 @@ def tune_model(
     check_build_tools(preset)
     if options.farm is not None:
         check_farm(options.farm)
-    elif not preset.runs_on_host():
+    elif not _measurable_here(preset):
         raise TvmflowError(
             f"target {preset.name!r} does not run on this machine, so candidates cannot be "
             "measured here; measure on devices with --rpc-tracker HOST:PORT --rpc-key KEY"
@@ -212,6 +211,15 @@ def tune_model(
             return job.run()
         finally:
             unstage(log_dir)
+
+
+def _measurable_here(preset: Preset) -> bool:
+    """CPU presets this machine runs; CUDA presets when this machine has a GPU."""
+    if preset.device == "cuda":
+        import tvm
+
+        return bool(tvm.runtime.cuda(0).exist)
+    return preset.runs_on_host()
 
 
 def _check_options(options: TuneOptions) -> None:
@@ -289,8 +297,7 @@ class _Job:
 
         work = stage(self.log_dir)
         self.db = ms.database.JSONDatabase(
-            path_workload=str(work / "database_workload.json"),
-            path_tuning_record=str(work / "database_tuning_record.json"),
+            path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
         )
         self.workloads = [self.db.commit_workload(t.dispatched[0]) for t in self.tasks]
         self.trials, self.best_s = self._prior_records()
