@@ -357,3 +357,32 @@ def test_merge_refuses_logs_of_different_targets(mlp_log, tmp_path: Path, capsys
     (b / "summary.json").write_text(json.dumps(summary))
     args = ["logs", "merge", str(a), str(b), "-o", str(tmp_path / "m")]
     _fails(capsys, args, "different targets")
+
+
+def test_console_progress_draws_a_bar_or_prints_plain_lines() -> None:
+    import io
+
+    from tvmflow.progress import ConsoleProgress, format_table
+    from tvmflow.tune import TaskResult
+
+    def progress(trials: int, eta: float) -> TuneProgress:
+        return TuneProgress(trials, 10, trials, 0, 5.0, eta, 20.0, 60.0, "k")
+
+    result = TuningResult(
+        Path("logs/m"), (TaskResult("k", 2, 6, 10.0, 30.0),), 6, 10, 6, 0, 12.0, 12.0, "interrupted"
+    )
+    bar = io.StringIO()
+    sink = ConsoleProgress(bar, tty=True)
+    sink.started(progress(2, 30.0))
+    sink.batch_done(progress(6, 9.0))
+    sink.finished(result)
+    drawn = bar.getvalue()
+    assert "6/10 trials" in drawn and "ETA 9s, est. 20.0 µs (untuned 60.0 µs)" in drawn
+    assert "rerun the same command to continue" in bar.getvalue()
+    lines = io.StringIO()
+    sink = ConsoleProgress(lines, tty=False, interval_s=3600)
+    sink.started(progress(2, 30.0))
+    sink.batch_done(progress(6, 9.0))  # within the interval: no line
+    assert lines.getvalue().count("\n") == 1 and "tuning: 2/10 trials" in lines.getvalue()
+    table = format_table(result)
+    assert "k " in table and "3.00x" in table and "estimated end-to-end: 20.00 µs" in table
