@@ -6,6 +6,7 @@ flood a log; the final per-task table is `format_table`.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO
@@ -63,7 +64,7 @@ class ConsoleProgress:
                 unit="trial",
                 desc="tuning",
                 file=self.stream,
-                dynamic_ncols=True,
+                **({"dynamic_ncols": True} if self._width() > 0 else {"ncols": 100, "nrows": 24}),
                 bar_format="{desc} {bar} {n_fmt}/{total_fmt} trials [{elapsed}{postfix}]",
             )
             self._postfix(progress)
@@ -87,12 +88,20 @@ class ConsoleProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        more = "" if result.trials >= result.budget else "; rerun the same command to continue"
         print(
             f"tuning stopped ({result.stop_reason}): {result.trials} trials in {result.log_dir} "
-            f"(+{result.new_trials} in {duration(result.seconds)})",
+            f"(+{result.new_trials} in {duration(result.seconds)}){more}",
             file=self.stream,
             flush=True,
         )
+
+    def _width(self) -> int:
+        """The terminal's width; 0 for a pty that reports no size (tqdm then draws nothing)."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return 0
 
     def _postfix(self, p: TuneProgress) -> None:
         assert self.bar is not None

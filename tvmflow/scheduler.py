@@ -31,6 +31,9 @@ class BatchHooks(Protocol):
     def stop_reason(self) -> str | None:
         """Why no further batch should start (checked at every batch boundary)."""
 
+    def stop_reason_now(self) -> str | None:
+        """`stop_reason` without slow checks (e.g. asking a device farm)."""
+
     def best_seconds(self, task_id: int) -> float | None: ...
 
     def batch_done(
@@ -124,11 +127,33 @@ class Checkpoint(ms.measure_callback.PyMeasureCallback):
         self.hooks.batch_done(task_id, list(builder_results), list(runner_results))
 
 
+@derived_object
+class UpdateCostModelUnlessStopping(ms.measure_callback.PyMeasureCallback):
+    """MetaSchedule's UpdateCostModel, skipped after the job's last batch (a wasted retrain)."""
+
+    def __init__(self, hooks: BatchHooks) -> None:
+        self.hooks = hooks
+        self.inner = ms.measure_callback.UpdateCostModel()
+
+    def apply(
+        self,
+        task_scheduler: Any,
+        task_id: int,
+        measure_candidates: Any,
+        builder_results: Any,
+        runner_results: Any,
+    ) -> None:
+        if self.hooks.stop_reason_now() is None:
+            self.inner.apply(
+                task_scheduler, task_id, measure_candidates, builder_results, runner_results
+            )
+
+
 def measure_callbacks(hooks: BatchHooks) -> list[Any]:
     """MetaSchedule's default callbacks, with the checkpoint right after the database write."""
     return [
         ms.measure_callback.AddToDatabase(),
         Checkpoint(hooks),
         ms.measure_callback.RemoveBuildArtifact(),
-        ms.measure_callback.UpdateCostModel(),
+        UpdateCostModelUnlessStopping(hooks),
     ]

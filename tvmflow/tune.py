@@ -13,6 +13,7 @@ asks `_Job.stop_reason` before each batch).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -33,7 +34,9 @@ from tvmflow.manifest import TuningInfo
 from tvmflow.passes import fuse
 from tvmflow.targets import Preset, check_build_tools
 from tvmflow.tunelog import (
+    RECORDS,
     SUMMARY_VERSION,
+    WORKLOADS,
     LogIdentity,
     check_log_for_job,
     locked,
@@ -50,8 +53,6 @@ if TYPE_CHECKING:
     from tvm.s_tir import meta_schedule as ms
 
     from tvmflow.frontend import ImportedModel
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TRIALS_PER_TASK = 64
 FAILED_SECS = 1e10  # MetaSchedule's run time for a candidate that failed to build or run (s)
@@ -200,6 +201,7 @@ def tune_model(
         )
     log_dir = Path(log_dir)
     identity = LogIdentity(model.sha256, model.inputs, preset.name, dict(preset.target))
+    check_log_for_job(log_dir, identity)  # fail fast; checked again under the lock
     target = tvm.target.Target(preset.target)
     tasks = _extract_tasks(model, target, options.split)
     with locked(log_dir):
@@ -295,8 +297,7 @@ class _Job:
 
         work = stage(self.log_dir)
         self.db = ms.database.JSONDatabase(
-            path_workload=str(work / "database_workload.json"),
-            path_tuning_record=str(work / "database_tuning_record.json"),
+            path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
         )
         self.workloads = [self.db.commit_workload(t.dispatched[0]) for t in self.tasks]
         self.trials, self.best_s = self._prior_records()
@@ -325,7 +326,8 @@ class _Job:
 
         builder = self._builder()
         runner = self._runner()
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(_shutdown, runner)
             missing = [i for i, u in enumerate(self.untuned) if u is None]
             if missing:
                 if self.progress:
@@ -338,7 +340,12 @@ class _Job:
             self.write_summary()
             if self.progress:
                 self.progress.started(self.status())
-            contexts = self._contexts()
+            if self.stop_reason_now() is not None:  # e.g. the untuned trials met the budget
+                return
+            if self.progress:
+                self.progress.message("preparing the search (the first time takes a while)")
+            register_tensor_intrinsics(self.target)
+            contexts = self._contexts(stack)
             self.cost_model = ms.cost_model.XGBModel(
                 num_tuning_cores=self._cores(), tree_method="auto"
             )
@@ -362,8 +369,6 @@ class _Job:
                     raise KeyboardInterrupt from None
                 raise
             self.stopped = sched.stopped_because
-        finally:
-            _shutdown(runner)
 
     # -- MetaSchedule objects --------------------------------------------------------------
     def _cores(self) -> int:
@@ -395,25 +400,33 @@ class _Job:
             return make_runner(self.options.farm, evaluator)
         return ms.runner.LocalRunner(evaluator_config=evaluator)
 
-    def _contexts(self) -> list[ms.TuneContext]:
+    def _contexts(self, stack: contextlib.ExitStack) -> list[ms.TuneContext]:
+        """One TuneContext per task, each logging to `logs/` in the log directory.
+
+        MetaSchedule's own helper configures logging process-wide (dictConfig, a console
+        handler on stdout); tvmflow keeps its output to the progress sink and the files.
+        """
         from tvm.s_tir import meta_schedule as ms
 
-        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-        if ms_logger.level == logging.NOTSET:
-            ms_logger.setLevel(logging.INFO)
         population = self.options.population
         strategy = ms.search_strategy.EvolutionarySearch(
             population_size=population, init_min_unmeasured=min(50, max(1, population // 2))
         )
-        contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            self.tasks, work_dir=str(self.log_dir), strategy=strategy, seed=self.options.seed
-        )
-        # MetaSchedule also logs to stdout; its logs/ files keep the details, the sink the rest
-        for handler in list(ms_logger.handlers):
-            if type(handler) is logging.StreamHandler:
-                ms_logger.removeHandler(handler)
-        if len(contexts) != len(self.tasks):  # pragma: no cover - tasks are pre-filtered
-            raise RuntimeError("MetaSchedule skipped a task tvmflow selected")
+        seeds = ms.utils.fork_seed(self.options.seed, n=len(self.tasks))
+        contexts = []
+        for i, (task, seed) in enumerate(zip(self.tasks, seeds, strict=True)):
+            logger = stack.enter_context(_task_logger(self.log_dir / "logs", i, self.names[i]))
+            ctx = ms.TuneContext(
+                mod=task.dispatched[0],
+                target=task.target,
+                space_generator="post-order-apply",
+                search_strategy=strategy,
+                task_name=self.names[i],
+                logger=logger,
+                rand_state=seed,
+                num_threads="physical",
+            )
+            contexts.append(ctx.clone())
         return contexts
 
     # -- records ---------------------------------------------------------------------------
@@ -739,6 +752,51 @@ def export_candidate(preset: Preset, mod: tvm.runtime.Module) -> str:
     return str(path)
 
 
+def register_tensor_intrinsics(target: tvm.target.Target) -> None:
+    """Register the tensor intrinsics (VNNI, NEON dot, tensor cores) of this target's backend.
+
+    MetaSchedule imports `tvm.s_tir.tensor_intrin`, whose `__init__` registers every backend's
+    intrinsics, 15-40 s (mostly CUDA's) at the start of every job. tvmflow installs the package
+    without running its `__init__` and imports only the backend module the target can use;
+    MetaSchedule's own import then finds the package already loaded.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    package = "tvm.s_tir.tensor_intrin"
+    if package not in sys.modules:
+        spec = importlib.util.find_spec(package)
+        if spec is None:  # pragma: no cover - part of every TVM build
+            return
+        sys.modules[package] = importlib.util.module_from_spec(spec)
+    kind = str(target.kind.name)
+    if kind == "llvm":
+        triple = str(target.attrs.get("mtriple", ""))
+        module = "arm_cpu" if triple.startswith(("aarch64", "arm")) else "x86"
+    else:
+        module = kind if kind in ("cuda", "rocm", "metal", "hexagon") else ""
+    if module:
+        importlib.import_module(f"{package}.{module}")
+
+
+@contextmanager
+def _task_logger(directory: Path, index: int, name: str) -> Iterator[logging.Logger]:
+    """A logger writing one task's MetaSchedule log to `directory` (closed afterwards)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"tvmflow.tune.task.{index}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler = logging.FileHandler(directory / f"task_{index:03d}_{name[:100]}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
 @contextmanager
 def _sigint_deferred(on_sigint: Callable[[], None]) -> Iterator[None]:
     """Route Ctrl-C to `on_sigint` and keep it away from MetaSchedule's worker processes.
@@ -772,6 +830,8 @@ def apply_records(
 
     if not log_dirs:
         return mod, TuningInfo(None, 0, total)
+    if any(b'["Tensorize",' in (d / RECORDS).read_bytes() for d in log_dirs):
+        register_tensor_intrinsics(target)  # a tensorized trace names its intrinsic
     with target, improving_records(log_dirs):
         mod = relax.transform.MetaScheduleApplyDatabase()(mod)
     tuned = sum(

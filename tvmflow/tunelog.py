@@ -287,7 +287,7 @@ def merge_logs(sources: Sequence[Path], out: Path, best_only: bool = False) -> M
         merged = ms.database.JSONDatabase(
             path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
         )
-        kept, duplicates = _union_records(open_database(sources), best_only)
+        kept, duplicates = _union_records([open_database([s]) for s in sources], best_only)
         for record in kept:
             workload = merged.commit_workload(record.workload.mod)
             merged.commit_tuning_record(
@@ -304,17 +304,18 @@ def merge_logs(sources: Sequence[Path], out: Path, best_only: bool = False) -> M
 
 
 def _union_records(
-    db: ms.database.Database, best_only: bool
+    dbs: Sequence[ms.database.Database], best_only: bool
 ) -> tuple[list[ms.database.TuningRecord], int]:
     """All distinct records (same workload and same trace counts once), or each workload's best."""
-    from tvm.ir import structural_hash
+    from tvm_ffi import structural_hash
 
     seen: set[tuple[str, str]] = set()
     kept = []
     best: dict[str, ms.database.TuningRecord] = {}
     hashes: dict[ms.database.Workload, str] = {}  # records of one database share workloads
     duplicates = 0
-    for record in db.get_all_tuning_records():
+    records = [r for db in dbs for r in db.get_all_tuning_records()]
+    for record in records:
         if record.workload not in hashes:
             hashes[record.workload] = str(structural_hash(record.workload.mod))
         wkey = hashes[record.workload]
