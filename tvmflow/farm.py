@@ -179,4 +179,26 @@ def make_runner(farm: Farm, evaluator: ms.runner.EvaluatorConfig) -> ms.runner.R
         evaluator_config=evaluator,
         max_workers=servers,
         f_create_session=functools.partial(_create_session, farm),
+        f_alloc_argument=_alloc_from_host,
     )
+
+
+def _alloc_from_host(
+    session: rpc.RPCSession, device: Any, args_info: Any, alloc_repeat: int
+) -> list[Any]:
+    """Candidate inputs filled here and copied to the device.
+
+    MetaSchedule's default asks the device for `tvm.contrib.random.random_fill_for_measure`,
+    which a runtime-only TVM (what a board or a production host runs) does not register.
+    """
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    return alloc_argument_common(_fill_from_host, device, args_info, alloc_repeat)  # type: ignore[no-any-return]
+
+
+def _fill_from_host(tensor: Any) -> None:
+    from tvmflow.inputs import random_inputs
+    from tvmflow.manifest import TensorSpec
+
+    spec = TensorSpec("arg", tuple(int(d) for d in tensor.shape), str(tensor.dtype))
+    tensor.copyfrom(random_inputs([spec])["arg"])
