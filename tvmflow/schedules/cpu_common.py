@@ -36,6 +36,28 @@ def is_cpu(target: tvm.target.Target) -> bool:
     return str(target.kind.name) == "llvm"
 
 
+def open_schedule(
+    func: tvm.tirx.PrimFunc, target: tvm.target.Target
+) -> tuple[s_tir.Schedule, list[Any]] | None:
+    """Every CPU rule's first step: a schedule of `func` and its normalized blocks, or None
+    when the rule cannot apply (not a CPU target, or a kernel DLight cannot normalize)."""
+    import tvm
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    return (sch, infos) if infos else None
+
+
+def single_reduction(infos: Sequence[Any]) -> int | None:
+    """Index of the one reduction block among injective ones (GEMM/conv kernels), else None."""
+    reductions = [i for i, info in enumerate(infos) if not info.is_injective()]
+    return reductions[0] if len(reductions) == 1 else None
+
+
 def vector_bits(target: tvm.target.Target) -> int:
     """Widest SIMD register of the target CPU: 512 (AVX-512), 256 (AVX2), 128 (SSE, NEON).
 

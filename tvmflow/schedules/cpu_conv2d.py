@@ -23,11 +23,12 @@ from tvmflow.schedules.cpu_common import (
     extents,
     fuse_epilogue,
     index_vars,
-    is_cpu,
     is_layout_free,
+    open_schedule,
     pick_tile,
     prepack_weight,
     schedule_spatial,
+    single_reduction,
     tile_gemm,
     uses,
     vector_lanes,
@@ -123,24 +124,19 @@ class Conv2d(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-        import tvm
-        from tvm import s_tir
-        from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-        if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
+        opened = open_schedule(func, target)
+        if opened is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if not infos:
+        sch, infos = opened
+        index = single_reduction(infos)
+        if index is None:
             return None
-        reductions = [i for i, info in enumerate(infos) if not info.is_injective()]
-        if len(reductions) != 1:
-            return None
-        main = infos[reductions[0]]
-        producers = _inline_weight_transforms(sch, func, infos[: reductions[0]])
+        main = infos[index]
+        producers = _inline_weight_transforms(sch, func, infos[:index])
         roles = conv_roles(sch, main.block_rv, lambda buf: is_layout_free(func, buf))
         if roles is None:
-            return _single_channel(sch, main, infos[reductions[0] + 1 :], producers, target)
+            return _single_channel(sch, main, infos[index + 1 :], producers, target)
         loops = [it.loop_rv for it in main.iters]
         sizes = extents(sch, loops)
         if sizes is None:
@@ -172,7 +168,7 @@ class Conv2d(ScheduleRule):
             ("write", 0),
             lambda *idx: [*(idx[i] for i in range(ndim) if i != n_dim), idx[n_dim]],
         )
-        if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[reductions[0] + 1 :]]) is None:
+        if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[index + 1 :]]) is None:
             return None
         _schedule_producers(sch, producers, lanes)
         return sch

@@ -20,10 +20,11 @@ from tvmflow.schedules.cpu_common import (
     extents,
     fuse_epilogue,
     index_vars,
-    is_cpu,
+    open_schedule,
     pick_tile,
     pick_vector,
     schedule_spatial,
+    single_reduction,
     tile_gemm,
     uses,
     vector_lanes,
@@ -81,18 +82,12 @@ class DepthwiseConv2d(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-        import tvm
-        from tvm import s_tir
-        from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-        if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
+        opened = open_schedule(func, target)
+        if opened is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if not infos:
-            return None
-        reductions = [i for i, info in enumerate(infos) if not info.is_injective()]
-        if len(reductions) != 1 or reductions[0] != 1:
+        sch, infos = opened
+        if single_reduction(infos) != 1:  # pad, then the depthwise reduction
             return None
         pad, main = infos[0], infos[1]
         roles = depthwise_roles(sch, main.block_rv)

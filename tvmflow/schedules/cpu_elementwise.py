@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from tvmflow.schedules.cpu_common import (
     dtype_bits_of_block,
-    is_cpu,
+    open_schedule,
     schedule_spatial,
     vector_lanes,
 )
@@ -29,16 +29,13 @@ class Elementwise(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-        import tvm
-        from tvm import s_tir
-        from tvm.s_tir.dlight.analysis import normalize_prim_func
         from tvm.s_tir.dlight.base import try_inline
 
-        if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
+        opened = open_schedule(func, target)
+        if opened is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if not infos or not all(info.is_injective() for info in infos):
+        sch, infos = opened
+        if not all(info.is_injective() for info in infos):
             return None
         for info in try_inline(sch, infos):
             block = info.block_rv

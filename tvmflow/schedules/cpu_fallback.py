@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING
 
 from tvm.s_tir.dlight import ScheduleRule
 
-from tvmflow.schedules.cpu_common import MIN_PARALLEL_WORK, extents, is_cpu
+from tvmflow.schedules.cpu_common import (
+    MIN_PARALLEL_WORK,
+    extents,
+    open_schedule,
+)
 
 if TYPE_CHECKING:
     import tvm
@@ -25,17 +29,12 @@ class Fallback(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-        import tvm
-        from tvm import s_tir
-        from tvm.s_tir.dlight.analysis import normalize_prim_func
         from tvm.s_tir.dlight.base import try_inline
 
-        if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
+        opened = open_schedule(func, target)
+        if opened is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if not infos:
-            return None
+        sch, infos = opened
         for info in try_inline(sch, infos):
             kinds = info.dom_kind()
             leading = len(kinds) - len(kinds.lstrip("S"))

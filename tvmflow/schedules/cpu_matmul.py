@@ -19,10 +19,11 @@ from tvmflow.schedules.cpu_common import (
     extents,
     fuse_epilogue,
     index_vars,
-    is_cpu,
     is_layout_free,
+    open_schedule,
     pick_tile,
     prepack_weight,
+    single_reduction,
     tile_gemm,
     uses,
     vector_lanes,
@@ -76,27 +77,22 @@ class Matmul(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-        import tvm
-        from tvm import s_tir
-        from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-        if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
+        opened = open_schedule(func, target)
+        if opened is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if not infos:
+        sch, infos = opened
+        index = single_reduction(infos)
+        if index is None:
             return None
-        reductions = [i for i, info in enumerate(infos) if not info.is_injective()]
-        if len(reductions) != 1:
-            return None
-        main = infos[reductions[0]]
+        main = infos[index]
         if main.dom_kind().count("R") != 1 or not main.dom_kind().endswith("R"):
             return None
         roles = matmul_roles(sch, main.block_rv)
         if roles is None:
             return None
         # producers (dequantize, transposes) are inlined into the operand loads
-        for info in infos[: reductions[0]]:
+        for info in infos[:index]:
             try:
                 sch.compute_inline(info.block_rv)
             except (ScheduleError, InternalError):
@@ -121,7 +117,7 @@ class Matmul(ScheduleRule):
             n_dim = len(weight.region) - 1
             prepack_weight(sch, main.block_rv, b_read, [k_dim], n_dim, tile[1] * tile[2])
         writeback = tile_gemm(sch, main.block_rv, gemm, tile)
-        out = fuse_epilogue(sch, writeback, [i.block_rv for i in infos[reductions[0] + 1 :]])
+        out = fuse_epilogue(sch, writeback, [i.block_rv for i in infos[index + 1 :]])
         if out is None:
             return None
         wb_loops = sch.get_loops(out)
