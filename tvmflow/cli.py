@@ -71,6 +71,18 @@ target_option = click.option(
 )
 
 
+def tolerance_options(f: Any) -> Any:
+    """--atol/--rtol, shared by the commands that judge accuracy against onnxruntime."""
+    f = click.option(
+        "--rtol",
+        type=float,
+        default=1e-3,
+        show_default=True,
+        help="Tolerance relative to the output's largest magnitude.",
+    )(f)
+    return click.option("--atol", type=float, default=1e-4, show_default=True)(f)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(package_name="tvmflow")
@@ -151,14 +163,7 @@ def targets_cmd(as_json: bool) -> None:
     show_default=True,
     help="fp16: fp16 compute with fp32 accumulation (CUDA targets only).",
 )
-@click.option("--atol", type=float, default=1e-4, show_default=True)
-@click.option(
-    "--rtol",
-    type=float,
-    default=1e-3,
-    show_default=True,
-    help="Tolerance relative to the output's largest magnitude.",
-)
+@tolerance_options
 def compile_cmd(
     model: Path,
     target: str,
@@ -355,14 +360,7 @@ def demo_cmd(workdir: Path) -> None:
     show_default=True,
     help="Engines to compare with, comma-separated: onnxruntime,openvino.",
 )
-@click.option("--atol", type=float, default=1e-4, show_default=True)
-@click.option(
-    "--rtol",
-    type=float,
-    default=1e-3,
-    show_default=True,
-    help="Tolerance relative to the output's largest magnitude.",
-)
+@tolerance_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-rss", is_flag=True, help="Skip the peak-RSS probes (one process per engine).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report.")
