@@ -28,6 +28,20 @@ class Tolerance:
         )
 
 
+# fp16 rounds every activation to 11 significant bits: errors of 1e-3 relative are expected.
+FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2)
+
+
+def tolerance_for(precision: str, requested: Tolerance) -> Tolerance:
+    """The tolerance an artifact of this precision is held to: fp16 never tighter than
+    FP16_TOLERANCE."""
+    if precision != "fp16":
+        return requested
+    return Tolerance(
+        max(requested.atol, FP16_TOLERANCE.atol), max(requested.rtol, FP16_TOLERANCE.rtol)
+    )
+
+
 def onnxruntime_outputs(
     model: Path, feeds: Mapping[str, np.ndarray], threads: int | None = None
 ) -> dict[str, np.ndarray]:

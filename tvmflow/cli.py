@@ -14,12 +14,13 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 import numpy as np
 
 from tvmflow.errors import TvmflowError
+from tvmflow.passes import PRECISIONS
 
 
 class ShapeParam(click.ParamType):
@@ -83,7 +84,7 @@ def targets_cmd(as_json: bool) -> None:
     """List the target presets."""
     from tvmflow.targets import builtin_presets, resolve_preset
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, preset in builtin_presets().items():
         if preset.is_alias:
             try:
@@ -143,6 +144,13 @@ def targets_cmd(as_json: bool) -> None:
     "--no-shipped-logs", is_flag=True, help="Ignore the tuning logs shipped in tuning_logs/."
 )
 @click.option("--no-verify", is_flag=True, help="Skip the accuracy check against onnxruntime.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="fp16: fp16 compute with fp32 accumulation (CUDA targets only).",
+)
 @click.option("--atol", type=float, default=1e-4, show_default=True)
 @click.option(
     "--rtol",
@@ -159,6 +167,7 @@ def compile_cmd(
     tuning_logs: Sequence[Path],
     no_shipped_logs: bool,
     no_verify: bool,
+    precision: str,
     atol: float,
     rtol: float,
 ) -> None:
@@ -171,7 +180,11 @@ def compile_cmd(
     preset = resolve_preset(target)
     imported = load_onnx(model, dict(input_shapes))
     options = CompileOptions(
-        tuple(tuning_logs), not no_shipped_logs, not no_verify, Tolerance(atol, rtol)
+        tuple(tuning_logs),
+        not no_shipped_logs,
+        not no_verify,
+        Tolerance(atol, rtol),
+        precision=precision,
     )
     artifact = compile_model(imported, preset, output, options)
     m = artifact.manifest
@@ -182,9 +195,8 @@ def compile_cmd(
     for acc in m.accuracy or ():
         click.echo(f"  {acc.name}: max abs err {acc.max_abs_err:.2e}, rel {acc.max_rel_err:.2e}")
     if m.accuracy is None:
-        click.echo("  accuracy: not checked (target does not run here, or --no-verify)")
-        if preset.arch == "aarch64" and not no_verify:
-            click.echo("  (run scripts/arm-sysroot to check arm-* artifacts under emulation)")
+        note = m.extra.get("accuracy_note", "not checked")
+        click.echo(f"  accuracy: {note}")
     elif "verified_with" in m.extra:
         click.echo(f"  accuracy checked: {m.extra['verified_with']}")
 
@@ -248,7 +260,7 @@ def run_cmd(
     outputs = run(feeds)
     elapsed = time.perf_counter() - start
     if output:
-        np.savez(output, **outputs)
+        np.savez(output, **outputs)  # type: ignore[arg-type]
         click.echo(f"wrote {len(outputs)} output(s) to {output}")
     for name, arr in outputs.items():
         click.echo(
@@ -284,6 +296,313 @@ def demo_cmd(workdir: Path) -> None:
             f"accuracy  {acc.name}: max abs err {acc.max_abs_err:.2e} vs onnxruntime "
             f"(cosine {acc.cosine:.6f})"
         )
+    from tvmflow.bench import BenchOptions, run_bench
+
+    quick = BenchOptions(warmup=2, rounds=4, min_time=0.4, measure_rss=False)
+    report = run_bench(path, artifact.directory, quick, input_shapes=DEMO_SHAPES)
+    ours, theirs, ratio = report.engine("tvmflow"), report.engine("onnxruntime"), report.ratio()
+    click.echo(
+        f"latency   p50 tvmflow {ours.p50_ms:.3g} ms, onnxruntime {theirs.p50_ms:.3g} ms "
+        f"({report.threads} threads): tvmflow/onnxruntime {ratio.p50_ratio:.2f}x "
+        f"[{ratio.ci_low:.2f}, {ratio.ci_high:.2f}] (95% CI; `tvmflow bench` for the full report)"
+    )
+
+
+@cli.command("bench")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--artifact",
+    type=click.Path(path_type=Path),
+    help="Artifact directory compiled from MODEL (or use --target).",
+)
+@click.option("--target", "-t", help="Compile MODEL for this preset first (or use --artifact).")
+@click.option(
+    "--tuning-log",
+    "tuning_logs",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="With --target: tuning log directory (repeatable).",
+)
+@click.option("--no-shipped-logs", is_flag=True, help="With --target: ignore tuning_logs/.")
+@input_shape_option
+@click.option(
+    "--inputs",
+    "npz",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="An .npz file holding every input by name (default: seeded random inputs).",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="Threads per engine [default: physical cores]."
+)
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Interleaved rounds (each engine runs in every round).",
+)
+@click.option(
+    "--min-time",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds of timed calls per engine, spread over the rounds.",
+)
+@click.option(
+    "--compare",
+    default="onnxruntime",
+    show_default=True,
+    help="Engines to compare with, comma-separated: onnxruntime,openvino.",
+)
+@click.option("--atol", type=float, default=1e-4, show_default=True)
+@click.option(
+    "--rtol",
+    type=float,
+    default=1e-3,
+    show_default=True,
+    help="Tolerance relative to the output's largest magnitude.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-rss", is_flag=True, help="Skip the peak-RSS probes (one process per engine).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report.")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write a markdown table.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Write a latency chart (.png).")
+def bench_cmd(
+    model: Path,
+    artifact: Path | None,
+    target: str | None,
+    tuning_logs: Sequence[Path],
+    no_shipped_logs: bool,
+    input_shapes: Sequence[tuple[str, tuple[int, ...]]],
+    npz: Path | None,
+    threads: int | None,
+    warmup: int,
+    rounds: int,
+    min_time: float,
+    compare: str,
+    atol: float,
+    rtol: float,
+    seed: int,
+    no_rss: bool,
+    json_path: Path | None,
+    markdown: Path | None,
+    plot: Path | None,
+) -> None:
+    """Benchmark a tvmflow artifact against onnxruntime on identical inputs (exit 3: inaccurate)."""
+    import tempfile
+
+    from tvmflow import bench
+    from tvmflow.accuracy import Tolerance
+    from tvmflow.inputs import load_inputs
+
+    if (artifact is None) == (target is None):
+        raise TvmflowError("give exactly one of --artifact DIR or --target NAME")
+    if tuning_logs and target is None:
+        raise TvmflowError("--tuning-log applies to --target only (an artifact is already built)")
+    options = bench.BenchOptions(
+        threads=threads,
+        warmup=warmup,
+        rounds=rounds,
+        min_time=min_time,
+        comparators=tuple(n.strip() for n in compare.split(",") if n.strip()),
+        tolerance=Tolerance(atol, rtol),
+        measure_rss=not no_rss,
+        seed=seed,
+        progress=sys.stderr.isatty(),
+    )
+    arrays = load_inputs(npz=npz) if npz else None
+    with tempfile.TemporaryDirectory(prefix="tvmflow-bench-") as scratch:
+        compile_s = None
+        if artifact is None:
+            artifact, compile_s = bench.compile_for_bench(
+                model,
+                str(target),
+                Path(scratch),
+                dict(input_shapes),
+                tuning_logs,
+                not no_shipped_logs,
+            )
+        report = bench.run_bench(
+            model, artifact, options, arrays, str(npz), dict(input_shapes), compile_s
+        )
+    click.echo(bench.format_table(report))
+    for path, write in ((json_path, bench.write_json), (markdown, bench.write_markdown)):
+        if path:
+            write([report], path)
+            click.echo(f"wrote {path}")
+    if plot:
+        bench.plot([report], plot)
+        click.echo(f"wrote {plot}")
+    bench.check_accuracy(report)
+
+
+class DurationParam(click.ParamType):
+    """`90`, `30s`, `45m`, `2h` → seconds."""
+
+    name = "DURATION"
+    units: ClassVar[dict[str, float]] = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        number, unit = (text[:-1], text[-1]) if text[-1:] in "smh" else (text, "")
+        try:
+            seconds = float(number) * self.units[unit]
+        except ValueError:
+            seconds = -1.0
+        if seconds <= 0:
+            self.fail(f"{value!r} is not a duration like 90, 30s, 45m or 2h", param, ctx)
+        return seconds
+
+
+class SplitParam(click.ParamType):
+    """`i/N` → (i, N)."""
+
+    name = "i/N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        i, sep, n = str(value).partition("/")
+        if not (sep and i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+            self.fail(f"{value!r} is not i/N with 1 <= i <= N (e.g. 2/4)", param, ctx)
+        return int(i), int(n)
+
+
+class HostPortParam(click.ParamType):
+    """`HOST:PORT` → (host, port)."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        host, sep, port = str(value).rpartition(":")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            self.fail(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9190)", param, ctx)
+        return host, int(port)
+
+
+@cli.command("tune")
+@click.argument("model", type=click.Path(path_type=Path))
+@target_option
+@click.option(
+    "--log",
+    "log_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Tuning log directory (created; an existing one for this model and target resumes).",
+)
+@input_shape_option
+@click.option("--trials", type=int, help="Trial budget, counting trials already in the log.")
+@click.option("--trials-per-task", type=int, help="Budget per kernel, counting the log's trials.")
+@click.option(
+    "--time-limit", type=DurationParam(), help="Stop at the first batch boundary after this."
+)
+@click.option(
+    "--tasks", "split", type=SplitParam(), default="1/1", help="Tune share i of N (by kernel)."
+)
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Trials per batch.")
+@click.option(
+    "--population", type=int, default=512, show_default=True, help="Evolutionary search effort."
+)
+@click.option("--rpc-tracker", type=HostPortParam(), help="Measure on an RPC device farm.")
+@click.option("--rpc-key", help="Device key on the tracker (with --rpc-tracker).")
+@click.option("--seed", type=int, help="Seed the search (reproducible runs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def tune_cmd(
+    model: Path,
+    target: str,
+    log_dir: Path,
+    input_shapes: Sequence[tuple[str, tuple[int, ...]]],
+    trials: int | None,
+    trials_per_task: int | None,
+    time_limit: float | None,
+    split: tuple[int, int],
+    batch_size: int,
+    population: int,
+    rpc_tracker: tuple[str, int] | None,
+    rpc_key: str | None,
+    seed: int | None,
+    as_json: bool,
+) -> None:
+    """Tune MODEL's kernels for a target with MetaSchedule; records go to --log DIR."""
+    from tvmflow.farm import Farm, Tracker
+    from tvmflow.frontend import load_onnx
+    from tvmflow.progress import ConsoleProgress, format_table
+    from tvmflow.targets import resolve_preset
+    from tvmflow.tune import TuneOptions, tune_model
+    from tvmflow.tunelog import read_summary
+
+    if bool(rpc_tracker) != bool(rpc_key):
+        raise click.UsageError("--rpc-tracker and --rpc-key go together")
+    farm = Farm(Tracker(*rpc_tracker), str(rpc_key)) if rpc_tracker else None
+    preset = resolve_preset(target)
+    imported = load_onnx(model, dict(input_shapes))
+    options = TuneOptions(
+        trials=trials,
+        trials_per_task=trials_per_task,
+        batch_size=batch_size,
+        population=population,
+        time_limit_s=time_limit,
+        split=split,
+        farm=farm,
+        seed=seed,
+    )
+    result = tune_model(imported, preset, log_dir, options, ConsoleProgress())
+    if as_json:
+        click.echo(json.dumps(read_summary(log_dir), indent=2))
+    else:
+        click.echo(format_table(result))
+
+
+@cli.group("logs")
+def logs_group() -> None:
+    """Work with tuning logs."""
+
+
+@logs_group.command("merge")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--best-only", is_flag=True, help="Keep only each kernel's fastest record.")
+def logs_merge_cmd(sources: Sequence[Path], output: Path, best_only: bool) -> None:
+    """Union tuning logs (e.g. from `tune --tasks i/N` on several machines) into one."""
+    from tvmflow.tunelog import merge_logs
+
+    merged = merge_logs(list(sources), output, best_only)
+    click.echo(
+        f"merged {len(sources)} log(s) into {merged.out}: {merged.records} records for "
+        f"{merged.workloads} kernels ({merged.duplicates} duplicates dropped)"
+    )
+
+
+@cli.group("farm")
+def farm_group() -> None:
+    """RPC device farms (TVM RPC tracker and servers)."""
+
+
+@farm_group.command("status")
+@click.option("--rpc-tracker", type=HostPortParam(), required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def farm_status_cmd(rpc_tracker: tuple[str, int], as_json: bool) -> None:
+    """List the tracker's device keys with their free and busy servers."""
+    from dataclasses import asdict
+
+    from tvmflow.farm import Tracker, farm_status
+
+    tracker = Tracker(*rpc_tracker)
+    keys = farm_status(tracker)
+    if as_json:
+        click.echo(json.dumps([asdict(k) | {"busy": k.busy} for k in keys], indent=2))
+        return
+    if not keys:
+        click.echo(f"tracker {tracker}: no servers registered")
+        return
+    click.echo(f"{'key':<24} {'servers':>7} {'free':>5} {'busy':>5} {'queued':>6}")
+    for k in keys:
+        click.echo(f"{k.key:<24} {k.servers:>7} {k.free:>5} {k.busy:>5} {k.pending_requests:>6}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,16 @@ class AccuracyError(TvmflowError):
     exit_code = 1
 
 
+class BenchAccuracyError(TvmflowError):
+    """`tvmflow bench`: the artifact's outputs disagree with onnxruntime beyond tolerance: exit 3.
+
+    Distinct from AccuracyError (exit 1 from compile) so scripts can tell "measured, but
+    wrong" apart from a failed build.
+    """
+
+    exit_code = 3
+
+
 class EmulationError(TvmflowError):
     """An artifact crashed or hung under emulation (not a user mistake): exit code 1."""
 

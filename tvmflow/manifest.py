@@ -73,6 +73,7 @@ class Manifest:
     tuning: TuningInfo
     compile_seconds: float
     accuracy: tuple[OutputAccuracy, ...] | None = None
+    precision: str = "fp32"  # "fp16": fp16 compute, fp32 inputs and outputs
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +104,7 @@ class Manifest:
             tuning=TuningInfo(**data["tuning"]),
             compile_seconds=float(data["compile_seconds"]),
             accuracy=None if acc is None else tuple(OutputAccuracy(**a) for a in acc.values()),
+            precision=str(data.get("precision", "fp32")),
             format_version=int(data["format_version"]),
             extra=dict(data.get("extra", {})),
         )
@@ -122,6 +124,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide artifacts from a service's own user
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

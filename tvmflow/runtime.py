@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from tvmflow.cuda import check_gpu
 from tvmflow.errors import TvmflowError
 from tvmflow.inputs import check_inputs
 from tvmflow.manifest import LIBRARY_NAME, Manifest, TensorSpec, read_manifest, sha256_file
@@ -59,8 +60,10 @@ def _device(tvm: Any, manifest: Manifest, directory: Path) -> Any:
         if not dev.exist:
             raise TvmflowError(
                 f"{directory} is a CUDA artifact (preset {manifest.preset}) but no CUDA GPU is "
-                "visible on this machine"
+                "visible on this machine: run it on a GPU host, or compile for a CPU preset "
+                "(e.g. --target x86)"
             )
+        check_gpu(str(dev.compute_version), str(manifest.target.get("arch")), str(directory))
         return dev
     raise TvmflowError(f"{directory}: unknown device {manifest.device!r} in manifest")
 
@@ -72,8 +75,8 @@ def _load_cuda_runtime(tvm: Any) -> None:
         ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:
         raise TvmflowError(
-            f"cannot load TVM's CUDA runtime ({exc}); this host needs an NVIDIA driver "
-            "(libcuda.so.1) to run CUDA artifacts"
+            f"cannot load TVM's CUDA runtime ({exc}); CUDA artifacts need a GPU host with the "
+            "NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime (libcudart.so.13)"
         ) from exc
 
 
@@ -127,6 +130,18 @@ class CompiledModel:
         return f"CompiledModel({str(self.directory)!r}, preset={self.manifest.preset}, ({sig}))"
 
 
+# TVM's AffinityMode kSpecifyThreadShareAllCore: workers may run on every allowed CPU. The
+# default mode (kBig) pins the calling thread to one core, and every thread the service
+# starts afterwards inherits that pin.
+_SHARE_ALL_CORES = -3
+
+
+def _size_thread_pool(tvm: Any, num_threads: int) -> None:
+    """Resize TVM's CPU thread pool without pinning the caller's threads."""
+    cpus = [str(c) for c in sorted(os.sched_getaffinity(0))]
+    tvm.get_global_func("runtime.config_threadpool")(_SHARE_ALL_CORES, num_threads, cpus)
+
+
 def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel:
     """Check and load an artifact directory written by `tvmflow compile`.
 
@@ -145,7 +160,7 @@ def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel
         )
     tvm = _import_tvm()
     if num_threads is not None:
-        tvm.get_global_func("runtime.config_threadpool")(1, int(num_threads))
+        _size_thread_pool(tvm, int(num_threads))
     device = _device(tvm, manifest, directory)
     library = tvm.runtime.load_module(str(library_path))
     return CompiledModel(directory, manifest, library, device)

@@ -154,14 +154,50 @@ def _select_for_host(alias: Preset, presets: dict[str, Preset]) -> Preset:
     )
 
 
+CUDA_STANDARD_HOME = Path("/usr/local/cuda")
+
+
+def _cuda_home_env() -> tuple[str, str] | None:
+    """The toolkit the user named: (variable, value) of CUDA_HOME, else CUDA_PATH."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return var, os.environ[var]
+    return None
+
+
 def find_tool(name: str) -> Path | None:
-    """Locate a build tool; nvcc is also looked up in CUDA_HOME and CUDA's standard place."""
+    """Locate a build tool on PATH. nvcc: from $CUDA_HOME (or $CUDA_PATH) when set, and only
+    there (an explicit toolkit choice is never silently replaced), else PATH, else CUDA's
+    standard place."""
     if name == "nvcc":
-        for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-            if root and (Path(root) / "bin" / "nvcc").is_file():
-                return Path(root) / "bin" / "nvcc"
+        named = _cuda_home_env()
+        if named is not None:
+            nvcc = Path(named[1]) / "bin" / "nvcc"
+            return nvcc if nvcc.is_file() else None
+        found = shutil.which(name)
+        standard = CUDA_STANDARD_HOME / "bin" / "nvcc"
+        return Path(found) if found else (standard if standard.is_file() else None)
     found = shutil.which(name)
     return Path(found) if found else None
+
+
+def require_tool(name: str, needed_by: str) -> Path:
+    """`find_tool`, or a one-line error saying where it looked and what to set."""
+    found = find_tool(name)
+    if found is not None:
+        return found
+    if name != "nvcc":
+        raise TvmflowError(f"{needed_by} needs {name}, which is not on PATH; install it")
+    named = _cuda_home_env()
+    where = (
+        f"{named[0]}={named[1]} has no bin/nvcc"
+        if named
+        else f"nvcc is not on PATH and not in {CUDA_STANDARD_HOME}/bin"
+    )
+    raise TvmflowError(
+        f"{needed_by} needs nvcc, but {where}: install the CUDA toolkit and set CUDA_HOME to "
+        "its directory (the one holding bin/nvcc)"
+    )
 
 
 def check_build_tools(preset: Preset) -> None:
@@ -172,8 +208,4 @@ def check_build_tools(preset: Preset) -> None:
             "not on PATH; install it with `apt-get install gcc-aarch64-linux-gnu`"
         )
     for tool in preset.needs:
-        if find_tool(tool) is None:
-            raise TvmflowError(
-                f"target {preset.name!r} needs {tool}, which was not found in $CUDA_HOME/bin, "
-                f"/usr/local/cuda/bin or PATH; install the CUDA toolkit or set CUDA_HOME"
-            )
+        require_tool(tool, f"target {preset.name!r}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -30,7 +31,7 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(data, name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], output: str, **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], output: str, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
         return output
 

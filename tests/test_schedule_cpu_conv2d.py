@@ -1,0 +1,102 @@
+"""cpu_conv2d.Conv2d: conv2d as a register-tiled implicit GEMM (NCHW data, HWIO weights)."""
+
+from __future__ import annotations
+
+import pytest
+from tvm import relax
+
+from tests.kernels import (
+    AVX2,
+    NEON,
+    TARGET,
+    assert_schedule_matches,
+    const,
+    loop_kinds,
+    lowers_for,
+    only_kernel,
+)
+from tvmflow.schedules.cpu_conv2d import Conv2d
+
+
+def _conv(cin, cout, hw, k=3, stride=1, pad=None, epilogue=True, batch=1):
+    pad = k // 2 if pad is None else pad
+
+    def body(x):
+        y = relax.op.nn.conv2d(x, const((cout, cin, k, k)), strides=stride, padding=pad)
+        if epilogue:  # bias + hardswish: an epilogue that reads its input twice
+            y = relax.op.add(y, const((1, cout, 1, 1), 1))
+            y = relax.op.multiply(y, relax.op.clip(relax.op.add(y, relax.const(3.0)), 0, 6))
+        return y
+
+    return only_kernel({"x": ((batch, cin, hw[0], hw[1]), "float32")}, body)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(cin=16, cout=32, hw=(14, 14)),
+        dict(cin=3, cout=24, hw=(17, 19), k=7, stride=2),
+        dict(cin=8, cout=5, hw=(9, 9), k=1, epilogue=False),
+        dict(cin=6, cout=12, hw=(11, 7), k=1, stride=2, epilogue=False),
+        dict(cin=5, cout=7, hw=(13, 10), k=3, pad=0),
+        dict(cin=4, cout=16, hw=(6, 6), batch=2),
+    ],
+)
+def test_conv_matches_unscheduled(case):
+    func = _conv(**case)
+    sch = Conv2d().apply(func, TARGET, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch, rtol=1e-4)
+
+
+def test_conv_is_tiled_vectorized_parallel_and_prepacks_weights():
+    sch = Conv2d().apply(_conv(16, 32, (14, 14)), TARGET, False)
+    assert sch is not None
+    assert {"parallel", "vectorized", "unrolled"} <= loop_kinds(sch)
+    assert "layout_rewrite_preproc" in sch.mod["main"].script()
+
+
+def test_depthwise_grouped_and_non_conv_are_not_claimed():
+    depthwise = only_kernel(
+        {"x": ((1, 8, 9, 9), "float32")},
+        lambda x: relax.op.nn.conv2d(x, const((8, 1, 3, 3)), padding=1, groups=8),
+    )
+    grouped = only_kernel(
+        {"x": ((1, 8, 9, 9), "float32")},
+        lambda x: relax.op.nn.conv2d(x, const((8, 2, 3, 3)), padding=1, groups=4),
+    )
+    dense = only_kernel({"x": ((4, 8), "float32")}, lambda x: relax.op.matmul(x, const((8, 16))))
+    for func in (depthwise, grouped, dense):
+        assert Conv2d().apply(func, TARGET, False) is None
+
+
+def test_other_cpus():
+    func = _conv(8, 24, (10, 10))
+    assert_schedule_matches(func, Conv2d().apply(func, AVX2, False), AVX2, rtol=1e-4)
+    lowers_for(Conv2d().apply(func, NEON, False), NEON)
+
+
+@pytest.mark.parametrize(("k", "stride", "pad"), [(2, 2, 0), (3, 2, 1), (4, 2, 1), (3, 1, 1)])
+def test_conv_transpose_matches_unscheduled(k, stride, pad):
+    func = only_kernel(
+        {"x": ((1, 6, 9, 7), "float32")},
+        lambda x: relax.op.nn.relu(
+            relax.op.nn.conv2d_transpose(x, const((6, 10, k, k)), strides=stride, padding=pad)
+        ),
+    )
+    sch = Conv2d().apply(func, TARGET, False)
+    assert sch is not None
+    assert "layout_rewrite_preproc" in sch.mod["main"].script()
+    assert_schedule_matches(func, sch, rtol=1e-4)
+
+
+def test_single_output_channel_vectorizes_along_rows():
+    for body in (
+        lambda x: relax.op.sigmoid(relax.op.nn.conv2d_transpose(x, const((6, 1, 2, 2)), strides=2)),
+        lambda x: relax.op.nn.conv2d(x, const((1, 6, 3, 3)), padding=1),
+    ):
+        func = only_kernel({"x": ((1, 6, 12, 16), "float32")}, body)
+        sch = Conv2d().apply(func, TARGET, False)
+        assert sch is not None
+        assert "vectorized" in loop_kinds(sch)
+        assert_schedule_matches(func, sch, rtol=1e-4)

@@ -1,0 +1,73 @@
+"""cpu_elementwise.Elementwise: injective kernels get parallel + vectorized loops, same results."""
+
+from __future__ import annotations
+
+import pytest
+from tvm import relax
+
+from tests.kernels import (
+    AVX2,
+    NEON,
+    TARGET,
+    assert_schedule_matches,
+    const,
+    loop_kinds,
+    lowers_for,
+    only_kernel,
+)
+from tvmflow.schedules.cpu_elementwise import Elementwise
+
+
+def _bias_relu(shape: tuple[int, ...]):
+    c = shape[1]
+    return only_kernel(
+        {"x": (shape, "float32")},
+        lambda x: relax.op.nn.relu(
+            relax.op.add(relax.op.multiply(x, const((1, c, 1, 1))), const((1, c, 1, 1), 1))
+        ),
+    )
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 30, 48), (1, 13, 7, 9), (2, 3, 1, 1), (1, 5, 17, 37)])
+def test_elementwise_chain_matches_unscheduled(shape):
+    func = _bias_relu(shape)
+    sch = Elementwise().apply(func, TARGET, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch)
+
+
+def test_wide_rows_are_vectorized_and_parallel():
+    sch = Elementwise().apply(_bias_relu((1, 16, 30, 48)), TARGET, False)
+    assert {"parallel", "vectorized"} <= loop_kinds(sch)
+
+
+def test_pad_and_transpose_match_unscheduled():
+    pad = only_kernel(
+        {"x": ((1, 6, 11, 13), "float32")}, lambda x: relax.op.nn.pad(x, [0, 0, 0, 0, 1, 2, 3, 1])
+    )
+    transpose = only_kernel(
+        {"x": ((1, 5, 7, 64), "float32")}, lambda x: relax.op.permute_dims(x, [0, 2, 1, 3])
+    )
+    for func in (pad, transpose):
+        sch = Elementwise().apply(func, TARGET, False)
+        assert sch is not None
+        assert_schedule_matches(func, sch)
+
+
+def test_one_long_row_is_split_for_threads():
+    func = only_kernel({"x": ((1, 1, 16384), "float32")}, lambda x: relax.op.tanh(x))
+    sch = Elementwise().apply(func, TARGET, False)
+    assert {"parallel", "vectorized"} <= loop_kinds(sch)
+    assert_schedule_matches(func, sch)
+
+
+def test_reductions_are_not_claimed():
+    func = only_kernel({"x": ((4, 32), "float32")}, lambda x: relax.op.sum(x, axis=[1]))
+    assert Elementwise().apply(func, TARGET, False) is None
+
+
+def test_other_cpus():
+    func = _bias_relu((1, 8, 9, 24))
+    sch = Elementwise().apply(func, AVX2, False)
+    assert_schedule_matches(func, sch, AVX2)
+    lowers_for(Elementwise().apply(func, NEON, False), NEON)

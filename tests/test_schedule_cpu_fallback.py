@@ -1,0 +1,28 @@
+"""cpu_fallback.Fallback: kernels no other rule claims still run in parallel, same results."""
+
+from __future__ import annotations
+
+from tvm import relax
+
+from tests.kernels import TARGET, assert_schedule_matches, const, loop_kinds, only_kernel
+from tvmflow.schedules import default_rules
+from tvmflow.schedules.cpu_fallback import Fallback
+
+
+def test_grouped_conv_gets_the_fallback_and_matches():
+    func = only_kernel(
+        {"x": ((1, 8, 21, 21), "float32")},
+        lambda x: relax.op.nn.conv2d(x, const((12, 2, 3, 3)), padding=1, groups=4),
+    )
+    claimed = [type(r).__name__ for r in default_rules(TARGET) if r.apply(func, TARGET, False)]
+    assert claimed[0] == "Fallback"
+    sch = Fallback().apply(func, TARGET, False)
+    assert "parallel" in loop_kinds(sch)
+    assert_schedule_matches(func, sch, rtol=1e-4)
+
+
+def test_tiny_kernels_stay_serial():
+    func = only_kernel({"x": ((2, 3), "float32")}, lambda x: relax.op.sum(x, axis=[1]))
+    sch = Fallback().apply(func, TARGET, False)
+    assert "parallel" not in loop_kinds(sch)
+    assert_schedule_matches(func, sch)

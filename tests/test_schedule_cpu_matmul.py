@@ -1,0 +1,92 @@
+"""cpu_matmul.Matmul: register-tiled matmul/dense/batch-matmul kernels, same results."""
+
+from __future__ import annotations
+
+import pytest
+from tvm import relax
+
+from tests.kernels import (
+    AVX2,
+    NEON,
+    TARGET,
+    assert_schedule_matches,
+    const,
+    loop_kinds,
+    lowers_for,
+    only_kernel,
+)
+from tvmflow.schedules.cpu_common import pick_tile
+from tvmflow.schedules.cpu_matmul import Matmul
+
+
+def _dense(m: int, k: int, n: int):
+    return only_kernel(
+        {"x": ((m, k), "float32")},
+        lambda x: relax.op.add(relax.op.matmul(x, const((k, n))), const((n,), 1)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n"), [(128, 64, 96), (13, 37, 23), (1, 50, 1000), (7, 5, 3), (6, 33, 48)]
+)
+def test_dense_matches_unscheduled(m, k, n):
+    func = _dense(m, k, n)
+    sch = Matmul().apply(func, TARGET, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch, rtol=1e-4)
+
+
+def test_dense_is_tiled_vectorized_and_parallel():
+    sch = Matmul().apply(_dense(64, 32, 64), TARGET, False)
+    assert {"parallel", "vectorized", "unrolled"} <= loop_kinds(sch)
+
+
+def test_weights_are_prepacked_when_constant():
+    sch = Matmul().apply(_dense(16, 32, 64), TARGET, False)
+    assert sch is not None
+    blocks = [b for b in sch.mod["main"].script().splitlines() if "layout_rewrite_preproc" in b]
+    assert blocks, "a constant [K, N] weight is repacked for the micro-kernel"
+
+
+def test_attention_batch_matmul_with_epilogue():
+    func = only_kernel(
+        {"q": ((1, 3, 17, 8), "float32"), "k": ((1, 3, 8, 19), "float32")},
+        lambda q, k: relax.op.multiply(relax.op.matmul(q, k), relax.const(0.125)),
+    )
+    sch = Matmul().apply(func, TARGET, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch, rtol=1e-4)
+
+
+def test_gelu_epilogue_with_reused_value():
+    def gelu(x):
+        h = relax.op.matmul(x, const((24, 32)))
+        return relax.op.multiply(h, relax.op.sigmoid(h))
+
+    func = only_kernel({"x": ((10, 24), "float32")}, gelu)
+    sch = Matmul().apply(func, TARGET, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch, rtol=1e-4)
+
+
+def test_reductions_and_elementwise_are_not_claimed():
+    reduce = only_kernel({"x": ((4, 32), "float32")}, lambda x: relax.op.sum(x, axis=[1]))
+    relu = only_kernel({"x": ((4, 32), "float32")}, lambda x: relax.op.nn.relu(x))
+    conv = only_kernel(
+        {"x": ((1, 4, 8, 8), "float32")}, lambda x: relax.op.nn.conv2d(x, const((8, 4, 3, 3)))
+    )
+    for func in (reduce, relu, conv):
+        assert Matmul().apply(func, TARGET, False) is None
+
+
+def test_tile_uses_exact_divisors_and_fits_registers():
+    for m, n, lanes, regs in [(128, 256, 16, 32), (7, 24, 8, 16), (1, 1000, 16, 32), (5, 3, 4, 32)]:
+        mr, nvec, v = pick_tile(m, n, lanes, regs)
+        assert m % mr == 0 and n % (nvec * v) == 0
+        assert mr * nvec + nvec + 1 <= regs
+
+
+def test_other_cpus():
+    func = _dense(12, 20, 40)
+    assert_schedule_matches(func, Matmul().apply(func, AVX2, False), AVX2, rtol=1e-4)
+    lowers_for(Matmul().apply(func, NEON, False), NEON)

@@ -1,0 +1,88 @@
+"""Which tuning records compile applies: search results that beat their log's baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from tvmflow.frontend import load_onnx, to_relax
+from tvmflow.passes import fuse, kernel_names
+from tvmflow.targets import resolve_preset
+from tvmflow.tune import apply_records, improving_records
+from tvmflow.tunelog import RECORDS, WORKLOADS
+
+
+@pytest.fixture(scope="module")
+def fused(zoo_dir: Path) -> tuple[tvm.IRModule, tvm.target.Target]:
+    target = tvm.target.Target(resolve_preset("x86").target)
+    return fuse(to_relax(load_onnx(zoo_dir / "mlp.onnx", {"x": (1, 64)})), target), target
+
+
+def _kernel(mod: tvm.IRModule) -> tvm.IRModule:
+    """The first matmul kernel as a one-function module (a MetaSchedule workload)."""
+    name = next(n for n in kernel_names(mod) if "matmul" in n)
+    return tvm.IRModule({"main": mod[name].with_attr("global_symbol", "main")})
+
+
+def _traces(kernel: tvm.IRModule) -> tuple[tvm.s_tir.Trace, tvm.s_tir.Trace]:
+    """A deterministic trace (like a default rule's) and one with a sampling decision."""
+    fixed = tvm.s_tir.Schedule(kernel)
+    loops = fixed.get_loops(fixed.get_child_blocks(fixed.get_sblock("root"))[0])
+    fixed.parallel(loops[0])
+    sampled = tvm.s_tir.Schedule(kernel)
+    loops = sampled.get_loops(sampled.get_child_blocks(sampled.get_sblock("root"))[0])
+    factors = sampled.sample_perfect_tile(loops[-1], n=2)
+    sampled.split(loops[-1], factors=factors)
+    assert fixed.trace is not None and sampled.trace is not None
+    return fixed.trace, sampled.trace
+
+
+def _log(
+    tmp: Path,
+    kernel: tvm.IRModule,
+    target: tvm.target.Target,
+    records: list[tuple[tvm.s_tir.Trace, float]],
+) -> Path:
+    tmp.mkdir()
+    db = ms.database.JSONDatabase(str(tmp / WORKLOADS), str(tmp / RECORDS))
+    workload = db.commit_workload(kernel)
+    for trace, secs in records:
+        db.commit_tuning_record(
+            ms.database.TuningRecord(
+                trace, workload, [secs], target, ms.arg_info.ArgInfo.from_prim_func(kernel["main"])
+            )
+        )
+    return tmp
+
+
+def test_baseline_only_log_schedules_nothing(fused, tmp_path: Path) -> None:
+    mod, target = fused
+    kernel = _kernel(mod)
+    fixed, _ = _traces(kernel)
+    log = _log(tmp_path / "log", kernel, target, [(fixed, 1e-3)])
+    assert improving_records([log]).get_all_tuning_records() == []
+    _, info = apply_records(mod, target, [log], len(kernel_names(mod)))
+    assert info.tasks_tuned == 0 and info.log_digest is None
+
+
+def test_search_result_slower_than_baseline_is_not_applied(fused, tmp_path: Path) -> None:
+    mod, target = fused
+    kernel = _kernel(mod)
+    fixed, sampled = _traces(kernel)
+    log = _log(tmp_path / "log", kernel, target, [(fixed, 1e-3), (sampled, 2e-3)])
+    _, info = apply_records(mod, target, [log], len(kernel_names(mod)))
+    assert info.tasks_tuned == 0
+
+
+def test_search_result_faster_than_baseline_is_applied(fused, tmp_path: Path) -> None:
+    mod, target = fused
+    kernel = _kernel(mod)
+    fixed, sampled = _traces(kernel)
+    log = _log(tmp_path / "log", kernel, target, [(fixed, 2e-3), (sampled, 1e-3)])
+    kept = improving_records([log]).get_all_tuning_records()
+    assert len(kept) == 1 and float(kept[0].run_secs[0]) == pytest.approx(1e-3)
+    _, info = apply_records(mod, target, [log], len(kernel_names(mod)))
+    assert info.tasks_tuned == 1 and info.log_digest is not None

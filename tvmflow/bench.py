@@ -1,0 +1,986 @@
+"""Bench: a tvmflow artifact side by side with onnxruntime (and OpenVINO) on identical inputs.
+
+What each number means (every engine gets the same inputs and the same thread count):
+
+- `load_s`: seconds to load the model into a ready-to-run engine in this process (artifact
+  check + library load for tvmflow, session creation for onnxruntime, read + compile for
+  OpenVINO); engine imports are not included. `compile_s`: tvmflow's compile time, when the
+  artifact was compiled for this run (`--target`).
+- `first_run_ms`: the first call right after loading (lazy initialisation shows up here).
+- mean/std/min/p50/p90/p99 (ms): per-call latency over the timed rounds. Rounds interleave
+  the engines (A, B, A, B, ... with the order rotating each round), each engine running calls
+  for `min_time / rounds` seconds per round, so drift of a noisy machine hits every engine
+  alike. A short pause before each slice lets the previous engine's spinning threads go idle.
+- `throughput_per_s`: 1000 / mean_ms, calls per second one at a time at the given shapes.
+- `peak_rss_mb`: peak resident memory of a *fresh* process that imports the engine, loads the
+  model and runs it once (`VmHWM`); `base_rss_mb` is that process's RSS after the imports,
+  before loading. Each engine is probed in its own child process, since RSS is per process.
+- ratio: p50(tvmflow) / p50(other) with a 95 % percentile-bootstrap interval (seeded).
+- accuracy: each engine's outputs against onnxruntime's (max abs, max rel, cosine); the
+  tolerance decides pass/fail for tvmflow, whose failure is exit code 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tvmflow.accuracy import Tolerance, compare, output_scales
+from tvmflow.errors import BenchAccuracyError, TvmflowError
+from tvmflow.inputs import check_inputs, random_inputs
+from tvmflow.manifest import Manifest, OutputAccuracy, TensorSpec, read_manifest, sha256_file
+
+if TYPE_CHECKING:
+    import onnx
+
+TVMFLOW = "tvmflow"
+REFERENCE = "onnxruntime"
+COMPARATORS = ("onnxruntime", "openvino")
+SETTLE_S = 0.02  # pause before each timed slice: the other engine's spinning threads go idle
+PROBE_TIMEOUT_S = 600
+
+Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How to measure. `comparators` always includes onnxruntime (the accuracy reference)."""
+
+    threads: int | None = None  # None: the host's physical cores, as TVM defaults to
+    warmup: int = 3
+    rounds: int = 10
+    min_time: float = 2.0  # seconds of timed calls per engine, spread over the rounds
+    comparators: tuple[str, ...] = (REFERENCE,)
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    measure_rss: bool = True
+    seed: int = 0
+    bootstrap: int = 2000
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """One engine's measurements; latencies in milliseconds."""
+
+    name: str
+    detail: str
+    load_s: float
+    first_run_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    throughput_per_s: float
+    runs: int
+    compile_s: float | None = None
+    peak_rss_mb: float | None = None
+    base_rss_mb: float | None = None
+    samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        del data["samples_ms"]
+        return data
+
+
+@dataclass(frozen=True)
+class RatioCI:
+    """p50(engine) / p50(baseline) with a 95 % bootstrap interval: < 1 means engine is faster."""
+
+    engine: str
+    baseline: str
+    p50_ratio: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class EngineAccuracy:
+    """An engine's outputs against onnxruntime's; `failing` names outputs beyond tolerance."""
+
+    engine: str
+    outputs: tuple[OutputAccuracy, ...]
+    failing: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failing
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Everything one `bench` run measured, for one model."""
+
+    model: str
+    model_sha256: str
+    artifact: str
+    preset: str
+    tuning: dict[str, Any]
+    inputs: tuple[TensorSpec, ...]
+    threads: int
+    options: BenchOptions
+    engines: tuple[EngineStats, ...]
+    ratios: tuple[RatioCI, ...]
+    accuracy: tuple[EngineAccuracy, ...]
+    machine: dict[str, Any]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        """tvmflow's accuracy decides: other comparators are reported, not judged."""
+        return all(a.passed for a in self.accuracy if a.engine == TVMFLOW)
+
+    def engine(self, name: str) -> EngineStats:
+        return next(e for e in self.engines if e.name == name)
+
+    def ratio(self, baseline: str = REFERENCE) -> RatioCI:
+        return next(r for r in self.ratios if r.baseline == baseline)
+
+    def to_json(self) -> dict[str, Any]:
+        return _finite(
+            {
+                "model": self.model,
+                "model_sha256": self.model_sha256,
+                "artifact": self.artifact,
+                "preset": self.preset,
+                "tuning": self.tuning,
+                "inputs": [s.describe() for s in self.inputs],
+                "threads": self.threads,
+                "options": {
+                    "warmup": self.options.warmup,
+                    "rounds": self.options.rounds,
+                    "min_time_s": self.options.min_time,
+                    "seed": self.options.seed,
+                    "bootstrap": self.options.bootstrap,
+                    "atol": self.options.tolerance.atol,
+                    "rtol": self.options.tolerance.rtol,
+                },
+                "engines": {e.name: e.to_json() for e in self.engines},
+                "ratios": {
+                    f"{r.engine}/{r.baseline}": {
+                        "p50_ratio": r.p50_ratio,
+                        "ci95": [r.ci_low, r.ci_high],
+                    }
+                    for r in self.ratios
+                },
+                "accuracy": {
+                    a.engine: {
+                        "reference": REFERENCE,
+                        "passed": a.passed,
+                        "outputs": {
+                            o.name: dataclasses.asdict(o) | {"passed": o.name not in a.failing}
+                            for o in a.outputs
+                        },
+                    }
+                    for a in self.accuracy
+                },
+                "passed": self.passed,
+                "warnings": list(self.warnings),
+            }
+        )
+
+
+def _finite(value: Any) -> Any:
+    """Strict JSON: a non-finite float (e.g. rel. error of an all-zero output) becomes null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+# --- checks: refuse what cannot be a fair comparison, before measuring anything -------------
+
+
+def _onnx_signature(model: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs as the ONNX file declares them; symbolic dims become -1."""
+    import onnx
+
+    if not model.is_file():
+        raise TvmflowError(f"model file {model} does not exist")
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception as exc:
+        raise TvmflowError(f"{model} is not an ONNX model ({type(exc).__name__}: {exc})") from exc
+    initializers = {i.name for i in proto.graph.initializer}
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        tensor = value.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        dims = tuple(d.dim_value if d.dim_value > 0 else -1 for d in tensor.shape.dim)
+        return TensorSpec(value.name, dims, dtype)
+
+    inputs = [spec(v) for v in proto.graph.input if v.name not in initializers]
+    return inputs, [spec(v) for v in proto.graph.output]
+
+
+def _matches(declared: TensorSpec, built: TensorSpec) -> bool:
+    return (
+        declared.name == built.name
+        and declared.dtype == built.dtype
+        and len(declared.shape) == len(built.shape)
+        and all(d in (-1, b) for d, b in zip(declared.shape, built.shape, strict=True))
+    )
+
+
+def _signature(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str:
+    def text(specs: Sequence[TensorSpec]) -> str:
+        return ", ".join(s.describe().replace("-1", "?") for s in specs)
+
+    return f"({text(inputs)}) -> ({text(outputs)})"
+
+
+def check_artifact_matches(model: Path, manifest: Manifest, directory: Path) -> tuple[str, ...]:
+    """Refuse an artifact compiled from another model; returns warnings for softer mismatches.
+
+    The signature (names, dtypes, ranks, static dims) must match. The same signature with a
+    different file sha256 may be a re-export of the same network, so it only warns: the
+    accuracy check then shows whether the two really agree.
+    """
+    inputs, outputs = _onnx_signature(model)
+    same = all(
+        len(declared) == len(built) and all(map(_matches, declared, built))
+        for declared, built in ((inputs, manifest.inputs), (outputs, manifest.outputs))
+    )
+    if not same:
+        raise TvmflowError(
+            f"artifact {directory} was built from a different model: it is "
+            f"{_signature(manifest.inputs, manifest.outputs)}, {model.name} is "
+            f"{_signature(inputs, outputs)}; pass the artifact compiled from {model.name}, or "
+            "use --target to compile it"
+        )
+    if sha256_file(model) != manifest.onnx_sha256:
+        return (
+            f"artifact {directory} was compiled from a file with the same signature but a "
+            f"different sha256 than {model.name}; the accuracy check shows whether they agree",
+        )
+    return ()
+
+
+def check_runs_here(preset: str, device: str, arch: str, cpu_features: Sequence[str]) -> None:
+    """A benchmark needs the target's hardware: say which target and what is missing."""
+    from tvmflow.targets import host_arch, host_cpu_features
+
+    if arch != host_arch():
+        raise TvmflowError(
+            f"target {preset} runs on {arch} and this machine is {host_arch()}; benchmark it "
+            "on such a machine, or use --target x86 here"
+        )
+    missing = sorted(set(cpu_features) - host_cpu_features())
+    if missing:
+        raise TvmflowError(
+            f"target {preset} needs CPU features {', '.join(missing)} that this machine lacks; "
+            "benchmark it on such a machine, or use --target x86 here"
+        )
+    if device == "cuda" and not Path("/dev/nvidiactl").exists():
+        raise TvmflowError(
+            f"target {preset} runs on an NVIDIA GPU and this machine has none; benchmark it on "
+            "a machine with the GPU, or use --target x86 here"
+        )
+
+
+def check_input_shapes(
+    manifest: Manifest, directory: Path, shapes: Mapping[str, Sequence[int]]
+) -> None:
+    """An artifact runs only at the shapes it was compiled for."""
+    built = {s.name: s.shape for s in manifest.inputs}
+    wrong = [
+        f"{name}={','.join(map(str, shape))}"
+        for name, shape in shapes.items()
+        if built.get(name) != tuple(shape)
+    ]
+    if wrong:
+        expected = " ".join(f"{s.name}={','.join(map(str, s.shape))}" for s in manifest.inputs)
+        raise TvmflowError(
+            f"--input-shape {', '.join(wrong)} does not match artifact {directory}, which was "
+            f"compiled for {expected}; drop --input-shape, or use --target to compile at "
+            "those shapes"
+        )
+
+
+def bench_inputs(
+    specs: Sequence[TensorSpec], arrays: Mapping[str, np.ndarray] | None, source: str, seed: int
+) -> dict[str, np.ndarray]:
+    """The user's arrays checked against the artifact's signature, or seeded random ones."""
+    if arrays is None:
+        return random_inputs(specs, seed)
+    try:
+        check_inputs(arrays, specs)
+    except TvmflowError as exc:
+        raise TvmflowError(f"{source}: {exc}") from exc
+    return dict(arrays)
+
+
+# --- engines --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Enough to open an engine in this process or in a fresh child process (JSON-able)."""
+
+    kind: str
+    path: str  # the artifact directory for tvmflow, the ONNX file otherwise
+    threads: int
+    device: str = "cpu"
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+
+
+def import_engine(kind: str) -> None:
+    """Import an engine's package, so that load times measure loading, not importing."""
+    if kind == "onnxruntime":
+        import onnxruntime  # noqa: F401
+    elif kind == "openvino":
+        _import_openvino()
+    else:
+        from tvmflow.runtime import _import_tvm
+
+        _import_tvm()
+
+
+def open_engine(spec: EngineSpec) -> tuple[Runner, str]:
+    """Load an engine; returns its run function and a short description of its setup."""
+    if spec.kind == TVMFLOW:
+        from tvmflow.runtime import load
+
+        model = load(spec.path, num_threads=spec.threads)
+        tuning = model.manifest.tuning
+        return (
+            model.run,
+            f"{model.manifest.preset}, {tuning.tasks_tuned}/{tuning.tasks_total} tuned",
+        )
+    if spec.kind == "onnxruntime":
+        return _open_onnxruntime(spec)
+    if spec.kind == "openvino":
+        return _open_openvino(spec)
+    raise TvmflowError(f"unknown engine {spec.kind!r}; valid: {', '.join(COMPARATORS)}")
+
+
+def _open_onnxruntime(spec: EngineSpec) -> tuple[Runner, str]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = spec.threads
+    opts.inter_op_num_threads = 1
+    provider = "CPUExecutionProvider"
+    if spec.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        provider = "CUDAExecutionProvider"
+    session = ort.InferenceSession(spec.path, opts, providers=[provider])
+    names = [o.name for o in session.get_outputs()]
+
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, dict(feeds)), strict=True))
+
+    return run, provider
+
+
+def _import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise TvmflowError(
+            "--compare openvino needs OpenVINO, which is not installed: "
+            "pip install tvmflow[openvino]"
+        ) from exc
+    return openvino
+
+
+def _open_openvino(spec: EngineSpec) -> tuple[Runner, str]:
+    """OpenVINO's CPU plugin in latency mode at fp32 (its default may drop to bf16)."""
+    ov = _import_openvino()
+    core = ov.Core()
+    model = core.read_model(spec.path)
+    model.reshape(spec.shapes)
+    config = {
+        "INFERENCE_NUM_THREADS": spec.threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = request.infer(dict(feeds))
+        return {port.get_any_name(): np.array(value) for port, value in result.items()}
+
+    return run, "CPU plugin, f32, latency hint"
+
+
+# --- peak RSS in a fresh child process per engine --------------------------------------------
+
+
+def probe_memory(spec: EngineSpec, feeds_file: Path) -> tuple[float, float]:
+    """(base, peak) RSS in MB of a fresh process that loads `spec` and runs it once."""
+    request = json.dumps({"spec": dataclasses.asdict(spec), "feeds": str(feeds_file)})
+    code = "from tvmflow.bench import probe_main; probe_main()"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            input=request,
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"{spec.kind} memory probe timed out after {exc.timeout}s") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{spec.kind} memory probe failed (exit {proc.returncode}): {tail}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return float(result["base_rss_mb"]), float(result["peak_rss_mb"])
+
+
+def probe_main() -> None:
+    """Child-process side of `probe_memory`: reads a request on stdin, prints RSS as JSON."""
+    import psutil
+
+    request = json.loads(sys.stdin.read())
+    spec = EngineSpec(**request["spec"])
+    import_engine(spec.kind)
+    with np.load(request["feeds"], allow_pickle=False) as data:
+        feeds = {k: data[k] for k in data.files}
+    base = psutil.Process().memory_info().rss / 2**20
+    run, _ = open_engine(spec)
+    run(feeds)
+    print(json.dumps({"base_rss_mb": base, "peak_rss_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec,
+    so a child of a big parent would report the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def compile_for_bench(
+    model: Path,
+    target: str,
+    out_dir: Path,
+    input_shapes: Mapping[str, Sequence[int]],
+    tuning_logs: Sequence[Path] = (),
+    use_shipped_logs: bool = True,
+) -> tuple[Path, float]:
+    """Compile MODEL for a target that runs here; returns the artifact and the seconds it took.
+
+    Verification is left to the benchmark, which reports accuracy and exits 3 on a failure.
+    """
+    from tvmflow.compile import CompileOptions, compile_model
+    from tvmflow.frontend import load_onnx
+    from tvmflow.targets import resolve_preset
+
+    preset = resolve_preset(target)
+    check_runs_here(preset.name, preset.device, preset.arch, preset.cpu_features)
+    start = time.perf_counter()
+    imported = load_onnx(model, input_shapes)
+    options = CompileOptions(tuple(tuning_logs), use_shipped_logs, verify=False)
+    artifact = compile_model(imported, preset, out_dir, options)
+    return artifact.directory, time.perf_counter() - start
+
+
+def run_bench(
+    model: Path,
+    artifact: Path,
+    options: BenchOptions | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    inputs_source: str = "inputs",
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    compile_s: float | None = None,
+) -> BenchReport:
+    """Check, load, probe, time and compare: the whole benchmark of one model.
+
+    `inputs` (from `inputs_source`, named in errors) default to seeded random arrays;
+    `input_shapes`, when given, must be the shapes the artifact was compiled for.
+    """
+    from tvmflow.targets import host_cores
+
+    options = options or BenchOptions()
+    model, artifact = Path(model), Path(artifact)
+    comparators = _comparators(options.comparators)
+    manifest = read_manifest(artifact)
+    check_runs_here(manifest.preset, manifest.device, manifest.arch, manifest.cpu_features)
+    warnings = check_artifact_matches(model, manifest, artifact)
+    check_input_shapes(manifest, artifact, input_shapes or {})
+    feeds = bench_inputs(manifest.inputs, inputs, inputs_source, options.seed)
+    threads = options.threads or host_cores()
+    machine = machine_info(threads, comparators)
+    shapes = {s.name: list(s.shape) for s in manifest.inputs}
+    specs = [EngineSpec(TVMFLOW, str(artifact), threads, manifest.device, shapes)] + [
+        EngineSpec(kind, str(model), threads, manifest.device, shapes) for kind in comparators
+    ]
+
+    memory = _probe_all(specs, feeds) if options.measure_rss else {}
+    loaded = {spec.kind: _load(spec, feeds) for spec in specs}
+    if manifest.device == "cuda" and loaded[REFERENCE].detail != "CUDAExecutionProvider":
+        warnings += (
+            "onnxruntime has no CUDA provider here (pip install onnxruntime-gpu); "
+            "it ran on the CPU",
+        )
+    for engine in loaded.values():
+        for _ in range(options.warmup):
+            engine.run(feeds)
+    samples = _timed_rounds({k: e.run for k, e in loaded.items()}, feeds, options)
+
+    engines = tuple(
+        _stats(e, samples[k], compile_s if k == TVMFLOW else None, memory.get(k))
+        for k, e in loaded.items()
+    )
+    rng = np.random.default_rng(options.seed)
+    ratios = tuple(
+        _ratio(TVMFLOW, k, samples[TVMFLOW], samples[k], options.bootstrap, rng)
+        for k in comparators
+    )
+    accuracy = tuple(
+        _accuracy(k, e.outputs, loaded[REFERENCE].outputs, options.tolerance)
+        for k, e in loaded.items()
+        if k != REFERENCE
+    )
+    return BenchReport(
+        model=str(model),
+        model_sha256=sha256_file(model),
+        artifact=str(artifact),
+        preset=manifest.preset,
+        tuning=dataclasses.asdict(manifest.tuning),
+        inputs=manifest.inputs,
+        threads=threads,
+        options=options,
+        engines=engines,
+        ratios=ratios,
+        accuracy=accuracy,
+        machine=machine,
+        warnings=warnings,
+    )
+
+
+def _comparators(names: Sequence[str]) -> tuple[str, ...]:
+    unknown = sorted(set(names) - set(COMPARATORS))
+    if unknown:
+        raise TvmflowError(
+            f"unknown engine(s) to compare with: {', '.join(unknown)}; valid: "
+            f"{', '.join(COMPARATORS)}"
+        )
+    if "openvino" in names:
+        _import_openvino()
+    # onnxruntime is the accuracy reference, so it is always measured, and measured first
+    return (REFERENCE, *(n for n in COMPARATORS[1:] if n in names))
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """An engine ready to time, with what loading it and its first call took and gave."""
+
+    name: str
+    run: Runner
+    detail: str
+    load_s: float
+    first_run_ms: float
+    outputs: dict[str, np.ndarray]
+
+
+def _load(spec: EngineSpec, feeds: Mapping[str, np.ndarray]) -> _Loaded:
+    """Load and run once."""
+    import_engine(spec.kind)
+    start = time.perf_counter()
+    run, detail = open_engine(spec)
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    outputs = run(feeds)
+    first_ms = (time.perf_counter() - start) * 1e3
+    return _Loaded(spec.kind, run, detail, load_s, first_ms, outputs)
+
+
+def _probe_all(
+    specs: Sequence[EngineSpec], feeds: Mapping[str, np.ndarray]
+) -> dict[str, tuple[float, float]]:
+    with tempfile.TemporaryDirectory(prefix="tvmflow-bench-") as tmp:
+        feeds_file = Path(tmp) / "feeds.npz"
+        arrays: dict[str, Any] = dict(feeds)  # numpy's stub types **kwds as allow_pickle
+        np.savez(feeds_file, **arrays)
+        return {spec.kind: probe_memory(spec, feeds_file) for spec in specs}
+
+
+def _timed_rounds(
+    runners: Mapping[str, Runner], feeds: Mapping[str, np.ndarray], options: BenchOptions
+) -> dict[str, list[float]]:
+    """Interleaved rounds; each engine runs for min_time/rounds per round (at least once)."""
+    from tqdm import tqdm
+
+    names = list(runners)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    slice_s = options.min_time / max(options.rounds, 1)
+    for r in tqdm(range(max(options.rounds, 1)), desc="bench rounds", disable=not options.progress):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = runners[name]
+            time.sleep(SETTLE_S)
+            start = time.perf_counter()
+            while True:
+                t0 = time.perf_counter()
+                run(feeds)
+                t1 = time.perf_counter()
+                samples[name].append((t1 - t0) * 1e3)
+                if t1 - start >= slice_s:
+                    break
+    return samples
+
+
+def _stats(
+    engine: _Loaded,
+    samples: Sequence[float],
+    compile_s: float | None,
+    memory: tuple[float, float] | None,
+) -> EngineStats:
+    arr = np.asarray(samples, dtype=np.float64)
+    p50, p90, p99 = (float(v) for v in np.percentile(arr, [50, 90, 99]))
+    mean = float(arr.mean())
+    return EngineStats(
+        name=engine.name,
+        detail=engine.detail,
+        load_s=engine.load_s,
+        first_run_ms=engine.first_run_ms,
+        mean_ms=mean,
+        std_ms=float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        min_ms=float(arr.min()),
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        throughput_per_s=1e3 / mean,
+        runs=int(arr.size),
+        compile_s=compile_s,
+        base_rss_mb=memory[0] if memory else None,
+        peak_rss_mb=memory[1] if memory else None,
+        samples_ms=tuple(float(v) for v in arr),
+    )
+
+
+def _ratio(
+    engine: str,
+    baseline: str,
+    a: Sequence[float],
+    b: Sequence[float],
+    resamples: int,
+    rng: np.random.Generator,
+) -> RatioCI:
+    """p50 ratio and its percentile-bootstrap 95 % interval (each engine resampled alone)."""
+    xa, xb = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    point = float(np.median(xa) / np.median(xb))
+    ratios = []
+    chunk = max(1, 2_000_000 // max(xa.size, xb.size))  # bounds memory for long runs
+    for start in range(0, resamples, chunk):
+        k = min(chunk, resamples - start)
+        ma = np.median(rng.choice(xa, (k, xa.size)), axis=1)
+        mb = np.median(rng.choice(xb, (k, xb.size)), axis=1)
+        ratios.append(ma / mb)
+    low, high = np.percentile(np.concatenate(ratios), [2.5, 97.5]) if ratios else (point, point)
+    return RatioCI(engine, baseline, point, float(low), float(high))
+
+
+def _accuracy(
+    engine: str,
+    actual: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    tolerance: Tolerance,
+) -> EngineAccuracy:
+    outputs = compare(actual, expected)
+    scales = output_scales(expected)
+    failing = tuple(o.name for o in outputs if not tolerance.passes(o, scales[o.name]))
+    return EngineAccuracy(engine, outputs, failing)
+
+
+def check_accuracy(report: BenchReport) -> None:
+    """Raise (exit code 3) when tvmflow's outputs disagree with onnxruntime beyond tolerance."""
+    if report.passed:
+        return
+    tol = report.options.tolerance
+    bad = [
+        f"{o.name}: max abs err {o.max_abs_err:.3g} (rel {o.max_rel_err:.3g})"
+        for a in report.accuracy
+        if a.engine == TVMFLOW
+        for o in a.outputs
+        if o.name in a.failing
+    ]
+    raise BenchAccuracyError(
+        f"{Path(report.model).name}: tvmflow disagrees with onnxruntime beyond tolerance (atol "
+        f"{tol.atol}, rtol {tol.rtol}): {', '.join(bad)}; recompile it, or loosen --atol/--rtol"
+    )
+
+
+# --- machine --------------------------------------------------------------------------------
+
+
+def machine_info(threads: int, engines: Sequence[str] = (REFERENCE,)) -> dict[str, Any]:
+    """What a reader needs to judge the numbers: CPU, cores, memory and every version."""
+    import psutil
+
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    versions = {
+        "tvmflow": version("tvmflow"),
+        "apache-tvm": version("apache-tvm"),
+        "onnxruntime": version("onnxruntime"),
+        "numpy": version("numpy"),
+        "python": platform.python_version(),
+    }
+    if "openvino" in engines:
+        versions["openvino"] = version("openvino")
+    return {
+        "cpu": _cpu_model(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "cores_available": len(os.sched_getaffinity(0)),
+        "threads_used": threads,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "versions": versions,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --- reports --------------------------------------------------------------------------------
+
+
+def reports_json(reports: Sequence[BenchReport]) -> dict[str, Any]:
+    """One JSON document for one or several models measured on the same machine."""
+    return {
+        "format_version": 1,
+        "machine": _finite(reports[0].machine) if reports else {},
+        "results": [r.to_json() for r in reports],
+    }
+
+
+def write_json(reports: Sequence[BenchReport], path: Path) -> None:
+    from tvmflow.manifest import write_atomic
+
+    text = json.dumps(reports_json(reports), indent=2, allow_nan=False) + "\n"
+    write_atomic(Path(path), text.encode())
+
+
+def _model_name(report: BenchReport) -> str:
+    return Path(report.model).stem
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.{digits}g}" if abs(value) < 10 ** (digits) else f"{value:.0f}"
+
+
+def _ratio_text(r: RatioCI) -> str:
+    return f"{r.p50_ratio:.2f}x [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+
+
+def _accuracy_text(a: EngineAccuracy) -> str:
+    worst_abs = max((o.max_abs_err for o in a.outputs), default=0.0)
+    worst_cos = min((o.cosine for o in a.outputs), default=1.0)
+    if a.engine == TVMFLOW:
+        verdict = "pass" if a.passed else f"FAIL ({', '.join(a.failing)})"
+    else:  # reported, not judged: a comparator's disagreement is not tvmflow's failure
+        verdict = "within tolerance" if a.passed else f"beyond tolerance ({', '.join(a.failing)})"
+    return f"{verdict}: max abs {worst_abs:.2e}, cosine {worst_cos:.6f}"
+
+
+def machine_line(machine: Mapping[str, Any]) -> str:
+    v = machine.get("versions", {})
+    engines = ", ".join(f"{k} {val}" for k, val in v.items() if k != "python" and val)
+    return (
+        f"{machine.get('cpu')}, {machine.get('physical_cores')} physical cores "
+        f"({machine.get('cores_available')} available), {machine.get('threads_used')} threads "
+        f"per engine, {machine.get('memory_gb')} GB RAM; {engines}; Python {v.get('python')}; "
+        f"{machine.get('date')}"
+    )
+
+
+def format_table(report: BenchReport) -> str:
+    """The terminal view of one report."""
+    head = (
+        f"{'engine':<12} {'load s':>7} {'1st ms':>8} {'mean ms':>9} {'std':>7} {'min':>8} "
+        f"{'p50':>8} {'p90':>8} {'p99':>8} {'runs/s':>8} {'RSS MB':>7} {'runs':>6}"
+    )
+    lines = [
+        f"{_model_name(report)} ({', '.join(s.describe() for s in report.inputs)}) on "
+        f"{report.preset}, {report.threads} threads",
+        head,
+        "-" * len(head),
+    ]
+    for e in report.engines:
+        lines.append(
+            f"{e.name:<12} {_fmt(e.load_s):>7} {_fmt(e.first_run_ms):>8} {_fmt(e.mean_ms):>9} "
+            f"{_fmt(e.std_ms):>7} {_fmt(e.min_ms):>8} {_fmt(e.p50_ms):>8} {_fmt(e.p90_ms):>8} "
+            f"{_fmt(e.p99_ms):>8} {_fmt(e.throughput_per_s):>8} {_fmt(e.peak_rss_mb):>7} "
+            f"{e.runs:>6}"
+        )
+    compile_s = report.engine(TVMFLOW).compile_s
+    if compile_s is not None:
+        lines.append(f"tvmflow compile: {compile_s:.1f} s")
+    for r in report.ratios:
+        lines.append(f"p50 {r.engine}/{r.baseline}: {_ratio_text(r)} (95% bootstrap CI)")
+    for a in report.accuracy:
+        lines.append(f"accuracy {a.engine} vs {REFERENCE}: {_accuracy_text(a)}")
+    lines += [f"warning: {w}" for w in report.warnings]
+    return "\n".join(lines)
+
+
+def to_markdown(reports: Sequence[BenchReport]) -> str:
+    """A summary table (one row per model) and a per-engine detail table."""
+    if not reports:
+        return ""
+    baselines = [r.baseline for r in reports[0].ratios]
+    summary_head = ["model", "inputs", "preset", "tuned kernels", "compile s", "tvmflow p50 ms"]
+    for b in baselines:
+        summary_head += [f"{b} p50 ms", f"tvmflow/{b} p50 [95% CI]"]
+    summary_head.append("tvmflow accuracy vs onnxruntime")
+    rows = []
+    for rep in reports:
+        tvm = rep.engine(TVMFLOW)
+        row = [
+            _model_name(rep),
+            "<br>".join(s.describe() for s in rep.inputs),
+            rep.preset,
+            f"{rep.tuning.get('tasks_tuned')}/{rep.tuning.get('tasks_total')}",
+            _fmt(tvm.compile_s),
+            _fmt(tvm.p50_ms),
+        ]
+        for b in baselines:
+            row += [_fmt(rep.engine(b).p50_ms), _ratio_text(rep.ratio(b))]
+        row.append(next(_accuracy_text(a) for a in rep.accuracy if a.engine == TVMFLOW))
+        rows.append(row)
+    detail_head = [
+        "model",
+        "engine",
+        "setup",
+        "load s",
+        "first run ms",
+        "mean ± std ms",
+        "min ms",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "runs/s",
+        "peak RSS MB",
+        "runs",
+    ]
+    details = [
+        [
+            _model_name(rep),
+            e.name,
+            e.detail,
+            _fmt(e.load_s),
+            _fmt(e.first_run_ms),
+            f"{_fmt(e.mean_ms)} ± {_fmt(e.std_ms)}",
+            _fmt(e.min_ms),
+            _fmt(e.p50_ms),
+            _fmt(e.p90_ms),
+            _fmt(e.p99_ms),
+            _fmt(e.throughput_per_s),
+            _fmt(e.peak_rss_mb),
+            str(e.runs),
+        ]
+        for rep in reports
+        for e in rep.engines
+    ]
+    warnings = [f"- {_model_name(r)}: {w}" for r in reports for w in r.warnings]
+    parts = [
+        f"Machine: {machine_line(reports[0].machine)}",
+        "",
+        _md_table(summary_head, rows),
+        "",
+        _md_table(detail_head, details),
+    ]
+    if warnings:
+        parts += ["", "Warnings:", *warnings]
+    return "\n".join(parts) + "\n"
+
+
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_markdown(reports: Sequence[BenchReport], path: Path) -> None:
+    from tvmflow.manifest import write_atomic
+
+    write_atomic(Path(path), to_markdown(reports).encode())
+
+
+def plot(reports: Sequence[BenchReport], path: Path) -> None:
+    """Latency distributions per engine (box + every sample), one panel per model, log scale."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise TvmflowError("--plot needs matplotlib: pip install tvmflow[bench]") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        len(reports),
+        1,
+        figsize=(9, 1.2 + 1.1 * sum(len(r.engines) for r in reports)),
+        squeeze=False,
+    )
+    jitter = np.random.default_rng(0)
+    for ax, rep in zip(axes[:, 0], reports, strict=True):
+        engines = rep.engines[::-1]  # first engine (tvmflow) on top
+        data = [np.asarray(e.samples_ms) for e in engines]
+        ax.boxplot(
+            data,
+            orientation="horizontal",
+            tick_labels=[e.name for e in engines],
+            whis=(1, 99),
+            showfliers=False,
+            medianprops={"color": "black"},
+        )
+        for i, values in enumerate(data, start=1):
+            y = i + jitter.uniform(-0.18, 0.18, values.size)
+            ax.scatter(values, y, s=4, alpha=0.35, color=f"C{len(data) - i}")
+        ax.set_xscale("log")
+        ratio = f"tvmflow/onnxruntime p50 {_ratio_text(rep.ratio())}" if rep.ratios else ""
+        ax.set_title(f"{_model_name(rep)} on {rep.preset}, {rep.threads} threads: {ratio}")
+        ax.set_xlabel("latency per call (ms, log scale)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,274 @@
+"""Helpers the CPU schedule rules share: target facts and loop-nest building blocks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import s_tir
+
+# LLVM CPU names whose widest vectors are 512 bits (x86-64-v4 and the AVX-512 server cores).
+AVX512_CPUS = frozenset(
+    {
+        "x86-64-v4",
+        "skylake-avx512",
+        "cascadelake",
+        "cooperlake",
+        "icelake-server",
+        "sapphirerapids",
+        "emeraldrapids",
+        "graniterapids",
+        "znver4",
+        "znver5",
+    }
+)
+# Parallelizing a loop nest costs a thread-pool wake-up; below this many elements it does not pay.
+MIN_PARALLEL_WORK = 4096
+# Fewer outer iterations than this: split the innermost loop to make parallel chunks.
+MIN_PARALLEL_TASKS = 16
+
+
+def is_cpu(target: tvm.target.Target) -> bool:
+    return str(target.kind.name) == "llvm"
+
+
+def vector_bits(target: tvm.target.Target) -> int:
+    """Widest SIMD register of the target CPU: 512 (AVX-512), 256 (AVX2), 128 (SSE, NEON).
+
+    Decided from the target's mcpu/mattr, not the build machine: LLVM's own query reports
+    the host's width for generic x86 CPU names.
+    """
+    mcpu = str(target.attrs.get("mcpu", ""))
+    mattr = [str(a) for a in target.attrs.get("mattr", [])]
+    if _is_arm(target):
+        return 128
+    if mcpu in AVX512_CPUS or "+avx512f" in mattr:
+        return 512
+    if mcpu.startswith("x86-64-v3") or "+avx2" in mattr or mcpu in ("haswell", "znver2", "znver3"):
+        return 256
+    return 128
+
+
+def vector_lanes(target: tvm.target.Target, dtype_bits: int = 32) -> int:
+    return max(1, vector_bits(target) // dtype_bits)
+
+
+def extents(sch: s_tir.Schedule, loops: Sequence[s_tir.schedule.LoopRV]) -> list[int] | None:
+    """Static loop extents, or None when any is symbolic."""
+    import tvm
+
+    out = []
+    for loop in loops:
+        ext = sch.get(loop).extent
+        if not isinstance(ext, tvm.tirx.IntImm):
+            return None
+        out.append(int(ext.value))
+    return out
+
+
+def schedule_spatial(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """Parallelize the outer loops of a spatial block and vectorize its innermost loop.
+
+    Loops are not fused across dims for vectorization: a fused index reaches the buffers
+    through div/mod, which for pads and transposes turns every vector into a gather
+    (measured 20x slower than a plain row loop). An innermost loop the vector width does
+    not divide stays scalar; LLVM's loop vectorizer handles it with a remainder loop.
+    """
+    loops = sch.get_loops(block)
+    sizes = extents(sch, loops)
+    if not loops or sizes is None:
+        return
+    inner, outer = loops[-1], list(loops[:-1])
+    if math.prod(sizes[:-1]) < MIN_PARALLEL_TASKS and sizes[-1] >= lanes * MIN_PARALLEL_TASKS:
+        # one long row: split it so there are chunks to share out
+        chunk, inner = sch.split(inner, factors=[None, lanes * 16])
+        outer.append(chunk)
+    if sch.get(inner).extent.value % lanes == 0 and lanes > 1:
+        _, vec = sch.split(inner, factors=[None, lanes])
+        sch.vectorize(vec)
+    if outer and math.prod(sizes) >= MIN_PARALLEL_WORK:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def index_vars(region: Any) -> list[Any]:
+    """The iter var each dim of a buffer access is indexed by (None where not a bare var)."""
+    import tvm
+
+    return [r.min if isinstance(r.min, tvm.tirx.Var) else None for r in region.region]
+
+
+def uses(index: Any, var: Any) -> bool:
+    """Whether an access uses `var` in any dim: `index` is a TensorRegion or `index_vars` list."""
+    from tvm.s_tir.dlight.analysis.common_analysis import collect_vars_used_in_prim_expr
+
+    if isinstance(index, list):
+        return any(x is not None and x.same_as(var) for x in index)
+    return any(v.same_as(var) for r in index.region for v in collect_vars_used_in_prim_expr(r.min))
+
+
+def dtype_bits_of_block(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int:
+    stmt = sch.get(block)
+    return int(stmt.writes[0].source.dtype.bits) if stmt.writes else 32
+
+
+def vector_registers(target: tvm.target.Target) -> int:
+    """SIMD registers of the target: 32 with AVX-512 and on AArch64, 16 with AVX2/SSE."""
+    return 32 if vector_bits(target) == 512 or _is_arm(target) else 16
+
+
+def _is_arm(target: tvm.target.Target) -> bool:
+    triple = str(target.attrs.get("mtriple", ""))
+    mcpu = str(target.attrs.get("mcpu", ""))
+    return triple.startswith(("aarch64", "arm")) or mcpu.startswith(("cortex", "neoverse", "apple"))
+
+
+def pick_vector(n: int, lanes: int) -> int:
+    """Widest power-of-two vector length up to `lanes` that divides n (1: stay scalar)."""
+    v = lanes
+    while v > 1 and n % v:
+        v //= 2
+    return v
+
+
+# Vectors per tile row, most preferred first (measured on AVX-512: 8x3 > 8x2 > 4x4 > 8x1).
+_NVEC_PREFERENCE = (3, 2, 4, 1)
+
+
+def pick_tile(m: int, n: int, lanes: int, registers: int) -> tuple[int, int, int]:
+    """(rows, vectors per row, vector length) of the register tile of an m x n output.
+
+    Only exact divisors, so no loop needs a tail predicate that would break vectorization.
+    The tile with the most accumulators that still fits the register file next to its
+    operands (nvec loaded vectors + one broadcast) wins: that is the best load-to-FMA ratio.
+    """
+    v = pick_vector(n, lanes)
+    best: tuple[int, int, int] | None = None
+    for nvec in _NVEC_PREFERENCE:
+        if (n // v) % nvec:
+            continue
+        for mr in (8, 7, 6, 5, 4, 3, 2, 1):
+            if m % mr == 0 and mr * nvec + nvec + 1 <= registers:
+                if best is None or mr * nvec > best[0] * best[1]:
+                    best = (mr, nvec, v)
+                break
+    return best or (1, 1, v)
+
+
+def tile_gemm(
+    sch: s_tir.Schedule,
+    block: s_tir.schedule.SBlockRV,
+    loops: GemmLoops,
+    tile: tuple[int, int, int],
+) -> s_tir.schedule.SBlockRV:
+    """Register-tiled GEMM loop nest: out[.., m, n] += a[.., m, k] * b[.., k, n].
+
+    The output tile (mr rows x nvec vectors) accumulates in a local buffer LLVM keeps in
+    registers; per reduction step it loads nvec vectors of `b` (contiguous along n) and
+    broadcasts mr scalars of `a`. Tiles are distributed over threads; the n tile is outside
+    the `rows` loops and the m tiles, so a panel of `b` stays in cache while they stream past.
+    Returns the write-back block (local -> output), where epilogues get inlined.
+    """
+    mr, nvec, v = tile
+    acc = sch.cache_write(block, 0, "local")
+    n_o, n_i, n_v = sch.split(loops.n, factors=[None, nvec, v])
+    if loops.m is None:
+        tiles = [*loops.batch, n_o, *loops.rows]
+        sch.reorder(*tiles, *loops.reduce, n_i, n_v)
+    else:
+        m_o, m_i = sch.split(loops.m, factors=[None, mr])
+        tiles = [*loops.batch, n_o, *loops.rows, m_o]
+        sch.reorder(*tiles, *loops.reduce, m_i, n_i, n_v)
+        sch.unroll(m_i)
+    sch.reverse_compute_at(acc, tiles[-1], preserve_unit_loops=True)
+    sch.parallel(sch.fuse(*tiles) if len(tiles) > 1 else tiles[0])
+    if v > 1:
+        sch.vectorize(n_v)
+    sch.unroll(n_i)
+    sch.decompose_reduction(block, loops.reduce[0])
+    return acc
+
+
+@dataclass(frozen=True)
+class GemmLoops:
+    """The loops of a GEMM-shaped block, by role (see `tile_gemm`)."""
+
+    batch: tuple[s_tir.schedule.LoopRV, ...]
+    rows: tuple[s_tir.schedule.LoopRV, ...]
+    m: s_tir.schedule.LoopRV | None
+    n: s_tir.schedule.LoopRV
+    reduce: tuple[s_tir.schedule.LoopRV, ...]
+
+
+PREPACK_ATTR = "meta_schedule.layout_rewrite_preproc"
+
+
+def is_layout_free(func: tvm.tirx.PrimFunc, buffer: Any) -> bool:
+    """Whether `buffer` is a parameter the model binds to a constant (a weight).
+
+    `relax.transform.AttachAttrLayoutFreeBuffers` records those parameters; their layout is
+    free because a repacking of a constant is computed once, at compile time.
+    """
+    free = func.attrs.get("layout_free_buffers", []) if func.attrs else []
+    return any(func.params[int(i)].same_as(buffer) for i in free)
+
+
+def prepack_weight(
+    sch: s_tir.Schedule,
+    block: s_tir.schedule.SBlockRV,
+    read_index: int,
+    order: Sequence[int],
+    n_dim: int,
+    nr: int,
+) -> None:
+    """Repack a constant operand as [n / nr, *dims in `order`, nr]: the micro-kernel then
+    reads it as one contiguous stream (with a power-of-two row stride the plain layout maps
+    every row to the same few cache sets). The repacking block is marked for
+    `relax.transform.SplitLayoutRewritePreproc`, which moves it out of the kernel so
+    FoldConstant computes it at compile time."""
+    cache = sch.cache_read(block, read_index, "global")
+    ndim = len(sch.get(cache).writes[0].region)
+
+    def index_map(*idx: Any) -> list[Any]:
+        return [idx[n_dim] // nr, *(idx[d] for d in order), idx[n_dim] % nr] + [
+            idx[d] for d in range(ndim) if d != n_dim and d not in order
+        ]
+
+    sch.transform_layout(cache, ("write", 0), index_map)
+    sch.annotate(cache, PREPACK_ATTR, True)
+
+
+def fuse_epilogue(
+    sch: s_tir.Schedule,
+    writeback: s_tir.schedule.SBlockRV,
+    epilogue: Sequence[s_tir.schedule.SBlockRV],
+) -> s_tir.schedule.SBlockRV | None:
+    """Apply the injective blocks after a tiled reduction to each tile as it is written.
+
+    Intermediate blocks are inlined into their consumers (a value used twice, as in
+    hardswish, is recomputed: cheaper than a buffer); the blocks left (those writing kernel
+    outputs) move into the tile loop and read the accumulator directly. Returns the block
+    that now writes the tile, or None if the epilogue cannot be fused.
+    """
+    from tvm.error import InternalError
+    from tvm.s_tir.schedule import ScheduleError
+
+    try:
+        remaining = []
+        for block in epilogue:
+            try:
+                sch.compute_inline(block)
+            except ScheduleError:
+                remaining.append(block)
+        if not remaining:
+            return writeback
+        tile_loop = sch.get_loops(writeback)[0]
+        for block in remaining:
+            sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
+        sch.compute_inline(writeback)
+    except (ScheduleError, InternalError):
+        return None
+    return remaining[-1]

@@ -1,0 +1,270 @@
+"""CPU rule for conv2d kernels (NCHW activations, HWIO weights) with fused epilogues.
+
+`passes.fuse` hands conv2d its weights as HWIO, so the output channel is the contiguous dim
+of the weight: the convolution is then a GEMM (implicit im2col) with n = output channel,
+m = output column, k = (input channel, kernel row, kernel column), and gets the same
+register-tiled micro-kernel as matmul. The accumulator tile is kept channel-innermost so
+it is whole vectors; the NCHW output is written from it once per tile, with the epilogue
+(bias, residual add, activation) applied on the way out. Depthwise/grouped convs, whose
+input also depends on the output channel, are left to other rules.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tvm.error import InternalError
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.s_tir.schedule import ScheduleError
+
+from tvmflow.schedules.cpu_common import (
+    GemmLoops,
+    dtype_bits_of_block,
+    extents,
+    fuse_epilogue,
+    index_vars,
+    is_cpu,
+    is_layout_free,
+    pick_tile,
+    prepack_weight,
+    schedule_spatial,
+    tile_gemm,
+    uses,
+    vector_lanes,
+    vector_registers,
+)
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import s_tir
+
+
+def conv_roles(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, weight_is_constant: Any
+) -> dict[str, Any] | None:
+    """Iter positions of a conv block by GEMM role, or None when it is not GEMM-shaped.
+
+    n is the output channel: the output dim the input does not depend on, which indexes the
+    weight directly. The weight must be contiguous along n, unless it is a constant the rule
+    repacks anyway (conv2d_transpose reads its weight flipped, as [i, o, 1 - kh, 1 - kw]).
+    """
+    import tvm
+
+    stmt = sch.get(block)
+    iters = list(stmt.iter_vars)
+    kinds = "".join("R" if iv.iter_type == tvm.tirx.IterVar.CommReduce else "S" for iv in iters)
+    if "R" not in kinds or "S" in kinds[kinds.index("R") :]:
+        return None
+    if len(stmt.reads) != 2 or len(stmt.writes) != 1:
+        return None
+    out_index = index_vars(stmt.writes[0])
+    out = [v for v in out_index if v is not None]
+    if len(out) < 2:
+        return None
+    m_var = out[-1]
+    data, weight = stmt.reads
+    weight_read = 1
+    if uses(weight, m_var):
+        data, weight = weight, data
+        weight_read = 0
+    if not uses(data, m_var) or uses(weight, m_var):
+        return None
+    # the input must not depend on the output channel (depthwise/grouped convs do)
+    channels = [v for v in out if uses(weight, v) and not uses(data, v)]
+    if len(channels) != 1:
+        return None
+    n_var = channels[0]
+    weight_index = index_vars(weight)
+    n_dim = _dim_of(weight_index, n_var)
+    if n_dim == len(weight_index):
+        return None
+    if n_dim != len(weight_index) - 1 and not weight_is_constant(weight.source):
+        return None
+    reduce = [i for i, k in enumerate(kinds) if k == "R"]
+    order = [_dim_using(weight, iters[i].var) for i in reduce]
+    if None in order or len(set(order)) != len(order):
+        return None  # a reduction var not indexing its own weight dim: not a plain conv
+    position = {iv.var: i for i, iv in enumerate(iters)}
+    n_at = next(i for i, v in enumerate(out) if v.same_as(n_var))
+    return {
+        "batch": [position[v] for v in out[:n_at]],
+        "rows": [position[v] for v in out[n_at + 1 : -1]],
+        "m": position[m_var],
+        "n": position[n_var],
+        "reduce": reduce,
+        "weight_read": weight_read,
+        # a prepacked weight is laid out in the order the reduction loops walk it
+        "weight_order": order,
+        "weight_n_dim": n_dim,
+        "n_dim": next(i for i, v in enumerate(out_index) if v is not None and v.same_as(n_var)),
+        "ndim": len(out_index),
+    }
+
+
+def _dim_of(index: list[Any], var: Any) -> int:
+    return next((d for d, x in enumerate(index) if x is not None and x.same_as(var)), len(index))
+
+
+def _dim_using(region: Any, var: Any) -> int | None:
+    """The one dim of an access whose index uses `var` (kh for `1 - kh`), else None."""
+    from tvm.s_tir.dlight.analysis.common_analysis import collect_vars_used_in_prim_expr
+
+    dims = [
+        d
+        for d, r in enumerate(region.region)
+        if any(v.same_as(var) for v in collect_vars_used_in_prim_expr(r.min))
+    ]
+    return dims[0] if len(dims) == 1 else None
+
+
+class Conv2d(ScheduleRule):
+    """Kernels with one GEMM-shaped convolution block; producers (pad) and epilogues injective."""
+
+    def apply(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        import tvm
+        from tvm import s_tir
+        from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+        if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos:
+            return None
+        reductions = [i for i, info in enumerate(infos) if not info.is_injective()]
+        if len(reductions) != 1:
+            return None
+        main = infos[reductions[0]]
+        producers = _inline_weight_transforms(sch, func, infos[: reductions[0]])
+        roles = conv_roles(sch, main.block_rv, lambda buf: is_layout_free(func, buf))
+        if roles is None:
+            return _single_channel(sch, main, infos[reductions[0] + 1 :], producers, target)
+        loops = [it.loop_rv for it in main.iters]
+        sizes = extents(sch, loops)
+        if sizes is None:
+            return None
+        lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
+        tile = pick_tile(sizes[roles["m"]], sizes[roles["n"]], lanes, vector_registers(target))
+        gemm = GemmLoops(
+            batch=tuple(loops[i] for i in roles["batch"]),
+            rows=tuple(loops[i] for i in roles["rows"]),
+            m=loops[roles["m"]],
+            n=loops[roles["n"]],
+            reduce=tuple(loops[i] for i in roles["reduce"]),
+        )
+        weight = sch.get(main.block_rv).reads[roles["weight_read"]].source
+        if is_layout_free(func, weight):
+            prepack_weight(
+                sch,
+                main.block_rv,
+                roles["weight_read"],
+                roles["weight_order"],
+                roles["weight_n_dim"],
+                tile[1] * tile[2],
+            )
+        writeback = tile_gemm(sch, main.block_rv, gemm, tile)
+        # accumulator with the channel innermost: whole vectors, promotable to registers
+        n_dim, ndim = roles["n_dim"], roles["ndim"]
+        sch.transform_layout(
+            main.block_rv,
+            ("write", 0),
+            lambda *idx: [*(idx[i] for i in range(ndim) if i != n_dim), idx[n_dim]],
+        )
+        if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[reductions[0] + 1 :]]) is None:
+            return None
+        _schedule_producers(sch, producers, lanes)
+        return sch
+
+
+def _single_channel(
+    sch: s_tir.Schedule,
+    main: Any,
+    epilogue: list[Any],
+    producers: list[s_tir.schedule.SBlockRV],
+    target: tvm.target.Target,
+) -> s_tir.Schedule | None:
+    """A conv with one output channel (a segmentation head) has no channel to vectorize:
+    vectorize along the output row instead, where a stride-1 input is contiguous too, and
+    tile output rows x row vectors with the weights broadcast."""
+    import tvm
+    from tvm.sym.pattern import detect_linear_equation
+
+    stmt = sch.get(main.block_rv)
+    iters = list(stmt.iter_vars)
+    out = [v for v in index_vars(stmt.writes[0]) if v is not None]
+    reduce = [i for i, iv in enumerate(iters) if iv.iter_type == tvm.tirx.IterVar.CommReduce]
+    if len(out) < 2 or len(stmt.reads) != 2 or not reduce:
+        return None
+    col, row = out[-1], out[-2]
+    reads = list(stmt.reads)
+    data = [r for r in reads if uses(r, col)]
+    others = [r for r in reads if not uses(r, col)]
+    if len(data) != 1 or any(uses(r, v) for r in others for v in out):
+        return None  # the weight depends on an output dim: a channel after all
+    coef = detect_linear_equation(data[0].region[-1].min, [col])
+    if len(coef) != 2 or not isinstance(coef[0], tvm.tirx.IntImm) or int(coef[0]) != 1:
+        return None  # strided: the row is not contiguous in the input
+    loops = [it.loop_rv for it in main.iters]
+    sizes = extents(sch, loops)
+    if sizes is None:
+        return None
+    position = {iv.var: i for i, iv in enumerate(iters)}
+    lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
+    tile = pick_tile(sizes[position[row]], sizes[position[col]], lanes, vector_registers(target))
+    gemm = GemmLoops(
+        batch=tuple(loops[position[v]] for v in out[:-2]),
+        rows=(),
+        m=loops[position[row]],
+        n=loops[position[col]],
+        reduce=tuple(loops[i] for i in reduce),
+    )
+    writeback = tile_gemm(sch, main.block_rv, gemm, tile)
+    if fuse_epilogue(sch, writeback, [i.block_rv for i in epilogue]) is None:
+        return None
+    _schedule_producers(sch, producers, lanes)
+    return sch
+
+
+def _inline_weight_transforms(
+    sch: s_tir.Schedule, func: tvm.tirx.PrimFunc, producers: list[Any]
+) -> list[s_tir.schedule.SBlockRV]:
+    """Inline blocks that only rearrange constants (conv2d_transpose flips its kernel) into
+    the conv, where the weight prepacking then folds them away; returns the other producers."""
+    rest = []
+    for info in producers:
+        reads = sch.get(info.block_rv).reads
+        if reads and all(is_layout_free(func, r.source) for r in reads):
+            try:
+                sch.compute_inline(info.block_rv)
+                continue
+            except (ScheduleError, InternalError):
+                pass
+        rest.append(info.block_rv)
+    return rest
+
+
+def _schedule_producers(
+    sch: s_tir.Schedule, producers: list[s_tir.schedule.SBlockRV], lanes: int
+) -> None:
+    """Input producers (padding, conv2d_transpose's dilation): chains collapse into the last
+    one; a plain copy is inlined into the conv, padding is materialized once (a branch per
+    load in the micro-kernel costs more than one pass over the input)."""
+    import tvm
+
+    for block in producers[:-1]:
+        try:
+            sch.compute_inline(block)
+        except (ScheduleError, InternalError):
+            schedule_spatial(sch, block, lanes)
+    if not producers:
+        return
+    last = producers[-1]
+    if not tvm.get_global_func("s_tir.schedule.HasIfThenElse")(sch.get(last)):
+        try:
+            sch.compute_inline(last)
+            return
+        except (ScheduleError, InternalError):
+            pass
+    schedule_spatial(sch, last, lanes)

@@ -1,0 +1,131 @@
+"""CPU rule for matmul / dense / batch-matmul kernels with injective epilogues.
+
+A register-tiled micro-kernel vectorized over the output's contiguous dim (n), the one the
+second operand is contiguous in too: weights reach these kernels as [K, N] constants (ONNX
+MatMul as is, Gemm's transB folded by FoldConstant), attention as [.., K, N] activations.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tvm.error import InternalError
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.s_tir.schedule import ScheduleError
+
+from tvmflow.schedules.cpu_common import (
+    GemmLoops,
+    dtype_bits_of_block,
+    extents,
+    fuse_epilogue,
+    index_vars,
+    is_cpu,
+    is_layout_free,
+    pick_tile,
+    prepack_weight,
+    tile_gemm,
+    uses,
+    vector_lanes,
+    vector_registers,
+)
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import s_tir
+
+
+def matmul_roles(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV
+) -> tuple[int | None, int, int, int | None] | None:
+    """Roles in a `C[.., m, n] += A[.., m, k] * B[.., k, n]` block, else None: the iter
+    positions of m and n, which read is B, and the dim of B that k indexes.
+
+    m is None when the kernel has a single row (a GEMV with the weight as [K, N]).
+    """
+    import tvm
+
+    stmt = sch.get(block)
+    iters = list(stmt.iter_vars)
+    reduce = [i for i, iv in enumerate(iters) if iv.iter_type == tvm.tirx.IterVar.CommReduce]
+    if len(reduce) != 1 or len(stmt.reads) != 2 or len(stmt.writes) != 1:
+        return None
+    k = iters[reduce[0]].var
+    out = [v for v in index_vars(stmt.writes[0]) if v is not None]
+    if not out:
+        return None
+    n_var = out[-1]
+    a, b = (index_vars(r) for r in stmt.reads)
+    b_read = 1
+    if uses(a, n_var) and not uses(b, n_var):
+        a, b = b, a
+        b_read = 0
+    # b is contiguous along n (its last index), a does not depend on n, both on k
+    if b[-1] is None or not b[-1].same_as(n_var) or uses(a, n_var):
+        return None
+    if not (uses(a, k) and uses(b, k)):
+        return None
+    m_vars = [v for v in out[:-1] if uses(a, v) and not uses(b, v)]
+    position = {iv.var: i for i, iv in enumerate(iters)}
+    k_dim = next((d for d, v in enumerate(b) if v is not None and v.same_as(k)), None)
+    return (position[m_vars[-1]] if m_vars else None), position[n_var], b_read, k_dim
+
+
+class Matmul(ScheduleRule):
+    """Kernels with exactly one matmul-shaped reduction block and injective other blocks."""
+
+    def apply(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        import tvm
+        from tvm import s_tir
+        from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+        if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos:
+            return None
+        reductions = [i for i, info in enumerate(infos) if not info.is_injective()]
+        if len(reductions) != 1:
+            return None
+        main = infos[reductions[0]]
+        if main.dom_kind().count("R") != 1 or not main.dom_kind().endswith("R"):
+            return None
+        roles = matmul_roles(sch, main.block_rv)
+        if roles is None:
+            return None
+        # producers (dequantize, transposes) are inlined into the operand loads
+        for info in infos[: reductions[0]]:
+            try:
+                sch.compute_inline(info.block_rv)
+            except (ScheduleError, InternalError):
+                return None
+        loops = [it.loop_rv for it in main.iters]
+        sizes = extents(sch, loops)
+        if sizes is None:
+            return None
+        m_pos, n_pos, b_read, k_dim = roles
+        lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
+        m_size = 1 if m_pos is None else sizes[m_pos]
+        tile = pick_tile(m_size, sizes[n_pos], lanes, vector_registers(target))
+        gemm = GemmLoops(
+            batch=tuple(loop for i, loop in enumerate(loops[:-1]) if i not in (m_pos, n_pos)),
+            rows=(),
+            m=None if m_pos is None else loops[m_pos],
+            n=loops[n_pos],
+            reduce=(loops[-1],),
+        )
+        weight = sch.get(main.block_rv).reads[b_read]
+        if k_dim is not None and is_layout_free(func, weight.source):
+            n_dim = len(weight.region) - 1
+            prepack_weight(sch, main.block_rv, b_read, [k_dim], n_dim, tile[1] * tile[2])
+        writeback = tile_gemm(sch, main.block_rv, gemm, tile)
+        out = fuse_epilogue(sch, writeback, [i.block_rv for i in infos[reductions[0] + 1 :]])
+        if out is None:
+            return None
+        wb_loops = sch.get_loops(out)
+        if tile[2] > 1 and sch.get(wb_loops[-1]).extent.value % tile[2] == 0:
+            _, vec = sch.split(wb_loops[-1], factors=[None, tile[2]])
+            sch.vectorize(vec)
+        return sch

@@ -1,0 +1,367 @@
+"""Tuning log directories: MetaSchedule's JSON database, tvmflow's summary, a lock, merging.
+
+A log directory holds `database_workload.json` and `database_tuning_record.json` (MetaSchedule's
+own format, so stock TVM tools read it), `summary.json` (what was tuned, for whom, how far),
+and `logs/` (MetaSchedule's per-task logs). A running job appends to a private copy of the
+database in `.work/` and publishes it after every measured batch with temp file + rename, so
+a job killed at any moment leaves a database that loads (MetaSchedule's JSONDatabase appends
+line by line: a kill mid-line leaves a file it refuses to load).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tvmflow.errors import TvmflowError
+from tvmflow.manifest import TensorSpec, write_atomic
+
+if TYPE_CHECKING:
+    from tvm.s_tir import meta_schedule as ms
+
+SHIPPED_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+SUMMARY = "summary.json"
+STAGING = ".work"
+LOCK = ".lock"
+HOLDER = ".lock.json"
+SUMMARY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LogIdentity:
+    """What a log's records were measured for; records of different identities never mix."""
+
+    model_sha256: str
+    inputs: tuple[TensorSpec, ...]
+    preset: str
+    target: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_sha256": self.model_sha256,
+            "inputs": [asdict(t) | {"shape": list(t.shape)} for t in self.inputs],
+            "preset": self.preset,
+            "target": self.target,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LogIdentity:
+        return cls(
+            str(data["model_sha256"]),
+            tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+            str(data["preset"]),
+            dict(data["target"]),
+        )
+
+    def describe(self) -> str:
+        shapes = ", ".join(t.describe() for t in self.inputs)
+        return f"model sha256 {self.model_sha256[:12]} ({shapes}) on {self.preset} {self.target}"
+
+
+def is_log_dir(path: Path) -> bool:
+    return (path / WORKLOADS).is_file() and (path / RECORDS).is_file()
+
+
+def shipped_log_dirs(preset_name: str) -> list[Path]:
+    """Log directories shipped for a preset: `tuning_logs/<preset>/<model>/`."""
+    root = SHIPPED_LOGS / preset_name
+    return sorted(p for p in root.glob("*") if is_log_dir(p)) if root.is_dir() else []
+
+
+def check_log_dir(path: Path) -> Path:
+    """A user-named log directory must be one `tvmflow tune --log` wrote."""
+    if not is_log_dir(path):
+        raise TvmflowError(
+            f"tuning log {path} is not a tuning log directory (no {WORKLOADS}); pass the "
+            "--log directory of `tvmflow tune`"
+        )
+    return path
+
+
+def open_database(log_dirs: Sequence[Path]) -> ms.database.Database:
+    """One read-only view over several log directories (best record wins)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    dbs = [
+        ms.database.JSONDatabase(
+            path_workload=str(d / WORKLOADS),
+            path_tuning_record=str(d / RECORDS),
+            allow_missing=False,
+        )
+        for d in log_dirs
+    ]
+    return dbs[0] if len(dbs) == 1 else ms.database.UnionDatabase(*dbs)
+
+
+def logs_digest(log_dirs: Sequence[Path]) -> str:
+    """One sha256 over the databases a build used (recorded in its manifest)."""
+    digest = hashlib.sha256()
+    for d in log_dirs:
+        for name in (WORKLOADS, RECORDS):
+            digest.update((d / name).read_bytes())
+    return digest.hexdigest()
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """The log's summary.json, or None when there is none."""
+    file = path / SUMMARY
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TvmflowError(f"{file} is not valid JSON ({exc}); use another --log") from exc
+    if not isinstance(data, dict):
+        raise TvmflowError(f"{file} is not a tvmflow tuning summary; use another --log")
+    return data
+
+
+def write_summary(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path / SUMMARY, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def summary_identity(summary: dict[str, Any]) -> LogIdentity | None:
+    """The identity recorded in a summary; None for a log merged from several models."""
+    ident = summary.get("identity")
+    return None if ident is None else LogIdentity.from_json(ident)
+
+
+def _targets_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same code generation: equal dicts apart from the thread count (not part of the code)."""
+
+    def strip(t: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in t.items() if k != "num-cores"}
+
+    return strip(a) == strip(b)
+
+
+def log_target(path: Path) -> dict[str, Any] | None:
+    """The target a log was tuned for (from its summary), or None when it does not say."""
+    summary = read_summary(path)
+    target = summary.get("target") if summary else None
+    return dict(target) if isinstance(target, dict) else None
+
+
+def log_matches_target(path: Path, target: dict[str, Any]) -> bool:
+    """Whether a log's records are for this target (logs that do not say are trusted)."""
+    recorded = log_target(path)
+    return recorded is None or _targets_match(recorded, target)
+
+
+def check_log_for_job(path: Path, identity: LogIdentity) -> dict[str, Any] | None:
+    """Refuse a log made for another model, shapes or target; returns its summary if any."""
+    summary = read_summary(path) if path.is_dir() else None
+    if summary is None:
+        if is_log_dir(path):
+            raise TvmflowError(
+                f"{path} holds a tuning database that `tvmflow tune` did not write (no "
+                f"{SUMMARY}), so its records may be for another model or target; pass an empty "
+                "or new --log directory"
+            )
+        return None
+    theirs = summary_identity(summary)
+    if theirs is None:
+        raise TvmflowError(
+            f"{path} was merged from logs of several models; records are never mixed, so tune "
+            "into a new --log directory"
+        )
+    if theirs != identity:
+        raise TvmflowError(
+            f"{path} was made for {theirs.describe()}, not for this job's {identity.describe()}; "
+            "records are never mixed: pass another --log directory"
+        )
+    return summary
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the log's lock for a job; a second job is refused with the holder's pid and host."""
+    from filelock import FileLock, Timeout
+
+    path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise TvmflowError(
+            f"{path} is in use by another tuning job ({_holder(path)}); wait for it to finish "
+            "or pass another --log directory"
+        ) from None
+    try:
+        note = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        write_atomic(path / HOLDER, json.dumps(note).encode())
+        yield
+    finally:
+        (path / HOLDER).unlink(missing_ok=True)
+        lock.release()
+
+
+def _holder(path: Path) -> str:
+    try:
+        note = json.loads((path / HOLDER).read_text())
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(note["started"])))
+        return f"pid {note['pid']} on {note['host']}, started {started}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def stage(path: Path) -> Path:
+    """A private working copy of the log's database for a job to append to."""
+    work = path / STAGING
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for name in (WORKLOADS, RECORDS):
+        if (path / name).is_file():
+            shutil.copyfile(path / name, work / name)
+    return work
+
+
+def publish(path: Path) -> None:
+    """Make the working copy the log's database: each file replaced atomically.
+
+    Workloads go first: the workload table only grows at its end, so the published records
+    (which index into it) stay valid whichever of the two renames a kill falls between.
+    """
+    work = path / STAGING
+    for name in (WORKLOADS, RECORDS):
+        write_atomic(path / name, (work / name).read_bytes())
+
+
+def unstage(path: Path) -> None:
+    shutil.rmtree(path / STAGING, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What `merge_logs` wrote."""
+
+    out: Path
+    workloads: int
+    records: int
+    duplicates: int
+
+
+def merge_logs(sources: Sequence[Path], out: Path, best_only: bool = False) -> MergeResult:
+    """Union tuning logs of one target into `out` (duplicate records dropped).
+
+    With `best_only`, only the fastest record of each workload is kept: what to ship in
+    `tuning_logs/`. Logs for different targets are refused: records are never mixed.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    if not sources:
+        raise TvmflowError("give at least one tuning log to merge")
+    summaries = []
+    for src in sources:
+        check_log_dir(src)
+        summary = read_summary(src)
+        if summary is None:
+            raise TvmflowError(
+                f"{src} has no {SUMMARY}, so its target is unknown; merge only logs written by "
+                "`tvmflow tune`"
+            )
+        summaries.append(summary)
+    targets = {json.dumps(s.get("target"), sort_keys=True) for s in summaries}
+    if len(targets) > 1:
+        raise TvmflowError(
+            "the logs were tuned for different targets (" + "; ".join(sorted(targets)) + "); "
+            "merge logs of one target only"
+        )
+    if out.resolve() in {s.resolve() for s in sources}:
+        raise TvmflowError(f"the output {out} is one of the inputs; merge into a new directory")
+    with locked(out):
+        if is_log_dir(out):
+            raise TvmflowError(f"{out} already holds a tuning log; merge into a new directory")
+        work = stage(out)
+        merged = ms.database.JSONDatabase(
+            path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
+        )
+        kept, duplicates = _union_records([open_database([s]) for s in sources], best_only)
+        for record in kept:
+            workload = merged.commit_workload(record.workload.mod)
+            merged.commit_tuning_record(
+                ms.database.TuningRecord(
+                    record.trace, workload, record.run_secs, record.target, record.args_info
+                )
+            )
+        count = len(merged)
+        publish(out)
+        unstage(out)
+        write_summary(out, _merged_summary(summaries, sources, count))
+        workloads = len((out / WORKLOADS).read_text().splitlines())
+    return MergeResult(out, workloads, count, duplicates)
+
+
+def _union_records(
+    dbs: Sequence[ms.database.Database], best_only: bool
+) -> tuple[list[ms.database.TuningRecord], int]:
+    """All distinct records (same workload and same trace counts once), or each workload's best."""
+    from tvm_ffi import structural_hash
+
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    best: dict[str, ms.database.TuningRecord] = {}
+    hashes: dict[ms.database.Workload, str] = {}  # records of one database share workloads
+    duplicates = 0
+    records = [r for db in dbs for r in db.get_all_tuning_records()]
+    for record in records:
+        if record.workload not in hashes:
+            hashes[record.workload] = str(structural_hash(record.workload.mod))
+        wkey = hashes[record.workload]
+        key = (wkey, str(record.trace))
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        if not best_only:
+            kept.append(record)
+        elif _mean(record) < (_mean(best[wkey]) if wkey in best else float("inf")):
+            best[wkey] = record
+    return (list(best.values()) if best_only else kept), duplicates
+
+
+def _mean(record: ms.database.TuningRecord) -> float:
+    secs = [float(s) for s in record.run_secs or ()]
+    return sum(secs) / len(secs) if secs else float("inf")
+
+
+def _merged_summary(
+    summaries: Sequence[dict[str, Any]], sources: Sequence[Path], records: int
+) -> dict[str, Any]:
+    """One identity when all inputs share it (the merge can be resumed); else none."""
+    identities = {json.dumps(s.get("identity"), sort_keys=True) for s in summaries}
+    same = len(identities) == 1 and summaries[0].get("identity") is not None
+    tasks: dict[str, dict[str, Any]] = {}
+    if same:
+        for summary in summaries:
+            for task in summary.get("tasks", []):
+                prev = tasks.get(task["name"])
+                if prev is None:
+                    tasks[task["name"]] = dict(task)
+                    continue
+                prev["trials"] += task["trials"]
+                bests = [b for b in (prev.get("best_us"), task.get("best_us")) if b is not None]
+                prev["best_us"] = min(bests) if bests else None
+    first = summaries[0]
+    return {
+        "summary_version": SUMMARY_VERSION,
+        "identity": first.get("identity") if same else None,
+        "model": first.get("model") if same else None,
+        "preset": first.get("preset"),
+        "target": first.get("target"),
+        "trials": records,
+        "seconds": round(sum(float(s.get("seconds", 0.0)) for s in summaries), 3),
+        "merged_from": [str(s) for s in sources],
+        "tasks": sorted(tasks.values(), key=lambda t: str(t["name"])),
+    }
