@@ -124,7 +124,6 @@ class Conv2d(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-
         opened = open_schedule(func, target)
         if opened is None:
             return None

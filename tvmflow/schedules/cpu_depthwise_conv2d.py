@@ -82,7 +82,6 @@ class DepthwiseConv2d(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-
         opened = open_schedule(func, target)
         if opened is None:
             return None

@@ -77,7 +77,6 @@ class Matmul(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-
         opened = open_schedule(func, target)
         if opened is None:
             return None
