@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from tvmflow.tune import FAILED_SECS
+from tvmflow.tunelog import FAILED_SECS
 
 
 class BatchHooks(Protocol):

@@ -34,6 +34,7 @@ from tvmflow.manifest import TuningInfo
 from tvmflow.passes import fuse
 from tvmflow.targets import Preset, check_build_tools
 from tvmflow.tunelog import (
+    FAILED_SECS,
     RECORDS,
     SUMMARY_VERSION,
     WORKLOADS,
@@ -41,6 +42,7 @@ from tvmflow.tunelog import (
     check_log_for_job,
     locked,
     logs_digest,
+    mean_secs,
     open_database,
     publish,
     stage,
@@ -55,7 +57,6 @@ if TYPE_CHECKING:
     from tvmflow.frontend import ImportedModel
 
 DEFAULT_TRIALS_PER_TASK = 64
-FAILED_SECS = 1e10  # MetaSchedule's run time for a candidate that failed to build or run (s)
 
 
 @dataclass(frozen=True)
@@ -441,7 +442,7 @@ class _Job:
         best: list[float | None] = []
         for workload in self.workloads:
             top = self.db.get_top_k(workload, 1)
-            best.append(_mean_secs(top[0].run_secs) if top else None)
+            best.append(mean_secs(top[0].run_secs) if top else None)
         return trials, best
 
     def _known_untuned(self) -> list[float | None]:
@@ -475,7 +476,7 @@ class _Job:
             result = future.result()
             if result.error_msg is not None or not result.run_secs:
                 continue
-            secs = _mean_secs(result.run_secs)
+            secs = mean_secs(result.run_secs)
             out[k] = secs * 1e6
             task = indices[k]
             self.db.commit_tuning_record(
@@ -546,7 +547,7 @@ class _Job:
             if build.error_msg is not None or run.error_msg is not None or not run.run_secs:
                 self.errors += 1
                 continue
-            secs = _mean_secs(run.run_secs)
+            secs = mean_secs(run.run_secs)
             best = self.best_s[task_id]
             if best is None or secs < best:
                 self.best_s[task_id] = secs
@@ -660,11 +661,6 @@ class _Job:
             },
             "tasks": [t.to_json() for t in tasks],
         }
-
-
-def _mean_secs(run_secs: Sequence[Any]) -> float:
-    values = [float(s) for s in run_secs]
-    return sum(values) / len(values) if values else FAILED_SECS
 
 
 def _default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.s_tir.Schedule:
@@ -858,15 +854,15 @@ def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
         for record in open_database([log]).get_all_tuning_records():
             if not record.run_secs:
                 continue
-            key, secs = str(record.workload.as_json()[0]), _mean_secs(record.run_secs)
+            key, secs = str(record.workload.as_json()[0]), mean_secs(record.run_secs)
             if any(inst.kind.name.startswith("Sample") for inst in record.trace.insts):
-                if key not in searched or secs < _mean_secs(searched[key].run_secs):
+                if key not in searched or secs < mean_secs(searched[key].run_secs):
                     searched[key] = record
             else:
                 baseline[key] = min(secs, baseline.get(key, secs))
     db = ms.database.MemoryDatabase()
     for key, record in searched.items():
-        if _mean_secs(record.run_secs) < baseline.get(key, float("inf")):
+        if mean_secs(record.run_secs) < baseline.get(key, float("inf")):
             workload = db.commit_workload(record.workload.mod)
             db.commit_tuning_record(
                 ms.database.TuningRecord(

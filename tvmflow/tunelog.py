@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 SHIPPED_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
 WORKLOADS = "database_workload.json"
+FAILED_SECS = 1e10  # MetaSchedule's run time for a candidate that failed to build or run (s)
 RECORDS = "database_tuning_record.json"
 SUMMARY = "summary.json"
 STAGING = ".work"
@@ -326,14 +327,17 @@ def _union_records(
         seen.add(key)
         if not best_only:
             kept.append(record)
-        elif _mean(record) < (_mean(best[wkey]) if wkey in best else float("inf")):
+        elif mean_secs(record.run_secs) < (
+            mean_secs(best[wkey].run_secs) if wkey in best else float("inf")
+        ):
             best[wkey] = record
     return (list(best.values()) if best_only else kept), duplicates
 
 
-def _mean(record: ms.database.TuningRecord) -> float:
-    secs = [float(s) for s in record.run_secs or ()]
-    return sum(secs) / len(secs) if secs else float("inf")
+def mean_secs(run_secs: Sequence[Any] | None) -> float:
+    """A record's mean measured time; FAILED_SECS when it has none (it never ran)."""
+    values = [float(s) for s in run_secs or ()]
+    return sum(values) / len(values) if values else FAILED_SECS
 
 
 def _merged_summary(
