@@ -216,12 +216,9 @@ def _onnx_signature(model: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs as the ONNX file declares them; symbolic dims become -1."""
     import onnx
 
-    if not model.is_file():
-        raise TvmflowError(f"model file {model} does not exist")
-    try:
-        proto = onnx.load(str(model), load_external_data=False)
-    except Exception as exc:
-        raise TvmflowError(f"{model} is not an ONNX model ({type(exc).__name__}: {exc})") from exc
+    from tvmflow.frontend import read_graph
+
+    proto = read_graph(model)
     initializers = {i.name for i in proto.graph.initializer}
 
     def spec(value: onnx.ValueInfoProto) -> TensorSpec:

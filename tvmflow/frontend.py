@@ -54,13 +54,18 @@ def load_onnx(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = Non
     return ImportedModel(path, sha256_file(path), proto, inputs, _default_opset(proto))
 
 
-def _read(path: Path) -> onnx.ModelProto:
+def read_graph(path: Path) -> onnx.ModelProto:
+    """The model's graph without its external weights (cheap: enough to read signatures)."""
     if not path.is_file():
         raise TvmflowError(f"model file {path} does not exist")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise TvmflowError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc})") from exc
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    proto = read_graph(path)
     _check_external_data(proto, path.parent)
     try:
         external_data_helper.load_external_data_for_model(proto, str(path.parent))
