@@ -20,7 +20,7 @@ import click
 import numpy as np
 
 from tvmflow.errors import TvmflowError
-from tvmflow.passes import PRECISIONS
+from tvmflow.lowering import PRECISIONS
 
 
 class ShapeParam(click.ParamType):
@@ -509,6 +509,13 @@ class HostPortParam(click.ParamType):
 @click.option("--rpc-tracker", type=HostPortParam(), help="Measure on an RPC device farm.")
 @click.option("--rpc-key", help="Device key on the tracker (with --rpc-tracker).")
 @click.option("--seed", type=int, help="Seed the search (reproducible runs).")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Tune the kernels of a compile with this --precision.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def tune_cmd(
     model: Path,
@@ -524,6 +531,7 @@ def tune_cmd(
     rpc_tracker: tuple[str, int] | None,
     rpc_key: str | None,
     seed: int | None,
+    precision: str,
     as_json: bool,
 ) -> None:
     """Tune MODEL's kernels for a target with MetaSchedule; records go to --log DIR."""
@@ -548,6 +556,7 @@ def tune_cmd(
         split=split,
         farm=farm,
         seed=seed,
+        precision=precision,
     )
     result = tune_model(imported, preset, log_dir, options, ConsoleProgress())
     if as_json:

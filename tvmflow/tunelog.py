@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, write_atomic
+from tvmflow.manifest import TensorSpec, TuningInfo, write_atomic
 
 if TYPE_CHECKING:
+    import tvm
     from tvm.s_tir import meta_schedule as ms
 
 SHIPPED_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
@@ -47,6 +48,7 @@ class LogIdentity:
     inputs: tuple[TensorSpec, ...]
     preset: str
     target: dict[str, Any]
+    precision: str = "fp32"  # the kernels differ per precision
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class LogIdentity:
             "inputs": [asdict(t) | {"shape": list(t.shape)} for t in self.inputs],
             "preset": self.preset,
             "target": self.target,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -63,11 +66,15 @@ class LogIdentity:
             tuple(TensorSpec.from_json(t) for t in data["inputs"]),
             str(data["preset"]),
             dict(data["target"]),
+            str(data.get("precision", "fp32")),  # logs from before --precision: fp32
         )
 
     def describe(self) -> str:
         shapes = ", ".join(t.describe() for t in self.inputs)
-        return f"model sha256 {self.model_sha256[:12]} ({shapes}) on {self.preset} {self.target}"
+        return (
+            f"model sha256 {self.model_sha256[:12]} ({shapes}) on {self.preset} "
+            f"{self.target} in {self.precision}"
+        )
 
 
 def is_log_dir(path: Path) -> bool:
@@ -369,3 +376,94 @@ def _merged_summary(
         "merged_from": [str(s) for s in sources],
         "tasks": sorted(tasks.values(), key=lambda t: str(t["name"])),
     }
+
+
+def apply_records(
+    mod: tvm.IRModule, target: tvm.target.Target, log_dirs: Sequence[Path]
+) -> tuple[tvm.IRModule, TuningInfo]:
+    """Schedule every kernel a search result improves; the rest keep their default schedules.
+
+    Records match kernels by workload (the structural hash of the fused TIR function), not by
+    model: a record tuned on one model applies to every model with the same kernel.
+    """
+    import tvm
+    from tvm import relax
+
+    def is_kernel(f: object) -> bool:
+        return isinstance(f, tvm.tirx.PrimFunc)
+
+    total = sum(1 for _, f in mod.functions_items() if is_kernel(f))
+    if not log_dirs:
+        return mod, TuningInfo(None, 0, total)
+    if any(b'["Tensorize",' in (d / RECORDS).read_bytes() for d in log_dirs):
+        register_tensor_intrinsics(target)  # a tensorized trace names its intrinsic
+    with target, improving_records(log_dirs):
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    tuned = sum(
+        1
+        for _, f in mod.functions_items()
+        if is_kernel(f) and bool(f.attrs and f.attrs.get("tirx.is_scheduled"))
+    )
+    return mod, TuningInfo(logs_digest(log_dirs) if tuned else None, tuned, total)
+
+
+def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
+    """Per kernel, the fastest search result, kept only where it beat its log's baseline.
+
+    A log also holds each kernel's default schedule as measured when it was tuned (trial 0:
+    a deterministic trace, with no Sample* instructions). Applying that record would pin the
+    default rules of that day and bypass today's (and their weight prepacking), so compile
+    applies a record only when the search found something faster than that baseline.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    searched: dict[str, ms.database.TuningRecord] = {}
+    baseline: dict[str, float] = {}
+    for log in log_dirs:
+        for record in open_database([log]).get_all_tuning_records():
+            if not record.run_secs:
+                continue
+            key, secs = str(record.workload.as_json()[0]), mean_secs(record.run_secs)
+            if any(inst.kind.name.startswith("Sample") for inst in record.trace.insts):
+                if key not in searched or secs < mean_secs(searched[key].run_secs):
+                    searched[key] = record
+            else:
+                baseline[key] = min(secs, baseline.get(key, secs))
+    db = ms.database.MemoryDatabase()
+    for key, record in searched.items():
+        if mean_secs(record.run_secs) < baseline.get(key, float("inf")):
+            workload = db.commit_workload(record.workload.mod)
+            db.commit_tuning_record(
+                ms.database.TuningRecord(
+                    record.trace, workload, record.run_secs, record.target, record.args_info
+                )
+            )
+    return db
+
+
+def register_tensor_intrinsics(target: tvm.target.Target) -> None:
+    """Register the tensor intrinsics (VNNI, NEON dot, tensor cores) of this target's backend.
+
+    MetaSchedule imports `tvm.s_tir.tensor_intrin`, whose `__init__` registers every backend's
+    intrinsics, 15-40 s (mostly CUDA's) at the start of every job. tvmflow installs the package
+    without running its `__init__` and imports only the backend module the target can use;
+    MetaSchedule's own import then finds the package already loaded.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    package = "tvm.s_tir.tensor_intrin"
+    if package not in sys.modules:
+        spec = importlib.util.find_spec(package)
+        if spec is None:  # pragma: no cover - part of every TVM build
+            return
+        sys.modules[package] = importlib.util.module_from_spec(spec)
+    kind = str(target.kind.name)
+    if kind == "llvm":
+        triple = str(target.attrs.get("mtriple", ""))
+        module = "arm_cpu" if triple.startswith(("aarch64", "arm")) else "x86"
+    else:
+        module = kind if kind in ("cuda", "rocm", "metal", "hexagon") else ""
+    if module:
+        importlib.import_module(f"{package}.{module}")
