@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tvmflow import __version__, cuda
+from tvmflow import __version__, api, cuda
 from tvmflow.accuracy import (
     Tolerance,
     compare,
@@ -24,6 +24,7 @@ from tvmflow.accuracy import (
     output_scales,
     tolerance_for,
 )
+from tvmflow.api import callable_module
 from tvmflow.emulate import HostRunner, host_runner
 from tvmflow.errors import AccuracyError, TvmflowError
 from tvmflow.export import export_library
@@ -178,3 +179,6 @@ def _verify(
             "written (use --no-verify to write it anyway)"
         )
     return accuracy
+
+
+callable_module(__name__, api.compile)  # tvmflow.compile(model, target, output=...)

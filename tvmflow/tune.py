@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tvmflow import __version__
+from tvmflow import __version__, api
+from tvmflow.api import callable_module
 from tvmflow.errors import TvmflowError
 from tvmflow.farm import Farm, check_farm
 from tvmflow.lowering import check_precision, default_schedule, tuning_tasks
@@ -763,3 +764,6 @@ def _sigint_deferred(on_sigint: Callable[[], None]) -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         signal.signal(signal.SIGINT, previous)
         released.set()
+
+
+callable_module(__name__, api.tune)  # tvmflow.tune(model, target, log=...)
