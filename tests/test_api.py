@@ -19,6 +19,7 @@ from tvm.s_tir import meta_schedule as ms
 import tvmflow
 from tests.conftest import ZOO_SHAPES
 from tvmflow import zoo
+from tvmflow.cli import main
 from tvmflow.errors import TvmflowError
 from tvmflow.frontend import load_onnx
 from tvmflow.lowering import tuning_tasks
@@ -74,7 +75,9 @@ def test_compile_front_door_mirrors_the_cli(zoo_dir: Path, tmp_path: Path) -> No
     assert not (tmp_path / "b").exists()
 
 
-def test_tune_front_door_writes_a_log_compile_reads(zoo_dir: Path, tmp_path: Path) -> None:
+def test_tune_front_door_writes_a_log_compile_and_logs_show_read(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     log = tmp_path / "log"
     model = load_onnx(zoo_dir / "mlp.onnx", {"x": (4, 64)})
     target = tvm.target.Target(resolve_preset("x86").target)
@@ -85,6 +88,16 @@ def test_tune_front_door_writes_a_log_compile_reads(zoo_dir: Path, tmp_path: Pat
     assert all(t.untuned_us and t.untuned_us > 0 and t.trials == 1 for t in result.tasks)
     art = tvmflow.compile(model, output=tmp_path / "a", tuning_logs=[log])
     assert art.manifest.tuning.tasks_tuned == 0  # baselines only: nothing beats the default
+
+    assert main(["logs", "show", str(log), "--json"]) == 0
+    shown = {k["name"]: k for k in json.loads(capsys.readouterr().out)}
+    assert set(shown) == {t.name for t in result.tasks}
+    for t in result.tasks:
+        assert shown[t.name]["trials"] == 1 and shown[t.name]["weight"] == t.weight
+        assert shown[t.name]["default_us"] == pytest.approx(t.untuned_us, rel=1e-3)
+        assert shown[t.name]["speedup"] == pytest.approx(1.0)
+    assert main(["logs", "show", str(log)]) == 0
+    assert "whole model" in capsys.readouterr().out
 
 
 def _two_layer(path: Path, second: int) -> Path:

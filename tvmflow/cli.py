@@ -585,6 +585,23 @@ def logs_merge_cmd(sources: Sequence[Path], output: Path, best_only: bool) -> No
     )
 
 
+@logs_group.command("show")
+@click.argument("log", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def logs_show_cmd(log: Path, as_json: bool) -> None:
+    """List a log's kernels: trials, default schedule vs best record time, speedup."""
+    from dataclasses import asdict
+
+    from tvmflow.progress import format_log
+    from tvmflow.tunelog import log_kernels
+
+    kernels = log_kernels(log)
+    if as_json:
+        click.echo(json.dumps([asdict(k) | {"speedup": k.speedup} for k in kernels], indent=2))
+    else:
+        click.echo(format_log(kernels))
+
+
 @cli.group("farm")
 def farm_group() -> None:
     """RPC device farms (TVM RPC tracker and servers)."""

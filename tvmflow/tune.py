@@ -85,6 +85,7 @@ class TaskResult:
     trials: int
     best_us: float | None
     untuned_us: float | None
+    workload: str | None = None  # structural hash: what records are keyed by (logs show)
 
     @property
     def speedup(self) -> float | None:
@@ -106,6 +107,7 @@ class TaskResult:
             "best_us": _round(self.best_us),
             "untuned_us": _round(self.untuned_us),
             "speedup": _round(self.speedup),
+            "workload": self.workload,
         }
 
     @classmethod
@@ -116,6 +118,7 @@ class TaskResult:
             int(data["trials"]),
             _opt_float(data.get("best_us")),
             _opt_float(data.get("untuned_us")),
+            data.get("workload"),
         )
 
 
@@ -580,9 +583,16 @@ class _Job:
                 trials,
                 None if best is None or best >= FAILED_SECS else best * 1e6,
                 untuned,
+                str(workload.as_json()[0]),
             )
-            for name, weight, trials, best, untuned in zip(
-                self.names, self.weights, self.trials, self.best_s, self.untuned, strict=True
+            for name, weight, trials, best, untuned, workload in zip(
+                self.names,
+                self.weights,
+                self.trials,
+                self.best_s,
+                self.untuned,
+                self.workloads,
+                strict=True,
             )
         )
 

@@ -423,8 +423,8 @@ def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
         for record in open_database([log]).get_all_tuning_records():
             if not record.run_secs:
                 continue
-            key, secs = str(record.workload.as_json()[0]), mean_secs(record.run_secs)
-            if any(inst.kind.name.startswith("Sample") for inst in record.trace.insts):
+            key, secs = workload_key(record.workload), mean_secs(record.run_secs)
+            if not is_baseline(record):
                 if key not in searched or secs < mean_secs(searched[key].run_secs):
                     searched[key] = record
             else:
@@ -439,6 +439,78 @@ def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
                 )
             )
     return db
+
+
+def workload_key(workload: ms.database.Workload) -> str:
+    """What records are keyed by: the structural hash of the kernel, whatever model it came from."""
+    return str(workload.as_json()[0])
+
+
+def is_baseline(record: ms.database.TuningRecord) -> bool:
+    """Trial 0: a kernel's default schedule as tune measured it (a trace without sampling)."""
+    return not any(inst.kind.name.startswith("Sample") for inst in record.trace.insts)
+
+
+@dataclass(frozen=True)
+class LogKernel:
+    """One kernel of a log: its trials, its default schedule's and its best record's time."""
+
+    name: str
+    weight: int | None  # calls per inference in the tuned model (None: unknown)
+    trials: int
+    default_us: float | None
+    best_us: float | None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default_us is None or self.best_us is None:
+            return None
+        return self.default_us / self.best_us
+
+
+def log_kernels(path: Path) -> tuple[LogKernel, ...]:
+    """Per kernel in a log's database, named from its summary where the summary says."""
+    check_log_dir(path)
+    summary = read_summary(path) or {}
+    tasks = {t["workload"]: t for t in summary.get("tasks", []) if t.get("workload")}
+    trials: dict[str, int] = {}
+    best: dict[str, float] = {}
+    default: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    for record in open_database([path]).get_all_tuning_records():
+        key = workload_key(record.workload)
+        if key not in labels:
+            labels[key] = tasks.get(key, {}).get("name") or _label(record.workload.mod, key)
+        trials[key] = trials.get(key, 0) + 1
+        secs = mean_secs(record.run_secs)
+        if secs >= FAILED_SECS:
+            continue
+        best[key] = min(secs, best.get(key, secs))
+        if is_baseline(record):
+            default[key] = min(secs, default.get(key, secs))
+    rows = []
+    for key, name in labels.items():
+        task = tasks.get(key, {})
+        default_us = default[key] * 1e6 if key in default else task.get("untuned_us")
+        rows.append(
+            LogKernel(
+                name,
+                task.get("weight"),
+                trials[key],
+                None if default_us is None else float(default_us),
+                best[key] * 1e6 if key in best else None,
+            )
+        )
+    return tuple(sorted(rows, key=lambda r: r.name))
+
+
+def _label(mod: tvm.IRModule, key: str) -> str:
+    """A kernel without a name in the summary: its blocks, e.g. `conv2d_nchw+T_add#1a2b3c`."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(mod)
+    blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    return "+".join(b for b in blocks if b != "pad_temp") + f"#{int(key):x}"[:7]
 
 
 def register_tensor_intrinsics(target: tvm.target.Target) -> None:
