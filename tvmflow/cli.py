@@ -358,7 +358,8 @@ def demo_cmd(workdir: Path) -> None:
     "--compare",
     default="onnxruntime",
     show_default=True,
-    help="Engines to compare with, comma-separated: onnxruntime,openvino.",
+    help="Engines to compare with, comma-separated: onnxruntime, openvino (f32), "
+    "openvino-default (its default precision: bf16 on AVX512_BF16 CPUs).",
 )
 @tolerance_options
 @click.option("--seed", type=int, default=0, show_default=True)
