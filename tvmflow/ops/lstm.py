@@ -27,12 +27,12 @@ class LSTM(OnnxOpConverter):
             h, c = states
             f_act, g_act, h_act = acts[d]
             pre = rec.emit(op.add(x, recurrence(rec, h, d)))  # [B, 4H] in gate order i, o, f, c
-            p = rec.direction(peepholes, d) if peepholes is not None else None
 
             def peep(value: Expr, index: int, cell_state: Expr) -> Expr:
-                if p is None:
+                if peepholes is None:
                     return value
-                return op.add(value, op.multiply(gate(p, index, size, axis=0), cell_state))
+                p = rec.weight(peepholes, d, index * size, (index + 1) * size)
+                return op.add(value, op.multiply(p, cell_state))
 
             i = rec.emit(f_act(rec.clipped(rec.emit(peep(gate(pre, 0, size), 0, c)))))
             if couple:

@@ -12,9 +12,11 @@ activations that take them; `clip` bounds every gate's input to its activation).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import tvm
 from tvm import relax
 
 Expr = Any  # relax.Expr (TVM ships no type stubs)
@@ -112,6 +114,7 @@ class Recurrent:
     layout: int
     clip: float | None
     dtype: str
+    memo: dict[tuple[Any, ...], Expr] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -131,6 +134,24 @@ class Recurrent:
 
     def direction(self, tensor: Expr, d: int) -> Expr:
         return self.emit(relax.op.take(tensor, relax.const(d, "int64"), axis=0))
+
+    def weight(self, tensor: Expr, d: int, start: int, stop: int, transpose: bool = False) -> Expr:
+        """tensor[d, start:stop] (transposed), prepared once: every time step reuses it.
+
+        Constant weights are sliced in numpy; preparing them per step made FoldConstant build
+        and run a kernel for each (20 s for a 20-step LSTM).
+        """
+        key = (id(tensor), d, start, stop, transpose)
+        if key not in self.memo:
+            if isinstance(tensor, tvm.ir.GenericConst):
+                value = tensor.value.numpy()[d, start:stop]
+                self.memo[key] = relax.const(np.ascontiguousarray(value.T if transpose else value))
+            else:
+                value = relax.op.strided_slice(self.direction(tensor, d), [0], [start], [stop])
+                if transpose:
+                    value = relax.op.permute_dims(value, [1, 0])
+                self.memo[key] = self.emit(value)
+        return self.memo[key]
 
     def state(self, index: int, d: int) -> Expr:
         init = self.initial[index] if index < len(self.initial) else None
@@ -185,12 +206,11 @@ def run(rec: Recurrent, num_states: int, cell: Cell) -> list[Expr]:
     op = relax.op
     ys, finals = [], []
     for d, direction in enumerate(rec.directions):
-        w = rec.direction(rec.w, d)  # [G*H, I]
-        proj = rec.emit(op.matmul(rec.x, op.permute_dims(w, [1, 0])))  # [T, B, G*H]
+        gates = static_shape(rec.w, "W")[1]  # G*H
+        w_t = rec.weight(rec.w, d, 0, gates, transpose=True)  # [I, G*H]
+        proj = rec.emit(op.matmul(rec.x, w_t))  # [T, B, G*H]: every step's input projection
         if rec.b is not None:
-            gates = static_shape(w, "W")[0]
-            w_bias = rec.emit(op.strided_slice(rec.direction(rec.b, d), [0], [0], [gates]))
-            proj = rec.emit(op.add(proj, w_bias))
+            proj = rec.emit(op.add(proj, rec.weight(rec.b, d, 0, gates)))
         states = [rec.state(i, d) for i in range(num_states)]
         order = range(rec.steps) if direction == "forward" else reversed(range(rec.steps))
         outputs: dict[int, Expr] = {}
@@ -226,17 +246,14 @@ def recurrence(rec: Recurrent, h: Expr, d: int, first: int = 0, count: int | Non
     size = rec.hidden
     total = static_shape(rec.w, "W")[1] // size  # G: gates per direction
     count = total - first if count is None else count
-    r = rec.direction(rec.r, d)
-    if first or count != total:
-        r = op.strided_slice(r, [0], [first * size], [(first + count) * size])
-    out = rec.emit(op.matmul(h, op.permute_dims(r, [1, 0])))
+    r_t = rec.weight(rec.r, d, first * size, (first + count) * size, transpose=True)
+    out = rec.emit(op.matmul(h, r_t))
     if rec.b is not None:
         start = (total + first) * size
-        r_bias = op.strided_slice(rec.direction(rec.b, d), [0], [start], [start + count * size])
-        out = rec.emit(op.add(out, r_bias))
+        out = rec.emit(op.add(out, rec.weight(rec.b, d, start, start + count * size)))
     return out
 
 
-def gate(x: Expr, index: int, hidden: int, axis: int = 1) -> Expr:
-    """Gate `index` ([B, H]) of a gate-stacked tensor [B, G*H] (axis 0: [G*H] → [H])."""
-    return relax.op.strided_slice(x, [axis], [index * hidden], [(index + 1) * hidden])
+def gate(x: Expr, index: int, hidden: int) -> Expr:
+    """Gate `index` ([B, H]) of a gate-stacked tensor [B, G*H]."""
+    return relax.op.strided_slice(x, [1], [index * hidden], [(index + 1) * hidden])
