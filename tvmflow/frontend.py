@@ -188,15 +188,17 @@ def _iter_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 def _check_supported(proto: onnx.ModelProto) -> None:
     """List every operator TVM cannot import, with counts, instead of failing on the first."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    from tvmflow import ops
 
-    supported = set(_get_convert_map()) | {"Constant", "If"}
     opsets = {o.domain: o.version for o in proto.opset_import}
     missing: collections.Counter[tuple[str, str]] = collections.Counter()
     first: dict[tuple[str, str], str] = {}
     for node in _iter_nodes(proto.graph):
         key = (node.domain or "", node.op_type)
-        if key[0] in _DEFAULT_DOMAINS and node.op_type in supported:
+        domain = "" if key[0] in _DEFAULT_DOMAINS else key[0]
+        if node.op_type in ("Constant", "If") and domain == "":
+            continue
+        if ops.supports(domain, node.op_type, opsets.get(key[0], _default_opset(proto))):
             continue
         missing[key] += 1
         first.setdefault(key, node.name or "<unnamed>")
@@ -216,6 +218,9 @@ def to_relax(model: ImportedModel) -> tvm.IRModule:
     """Import the shape-fixed graph into Relax with weights as embedded constants."""
     from tvm.relax.frontend.onnx import from_onnx
 
+    from tvmflow import ops
+
+    ops.install()  # tvmflow's converters for ops TVM's importer lacks or gets wrong
     try:
         return from_onnx(
             model.proto,
