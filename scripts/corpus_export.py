@@ -1,0 +1,223 @@
+"""Export the corpus's torch models to ONNX (random weights, seeded, fixed shapes).
+
+Runs in the export environment that `scripts/corpus` builds (pinned torch, torchvision, timm,
+transformers), never in tvmflow's own venv: `python scripts/corpus_export.py OUT_DIR NAME...`.
+Each model is written to OUT_DIR/NAME.onnx (temp file + rename), so a killed export leaves
+nothing half-written. Weights are random: correctness and speed do not need trained ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+OPSET = 17
+
+
+def _vision(name: str) -> Callable[[], tuple[nn.Module, tuple[Any, ...], list[str]]]:
+    def build() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None)
+        return model, (torch.randn(1, 3, 224, 224),), ["image"]
+
+    return build
+
+
+def _timm(name: str, size: int = 224) -> Callable[[], tuple[nn.Module, tuple[Any, ...], list[str]]]:
+    def build() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
+        import timm
+
+        model = timm.create_model(name, pretrained=False)
+        return model, (torch.randn(1, 3, size, size),), ["image"]
+
+    return build
+
+
+class _LogitsOnly(nn.Module):
+    """A transformers model reduced to its first output tensor (no ModelOutput dicts)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.model(*args, return_dict=False)[0]
+
+
+def _bert() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024
+    )
+    ids = torch.randint(0, config.vocab_size, (1, 128))
+    return _LogitsOnly(BertModel(config)), (ids, torch.ones_like(ids)), ["input_ids", "mask"]
+
+
+def _distilbert() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    config = DistilBertConfig()  # the base size: 6 layers, 768 wide
+    ids = torch.randint(0, config.vocab_size, (1, 64))
+    return _LogitsOnly(DistilBertModel(config)), (ids, torch.ones_like(ids)), ["input_ids", "mask"]
+
+
+def _gpt2() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=4, n_embd=256, n_head=4, use_cache=False)
+    ids = torch.randint(0, config.vocab_size, (1, 64))
+    return _LogitsOnly(GPT2LMHeadModel(config)), (ids,), ["input_ids"]
+
+
+def _whisper_encoder() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    config = WhisperConfig(
+        d_model=256,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=1024,
+        max_source_positions=500,
+    )
+    return _LogitsOnly(WhisperEncoder(config)), (torch.randn(1, 80, 1000),), ["mel"]
+
+
+class _Block(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        )
+
+
+class UNet(nn.Module):
+    """A 4-level U-Net (max-pool down, transposed-conv up, skip concats) for segmentation."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), classes: int = 2) -> None:
+        super().__init__()
+        self.down = nn.ModuleList()
+        cin = 3
+        for w in widths:
+            self.down.append(_Block(cin, w))
+            cin = w
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(w2, w1, 2, stride=2) for w1, w2 in itertools.pairwise(widths)
+        )
+        self.merge = nn.ModuleList(_Block(2 * w, w) for w in widths[:-1])
+        self.head = nn.Conv2d(widths[0], classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        for i in reversed(range(len(self.up))):
+            x = self.merge[i](torch.cat([self.up[i](x), skips[i]], dim=1))
+        return self.head(x)
+
+
+class AudioConv1d(nn.Module):
+    """A keyword-spotting style Conv1D net over raw 16 kHz audio (M5-like)."""
+
+    def __init__(self, classes: int = 35) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv1d(1, 64, 80, stride=16), nn.BatchNorm1d(64), nn.ReLU()]
+        cin = 64
+        for cout in (64, 128, 256):
+            layers += [
+                nn.MaxPool1d(4),
+                nn.Conv1d(cin, cout, 3, padding=1),
+                nn.BatchNorm1d(cout),
+                nn.ReLU(),
+            ]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=-1))
+
+
+class Recurrent(nn.Module):
+    """A 2-layer (bi)directional LSTM/GRU tagger over feature frames, as speech models use."""
+
+    def __init__(self, cell: str, bidirectional: bool) -> None:
+        super().__init__()
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn(40, 128, num_layers=2, batch_first=True, bidirectional=bidirectional)
+        self.fc = nn.Linear(128 * (2 if bidirectional else 1), 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(x)[0])
+
+
+def _plain(
+    factory: Callable[[], nn.Module], *shape: int, name: str = "x"
+) -> Callable[[], tuple[nn.Module, tuple[Any, ...], list[str]]]:
+    return lambda: (factory(), (torch.randn(*shape),), [name])
+
+
+EXPORTS: dict[str, Callable[[], tuple[nn.Module, tuple[Any, ...], list[str]]]] = {
+    "resnet50": _vision("resnet50"),
+    "mobilenet_v3_large": _vision("mobilenet_v3_large"),
+    "efficientnet_b0": _vision("efficientnet_b0"),
+    "convnext_tiny": _vision("convnext_tiny"),
+    "regnet_y_800mf": _vision("regnet_y_800mf"),
+    "densenet121": _vision("densenet121"),
+    "squeezenet1_1": _vision("squeezenet1_1"),
+    "shufflenet_v2_x1_0": _vision("shufflenet_v2_x1_0"),
+    "googlenet": _vision("googlenet"),
+    "mnasnet1_0": _vision("mnasnet1_0"),
+    "swin_t": _vision("swin_t"),
+    "deit_tiny": _timm("deit_tiny_patch16_224"),
+    "mobilevit_xs": _timm("mobilevit_xs", 256),
+    "bert_4l": _bert,
+    "distilbert": _distilbert,
+    "gpt2_4l": _gpt2,
+    "whisper_encoder": _whisper_encoder,
+    "unet": _plain(UNet, 1, 3, 256, 256, name="image"),
+    "audio_conv1d": _plain(AudioConv1d, 1, 1, 16000, name="audio"),
+    "lstm_tagger": _plain(lambda: Recurrent("lstm", False), 1, 100, 40, name="frames"),
+    "bigru_tagger": _plain(lambda: Recurrent("gru", True), 1, 100, 40, name="frames"),
+}
+
+
+def export(name: str, out: Path) -> None:
+    torch.manual_seed(0)
+    model, args, input_names = EXPORTS[name]()
+    model.eval()
+    tmp = out.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            model, args, str(tmp), input_names=input_names, opset_version=OPSET, dynamo=False
+        )
+    os.replace(tmp, out)
+
+
+def main() -> None:
+    out_dir = Path(sys.argv[1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in sys.argv[2:] or sorted(EXPORTS):
+        target = out_dir / f"{name}.onnx"
+        if target.is_file():
+            continue
+        print(f"export {name}", flush=True)
+        export(name, target)
+
+
+if __name__ == "__main__":
+    main()
