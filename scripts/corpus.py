@@ -138,12 +138,13 @@ def export_models(entries: list[Entry], packages: list[str]) -> None:
         subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
         stamp.write_text("\n".join(packages))
     script = ROOT / "scripts" / "corpus_export.py"
-    for entry in todo:  # one process each: a failed export loses only its own model
-        result = subprocess.run([str(python), str(script), str(EXPORT_DIR), str(entry.export)])
-        if result.returncode:
-            print(f"corpus: export of {entry.name} failed (exit {result.returncode})", flush=True)
-        elif entry.export != entry.name:
-            os.replace(EXPORT_DIR / f"{entry.export}.onnx", entry.path)
+    names = [str(e.export) for e in todo]
+    if subprocess.run([str(python), str(script), str(EXPORT_DIR), *names]).returncode:
+        print("corpus: some exports failed (see above); their rows say missing", flush=True)
+    for entry in todo:
+        exported = EXPORT_DIR / f"{entry.export}.onnx"
+        if entry.export != entry.name and exported.is_file():
+            os.replace(exported, entry.path)
 
 
 # ------------------------------------------------------------------------------------------ run

@@ -209,14 +209,21 @@ def export(name: str, out: Path) -> None:
 
 
 def main() -> None:
+    """Export each named model not cached yet; one failing export does not stop the others."""
     out_dir = Path(sys.argv[1])
     out_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
     for name in sys.argv[2:] or sorted(EXPORTS):
         target = out_dir / f"{name}.onnx"
         if target.is_file():
             continue
         print(f"export {name}", flush=True)
-        export(name, target)
+        try:
+            export(name, target)
+        except Exception as exc:
+            print(f"export {name} failed: {type(exc).__name__}: {exc}", flush=True)
+            failed.append(name)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
