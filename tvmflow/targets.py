@@ -205,7 +205,8 @@ def check_build_tools(preset: Preset) -> None:
     if preset.cross_compiler and find_tool(preset.cross_compiler) is None:
         raise TvmflowError(
             f"target {preset.name!r} needs the cross compiler {preset.cross_compiler}, which is "
-            "not on PATH; install it with `apt-get install gcc-aarch64-linux-gnu`"
+            "not on PATH; install it with "
+            "`apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross`"
         )
     for tool in preset.needs:
         require_tool(tool, f"target {preset.name!r}")
