@@ -9,6 +9,7 @@ nothing half-written. Weights are random: correctness and speed do not need trai
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -70,12 +71,65 @@ def _distilbert() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
     return _LogitsOnly(DistilBertModel(config)), (ids, torch.ones_like(ids)), ["input_ids", "mask"]
 
 
-def _gpt2() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
-    from transformers import GPT2Config, GPT2LMHeadModel
+class CausalSelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, context: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        mask = torch.full((context, context), float("-inf")).triu(1)
+        self.register_buffer("mask", mask)
 
-    config = GPT2Config(n_layer=4, n_embd=256, n_head=4, use_cache=False)
-    ids = torch.randint(0, config.vocab_size, (1, 64))
-    return _LogitsOnly(GPT2LMHeadModel(config)), (ids,), ["input_ids"]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(c // self.heads) + self.mask[:t, :t]
+        y = att.softmax(dim=-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, width: int, heads: int, context: int) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = CausalSelfAttention(width, heads, context)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(approximate="tanh"), nn.Linear(4 * width, width)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPTDecoder(nn.Module):
+    """A GPT-2-style decoder (pre-LN blocks, causal mask, tied LM head) at a fixed length.
+
+    Written out in plain torch: transformers' GPT-2 builds its causal mask with vmap, which
+    the TorchScript ONNX exporter cannot trace.
+    """
+
+    def __init__(
+        self,
+        vocab: int = 8192,
+        width: int = 256,
+        layers: int = 4,
+        heads: int = 4,
+        context: int = 128,
+    ) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(context, width)
+        self.blocks = nn.Sequential(*(GPTBlock(width, heads, context) for _ in range(layers)))
+        self.ln = nn.LayerNorm(width)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1]).unsqueeze(0)
+        x = self.ln(self.blocks(self.tok(ids) + self.pos(positions)))
+        return x @ self.tok.weight.t()
+
+
+def _gpt2() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
+    return GPTDecoder(), (torch.randint(0, 8192, (1, 64)),), ["input_ids"]
 
 
 def _whisper_encoder() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
