@@ -20,7 +20,7 @@ import click
 import numpy as np
 
 from tvmflow.errors import TvmflowError
-from tvmflow.passes import PRECISIONS
+from tvmflow.lowering import PRECISIONS
 
 
 class ShapeParam(click.ParamType):
@@ -509,6 +509,13 @@ class HostPortParam(click.ParamType):
 @click.option("--rpc-tracker", type=HostPortParam(), help="Measure on an RPC device farm.")
 @click.option("--rpc-key", help="Device key on the tracker (with --rpc-tracker).")
 @click.option("--seed", type=int, help="Seed the search (reproducible runs).")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Tune the kernels of a compile with this --precision.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def tune_cmd(
     model: Path,
@@ -524,6 +531,7 @@ def tune_cmd(
     rpc_tracker: tuple[str, int] | None,
     rpc_key: str | None,
     seed: int | None,
+    precision: str,
     as_json: bool,
 ) -> None:
     """Tune MODEL's kernels for a target with MetaSchedule; records go to --log DIR."""
@@ -548,6 +556,7 @@ def tune_cmd(
         split=split,
         farm=farm,
         seed=seed,
+        precision=precision,
     )
     result = tune_model(imported, preset, log_dir, options, ConsoleProgress())
     if as_json:
@@ -574,6 +583,23 @@ def logs_merge_cmd(sources: Sequence[Path], output: Path, best_only: bool) -> No
         f"merged {len(sources)} log(s) into {merged.out}: {merged.records} records for "
         f"{merged.workloads} kernels ({merged.duplicates} duplicates dropped)"
     )
+
+
+@logs_group.command("show")
+@click.argument("log", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def logs_show_cmd(log: Path, as_json: bool) -> None:
+    """List a log's kernels: trials, default schedule vs best record time, speedup."""
+    from dataclasses import asdict
+
+    from tvmflow.progress import format_log
+    from tvmflow.tunelog import log_kernels
+
+    kernels = log_kernels(log)
+    if as_json:
+        click.echo(json.dumps([asdict(k) | {"speedup": k.speedup} for k in kernels], indent=2))
+    else:
+        click.echo(format_log(kernels))
 
 
 @cli.group("farm")
