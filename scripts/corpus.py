@@ -196,6 +196,19 @@ def _run(cmd: list[str], timeout: float) -> tuple[int | None, str, float]:
     return proc.returncode, proc.stderr, time.perf_counter() - start
 
 
+def _commit() -> str:
+    """The tvmflow commit a row was measured with (`+dirty` with uncommitted changes)."""
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "tvmflow"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
 def run_model(entry: Entry, args: argparse.Namespace) -> dict[str, Any]:
     """Compile (verified) and benchmark one model; returns its result row."""
     row: dict[str, Any] = {
@@ -205,6 +218,7 @@ def run_model(entry: Entry, args: argparse.Namespace) -> dict[str, Any]:
         "quick": entry.quick,
         "shapes": entry.shapes,
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": _commit(),
     }
     if not entry.path.is_file():
         return row | {"status": "missing", "reason": f"{entry.path} not fetched/exported"}
