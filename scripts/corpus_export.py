@@ -219,6 +219,116 @@ class Recurrent(nn.Module):
         return self.fc(self.rnn(x)[0])
 
 
+def _conv(cin: int, cout: int, k: int = 3, s: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU()
+    )
+
+
+class C2f(nn.Module):
+    """YOLOv8's C2f: split, a chain of bottlenecks, concat every stage."""
+
+    def __init__(self, cin: int, cout: int, n: int = 1) -> None:
+        super().__init__()
+        self.c = cout // 2
+        self.cv1, self.cv2 = _conv(cin, 2 * self.c, 1), _conv((2 + n) * self.c, cout, 1)
+        self.m = nn.ModuleList(
+            nn.Sequential(_conv(self.c, self.c), _conv(self.c, self.c)) for _ in range(n)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).split((self.c, self.c), 1))
+        for m in self.m:
+            y.append(y[-1] + m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class YoloV8n(nn.Module):
+    """A YOLOv8n-shaped detector (C2f backbone, SPPF, PAN neck, decoupled head with DFL).
+
+    Ends at the decoded boxes and class scores before NMS, as exported YOLO models do.
+    """
+
+    def __init__(self, classes: int = 80, reg: int = 16) -> None:
+        super().__init__()
+        w = (16, 32, 64, 128, 256)
+        self.stem = nn.Sequential(_conv(3, w[0], 3, 2), _conv(w[0], w[1], 3, 2), C2f(w[1], w[1]))
+        self.p3 = nn.Sequential(_conv(w[1], w[2], 3, 2), C2f(w[2], w[2], 2))
+        self.p4 = nn.Sequential(_conv(w[2], w[3], 3, 2), C2f(w[3], w[3], 2))
+        self.p5 = nn.Sequential(_conv(w[3], w[4], 3, 2), C2f(w[4], w[4]))
+        self.sppf_in, self.sppf_out = _conv(w[4], w[4] // 2, 1), _conv(w[4] * 2, w[4], 1)
+        self.up4, self.up3 = C2f(w[4] + w[3], w[3]), C2f(w[3] + w[2], w[2])
+        self.down4, self.n4 = _conv(w[2], w[2], 3, 2), C2f(w[2] + w[3], w[3])
+        self.down5, self.n5 = _conv(w[3], w[3], 3, 2), C2f(w[3] + w[4], w[4])
+        self.box = nn.ModuleList(
+            nn.Sequential(_conv(c, 64), _conv(64, 64), nn.Conv2d(64, 4 * reg, 1)) for c in w[2:]
+        )
+        self.cls = nn.ModuleList(
+            nn.Sequential(_conv(c, 80), _conv(80, 80), nn.Conv2d(80, classes, 1)) for c in w[2:]
+        )
+        self.reg = reg
+        self.register_buffer("proj", torch.arange(reg, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p3 = self.p3(self.stem(x))
+        p4 = self.p4(p3)
+        y = self.sppf_in(self.p5(p4))
+        pools = [y]
+        for _ in range(3):
+            pools.append(nn.functional.max_pool2d(pools[-1], 5, 1, 2))
+        p5 = self.sppf_out(torch.cat(pools, 1))
+        up = nn.functional.interpolate
+        h4 = self.up4(torch.cat([up(p5, scale_factor=2.0), p4], 1))
+        h3 = self.up3(torch.cat([up(h4, scale_factor=2.0), p3], 1))
+        h4 = self.n4(torch.cat([self.down4(h3), h4], 1))
+        h5 = self.n5(torch.cat([self.down5(h4), p5], 1))
+        outs = []
+        for feat, box, cls in zip((h3, h4, h5), self.box, self.cls, strict=True):
+            b, _, h, w = feat.shape
+            dist = box(feat).view(b, 4, self.reg, h * w).softmax(2)  # DFL
+            ltrb = (dist * self.proj.view(1, 1, -1, 1)).sum(2)
+            outs.append(torch.cat([ltrb, cls(feat).view(b, -1, h * w).sigmoid()], 1))
+        return torch.cat(outs, 2)
+
+
+class C3D(nn.Module):
+    """A small 3-D CNN video classifier (Conv3d, BatchNorm3d, MaxPool3d, global pooling)."""
+
+    def __init__(self, classes: int = 400) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for i, cout in enumerate((32, 64, 128, 256)):
+            stride = (1, 2, 2) if i == 0 else (2, 2, 2)
+            layers += [
+                nn.Conv3d(cin, cout, 3, padding=1),
+                nn.BatchNorm3d(cout),
+                nn.ReLU(),
+                nn.MaxPool3d(stride, stride),
+            ]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3, 4)))
+
+
+def _wav2vec2() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    config = Wav2Vec2Config(
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        do_stable_layer_norm=True,
+        feat_extract_norm="layer",
+        apply_spec_augment=False,
+    )
+    return _LogitsOnly(Wav2Vec2Model(config)), (torch.randn(1, 16000),), ["audio"]
+
+
 def _plain(
     factory: Callable[[], nn.Module], *shape: int, name: str = "x"
 ) -> Callable[[], tuple[nn.Module, tuple[Any, ...], list[str]]]:
@@ -244,6 +354,9 @@ EXPORTS: dict[str, Callable[[], tuple[nn.Module, tuple[Any, ...], list[str]]]] =
     "gpt2_4l": _gpt2,
     "whisper_encoder": _whisper_encoder,
     "unet": _plain(UNet, 1, 3, 256, 256, name="image"),
+    "yolov8n_like": _plain(YoloV8n, 1, 3, 640, 640, name="images"),
+    "c3d_video": _plain(C3D, 1, 3, 8, 112, 112, name="clip"),
+    "wav2vec2_2l": _wav2vec2,
     "audio_conv1d": _plain(AudioConv1d, 1, 1, 16000, name="audio"),
     "lstm_tagger": _plain(lambda: Recurrent("lstm", False), 1, 100, 40, name="frames"),
     "bigru_tagger": _plain(lambda: Recurrent("gru", True), 1, 100, 40, name="frames"),
