@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tvmflow.errors import TvmflowError  # light: production code catches it around `load`
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from tvmflow.runtime import CompiledModel, load
 
-__all__ = ["CompiledModel", "__version__", "load"]
+__all__ = ["CompiledModel", "TvmflowError", "__version__", "load"]
 
 
 def __getattr__(name: str) -> Any:
