@@ -13,12 +13,14 @@ behind), NOISY (not one line, or a traceback), MESSAGE (the fragment is missing)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -676,3 +678,44 @@ def test_the_table_covers_every_class() -> None:
     for name, members in classes.items():
         assert members <= ids, (name, members - ids)
     assert len(CASES) >= 60
+
+
+# -- kill -9 of a tuning job -------------------------------------------------------------------
+
+JOB = """
+import functools, os, sys, time
+from tvm.support.popen_pool import PopenPoolExecutor
+from tvmflow.tune import die_with_job
+
+init = functools.partial(die_with_job, os.getpid()) if sys.argv[1] == "die" else None
+pool = PopenPoolExecutor(max_workers=1, initializer=init)
+pool.submit(time.sleep, 600)  # a worker busy measuring when its job is killed
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("initializer", ["die", "none"])
+def test_workers_die_with_a_killed_job(initializer: str) -> None:
+    """MetaSchedule's worker processes get `die_with_job`: `kill -9` of the job takes them
+    along. Without it (the control case) a busy worker outlives its job as an orphan."""
+    import psutil
+
+    job = subprocess.Popen([sys.executable, "-c", JOB, initializer])
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not workers and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = psutil.Process(job.pid).children(recursive=True)
+        assert workers, "the pool never started its worker"
+        time.sleep(2.0)  # the worker has run the initializer and is sleeping in its task
+        job.kill()
+        job.wait(timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=5)
+        assert bool(alive) == (initializer == "none"), alive
+    finally:
+        for proc in workers:  # the control case's orphan (and any worker, should this fail)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        if job.poll() is None:
+            job.kill()

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import ZOO_SHAPES
@@ -186,7 +187,7 @@ def test_kill_9_mid_job_leaves_a_log_that_loads_and_resumes(
              "--trials", "500", *FAST_FLAGS),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        start_new_session=True,  # its MetaSchedule workers die with it
+        start_new_session=True,  # a group to clean up with, should the test fail
     )  # fmt: skip
     try:
         seen = 0
@@ -203,8 +204,12 @@ def test_kill_9_mid_job_leaves_a_log_that_loads_and_resumes(
         assert rc == 2
         assert f"in use by another tuning job (pid {job.pid} on" in err
         time.sleep(1.0)  # let the next batch get under way
-        os.killpg(job.pid, signal.SIGKILL)
+        workers = psutil.Process(job.pid).children(recursive=True)
+        assert workers  # MetaSchedule's builder and runner processes
+        os.kill(job.pid, signal.SIGKILL)  # the job alone, as `kill -9 PID` does
         job.wait(timeout=60)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"orphaned workers: {alive}"  # they die with their job
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
@@ -217,6 +222,8 @@ def test_kill_9_mid_job_leaves_a_log_that_loads_and_resumes(
     resumed = tune_model(mlp, resolve_preset("x86"), log, replace(FAST, trials=len(db) + 1))
     assert resumed.trials >= len(db) + 1
     assert resumed.new_trials <= 1 + BATCH
+    # and the killed job's working copy and candidate libraries are gone
+    assert not (log / ".work").exists() and not (log / ".lock.json").exists()
 
 
 @pytest.mark.slow
