@@ -21,7 +21,7 @@ from tvmflow.frontend import load_onnx
 from tvmflow.inputs import random_inputs
 from tvmflow.manifest import FORMAT_VERSION, sha256_file
 from tvmflow.targets import resolve_preset
-from tvmflow.tune import apply_records
+from tvmflow.tunelog import apply_records
 
 
 def _copy(artifact: Artifact, tmp_path: Path) -> Path:
@@ -194,12 +194,12 @@ def test_no_logs_means_untuned(zoo_dir: Path) -> None:
     import tvm
 
     from tvmflow.frontend import to_relax
-    from tvmflow.passes import fuse, kernel_names
+    from tvmflow.lowering import fuse, kernel_names
 
     target = tvm.target.Target(resolve_preset("x86").target)
     mod = fuse(to_relax(load_onnx(zoo_dir / "mlp.onnx", {"x": (1, 64)})), target)
     total = len(kernel_names(mod))
-    _, info = apply_records(mod, target, [], total)
+    _, info = apply_records(mod, target, [])
     assert (info.log_digest, info.tasks_tuned, info.tasks_total) == (None, 0, total)
 
 

@@ -21,7 +21,7 @@ import click
 import numpy as np
 
 from tvmflow.errors import TvmflowError
-from tvmflow.passes import PRECISIONS
+from tvmflow.lowering import PRECISIONS
 
 
 class ShapeParam(click.ParamType):
@@ -395,7 +395,8 @@ def demo_cmd(workdir: Path) -> None:
     "--compare",
     default="onnxruntime",
     show_default=True,
-    help="Engines to compare with, comma-separated: onnxruntime,openvino.",
+    help="Engines to compare with, comma-separated: onnxruntime, openvino (f32), "
+    "openvino-default (its default precision: bf16 on AVX512_BF16 CPUs).",
 )
 @tolerance_options
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -553,6 +554,13 @@ class HostPortParam(click.ParamType):
 @click.option("--rpc-key", help="Device key on the tracker (with --rpc-tracker).")
 @click.option("--seed", type=int, help="Seed the search (reproducible runs).")
 @click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Tune the kernels of a compile with this --precision.",
+)
+@click.option(
     "--repair-log",
     is_flag=True,
     help="Drop the log's damaged lines (kept as *.damaged) and continue from the rest.",
@@ -572,6 +580,7 @@ def tune_cmd(
     rpc_tracker: tuple[str, int] | None,
     rpc_key: str | None,
     seed: int | None,
+    precision: str,
     repair_log: bool,
     as_json: bool,
 ) -> None:
@@ -597,6 +606,7 @@ def tune_cmd(
         split=split,
         farm=farm,
         seed=seed,
+        precision=precision,
         repair_log=repair_log,
     )
     result = tune_model(imported, preset, log_dir, options, ConsoleProgress())
@@ -626,6 +636,23 @@ def logs_merge_cmd(sources: Sequence[Path], output: Path, best_only: bool) -> No
     )
 
 
+@logs_group.command("show")
+@click.argument("log", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def logs_show_cmd(log: Path, as_json: bool) -> None:
+    """List a log's kernels: trials, default schedule vs best record time, speedup."""
+    from dataclasses import asdict
+
+    from tvmflow.progress import format_log
+    from tvmflow.tunelog import log_kernels
+
+    kernels = log_kernels(log)
+    if as_json:
+        click.echo(json.dumps([asdict(k) | {"speedup": k.speedup} for k in kernels], indent=2))
+    else:
+        click.echo(format_log(kernels))
+
+
 @cli.group("farm")
 def farm_group() -> None:
     """RPC device farms (TVM RPC tracker and servers)."""
@@ -651,6 +678,40 @@ def farm_status_cmd(rpc_tracker: tuple[str, int], as_json: bool) -> None:
     click.echo(f"{'key':<24} {'servers':>7} {'free':>5} {'busy':>5} {'queued':>6}")
     for k in keys:
         click.echo(f"{k.key:<24} {k.servers:>7} {k.free:>5} {k.busy:>5} {k.pending_requests:>6}")
+
+
+@cli.command("serve")
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Requests run at once; each gets CPUs/workers TVM threads [default: CPUs].",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["tvmflow", "onnxruntime"]),
+    default="tvmflow",
+    show_default=True,
+    help="onnxruntime: serve the artifacts' ONNX files instead (--onnx), to compare.",
+)
+@click.option("--onnx", "onnx_files", type=NAMED_FILE, multiple=True, help="NAME=FILE.onnx")
+def serve_cmd(
+    artifacts: Sequence[str],
+    http_port: int,
+    grpc_port: int,
+    workers: int | None,
+    engine: str,
+    onnx_files: Sequence[tuple[str, Path]],
+) -> None:
+    """Serve artifacts (DIR or NAME=DIR) on the Open Inference Protocol (REST + gRPC)."""
+    from tvmflow.serve import ModelSource, ServeOptions, parse_source, serve
+
+    onnx = dict(onnx_files)
+    sources = [ModelSource(n, d, onnx.get(n)) for n, d in map(parse_source, artifacts)]
+    options = ServeOptions(http_port, grpc_port, workers, engine)
+    serve(sources, options, functools.partial(click.echo, err=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tvmflow import __version__, cuda
+from tvmflow import __version__, api, cuda
 from tvmflow.accuracy import (
     Tolerance,
     compare,
@@ -28,29 +28,22 @@ from tvmflow.accuracy import (
     output_scales,
     tolerance_for,
 )
+from tvmflow.api import callable_module
 from tvmflow.emulate import HostRunner, host_runner
 from tvmflow.errors import AccuracyError, TvmflowError
-from tvmflow.export import codegen_scope, export_library
-from tvmflow.frontend import ImportedModel, to_relax
+from tvmflow.export import export_library
+from tvmflow.frontend import ImportedModel
 from tvmflow.inputs import random_inputs
+from tvmflow.lowering import LoweringOptions, build, lower
 from tvmflow.manifest import (
     LIBRARY_NAME,
     MANIFEST_NAME,
     Manifest,
     OutputAccuracy,
-    TensorSpec,
     sha256_file,
     write_manifest,
 )
-from tvmflow.passes import PRECISIONS, fuse, kernel_names
-from tvmflow.schedules import apply_default_schedules
 from tvmflow.targets import Preset, check_build_tools
-from tvmflow.tune import apply_records
-from tvmflow.tunelog import check_log_dir, log_matches_target, log_target, shipped_log_dirs
-
-if TYPE_CHECKING:
-    import tvm
-    from tvm import relax
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +64,10 @@ class CompileOptions:
     tolerance: Tolerance = field(default_factory=Tolerance)
     seed: int = 0
     precision: str = "fp32"
+
+    @property
+    def lowering(self) -> LoweringOptions:
+        return LoweringOptions(self.precision, self.tuning_logs, self.use_shipped_logs)
 
 
 @dataclass(frozen=True)
@@ -95,16 +92,10 @@ def compile_model(
     check_output_dir(Path(out_dir))
     _require_compiler()
     check_build_tools(preset)
-    _check_precision(preset, options.precision)
     start = time.perf_counter()
     target = tvm.target.Target(preset.target)
-    mod = to_relax(model)
-    outputs = _output_specs(mod, model)
-    mod = fuse(mod, target, options.precision)
-    total = len(kernel_names(mod))
-    mod, tuning = apply_records(mod, target, _log_dirs(preset, options), total)
-    mod = apply_default_schedules(mod, target)
-    executable = _build(mod, target)
+    lowered = lower(model, preset, options.lowering)
+    executable = build(lowered.mod, target)
 
     out_dir = Path(out_dir)
     with (
@@ -122,10 +113,10 @@ def compile_model(
             arch=preset.arch,
             cpu_features=preset.cpu_features,
             inputs=model.inputs,
-            outputs=outputs,
+            outputs=lowered.outputs,
             library_sha256=sha256_file(library),
             onnx_sha256=model.sha256,
-            tuning=tuning,
+            tuning=lowered.tuning,
             compile_seconds=round(time.perf_counter() - start, 3),
             precision=options.precision,
             extra=_device_code_info(library, preset),
@@ -207,67 +198,6 @@ def _require_compiler() -> None:
         )
 
 
-def _output_specs(mod: tvm.IRModule, model: ImportedModel) -> tuple[TensorSpec, ...]:
-    """Static output signature from Relax's inferred types, named after the ONNX outputs."""
-    from tvm import relax
-
-    ret = mod["main"].ret_ty
-    infos = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
-    names = [o.name for o in model.proto.graph.output]
-    specs = []
-    for name, info in zip(names, infos, strict=True):
-        if not isinstance(info, relax.TensorType) or info.shape is None:
-            raise TvmflowError(f"output {name!r} is not a tensor of known rank; cannot compile")
-        try:
-            shape = tuple(int(d) for d in info.shape.values)
-        except TypeError as exc:
-            raise TvmflowError(
-                f"output {name!r} has a data-dependent shape {info.shape}; tvmflow compiles "
-                "static shapes only"
-            ) from exc
-        specs.append(TensorSpec(name, shape, str(info.dtype)))
-    return tuple(specs)
-
-
-def _log_dirs(preset: Preset, options: CompileOptions) -> list[Path]:
-    """The user's logs first, then the logs shipped for this preset (records for another
-    target would generate code this target may not run: a user's is refused, a shipped one
-    skipped)."""
-    dirs = [check_log_dir(Path(d)) for d in options.tuning_logs]
-    for d in dirs:
-        if not log_matches_target(d, preset.target):
-            raise TvmflowError(
-                f"tuning log {d} was tuned for target {log_target(d)}, not {preset.name} "
-                f"{preset.target}; tune for this target or drop --tuning-log {d}"
-            )
-    if options.use_shipped_logs:
-        dirs += [
-            d
-            for d in shipped_log_dirs(preset.name)
-            if d not in dirs and log_matches_target(d, preset.target)
-        ]
-    return dirs
-
-
-def _check_precision(preset: Preset, precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise TvmflowError(
-            f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}"
-        )
-    if precision != "fp32" and preset.device != "cuda":
-        raise TvmflowError(
-            f"--precision {precision} is for CUDA targets; {preset.name} is a {preset.device} "
-            "target, where fp16 arithmetic is emulated and slower: use --precision fp32"
-        )
-
-
-def _build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
-    from tvm import relax
-
-    with codegen_scope(target):
-        return relax.build(mod, target=target)
-
-
 def _device_code_info(library: Path, preset: Preset) -> dict[str, Any]:
     """What device code the library carries (CUDA: the fatbin images), for the manifest."""
     if preset.device != "cuda":
@@ -311,3 +241,6 @@ def _verify(
             "written (use --no-verify to write it anyway)"
         )
     return accuracy
+
+
+callable_module(__name__, api.compile)  # tvmflow.compile(model, target, output=...)

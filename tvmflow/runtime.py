@@ -180,6 +180,17 @@ def _check_num_threads(num_threads: int) -> None:
         )
 
 
+def configure_threads(num_threads: int) -> None:
+    """Size TVM's CPU thread pool for the calling thread.
+
+    TVM keeps one worker pool per calling thread, so `load(num_threads=)` sizes only the
+    loading thread's: a service that runs models from a thread pool calls this once in each
+    of its threads (e.g. as the pool's initializer).
+    """
+    _check_num_threads(num_threads)
+    _size_thread_pool(_import_tvm(), int(num_threads))
+
+
 def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel:
     """Check and load an artifact directory written by `tvmflow compile`.
 

@@ -1,7 +1,7 @@
 """Tune: MetaSchedule search over a model's kernels, and reuse of its records at compile time.
 
-`tune_model` extracts the kernels of exactly the module compile builds (`passes.fuse`), so
-records match at compile time, and searches them with MetaSchedule (evolutionary search, XGBoost
+`tune_model` extracts the kernels of exactly the module compile builds (`lowering.tuning_tasks`),
+so records match at compile time, and searches them with MetaSchedule (evolutionary search, XGBoost
 cost model, gradient task scheduling) within a trial budget and an optional time limit. Each
 measured batch is published to the log directory atomically before the next one starts (see
 `tunelog`), so a killed job loses at most the batch in flight and a rerun resumes: the trials
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tvmflow import __version__
+from tvmflow import __version__, api
+from tvmflow.api import callable_module
 from tvmflow.errors import TvmflowError
 from tvmflow.farm import Farm, check_farm
-from tvmflow.manifest import TuningInfo
-from tvmflow.passes import fuse
+from tvmflow.lowering import check_precision, default_schedule, tuning_tasks
 from tvmflow.targets import Preset, check_build_tools
 from tvmflow.tunelog import (
     FAILED_SECS,
@@ -44,10 +44,9 @@ from tvmflow.tunelog import (
     check_database,
     check_log_for_job,
     locked,
-    logs_digest,
     mean_secs,
-    open_database,
     publish,
+    register_tensor_intrinsics,
     repair_database,
     stage,
     unstage,
@@ -78,6 +77,7 @@ class TuneOptions:
     min_repeat_ms: int = 100  # measure each candidate at least this long per repeat
     repeat: int = 1
     build_workers: int | None = None  # default: this machine's logical CPUs
+    precision: str = "fp32"  # the kernels of a compile with this --precision
     repair_log: bool = False  # drop the log's damaged lines (kept as *.damaged) and go on
 
 
@@ -90,6 +90,7 @@ class TaskResult:
     trials: int
     best_us: float | None
     untuned_us: float | None
+    workload: str | None = None  # structural hash: what records are keyed by (logs show)
 
     @property
     def speedup(self) -> float | None:
@@ -111,6 +112,7 @@ class TaskResult:
             "best_us": _round(self.best_us),
             "untuned_us": _round(self.untuned_us),
             "speedup": _round(self.speedup),
+            "workload": self.workload,
         }
 
     @classmethod
@@ -121,6 +123,7 @@ class TaskResult:
             int(data["trials"]),
             _opt_float(data.get("best_us")),
             _opt_float(data.get("untuned_us")),
+            data.get("workload"),
         )
 
 
@@ -197,6 +200,7 @@ def tune_model(
 
     options = options or TuneOptions()
     _check_options(options)
+    check_precision(preset, options.precision)
     check_build_tools(preset)
     if options.farm is not None:
         check_farm(options.farm)
@@ -206,12 +210,14 @@ def tune_model(
             "measured here; measure on devices with --rpc-tracker HOST:PORT --rpc-key KEY"
         )
     log_dir = Path(log_dir)
-    identity = LogIdentity(model.sha256, model.inputs, preset.name, dict(preset.target))
+    identity = LogIdentity(
+        model.sha256, model.inputs, preset.name, dict(preset.target), options.precision
+    )
     check_log_for_job(log_dir, identity)  # fail fast; checked again under the lock
     if not options.repair_log:
         check_database(log_dir)
     target = tvm.target.Target(preset.target)
-    tasks = _extract_tasks(model, target, options.split)
+    tasks = _extract_tasks(model, target, options)
     with locked(log_dir) as killed:
         _report_recovery(log_dir, killed, options.repair_log, progress)
         summary = check_log_for_job(log_dir, identity) or {}
@@ -267,20 +273,11 @@ def _check_options(options: TuneOptions) -> None:
 
 
 def _extract_tasks(
-    model: ImportedModel, target: tvm.target.Target, split: tuple[int, int]
+    model: ImportedModel, target: tvm.target.Target, options: TuneOptions
 ) -> list[ms.ExtractedTask]:
     """The kernels compile will build (same lowering), the `split` share of them, by name."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from tvmflow.frontend import to_relax
-
-    mod = fuse(to_relax(model), target)
-    extracted = ms.relax_integration.extract_tasks(mod, target)
-    tasks = sorted(
-        (t for t in extracted if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled")),
-        key=lambda t: str(t.task_name),
-    )
-    i, n = split
+    tasks = tuning_tasks(model, target, options.precision)
+    i, n = options.split
     chosen = tasks[i - 1 :: n]
     if not chosen:
         raise TvmflowError(
@@ -494,7 +491,7 @@ class _Job:
 
         from tvm.s_tir import meta_schedule as ms
 
-        schedules = [_default_schedule(self.tasks[i].dispatched[0], self.target) for i in indices]
+        schedules = [default_schedule(self.tasks[i].dispatched[0], self.target) for i in indices]
         built = builder.build([ms.builder.BuilderInput(s.mod, self.target) for s in schedules])
         device = "cuda" if "gpu" in self.target.keys else "cpu"
         args = [_args_info(s.mod) for s in schedules]
@@ -619,9 +616,16 @@ class _Job:
                 trials,
                 None if best is None or best >= FAILED_SECS else best * 1e6,
                 untuned,
+                str(workload.as_json()[0]),
             )
-            for name, weight, trials, best, untuned in zip(
-                self.names, self.weights, self.trials, self.best_s, self.untuned, strict=True
+            for name, weight, trials, best, untuned, workload in zip(
+                self.names,
+                self.weights,
+                self.trials,
+                self.best_s,
+                self.untuned,
+                self.workloads,
+                strict=True,
             )
         )
 
@@ -694,23 +698,6 @@ class _Job:
             },
             "tasks": [t.to_json() for t in tasks],
         }
-
-
-def _default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.s_tir.Schedule:
-    """The schedule compile gives a kernel no record covers (first default rule that applies,
-    as `schedules.apply_default_schedules` does), as a traced Schedule."""
-    from tvm import s_tir
-
-    from tvmflow.schedules import default_rules
-
-    func = mod["main"]
-    with target:
-        for rule in default_rules(target):
-            space = rule.apply(func, target, False)
-            if space is None:
-                continue
-            return space if isinstance(space, s_tir.Schedule) else space[0]
-    return s_tir.Schedule(mod)
 
 
 def _args_info(mod: tvm.IRModule) -> list[Any]:
@@ -798,34 +785,6 @@ def die_with_job(job_pid: int) -> None:
         os._exit(1)
 
 
-def register_tensor_intrinsics(target: tvm.target.Target) -> None:
-    """Register the tensor intrinsics (VNNI, NEON dot, tensor cores) of this target's backend.
-
-    MetaSchedule imports `tvm.s_tir.tensor_intrin`, whose `__init__` registers every backend's
-    intrinsics, 15-40 s (mostly CUDA's) at the start of every job. tvmflow installs the package
-    without running its `__init__` and imports only the backend module the target can use;
-    MetaSchedule's own import then finds the package already loaded.
-    """
-    import importlib
-    import importlib.util
-    import sys
-
-    package = "tvm.s_tir.tensor_intrin"
-    if package not in sys.modules:
-        spec = importlib.util.find_spec(package)
-        if spec is None:  # pragma: no cover - part of every TVM build
-            return
-        sys.modules[package] = importlib.util.module_from_spec(spec)
-    kind = str(target.kind.name)
-    if kind == "llvm":
-        triple = str(target.attrs.get("mtriple", ""))
-        module = "arm_cpu" if triple.startswith(("aarch64", "arm")) else "x86"
-    else:
-        module = kind if kind in ("cuda", "rocm", "metal", "hexagon") else ""
-    if module:
-        importlib.import_module(f"{package}.{module}")
-
-
 @contextmanager
 def _task_logger(directory: Path, index: int, name: str) -> Iterator[logging.Logger]:
     """A logger writing one task's MetaSchedule log to `directory` (closed afterwards)."""
@@ -867,56 +826,4 @@ def _sigint_deferred(on_sigint: Callable[[], None]) -> Iterator[None]:
         released.set()
 
 
-def apply_records(
-    mod: tvm.IRModule, target: tvm.target.Target, log_dirs: Sequence[Path], total: int
-) -> tuple[tvm.IRModule, TuningInfo]:
-    """Schedule every kernel a search result improves; the rest keep their default schedules."""
-    import tvm
-    from tvm import relax
-
-    if not log_dirs:
-        return mod, TuningInfo(None, 0, total)
-    if any(b'["Tensorize",' in (d / RECORDS).read_bytes() for d in log_dirs):
-        register_tensor_intrinsics(target)  # a tensorized trace names its intrinsic
-    with target, improving_records(log_dirs):
-        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-    tuned = sum(
-        1
-        for _, f in mod.functions_items()
-        if isinstance(f, tvm.tirx.PrimFunc) and bool(f.attrs and f.attrs.get("tirx.is_scheduled"))
-    )
-    return mod, TuningInfo(logs_digest(log_dirs), tuned, total)  # consulted, even if none won
-
-
-def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
-    """Per kernel, the fastest search result, kept only where it beat its log's baseline.
-
-    A log also holds each kernel's default schedule as measured when it was tuned (trial 0:
-    a deterministic trace, with no Sample* instructions). Applying that record would pin the
-    default rules of that day and bypass today's (and their weight prepacking), so compile
-    applies a record only when the search found something faster than that baseline.
-    """
-    from tvm.s_tir import meta_schedule as ms
-
-    searched: dict[str, ms.database.TuningRecord] = {}
-    baseline: dict[str, float] = {}
-    for log in log_dirs:
-        for record in open_database([log]).get_all_tuning_records():
-            if not record.run_secs:
-                continue
-            key, secs = str(record.workload.as_json()[0]), mean_secs(record.run_secs)
-            if any(inst.kind.name.startswith("Sample") for inst in record.trace.insts):
-                if key not in searched or secs < mean_secs(searched[key].run_secs):
-                    searched[key] = record
-            else:
-                baseline[key] = min(secs, baseline.get(key, secs))
-    db = ms.database.MemoryDatabase()
-    for key, record in searched.items():
-        if mean_secs(record.run_secs) < baseline.get(key, float("inf")):
-            workload = db.commit_workload(record.workload.mod)
-            db.commit_tuning_record(
-                ms.database.TuningRecord(
-                    record.trace, workload, record.run_secs, record.target, record.args_info
-                )
-            )
-    return db
+callable_module(__name__, api.tune)  # tvmflow.tune(model, target, log=...)

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, write_atomic
+from tvmflow.manifest import TensorSpec, TuningInfo, write_atomic
 
 if TYPE_CHECKING:
+    import tvm
     from tvm.s_tir import meta_schedule as ms
 
 SHIPPED_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
@@ -48,6 +49,7 @@ class LogIdentity:
     inputs: tuple[TensorSpec, ...]
     preset: str
     target: dict[str, Any]
+    precision: str = "fp32"  # the kernels differ per precision
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +57,7 @@ class LogIdentity:
             "inputs": [asdict(t) | {"shape": list(t.shape)} for t in self.inputs],
             "preset": self.preset,
             "target": self.target,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -64,11 +67,15 @@ class LogIdentity:
             tuple(TensorSpec.from_json(t) for t in data["inputs"]),
             str(data["preset"]),
             dict(data["target"]),
+            str(data.get("precision", "fp32")),  # logs from before --precision: fp32
         )
 
     def describe(self) -> str:
         shapes = ", ".join(t.describe() for t in self.inputs)
-        return f"model sha256 {self.model_sha256[:12]} ({shapes}) on {self.preset} {self.target}"
+        return (
+            f"model sha256 {self.model_sha256[:12]} ({shapes}) on {self.preset} "
+            f"{self.target} in {self.precision}"
+        )
 
 
 def is_log_dir(path: Path) -> bool:
@@ -511,3 +518,166 @@ def _merged_summary(
         "merged_from": [str(s) for s in sources],
         "tasks": sorted(tasks.values(), key=lambda t: str(t["name"])),
     }
+
+
+def apply_records(
+    mod: tvm.IRModule, target: tvm.target.Target, log_dirs: Sequence[Path]
+) -> tuple[tvm.IRModule, TuningInfo]:
+    """Schedule every kernel a search result improves; the rest keep their default schedules.
+
+    Records match kernels by workload (the structural hash of the fused TIR function), not by
+    model: a record tuned on one model applies to every model with the same kernel.
+    """
+    import tvm
+    from tvm import relax
+
+    def is_kernel(f: object) -> bool:
+        return isinstance(f, tvm.tirx.PrimFunc)
+
+    total = sum(1 for _, f in mod.functions_items() if is_kernel(f))
+    if not log_dirs:
+        return mod, TuningInfo(None, 0, total)
+    if any(b'["Tensorize",' in (d / RECORDS).read_bytes() for d in log_dirs):
+        register_tensor_intrinsics(target)  # a tensorized trace names its intrinsic
+    with target, improving_records(log_dirs):
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    tuned = sum(
+        1
+        for _, f in mod.functions_items()
+        if is_kernel(f) and bool(f.attrs and f.attrs.get("tirx.is_scheduled"))
+    )
+    return mod, TuningInfo(logs_digest(log_dirs), tuned, total)  # consulted, even if none won
+
+
+def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
+    """Per kernel, the fastest search result, kept only where it beat its log's baseline.
+
+    A log also holds each kernel's default schedule as measured when it was tuned (trial 0:
+    a deterministic trace, with no Sample* instructions). Applying that record would pin the
+    default rules of that day and bypass today's (and their weight prepacking), so compile
+    applies a record only when the search found something faster than that baseline.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    searched: dict[str, ms.database.TuningRecord] = {}
+    baseline: dict[str, float] = {}
+    for log in log_dirs:
+        for record in open_database([log]).get_all_tuning_records():
+            if not record.run_secs:
+                continue
+            key, secs = workload_key(record.workload), mean_secs(record.run_secs)
+            if not is_baseline(record):
+                if key not in searched or secs < mean_secs(searched[key].run_secs):
+                    searched[key] = record
+            else:
+                baseline[key] = min(secs, baseline.get(key, secs))
+    db = ms.database.MemoryDatabase()
+    for key, record in searched.items():
+        if mean_secs(record.run_secs) < baseline.get(key, float("inf")):
+            workload = db.commit_workload(record.workload.mod)
+            db.commit_tuning_record(
+                ms.database.TuningRecord(
+                    record.trace, workload, record.run_secs, record.target, record.args_info
+                )
+            )
+    return db
+
+
+def workload_key(workload: ms.database.Workload) -> str:
+    """What records are keyed by: the structural hash of the kernel, whatever model it came from."""
+    return str(workload.as_json()[0])
+
+
+def is_baseline(record: ms.database.TuningRecord) -> bool:
+    """Trial 0: a kernel's default schedule as tune measured it (a trace without sampling)."""
+    return not any(inst.kind.name.startswith("Sample") for inst in record.trace.insts)
+
+
+@dataclass(frozen=True)
+class LogKernel:
+    """One kernel of a log: its trials, its default schedule's and its best record's time."""
+
+    name: str
+    weight: int | None  # calls per inference in the tuned model (None: unknown)
+    trials: int
+    default_us: float | None
+    best_us: float | None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default_us is None or self.best_us is None:
+            return None
+        return self.default_us / self.best_us
+
+
+def log_kernels(path: Path) -> tuple[LogKernel, ...]:
+    """Per kernel in a log's database, named from its summary where the summary says."""
+    check_log_dir(path)
+    summary = read_summary(path) or {}
+    tasks = {t["workload"]: t for t in summary.get("tasks", []) if t.get("workload")}
+    trials: dict[str, int] = {}
+    best: dict[str, float] = {}
+    default: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    for record in open_database([path]).get_all_tuning_records():
+        key = workload_key(record.workload)
+        if key not in labels:
+            labels[key] = tasks.get(key, {}).get("name") or _label(record.workload.mod, key)
+        trials[key] = trials.get(key, 0) + 1
+        secs = mean_secs(record.run_secs)
+        if secs >= FAILED_SECS:
+            continue
+        best[key] = min(secs, best.get(key, secs))
+        if is_baseline(record):
+            default[key] = min(secs, default.get(key, secs))
+    rows = []
+    for key, name in labels.items():
+        task = tasks.get(key, {})
+        default_us = default[key] * 1e6 if key in default else task.get("untuned_us")
+        rows.append(
+            LogKernel(
+                name,
+                task.get("weight"),
+                trials[key],
+                None if default_us is None else float(default_us),
+                best[key] * 1e6 if key in best else None,
+            )
+        )
+    return tuple(sorted(rows, key=lambda r: r.name))
+
+
+def _label(mod: tvm.IRModule, key: str) -> str:
+    """A kernel without a name in the summary: its blocks, e.g. `conv2d_nchw+T_add#1a2b3c`."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(mod)
+    blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    return "+".join(b for b in blocks if b != "pad_temp") + f"#{int(key):x}"[:7]
+
+
+def register_tensor_intrinsics(target: tvm.target.Target) -> None:
+    """Register the tensor intrinsics (VNNI, NEON dot, tensor cores) of this target's backend.
+
+    MetaSchedule imports `tvm.s_tir.tensor_intrin`, whose `__init__` registers every backend's
+    intrinsics, 15-40 s (mostly CUDA's) at the start of every job. tvmflow installs the package
+    without running its `__init__` and imports only the backend module the target can use;
+    MetaSchedule's own import then finds the package already loaded.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    package = "tvm.s_tir.tensor_intrin"
+    if package not in sys.modules:
+        spec = importlib.util.find_spec(package)
+        if spec is None:  # pragma: no cover - part of every TVM build
+            return
+        sys.modules[package] = importlib.util.module_from_spec(spec)
+    kind = str(target.kind.name)
+    if kind == "llvm":
+        triple = str(target.attrs.get("mtriple", ""))
+        module = "arm_cpu" if triple.startswith(("aarch64", "arm")) else "x86"
+    else:
+        module = kind if kind in ("cuda", "rocm", "metal", "hexagon") else ""
+    if module:
+        importlib.import_module(f"{package}.{module}")
