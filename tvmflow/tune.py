@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -39,11 +40,14 @@ from tvmflow.tunelog import (
     SUMMARY_VERSION,
     WORKLOADS,
     LogIdentity,
+    candidates_dir,
+    check_database,
     check_log_for_job,
     locked,
     mean_secs,
     publish,
     register_tensor_intrinsics,
+    repair_database,
     stage,
     unstage,
     write_summary,
@@ -74,6 +78,7 @@ class TuneOptions:
     repeat: int = 1
     build_workers: int | None = None  # default: this machine's logical CPUs
     precision: str = "fp32"  # the kernels of a compile with this --precision
+    repair_log: bool = False  # drop the log's damaged lines (kept as *.damaged) and go on
 
 
 @dataclass(frozen=True)
@@ -209,15 +214,36 @@ def tune_model(
         model.sha256, model.inputs, preset.name, dict(preset.target), options.precision
     )
     check_log_for_job(log_dir, identity)  # fail fast; checked again under the lock
+    if not options.repair_log:
+        check_database(log_dir)
     target = tvm.target.Target(preset.target)
     tasks = _extract_tasks(model, target, options)
-    with locked(log_dir):
+    with locked(log_dir) as killed:
+        _report_recovery(log_dir, killed, options.repair_log, progress)
         summary = check_log_for_job(log_dir, identity) or {}
         job = _Job(model, preset, target, identity, tasks, log_dir, summary, options, progress)
         try:
             return job.run()
         finally:
             unstage(log_dir)
+
+
+def _report_recovery(
+    log_dir: Path, killed: dict[str, Any] | None, repair: bool, progress: ProgressSink | None
+) -> None:
+    """Say what a killed job left (already cleared by `locked`), and repair the log if asked."""
+    if killed is not None and progress:
+        progress.message(
+            f"the previous job on {log_dir} (pid {killed.get('pid')} on {killed.get('host')}) "
+            "was killed; its unfinished batch was dropped, its records are kept"
+        )
+    if repair:
+        dropped, backups = repair_database(log_dir)
+        if dropped and progress:
+            progress.message(
+                f"--repair-log: dropped {dropped} damaged line(s) of {log_dir}; the damaged "
+                f"files are kept as {', '.join(b.name for b in backups)}"
+            )
 
 
 def _measurable_here(preset: Preset) -> bool:
@@ -241,7 +267,8 @@ def _check_options(options: TuneOptions) -> None:
     ):
         if value is not None and value <= 0:
             raise TvmflowError(f"{name} must be a positive number, not {value}")
-    if options.time_limit_s is not None and options.time_limit_s <= 0:
+    limit = options.time_limit_s
+    if limit is not None and not (math.isfinite(limit) and limit > 0):
         raise TvmflowError(f"--time-limit must be positive, not {options.time_limit_s:g}s")
 
 
@@ -380,10 +407,15 @@ class _Job:
         return ms.builder.LocalBuilder(
             max_workers=self.options.build_workers or os.cpu_count() or 1,
             f_build=build_candidate,
-            f_export=functools.partial(export_candidate, self.preset),
+            f_export=functools.partial(
+                export_candidate, self.preset, directory=candidates_dir(self.log_dir)
+            ),
+            initializer=functools.partial(die_with_job, os.getpid()),
         )
 
     def _runner(self) -> ms.runner.Runner:
+        import functools
+
         from tvm.s_tir import meta_schedule as ms
 
         evaluator = ms.runner.EvaluatorConfig(
@@ -392,11 +424,12 @@ class _Job:
             min_repeat_ms=self.options.min_repeat_ms,
             enable_cpu_cache_flush=False,
         )
+        initializer = functools.partial(die_with_job, os.getpid())
         if self.options.farm is not None:
             from tvmflow.farm import make_runner
 
-            return make_runner(self.options.farm, evaluator)
-        return ms.runner.LocalRunner(evaluator_config=evaluator)
+            return make_runner(self.options.farm, evaluator, initializer)
+        return ms.runner.LocalRunner(evaluator_config=evaluator, initializer=initializer)
 
     def _contexts(self, stack: contextlib.ExitStack) -> list[ms.TuneContext]:
         """One TuneContext per task, each logging to `logs/` in the log directory.
@@ -719,9 +752,10 @@ def build_candidate(
         return tvm.build(mod, target=target)
 
 
-def export_candidate(preset: Preset, mod: tvm.runtime.Module) -> str:
+def export_candidate(preset: Preset, mod: tvm.runtime.Module, directory: Path | None = None) -> str:
     """Export one candidate as a shared library, built as compile builds the preset's
-    artifacts (its cross compiler; nvcc-built device code for CUDA).
+    artifacts (its cross compiler; nvcc-built device code for CUDA), in a fresh folder under
+    `directory` (a job's `candidates_dir`, so a killed job's leftovers go with its `.work/`).
 
     MetaSchedule's default exports a tar of object files that the measuring machine links
     itself; a shared library built here needs no compiler on the (remote, maybe ARM) device.
@@ -730,9 +764,25 @@ def export_candidate(preset: Preset, mod: tvm.runtime.Module) -> str:
 
     from tvmflow.export import export_library
 
-    path = Path(tempfile.mkdtemp(prefix="tvmflow-candidate-")) / "candidate.so"
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="tvmflow-candidate-", dir=directory)) / "candidate.so"
     export_library(mod, preset, tvm.target.Target(preset.target), path)
     return str(path)
+
+
+def die_with_job(job_pid: int) -> None:
+    """Initializer of MetaSchedule's worker processes: the kernel SIGKILLs a worker when the
+    job thread that started it dies (PR_SET_PDEATHSIG), so a `kill -9` of a job leaves no
+    orphan (a ~280 MB process that would keep measuring for minutes)."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover - Linux only
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != job_pid:  # the job died before the line above took effect
+        os._exit(1)
 
 
 @contextmanager
