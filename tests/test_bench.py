@@ -302,16 +302,25 @@ def test_openvino_comparator(
 ) -> None:
     report = tmp_path / "r.json"
     args = ["--artifact", str(artifacts["mlp"].directory), "--json", str(report)]
-    rc = _bench(zoo_dir / "mlp.onnx", *args, "--compare", "onnxruntime,openvino", "--no-rss")
+    engines_arg = "onnxruntime,openvino,openvino-default"
+    rc = _bench(zoo_dir / "mlp.onnx", *args, "--compare", engines_arg, "--no-rss")
     assert rc == 0, capsys.readouterr().err
     data = json.loads(report.read_text())
     (result,) = data["results"]
-    assert set(result["engines"]) == {"tvmflow", "onnxruntime", "openvino"}
+    assert set(result["engines"]) == {"tvmflow", "onnxruntime", "openvino", "openvino-default"}
     ratio = result["ratios"]["tvmflow/openvino"]
     engines = result["engines"]
     assert ratio["p50_ratio"] == pytest.approx(
         engines["tvmflow"]["p50_ms"] / engines["openvino"]["p50_ms"]
     )
+    # each engine says what it computed in; OpenVINO's default is bf16 where the CPU has it
+    assert engines["tvmflow"]["precision"] == engines["openvino"]["precision"] == "fp32"
+    bf16_cpu = "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    assert engines["openvino-default"]["precision"] == ("bf16" if bf16_cpu else "fp32")
+    # the best peer is the faster fp32 peer; openvino-default (bf16) is never the bar
+    fastest = min(("onnxruntime", "openvino"), key=lambda e: engines[e]["p50_ms"])
+    assert result["best_peer"]["engine"] == fastest
+    assert result["best_peer"]["p50_ratio"] == result["ratios"][f"tvmflow/{fastest}"]["p50_ratio"]
     assert result["accuracy"]["openvino"]["outputs"]["logits"]["cosine"] > 0.9999
     assert data["machine"]["versions"]["openvino"]
 

@@ -358,7 +358,8 @@ def demo_cmd(workdir: Path) -> None:
     "--compare",
     default="onnxruntime",
     show_default=True,
-    help="Engines to compare with, comma-separated: onnxruntime,openvino.",
+    help="Engines to compare with, comma-separated: onnxruntime, openvino (f32), "
+    "openvino-default (its default precision: bf16 on AVX512_BF16 CPUs).",
 )
 @tolerance_options
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -627,6 +628,40 @@ def farm_status_cmd(rpc_tracker: tuple[str, int], as_json: bool) -> None:
     click.echo(f"{'key':<24} {'servers':>7} {'free':>5} {'busy':>5} {'queued':>6}")
     for k in keys:
         click.echo(f"{k.key:<24} {k.servers:>7} {k.free:>5} {k.busy:>5} {k.pending_requests:>6}")
+
+
+@cli.command("serve")
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Requests run at once; each gets CPUs/workers TVM threads [default: CPUs].",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["tvmflow", "onnxruntime"]),
+    default="tvmflow",
+    show_default=True,
+    help="onnxruntime: serve the artifacts' ONNX files instead (--onnx), to compare.",
+)
+@click.option("--onnx", "onnx_files", type=NAMED_FILE, multiple=True, help="NAME=FILE.onnx")
+def serve_cmd(
+    artifacts: Sequence[str],
+    http_port: int,
+    grpc_port: int,
+    workers: int | None,
+    engine: str,
+    onnx_files: Sequence[tuple[str, Path]],
+) -> None:
+    """Serve artifacts (DIR or NAME=DIR) on the Open Inference Protocol (REST + gRPC)."""
+    from tvmflow.serve import ModelSource, ServeOptions, parse_source, serve
+
+    onnx = dict(onnx_files)
+    sources = [ModelSource(n, d, onnx.get(n)) for n, d in map(parse_source, artifacts)]
+    options = ServeOptions(http_port, grpc_port, workers, engine)
+    serve(sources, options, functools.partial(click.echo, err=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

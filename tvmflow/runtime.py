@@ -142,6 +142,16 @@ def _size_thread_pool(tvm: Any, num_threads: int) -> None:
     tvm.get_global_func("runtime.config_threadpool")(_SHARE_ALL_CORES, num_threads, cpus)
 
 
+def configure_threads(num_threads: int) -> None:
+    """Size TVM's CPU thread pool for the calling thread.
+
+    TVM keeps one worker pool per calling thread, so `load(num_threads=)` sizes only the
+    loading thread's: a service that runs models from a thread pool calls this once in each
+    of its threads (e.g. as the pool's initializer).
+    """
+    _size_thread_pool(_import_tvm(), int(num_threads))
+
+
 def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel:
     """Check and load an artifact directory written by `tvmflow compile`.
 
