@@ -112,7 +112,6 @@ class BatchScheduler(ms.task_scheduler.PyTaskScheduler):
             return self.rng.choice(alive)
         return alive[grads.index(max(grads))]
 
-
     def stalled(self, task_id: int) -> bool:
         """No new best in the task's last `patience` batches."""
         hist = self.history[task_id]
