@@ -30,8 +30,7 @@ FRONT_DOOR_PROBE = """
 import json, sys
 import numpy as np
 import tvmflow
-stages = ("tvmflow.compile", "tvmflow.frontend", "tvmflow.lowering", "tvmflow.tune")
-before = sorted(k for k in sys.modules if k.split(".")[0] in ("tvm", "onnx") or k in stages)
+before = sorted(k for k in sys.modules if k.startswith(("tvm", "onnx")))
 art = tvmflow.compile(sys.argv[1], "x86", output=sys.argv[2], input_shapes={"x": (4, 64)})
 out = tvmflow.load(sys.argv[2]).run({"x": np.ones((4, 64), np.float32)})
 print(json.dumps({
@@ -54,7 +53,7 @@ def test_import_is_light_until_a_compile_is_asked_for(zoo_dir: Path, tmp_path: P
         check=True,
     )
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert info["before"] == []  # nothing of TVM, onnx or the compiling stages yet
+    assert info["before"] == ["tvmflow"]  # nothing of TVM, onnx or the stages yet
     assert info["verified"] and info["library"] and info["logits"] == [4, 16]
 
 

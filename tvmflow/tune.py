@@ -43,7 +43,6 @@ from tvmflow.tunelog import (
     candidates_dir,
     check_database,
     check_log_for_job,
-    count_trials,
     is_baseline,
     locked,
     mean_secs,
@@ -52,7 +51,6 @@ from tvmflow.tunelog import (
     repair_database,
     stage,
     unstage,
-    workload_key,
     write_summary,
 )
 
@@ -480,8 +478,12 @@ class _Job:
     # -- records ---------------------------------------------------------------------------
     def _prior_records(self) -> tuple[list[int], list[float | None]]:
         """Trials and best mean run time per task from the records already in the log."""
-        counts = count_trials(self.db.get_all_tuning_records())
-        trials = [counts.get(workload_key(w), 0) for w in self.workloads]
+        index = {w: i for i, w in enumerate(self.workloads)}
+        trials = [0] * len(self.tasks)
+        for record in self.db.get_all_tuning_records():
+            i = index.get(record.workload)
+            if i is not None:
+                trials[i] += 1
         best: list[float | None] = []
         for workload in self.workloads:
             top = self.db.get_top_k(workload, 1)

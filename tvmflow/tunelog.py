@@ -604,22 +604,6 @@ def _checks(log: Path) -> dict[str, tuple[float, float]]:
     }
 
 
-def count_trials(records: Sequence[ms.database.TuningRecord]) -> dict[str, int]:
-    """Measurements per workload: tune commits trial 0 twice (as the default trace and as the
-    default point of the rule's design space) with one measurement, counted once."""
-
-    def measured(r: ms.database.TuningRecord) -> tuple[str, tuple[float, ...]]:
-        return workload_key(r.workload), tuple(float(x) for x in r.run_secs or ())
-
-    trial0 = {measured(r) for r in records if is_baseline(r)}
-    counts: dict[str, int] = {}
-    for r in records:
-        key = measured(r)
-        if is_baseline(r) or key not in trial0:
-            counts[key[0]] = counts.get(key[0], 0) + 1
-    return counts
-
-
 def workload_key(workload: ms.database.Workload) -> str:
     """What records are keyed by: the structural hash of the kernel, whatever model it came from."""
     return str(workload.as_json()[0])
@@ -656,16 +640,11 @@ def log_kernels(path: Path) -> tuple[LogKernel, ...]:
     best: dict[str, float] = {}
     default: dict[str, float] = {}
     labels: dict[str, str] = {}
-    records = open_database([path]).get_all_tuning_records()
-    for record in records:
+    for record in open_database([path]).get_all_tuning_records():
         key = workload_key(record.workload)
         if key not in labels:
             labels[key] = tasks.get(key, {}).get("name") or _label(record.workload.mod, key)
-            trials[key] = 0
-    for key, n in count_trials(records).items():
-        trials[key] = n
-    for record in records:
-        key = workload_key(record.workload)
+        trials[key] = trials.get(key, 0) + 1
         secs = mean_secs(record.run_secs)
         if secs >= FAILED_SECS:
             continue
