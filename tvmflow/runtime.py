@@ -115,7 +115,8 @@ class CompiledModel:
         check_inputs(inputs, self.inputs)
         tvm = _import_tvm()
         args = [
-            tvm.runtime.tensor(np.ascontiguousarray(inputs[s.name]), self._device)
+            # asarray, not ascontiguousarray: that one turns a rank-0 input into shape (1,)
+            tvm.runtime.tensor(np.asarray(inputs[s.name], order="C"), self._device)
             for s in self.inputs
         ]
         result = self._vm()["main"](*args)
