@@ -59,7 +59,7 @@ def test_scalar_inputs_compile_run_and_bench(tmp_path: Path, capsys) -> None:
     assert main(["compile", str(model), "-t", "x86", "-o", str(out), *shapes]) == 0
     compiled = tvmflow.load(out)
     assert [s.shape for s in compiled.inputs] == [(3, 8), (), ()]
-    feeds = {
+    feeds: dict[str, np.ndarray] = {
         "x": np.arange(24, dtype=np.float32).reshape(3, 8),
         "scale": np.array(0.5, np.float32),
         "step": np.array(3, np.int64),
@@ -108,7 +108,7 @@ def test_silero_vad_sample_rate_scalar(tmp_path: Path) -> None:
     compiled = tvmflow.load(artifact.directory)
     rng = np.random.default_rng(3)
     for sr in (16000, 8000):
-        feeds = {
+        feeds: dict[str, np.ndarray] = {
             "input": rng.uniform(-1, 1, (1, 512)).astype(np.float32),
             "state": np.zeros((2, 1, 128), np.float32),
             "sr": np.array(sr, np.int64),
