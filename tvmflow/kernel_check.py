@@ -361,7 +361,7 @@ def _arguments(
         if given is not None and given.shape == shape and given.dtype == dtype:
             args.append(given)
         elif dtype.kind == "f":
-            args.append(rng.standard_normal(shape).astype(dtype))
+            args.append(np.asarray(rng.standard_normal(shape), dtype))
         else:
             args.append(np.zeros(shape, dtype))
     return args
