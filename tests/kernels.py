@@ -11,7 +11,7 @@ import tvm
 from tvm import relax, s_tir
 
 from tvmflow.kernel_check import RuleKernel, check
-from tvmflow.passes import fuse
+from tvmflow.lowering import fuse
 from tvmflow.targets import resolve_preset
 
 TARGET = tvm.target.Target(resolve_preset("x86").target)

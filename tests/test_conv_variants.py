@@ -92,7 +92,7 @@ def test_conv_variants_build_for_arm(tmp_path: Path) -> None:
     from tvm import relax
 
     from tvmflow.frontend import to_relax
-    from tvmflow.passes import fuse
+    from tvmflow.lowering import fuse
     from tvmflow.schedules import apply_default_schedules
 
     target = tvm.target.Target(resolve_preset("arm-neoverse-n1").target)
@@ -109,7 +109,7 @@ def test_magika_lowers_on_every_cpu_preset(preset: str) -> None:
 
     from tests.conftest import REAL_MODELS, real_model
     from tvmflow.frontend import to_relax
-    from tvmflow.passes import fuse, kernel_names
+    from tvmflow.lowering import fuse, kernel_names
 
     target = tvm.target.Target(resolve_preset(preset).target)
     imported = load_onnx(real_model("magika.onnx"), REAL_MODELS["magika.onnx"])
@@ -119,7 +119,7 @@ def test_magika_lowers_on_every_cpu_preset(preset: str) -> None:
 def test_weight_rewrite_touches_only_nchw_oihw_convs() -> None:
     from tvm import relax
 
-    from tvmflow.passes import conv_weights_hwio
+    from tvmflow.lowering import conv_weights_hwio
 
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 8, 8, 4), "float32"))

@@ -78,7 +78,7 @@ def _graph(inputs, body) -> tvm.IRModule:
         with bb.dataflow():
             out = bb.emit_output(body(*params))
         bb.emit_func_output(out)
-    from tvmflow.passes import fuse
+    from tvmflow.lowering import fuse
 
     return relax.transform.AttachAttrLayoutFreeBuffers()(fuse(bb.get(), TARGET))
 
