@@ -118,3 +118,17 @@ def test_kernels_already_scheduled_are_left_alone():
     with TARGET:
         scheduled, rejected = kernel_check.apply_rules(mod, TARGET, [Raises()])
     assert scheduled == [] and rejected == []
+
+
+def test_bad_tuning_record_goes_back_to_the_default_rules(caplog):
+    """Records replay tvmflow's own rules with tuned knobs: they are checked the same way."""
+    before = _graph(*_relu_pad())
+    after = _graph(*_relu_pad())
+    [name] = [gv.name_hint for gv, f in after.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    sch = DropsBorder().apply(after[name], TARGET, False)
+    after[name] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    with caplog.at_level(logging.WARNING, logger="tvmflow.kernel_check"):
+        checked, dropped = kernel_check.check_tuned(before, after, TARGET)
+    assert dropped == 1 and checked[name].same_as(before[name])
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "tuning record" in line and name in line and "default rules" in line

@@ -57,10 +57,10 @@ class Rejected:
     rule: str
     reason: str
 
-    def line(self) -> str:
+    def line(self, instead: str = "the reference schedule") -> str:
         return (
-            f"kernel check: tvmflow rule {self.rule} mis-scheduled kernel {self.name} "
-            f"({self.reason}); using the reference schedule for it"
+            f"kernel check: {self.rule} mis-scheduled kernel {self.name} "
+            f"({self.reason}); using {instead} for it"
         )
 
 
@@ -83,6 +83,28 @@ def schedule_checked(
     return mod
 
 
+def check_tuned(
+    before: tvm.IRModule, after: tvm.IRModule, target: tvm.target.Target, seed: int = 0
+) -> tuple[tvm.IRModule, int]:
+    """Check the kernels tuning records scheduled (`before` -> `after`); a bad one goes back
+    to unscheduled, so the (checked) default rules take it. Returns the module and how many
+    records were dropped."""
+    import tvm
+
+    kernels = [
+        RuleKernel(gv.name_hint, "tuning record", before[gv.name_hint], func)
+        for gv, func in after.functions_items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+        and _is_scheduled(func)
+        and not before[gv.name_hint].same_as(func)
+    ]
+    rejected = check(kernels, target, call_constants(after), seed)
+    for r in rejected:
+        after[r.name] = before[r.name]
+        log.warning(r.line("the default rules"))
+    return after, len(rejected)
+
+
 def apply_rules(
     mod: tvm.IRModule, target: tvm.target.Target, rules: Sequence[ScheduleRule]
 ) -> tuple[list[RuleKernel], list[Rejected]]:
@@ -95,7 +117,7 @@ def apply_rules(
         if not isinstance(func, tvm.tirx.PrimFunc) or _is_scheduled(func):
             continue
         for rule in rules:
-            name = type(rule).__name__
+            name = f"rule {type(rule).__name__}"
             try:
                 sch = rule.apply(func, target, False)
             except Exception as exc:  # a rule bug must not fail the compile

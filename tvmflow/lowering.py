@@ -174,11 +174,17 @@ def conv_weights_hwio() -> tvm.transform.Pass:
 def schedule(
     mod: tvm.IRModule, target: tvm.target.Target, logs: list[Path]
 ) -> tuple[tvm.IRModule, TuningInfo]:
-    """Records first (where they beat the default), then the default rules for the rest."""
+    """Records first (where they beat the default), then the default rules for the rest;
+    every kernel either schedules is checked against a reference (`tvmflow.kernel_check`)."""
+    from dataclasses import replace
+
+    from tvmflow.kernel_check import check_tuned
     from tvmflow.schedules import apply_default_schedules
 
-    mod, tuning = apply_records(mod, target, logs)
-    return apply_default_schedules(mod, target), tuning
+    tuned, tuning = apply_records(mod, target, logs)
+    tuned, dropped = check_tuned(mod, tuned, target)
+    tuning = replace(tuning, tasks_tuned=tuning.tasks_tuned - dropped)
+    return apply_default_schedules(tuned, target), tuning
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
