@@ -12,20 +12,17 @@ import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 # Compile-capable TVM first (the runtime-only loader must not claim the process).
 import tvmflow.compile  # noqa: F401
 from tvmflow import zoo
-from tvmflow.compile import CompileOptions, _log_dirs, compile_model
+from tvmflow.compile import CompileOptions, compile_model
 from tvmflow.errors import TvmflowError
-from tvmflow.frontend import ImportedModel, load_onnx, to_relax
+from tvmflow.frontend import ImportedModel, load_onnx
 from tvmflow.inputs import random_inputs
 from tvmflow.kernel_profile import format_profile, kernel_flops, profile_artifact
-from tvmflow.passes import fuse
-from tvmflow.schedules import apply_default_schedules
-from tvmflow.targets import Preset, resolve_preset
-from tvmflow.tune import apply_records
+from tvmflow.lowering import lower
+from tvmflow.targets import resolve_preset
 
 
 def _shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -46,16 +43,6 @@ def _load(model: str, shapes: dict[str, tuple[int, ...]], scratch: Path) -> Impo
                 shapes[inp.name] = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims)
         return load_onnx(path, shapes)
     return load_onnx(Path(model), shapes)
-
-
-def _final_module(model: ImportedModel, preset: Preset, options: CompileOptions) -> Any:
-    """The module compile builds (same passes, records and rules), for kernel names and FLOPs."""
-    import tvm
-
-    target = tvm.target.Target(preset.target)
-    mod = fuse(to_relax(model), target)
-    mod, _ = apply_records(mod, target, _log_dirs(preset, options), 0)
-    return apply_default_schedules(mod, target)
 
 
 def main(argv: list[str]) -> int:
@@ -82,7 +69,7 @@ def main(argv: list[str]) -> int:
             tuning_logs=tuple(args.tuning_log), use_shipped_logs=not args.no_shipped_logs
         )
         artifact = compile_model(model, preset, args.out or scratch / "artifact", options)
-        flops = kernel_flops(_final_module(model, preset, options))
+        flops = kernel_flops(lower(model, preset, options.lowering).mod)
         feeds = random_inputs(model.inputs, seed=0)
         profile = profile_artifact(
             artifact.directory, model.path, feeds, flops, threads, args.rounds, args.per_round

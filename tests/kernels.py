@@ -10,7 +10,7 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir
 
-from tvmflow.passes import fuse
+from tvmflow.lowering import fuse
 from tvmflow.targets import resolve_preset
 
 TARGET = tvm.target.Target(resolve_preset("x86").target)

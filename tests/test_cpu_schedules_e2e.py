@@ -11,7 +11,7 @@ from tvm import relax
 from tests.conftest import REAL_MODELS, real_model
 from tvmflow.compile import Artifact, CompileOptions, compile_model
 from tvmflow.frontend import load_onnx, to_relax
-from tvmflow.passes import fuse
+from tvmflow.lowering import fuse
 from tvmflow.schedules import kernel_rules
 from tvmflow.targets import resolve_preset
 

@@ -26,8 +26,8 @@ from tvmflow.compile import Artifact, CompileOptions, compile_model
 from tvmflow.errors import TvmflowError
 from tvmflow.frontend import load_onnx, to_relax
 from tvmflow.inputs import random_inputs
+from tvmflow.lowering import fuse
 from tvmflow.manifest import LIBRARY_NAME, read_manifest
-from tvmflow.passes import fuse
 from tvmflow.schedules import apply_default_schedules
 from tvmflow.targets import resolve_preset
 

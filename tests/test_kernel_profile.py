@@ -6,11 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tvm
-
 from tests.conftest import ROOT, ZOO_SHAPES
 from tvmflow.compile import Artifact
-from tvmflow.frontend import load_onnx, to_relax
+from tvmflow.frontend import load_onnx
 from tvmflow.inputs import random_inputs
 from tvmflow.kernel_profile import (
     KernelTime,
@@ -19,15 +17,13 @@ from tvmflow.kernel_profile import (
     profile_artifact,
     time_side_by_side,
 )
-from tvmflow.passes import fuse
-from tvmflow.schedules import apply_default_schedules
+from tvmflow.lowering import LoweringOptions, lower
 from tvmflow.targets import resolve_preset
 
 
 def test_profile_breaks_time_down_by_kernel(artifacts: dict[str, Artifact], zoo_dir: Path):
     model = load_onnx(zoo_dir / "resnet_block.onnx", ZOO_SHAPES["resnet_block"])
-    target = tvm.target.Target(resolve_preset("x86").target)
-    flops = kernel_flops(apply_default_schedules(fuse(to_relax(model), target), target))
+    flops = kernel_flops(lower(model, resolve_preset("x86"), LoweringOptions()).mod)
     profile = profile_artifact(
         artifacts["resnet_block"].directory,
         model.path,

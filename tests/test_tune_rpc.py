@@ -192,7 +192,7 @@ def test_candidates_for_arm_are_cross_built(mlp: ImportedModel) -> None:
     from tvm.s_tir import meta_schedule as ms
 
     from tvmflow.frontend import to_relax
-    from tvmflow.passes import fuse
+    from tvmflow.lowering import fuse
 
     preset = resolve_preset("arm-cortex-a72")
     if preset.cross_compiler is None or not shutil.which(preset.cross_compiler):

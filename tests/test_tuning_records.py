@@ -9,10 +9,9 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 from tvmflow.frontend import load_onnx, to_relax
-from tvmflow.passes import fuse, kernel_names
+from tvmflow.lowering import fuse, kernel_names
 from tvmflow.targets import resolve_preset
-from tvmflow.tune import apply_records, improving_records
-from tvmflow.tunelog import RECORDS, WORKLOADS
+from tvmflow.tunelog import RECORDS, WORKLOADS, apply_records, improving_records, logs_digest
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +63,8 @@ def test_baseline_only_log_schedules_nothing(fused, tmp_path: Path) -> None:
     fixed, _ = _traces(kernel)
     log = _log(tmp_path / "log", kernel, target, [(fixed, 1e-3)])
     assert improving_records([log]).get_all_tuning_records() == []
-    _, info = apply_records(mod, target, [log], len(kernel_names(mod)))
-    assert info.tasks_tuned == 0 and info.log_digest is None
+    _, info = apply_records(mod, target, [log])
+    assert info.tasks_tuned == 0 and info.log_digest == logs_digest([log])  # consulted
 
 
 def test_search_result_slower_than_baseline_is_not_applied(fused, tmp_path: Path) -> None:
@@ -73,7 +72,7 @@ def test_search_result_slower_than_baseline_is_not_applied(fused, tmp_path: Path
     kernel = _kernel(mod)
     fixed, sampled = _traces(kernel)
     log = _log(tmp_path / "log", kernel, target, [(fixed, 1e-3), (sampled, 2e-3)])
-    _, info = apply_records(mod, target, [log], len(kernel_names(mod)))
+    _, info = apply_records(mod, target, [log])
     assert info.tasks_tuned == 0
 
 
@@ -84,5 +83,5 @@ def test_search_result_faster_than_baseline_is_applied(fused, tmp_path: Path) ->
     log = _log(tmp_path / "log", kernel, target, [(fixed, 2e-3), (sampled, 1e-3)])
     kept = improving_records([log]).get_all_tuning_records()
     assert len(kept) == 1 and float(kept[0].run_secs[0]) == pytest.approx(1e-3)
-    _, info = apply_records(mod, target, [log], len(kernel_names(mod)))
+    _, info = apply_records(mod, target, [log])
     assert info.tasks_tuned == 1 and info.log_digest is not None

@@ -9,14 +9,18 @@ a half-written or unverified artifact behind.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tvmflow import __version__, cuda
+from tvmflow import __version__, api, cuda
 from tvmflow.accuracy import (
     Tolerance,
     compare,
@@ -24,30 +28,26 @@ from tvmflow.accuracy import (
     output_scales,
     tolerance_for,
 )
+from tvmflow.api import callable_module
 from tvmflow.emulate import HostRunner, host_runner
 from tvmflow.errors import AccuracyError, TvmflowError
-from tvmflow.export import codegen_scope, export_library
-from tvmflow.frontend import ImportedModel, to_relax
+from tvmflow.export import export_library
+from tvmflow.frontend import ImportedModel
 from tvmflow.inputs import random_inputs
+from tvmflow.lowering import LoweringOptions, build, lower
 from tvmflow.manifest import (
     LIBRARY_NAME,
+    MANIFEST_NAME,
     Manifest,
     OutputAccuracy,
-    TensorSpec,
     sha256_file,
     write_manifest,
 )
-from tvmflow.passes import PRECISIONS, fuse, kernel_names
-from tvmflow.schedules import apply_default_schedules
 from tvmflow.targets import Preset, check_build_tools
-from tvmflow.tune import apply_records
-from tvmflow.tunelog import check_log_dir, log_matches_target, log_target, shipped_log_dirs
-
-if TYPE_CHECKING:
-    import tvm
-    from tvm import relax
 
 log = logging.getLogger(__name__)
+
+SCRATCH_PREFIX = ".build-"  # where a compile writes before moving files into the output
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,10 @@ class CompileOptions:
     tolerance: Tolerance = field(default_factory=Tolerance)
     seed: int = 0
     precision: str = "fp32"
+
+    @property
+    def lowering(self) -> LoweringOptions:
+        return LoweringOptions(self.precision, self.tuning_logs, self.use_shipped_logs)
 
 
 @dataclass(frozen=True)
@@ -85,22 +89,19 @@ def compile_model(
     import tvm
 
     options = options or CompileOptions()
+    check_output_dir(Path(out_dir))
     _require_compiler()
     check_build_tools(preset)
-    _check_precision(preset, options.precision)
     start = time.perf_counter()
     target = tvm.target.Target(preset.target)
-    mod = to_relax(model)
-    outputs = _output_specs(mod, model)
-    mod = fuse(mod, target, options.precision)
-    total = len(kernel_names(mod))
-    mod, tuning = apply_records(mod, target, _log_dirs(preset, options), total)
-    mod = apply_default_schedules(mod, target)
-    executable = _build(mod, target)
+    lowered = lower(model, preset, options.lowering)
+    executable = build(lowered.mod, target)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as scratch:
+    with (
+        _removed_on_failure(out_dir),
+        tempfile.TemporaryDirectory(dir=out_dir, prefix=SCRATCH_PREFIX) as scratch,
+    ):
         library = Path(scratch) / LIBRARY_NAME
         export_library(executable, preset, target, library)
         manifest = Manifest(
@@ -112,10 +113,10 @@ def compile_model(
             arch=preset.arch,
             cpu_features=preset.cpu_features,
             inputs=model.inputs,
-            outputs=outputs,
+            outputs=lowered.outputs,
             library_sha256=sha256_file(library),
             onnx_sha256=model.sha256,
-            tuning=tuning,
+            tuning=lowered.tuning,
             compile_seconds=round(time.perf_counter() - start, 3),
             precision=options.precision,
             extra=_device_code_info(library, preset),
@@ -135,6 +136,58 @@ def compile_model(
     return Artifact(out_dir, manifest)
 
 
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse, before any build, an output that cannot take an artifact: a file, a directory
+    that is not writable, or a non-empty directory that is not an artifact (its files would be
+    overwritten). An existing artifact is replaced; a killed compile's scratch is cleared."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TvmflowError(f"-o {out_dir} is a file; pass a directory for the artifact")
+    if out_dir.is_dir():
+        for stale in out_dir.glob(f"{SCRATCH_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)  # a killed compile's scratch folder
+        entries = sorted(p.name for p in out_dir.iterdir())
+        if entries and not _is_artifact(out_dir):
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise TvmflowError(
+                f"-o {out_dir} is not empty and not a tvmflow artifact (it holds {shown}); "
+                "pass a new or empty directory (an existing artifact is replaced)"
+            )
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise TvmflowError(f"-o {out_dir}: {existing} is a file, not a directory")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise TvmflowError(
+            f"-o {out_dir}: cannot write in {existing} ({exc.strerror}); pass a directory you "
+            "can write"
+        ) from exc
+
+
+def _is_artifact(directory: Path) -> bool:
+    """A tvmflow manifest of any format version is there (replacing an old artifact is fine)."""
+    try:
+        data = json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"format_version", "tvmflow_version"} <= data.keys()
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out_dir: Path) -> Iterator[None]:
+    """Create `out_dir` (and its missing parents); remove what was created if the build fails,
+    so a failed compile leaves nothing behind."""
+    created = [p for p in (out_dir, *out_dir.absolute().parents) if not p.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in created:  # deepest first; only what is still empty
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
 def _require_compiler() -> None:
     import tvm.base
 
@@ -143,67 +196,6 @@ def _require_compiler() -> None:
             "TVM was loaded in runtime-only mode in this process (TVM_USE_RUNTIME_LIB=1, or "
             "tvmflow.load ran before compiling); compile in a separate process"
         )
-
-
-def _output_specs(mod: tvm.IRModule, model: ImportedModel) -> tuple[TensorSpec, ...]:
-    """Static output signature from Relax's inferred types, named after the ONNX outputs."""
-    from tvm import relax
-
-    ret = mod["main"].ret_ty
-    infos = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
-    names = [o.name for o in model.proto.graph.output]
-    specs = []
-    for name, info in zip(names, infos, strict=True):
-        if not isinstance(info, relax.TensorType) or info.shape is None:
-            raise TvmflowError(f"output {name!r} is not a tensor of known rank; cannot compile")
-        try:
-            shape = tuple(int(d) for d in info.shape.values)
-        except TypeError as exc:
-            raise TvmflowError(
-                f"output {name!r} has a data-dependent shape {info.shape}; tvmflow compiles "
-                "static shapes only"
-            ) from exc
-        specs.append(TensorSpec(name, shape, str(info.dtype)))
-    return tuple(specs)
-
-
-def _log_dirs(preset: Preset, options: CompileOptions) -> list[Path]:
-    """The user's logs first, then the logs shipped for this preset (records for another
-    target would generate code this target may not run: a user's is refused, a shipped one
-    skipped)."""
-    dirs = [check_log_dir(Path(d)) for d in options.tuning_logs]
-    for d in dirs:
-        if not log_matches_target(d, preset.target):
-            raise TvmflowError(
-                f"tuning log {d} was tuned for target {log_target(d)}, not {preset.name} "
-                f"{preset.target}; tune for this target or drop --tuning-log {d}"
-            )
-    if options.use_shipped_logs:
-        dirs += [
-            d
-            for d in shipped_log_dirs(preset.name)
-            if d not in dirs and log_matches_target(d, preset.target)
-        ]
-    return dirs
-
-
-def _check_precision(preset: Preset, precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise TvmflowError(
-            f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}"
-        )
-    if precision != "fp32" and preset.device != "cuda":
-        raise TvmflowError(
-            f"--precision {precision} is for CUDA targets; {preset.name} is a {preset.device} "
-            "target, where fp16 arithmetic is emulated and slower: use --precision fp32"
-        )
-
-
-def _build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
-    from tvm import relax
-
-    with codegen_scope(target):
-        return relax.build(mod, target=target)
 
 
 def _device_code_info(library: Path, preset: Preset) -> dict[str, Any]:
@@ -249,3 +241,6 @@ def _verify(
             "written (use --no-verify to write it anyway)"
         )
     return accuracy
+
+
+callable_module(__name__, api.compile)  # tvmflow.compile(model, target, output=...)

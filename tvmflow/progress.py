@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
     from tvmflow.tune import TuneProgress, TuningResult
+    from tvmflow.tunelog import LogKernel
 
 
 def duration(seconds: float | None) -> str:
@@ -141,4 +143,35 @@ def format_table(result: TuningResult) -> str:
         f"{result.trials} trials in {result.log_dir}; this job measured {result.new_trials} in "
         f"{duration(result.seconds)}" + (f" ({rate:.2f} trials/s)" if rate else "")
     )
+    return "\n".join(lines)
+
+
+def format_log(kernels: Sequence[LogKernel]) -> str:
+    """`tvmflow logs show`: per kernel trials, default vs best µs; the weighted whole model."""
+    name_w = max([6, *(len(k.name) for k in kernels)])
+    head = f"{'kernel':<{name_w}}  {'weight':>6}  {'trials':>6}  {'default µs':>10}  "
+    head += f"{'best µs':>10}  {'speedup':>7}"
+    lines = [head, "-" * len(head)]
+    for k in kernels:
+        speedup = "-" if k.speedup is None else f"{k.speedup:.2f}x"
+        weight = "-" if k.weight is None else str(k.weight)
+        lines.append(
+            f"{k.name:<{name_w}}  {weight:>6}  {k.trials:>6}  {_us(k.default_us):>10}  "
+            f"{_us(k.best_us):>10}  {speedup:>7}"
+        )
+    lines.append("-" * len(head))
+    known = [k for k in kernels if k.weight is not None and k.default_us is not None]
+    if known and len(known) == len(kernels):
+        default = sum(k.weight * k.default_us for k in known if k.weight and k.default_us)
+        best = sum(
+            k.weight * min(k.default_us, k.best_us or k.default_us)
+            for k in known
+            if k.weight and k.default_us
+        )
+        lines.append(
+            f"whole model (kernels x weight): default {default:.2f} µs, with this log "
+            f"{best:.2f} µs ({default / best:.2f}x)"
+        )
+    trials = sum(k.trials for k in kernels)
+    lines.append(f"{len(kernels)} kernels, {trials} trials")
     return "\n".join(lines)

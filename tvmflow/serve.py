@@ -200,7 +200,7 @@ def open_engine(source: ModelSource, engine: str, threads: int) -> Engine:
 
         return load(source.directory)
     if engine == "onnxruntime":
-        from tvmflow import bench
+        from tvmflow import bench, engines
 
         manifest = read_manifest(source.directory)
         if source.onnx is None:
@@ -209,8 +209,9 @@ def open_engine(source: ModelSource, engine: str, threads: int) -> Engine:
                 f"pass --onnx {source.name}=FILE.onnx"
             )
         bench.check_artifact_matches(source.onnx, manifest, source.directory)
-        run, _ = bench.open_engine(bench.EngineSpec("onnxruntime", str(source.onnx), threads))
-        return _OrtEngine(manifest.inputs, manifest.outputs, run)
+        spec = engines.EngineSpec("onnxruntime", str(source.onnx), threads)
+        opened = engines.engine("onnxruntime").open(spec)
+        return _OrtEngine(manifest.inputs, manifest.outputs, opened.run)
     raise TvmflowError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
 
 

@@ -1,7 +1,7 @@
 """Tune: MetaSchedule search over a model's kernels, and reuse of its records at compile time.
 
-`tune_model` extracts the kernels of exactly the module compile builds (`passes.fuse`), so
-records match at compile time, and searches them with MetaSchedule (evolutionary search, XGBoost
+`tune_model` extracts the kernels of exactly the module compile builds (`lowering.tuning_tasks`),
+so records match at compile time, and searches them with MetaSchedule (evolutionary search, XGBoost
 cost model, gradient task scheduling) within a trial budget and an optional time limit. Each
 measured batch is published to the log directory atomically before the next one starts (see
 `tunelog`), so a killed job loses at most the batch in flight and a rerun resumes: the trials
@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -27,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tvmflow import __version__
+from tvmflow import __version__, api
+from tvmflow.api import callable_module
 from tvmflow.errors import TvmflowError
 from tvmflow.farm import Farm, check_farm
-from tvmflow.manifest import TuningInfo
-from tvmflow.passes import fuse
+from tvmflow.lowering import TuningTask, check_precision, default_schedule, tuning_tasks
 from tvmflow.targets import Preset, check_build_tools
 from tvmflow.tunelog import (
     FAILED_SECS,
@@ -39,12 +40,14 @@ from tvmflow.tunelog import (
     SUMMARY_VERSION,
     WORKLOADS,
     LogIdentity,
+    candidates_dir,
+    check_database,
     check_log_for_job,
     locked,
-    logs_digest,
     mean_secs,
-    open_database,
     publish,
+    register_tensor_intrinsics,
+    repair_database,
     stage,
     unstage,
     write_summary,
@@ -74,6 +77,8 @@ class TuneOptions:
     min_repeat_ms: int = 100  # measure each candidate at least this long per repeat
     repeat: int = 1
     build_workers: int | None = None  # default: this machine's logical CPUs
+    precision: str = "fp32"  # the kernels of a compile with this --precision
+    repair_log: bool = False  # drop the log's damaged lines (kept as *.damaged) and go on
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class TaskResult:
     trials: int
     best_us: float | None
     untuned_us: float | None
+    workload: str | None = None  # structural hash: what records are keyed by (logs show)
 
     @property
     def speedup(self) -> float | None:
@@ -106,6 +112,7 @@ class TaskResult:
             "best_us": _round(self.best_us),
             "untuned_us": _round(self.untuned_us),
             "speedup": _round(self.speedup),
+            "workload": self.workload,
         }
 
     @classmethod
@@ -116,6 +123,7 @@ class TaskResult:
             int(data["trials"]),
             _opt_float(data.get("best_us")),
             _opt_float(data.get("untuned_us")),
+            data.get("workload"),
         )
 
 
@@ -192,6 +200,7 @@ def tune_model(
 
     options = options or TuneOptions()
     _check_options(options)
+    check_precision(preset, options.precision)
     check_build_tools(preset)
     if options.farm is not None:
         check_farm(options.farm)
@@ -201,17 +210,40 @@ def tune_model(
             "measured here; measure on devices with --rpc-tracker HOST:PORT --rpc-key KEY"
         )
     log_dir = Path(log_dir)
-    identity = LogIdentity(model.sha256, model.inputs, preset.name, dict(preset.target))
+    identity = LogIdentity(
+        model.sha256, model.inputs, preset.name, dict(preset.target), options.precision
+    )
     check_log_for_job(log_dir, identity)  # fail fast; checked again under the lock
+    if not options.repair_log:
+        check_database(log_dir)
     target = tvm.target.Target(preset.target)
-    tasks = _extract_tasks(model, target, options.split)
-    with locked(log_dir):
+    tasks = _extract_tasks(model, target, options)
+    with locked(log_dir) as killed:
+        _report_recovery(log_dir, killed, options.repair_log, progress)
         summary = check_log_for_job(log_dir, identity) or {}
         job = _Job(model, preset, target, identity, tasks, log_dir, summary, options, progress)
         try:
             return job.run()
         finally:
             unstage(log_dir)
+
+
+def _report_recovery(
+    log_dir: Path, killed: dict[str, Any] | None, repair: bool, progress: ProgressSink | None
+) -> None:
+    """Say what a killed job left (already cleared by `locked`), and repair the log if asked."""
+    if killed is not None and progress:
+        progress.message(
+            f"the previous job on {log_dir} (pid {killed.get('pid')} on {killed.get('host')}) "
+            "was killed; its unfinished batch was dropped, its records are kept"
+        )
+    if repair:
+        dropped, backups = repair_database(log_dir)
+        if dropped and progress:
+            progress.message(
+                f"--repair-log: dropped {dropped} damaged line(s) of {log_dir}; the damaged "
+                f"files are kept as {', '.join(b.name for b in backups)}"
+            )
 
 
 def _measurable_here(preset: Preset) -> bool:
@@ -235,25 +267,17 @@ def _check_options(options: TuneOptions) -> None:
     ):
         if value is not None and value <= 0:
             raise TvmflowError(f"{name} must be a positive number, not {value}")
-    if options.time_limit_s is not None and options.time_limit_s <= 0:
+    limit = options.time_limit_s
+    if limit is not None and not (math.isfinite(limit) and limit > 0):
         raise TvmflowError(f"--time-limit must be positive, not {options.time_limit_s:g}s")
 
 
 def _extract_tasks(
-    model: ImportedModel, target: tvm.target.Target, split: tuple[int, int]
-) -> list[ms.ExtractedTask]:
+    model: ImportedModel, target: tvm.target.Target, options: TuneOptions
+) -> list[TuningTask]:
     """The kernels compile will build (same lowering), the `split` share of them, by name."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from tvmflow.frontend import to_relax
-
-    mod = fuse(to_relax(model), target)
-    extracted = ms.relax_integration.extract_tasks(mod, target)
-    tasks = sorted(
-        (t for t in extracted if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled")),
-        key=lambda t: str(t.task_name),
-    )
-    i, n = split
+    tasks = tuning_tasks(model, target, options.precision)
+    i, n = options.split
     chosen = tasks[i - 1 :: n]
     if not chosen:
         raise TvmflowError(
@@ -271,7 +295,7 @@ class _Job:
         preset: Preset,
         target: tvm.target.Target,
         identity: LogIdentity,
-        tasks: list[ms.ExtractedTask],
+        tasks: list[TuningTask],
         log_dir: Path,
         summary: dict[str, Any],
         options: TuneOptions,
@@ -280,8 +304,8 @@ class _Job:
         self.model, self.preset, self.target = model, preset, target
         self.identity, self.tasks, self.log_dir = identity, tasks, log_dir
         self.summary, self.options, self.progress = summary, options, progress
-        self.names = [str(t.task_name) for t in tasks]
-        self.weights = [int(t.weight) for t in tasks]
+        self.names = [t.name for t in tasks]
+        self.weights = [t.weight for t in tasks]
         self.budget = options.trials or DEFAULT_TRIALS_PER_TASK * len(tasks)
         self.per_task = options.trials_per_task or self.budget
         self.start = time.monotonic()
@@ -300,7 +324,7 @@ class _Job:
         self.db = ms.database.JSONDatabase(
             path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
         )
-        self.workloads = [self.db.commit_workload(t.dispatched[0]) for t in self.tasks]
+        self.workloads = [self.db.commit_workload(t.workload) for t in self.tasks]
         self.trials, self.best_s = self._prior_records()
         self.untuned = self._known_untuned()
         if self.stop_reason_now() is None:
@@ -383,10 +407,15 @@ class _Job:
         return ms.builder.LocalBuilder(
             max_workers=self.options.build_workers or os.cpu_count() or 1,
             f_build=build_candidate,
-            f_export=functools.partial(export_candidate, self.preset),
+            f_export=functools.partial(
+                export_candidate, self.preset, directory=candidates_dir(self.log_dir)
+            ),
+            initializer=functools.partial(die_with_job, os.getpid()),
         )
 
     def _runner(self) -> ms.runner.Runner:
+        import functools
+
         from tvm.s_tir import meta_schedule as ms
 
         evaluator = ms.runner.EvaluatorConfig(
@@ -395,11 +424,12 @@ class _Job:
             min_repeat_ms=self.options.min_repeat_ms,
             enable_cpu_cache_flush=False,
         )
+        initializer = functools.partial(die_with_job, os.getpid())
         if self.options.farm is not None:
             from tvmflow.farm import make_runner
 
-            return make_runner(self.options.farm, evaluator)
-        return ms.runner.LocalRunner(evaluator_config=evaluator)
+            return make_runner(self.options.farm, evaluator, initializer)
+        return ms.runner.LocalRunner(evaluator_config=evaluator, initializer=initializer)
 
     def _contexts(self, stack: contextlib.ExitStack) -> list[ms.TuneContext]:
         """One TuneContext per task, each logging to `logs/` in the log directory.
@@ -418,9 +448,9 @@ class _Job:
         for i, (task, seed) in enumerate(zip(self.tasks, seeds, strict=True)):
             logger = stack.enter_context(_task_logger(self.log_dir / "logs", i, self.names[i]))
             ctx = ms.TuneContext(
-                mod=task.dispatched[0],
-                target=task.target,
-                space_generator="post-order-apply",
+                mod=task.workload,
+                target=self.target,
+                space_generator=_space_generator(task, self.target),
                 search_strategy=strategy,
                 task_name=self.names[i],
                 logger=logger,
@@ -461,7 +491,8 @@ class _Job:
 
         from tvm.s_tir import meta_schedule as ms
 
-        schedules = [_default_schedule(self.tasks[i].dispatched[0], self.target) for i in indices]
+        schedules = [default_schedule(self.tasks[i].kernel, self.target) for i in indices]
+        spaces = [_rule_space(self.tasks[i], self.target) for i in indices]
         built = builder.build([ms.builder.BuilderInput(s.mod, self.target) for s in schedules])
         device = "cuda" if "gpu" in self.target.keys else "cpu"
         args = [_args_info(s.mod) for s in schedules]
@@ -488,6 +519,13 @@ class _Job:
                     args[k],
                 )
             )
+            space = spaces[k]
+            if space is not None:  # the same schedule as a point of its rule's design space
+                self.db.commit_tuning_record(
+                    ms.database.TuningRecord(
+                        space[0].trace, self.workloads[task], result.run_secs, self.target, args[k]
+                    )
+                )
             self.trials[task] += 1
             self.new_trials += 1
             best = self.best_s[task]
@@ -586,9 +624,16 @@ class _Job:
                 trials,
                 None if best is None or best >= FAILED_SECS else best * 1e6,
                 untuned,
+                str(workload.as_json()[0]),
             )
-            for name, weight, trials, best, untuned in zip(
-                self.names, self.weights, self.trials, self.best_s, self.untuned, strict=True
+            for name, weight, trials, best, untuned, workload in zip(
+                self.names,
+                self.weights,
+                self.trials,
+                self.best_s,
+                self.untuned,
+                self.workloads,
+                strict=True,
             )
         )
 
@@ -663,27 +708,39 @@ class _Job:
         }
 
 
-def _default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.s_tir.Schedule:
-    """The schedule compile gives a kernel no record covers (first default rule that applies,
-    as `schedules.apply_default_schedules` does), as a traced Schedule."""
-    from tvm import s_tir
+def _rule_space(task: TuningTask, target: tvm.target.Target) -> list[tvm.s_tir.Schedule] | None:
+    """The design spaces of the tvmflow rule that schedules this kernel by default, if any."""
+    from tvmflow.schedules import design_spaces
 
-    from tvmflow.schedules import default_rules
+    return design_spaces(task.kernel["main"], target) or None
 
-    func = mod["main"]
-    with target:
-        for rule in default_rules(target):
-            space = rule.apply(func, target, False)
-            if space is None:
-                continue
-            return space if isinstance(space, s_tir.Schedule) else space[0]
-    return s_tir.Schedule(mod)
+
+def _space_generator(task: TuningTask, target: tvm.target.Target) -> Any:
+    """Search around tvmflow's own rule where one claims the kernel: its design spaces, varied
+    by MetaSchedule's tile-size mutator (the space's default point is in the log as trial 0, so
+    evolutionary search starts from it); MetaSchedule's generic space for the other kernels.
+
+    Candidates keep the rule's structure, so they need none of the generic space's postprocs.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    spaces = _rule_space(task, target)
+    if spaces is None:
+        return "post-order-apply"
+    return ms.space_generator.ScheduleFn(
+        lambda _sch: spaces,
+        sch_rules=[],
+        postprocs=[],
+        mutator_probs={ms.mutator.MutateTileSize(): 1.0},
+    )
 
 
 def _args_info(mod: tvm.IRModule) -> list[Any]:
     from tvm.s_tir import meta_schedule as ms
 
-    return list(ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+    # as the kernel is measured: a prepacked weight in its packed layout (the repacking block
+    # is removed by `build_candidate`, compile folds it into the constant)
+    return list(ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True))
 
 
 def _weighted(
@@ -732,9 +789,10 @@ def build_candidate(
         return tvm.build(mod, target=target)
 
 
-def export_candidate(preset: Preset, mod: tvm.runtime.Module) -> str:
+def export_candidate(preset: Preset, mod: tvm.runtime.Module, directory: Path | None = None) -> str:
     """Export one candidate as a shared library, built as compile builds the preset's
-    artifacts (its cross compiler; nvcc-built device code for CUDA).
+    artifacts (its cross compiler; nvcc-built device code for CUDA), in a fresh folder under
+    `directory` (a job's `candidates_dir`, so a killed job's leftovers go with its `.work/`).
 
     MetaSchedule's default exports a tar of object files that the measuring machine links
     itself; a shared library built here needs no compiler on the (remote, maybe ARM) device.
@@ -743,37 +801,25 @@ def export_candidate(preset: Preset, mod: tvm.runtime.Module) -> str:
 
     from tvmflow.export import export_library
 
-    path = Path(tempfile.mkdtemp(prefix="tvmflow-candidate-")) / "candidate.so"
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="tvmflow-candidate-", dir=directory)) / "candidate.so"
     export_library(mod, preset, tvm.target.Target(preset.target), path)
     return str(path)
 
 
-def register_tensor_intrinsics(target: tvm.target.Target) -> None:
-    """Register the tensor intrinsics (VNNI, NEON dot, tensor cores) of this target's backend.
+def die_with_job(job_pid: int) -> None:
+    """Initializer of MetaSchedule's worker processes: the kernel SIGKILLs a worker when the
+    job thread that started it dies (PR_SET_PDEATHSIG), so a `kill -9` of a job leaves no
+    orphan (a ~280 MB process that would keep measuring for minutes)."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover - Linux only
+        return
+    import ctypes
 
-    MetaSchedule imports `tvm.s_tir.tensor_intrin`, whose `__init__` registers every backend's
-    intrinsics, 15-40 s (mostly CUDA's) at the start of every job. tvmflow installs the package
-    without running its `__init__` and imports only the backend module the target can use;
-    MetaSchedule's own import then finds the package already loaded.
-    """
-    import importlib
-    import importlib.util
-    import sys
-
-    package = "tvm.s_tir.tensor_intrin"
-    if package not in sys.modules:
-        spec = importlib.util.find_spec(package)
-        if spec is None:  # pragma: no cover - part of every TVM build
-            return
-        sys.modules[package] = importlib.util.module_from_spec(spec)
-    kind = str(target.kind.name)
-    if kind == "llvm":
-        triple = str(target.attrs.get("mtriple", ""))
-        module = "arm_cpu" if triple.startswith(("aarch64", "arm")) else "x86"
-    else:
-        module = kind if kind in ("cuda", "rocm", "metal", "hexagon") else ""
-    if module:
-        importlib.import_module(f"{package}.{module}")
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != job_pid:  # the job died before the line above took effect
+        os._exit(1)
 
 
 @contextmanager
@@ -817,56 +863,4 @@ def _sigint_deferred(on_sigint: Callable[[], None]) -> Iterator[None]:
         released.set()
 
 
-def apply_records(
-    mod: tvm.IRModule, target: tvm.target.Target, log_dirs: Sequence[Path], total: int
-) -> tuple[tvm.IRModule, TuningInfo]:
-    """Schedule every kernel a search result improves; the rest keep their default schedules."""
-    import tvm
-    from tvm import relax
-
-    if not log_dirs:
-        return mod, TuningInfo(None, 0, total)
-    if any(b'["Tensorize",' in (d / RECORDS).read_bytes() for d in log_dirs):
-        register_tensor_intrinsics(target)  # a tensorized trace names its intrinsic
-    with target, improving_records(log_dirs):
-        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-    tuned = sum(
-        1
-        for _, f in mod.functions_items()
-        if isinstance(f, tvm.tirx.PrimFunc) and bool(f.attrs and f.attrs.get("tirx.is_scheduled"))
-    )
-    return mod, TuningInfo(logs_digest(log_dirs) if tuned else None, tuned, total)
-
-
-def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
-    """Per kernel, the fastest search result, kept only where it beat its log's baseline.
-
-    A log also holds each kernel's default schedule as measured when it was tuned (trial 0:
-    a deterministic trace, with no Sample* instructions). Applying that record would pin the
-    default rules of that day and bypass today's (and their weight prepacking), so compile
-    applies a record only when the search found something faster than that baseline.
-    """
-    from tvm.s_tir import meta_schedule as ms
-
-    searched: dict[str, ms.database.TuningRecord] = {}
-    baseline: dict[str, float] = {}
-    for log in log_dirs:
-        for record in open_database([log]).get_all_tuning_records():
-            if not record.run_secs:
-                continue
-            key, secs = str(record.workload.as_json()[0]), mean_secs(record.run_secs)
-            if any(inst.kind.name.startswith("Sample") for inst in record.trace.insts):
-                if key not in searched or secs < mean_secs(searched[key].run_secs):
-                    searched[key] = record
-            else:
-                baseline[key] = min(secs, baseline.get(key, secs))
-    db = ms.database.MemoryDatabase()
-    for key, record in searched.items():
-        if mean_secs(record.run_secs) < baseline.get(key, float("inf")):
-            workload = db.commit_workload(record.workload.mod)
-            db.commit_tuning_record(
-                ms.database.TuningRecord(
-                    record.trace, workload, record.run_secs, record.target, record.args_info
-                )
-            )
-    return db
+callable_module(__name__, api.tune)  # tvmflow.tune(model, target, log=...)

@@ -10,6 +10,7 @@ line by line: a kill mid-line leaves a file it refuses to load).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, write_atomic
+from tvmflow.manifest import TensorSpec, TuningInfo, write_atomic
 
 if TYPE_CHECKING:
+    import tvm
     from tvm.s_tir import meta_schedule as ms
 
 SHIPPED_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
@@ -47,6 +49,7 @@ class LogIdentity:
     inputs: tuple[TensorSpec, ...]
     preset: str
     target: dict[str, Any]
+    precision: str = "fp32"  # the kernels differ per precision
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,7 @@ class LogIdentity:
             "inputs": [asdict(t) | {"shape": list(t.shape)} for t in self.inputs],
             "preset": self.preset,
             "target": self.target,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -63,11 +67,15 @@ class LogIdentity:
             tuple(TensorSpec.from_json(t) for t in data["inputs"]),
             str(data["preset"]),
             dict(data["target"]),
+            str(data.get("precision", "fp32")),  # logs from before --precision: fp32
         )
 
     def describe(self) -> str:
         shapes = ", ".join(t.describe() for t in self.inputs)
-        return f"model sha256 {self.model_sha256[:12]} ({shapes}) on {self.preset} {self.target}"
+        return (
+            f"model sha256 {self.model_sha256[:12]} ({shapes}) on {self.preset} "
+            f"{self.target} in {self.precision}"
+        )
 
 
 def is_log_dir(path: Path) -> bool:
@@ -94,6 +102,8 @@ def open_database(log_dirs: Sequence[Path]) -> ms.database.Database:
     """One read-only view over several log directories (best record wins)."""
     from tvm.s_tir import meta_schedule as ms
 
+    for d in log_dirs:
+        check_database(d)
     dbs = [
         ms.database.JSONDatabase(
             path_workload=str(d / WORKLOADS),
@@ -103,6 +113,94 @@ def open_database(log_dirs: Sequence[Path]) -> ms.database.Database:
         for d in log_dirs
     ]
     return dbs[0] if len(dbs) == 1 else ms.database.UnionDatabase(*dbs)
+
+
+def check_database(path: Path) -> None:
+    """Every line of a log's database must parse: MetaSchedule's loader stops at the first bad
+    one (a file cut mid-write, an edit) with an error that names neither file nor line."""
+    for name, (lineno, why) in _damage(path).items():
+        raise TvmflowError(
+            f"tuning log file {path / name} is damaged at line {lineno} ({why}); restore it, "
+            f"or keep the records that parse with `tvmflow tune ... --log {path} --repair-log`"
+        )
+
+
+def repair_database(path: Path) -> tuple[int, list[Path]]:
+    """Keep the database lines that parse (records renumbered to the workloads kept); the
+    damaged files are kept beside them as `*.damaged`. Returns (lines dropped, backups)."""
+    if not _damage(path):
+        return 0, []
+    workloads, records = _lines(path / WORKLOADS), _lines(path / RECORDS)
+    renumber: dict[int, int] = {}
+    kept_workloads: list[str] = []
+    for index, line in enumerate(workloads):
+        if _line_problem(WORKLOADS, line, len(workloads)) is None:
+            renumber[index] = len(kept_workloads)
+            kept_workloads.append(line)
+    kept_records: list[str] = []
+    for line in records:
+        if _line_problem(RECORDS, line, len(workloads)) is None:
+            record = json.loads(line)
+            if record[0] in renumber:
+                record[0] = renumber[record[0]]
+                kept_records.append(json.dumps(record, separators=(",", ":")))
+    backups = []
+    for name, kept in ((WORKLOADS, kept_workloads), (RECORDS, kept_records)):
+        backup = path / f"{name}.damaged"
+        if backup.exists():
+            backup = path / f"{name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.copyfile(path / name, backup)
+        backups.append(backup)
+        write_atomic(path / name, "".join(f"{line}\n" for line in kept).encode())
+    dropped = len(workloads) + len(records) - len(kept_workloads) - len(kept_records)
+    return dropped, backups
+
+
+def _lines(file: Path) -> list[str]:
+    """A database file's non-empty lines (bytes that are not UTF-8 are damage, not an error)."""
+    if not file.is_file():
+        return []
+    text = file.read_bytes().decode("utf-8", errors="replace")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _damage(path: Path) -> dict[str, tuple[int, str]]:
+    """The first damaged line of each database file: {file name: (line number, why)}."""
+    found = {}
+    workloads = len(_lines(path / WORKLOADS))
+    for name in (WORKLOADS, RECORDS):
+        for lineno, line in enumerate(_lines(path / name), start=1):
+            why = _line_problem(name, line, workloads)
+            if why is not None:
+                found[name] = (lineno, why)
+                break
+    return found
+
+
+def _line_problem(name: str, line: str, workloads: int) -> str | None:
+    """Why one database line would not load, or None (MetaSchedule's JSON line format)."""
+    try:
+        entry = json.loads(line)
+    except ValueError as exc:
+        return f"not JSON: {exc}"
+    if name == WORKLOADS:
+        if not (
+            isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
+        ):
+            return "not a [hash, module] workload entry"
+        try:
+            base64.b64decode(entry[1], validate=True)
+        except ValueError:
+            return "its module is not valid base64"
+        return None
+    if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], list)):
+        return "not a [workload, record] entry"
+    if not isinstance(entry[0], int) or not 0 <= entry[0] < workloads:
+        return f"refers to workload {entry[0]!r}, but the log has {workloads}"
+    record = entry[1]
+    if len(record) != 4 or not isinstance(record[0], list) or not isinstance(record[2], dict):
+        return "not a [trace, run_secs, target, args] record"
+    return None
 
 
 def logs_digest(log_dirs: Sequence[Path]) -> str:
@@ -186,8 +284,12 @@ def check_log_for_job(path: Path, identity: LogIdentity) -> dict[str, Any] | Non
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold the log's lock for a job; a second job is refused with the holder's pid and host."""
+def locked(path: Path) -> Iterator[dict[str, Any] | None]:
+    """Hold the log's lock for a job; a second job is refused with the holder's pid and host.
+
+    Yields the note of a previous holder that was killed (it never removed its note), after
+    clearing what it left: its working copy and candidates, a summary saying "running".
+    """
     from filelock import FileLock, Timeout
 
     path.mkdir(parents=True, exist_ok=True)
@@ -200,25 +302,57 @@ def locked(path: Path) -> Iterator[None]:
             "or pass another --log directory"
         ) from None
     try:
+        killed = _clear_killed_job(path)
         note = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         write_atomic(path / HOLDER, json.dumps(note).encode())
-        yield
+        yield killed
     finally:
         (path / HOLDER).unlink(missing_ok=True)
         lock.release()
 
 
+def _clear_killed_job(path: Path) -> dict[str, Any] | None:
+    """Under the lock, a holder note means its job died without cleaning up (kill -9, power
+    loss): remove its working copy and mark its summary as killed, not running."""
+    try:
+        note = json.loads((path / HOLDER).read_text())
+    except (OSError, ValueError):
+        return None
+    unstage(path)
+    summary = read_summary(path) if (path / SUMMARY).is_file() else None
+    last = summary.get("last_job") if summary else None
+    if summary is not None and isinstance(last, dict) and last.get("stopped") == "running":
+        last["stopped"] = "killed"
+        write_summary(path, summary)
+    return note if isinstance(note, dict) else {}
+
+
 def _holder(path: Path) -> str:
+    import psutil
+
     try:
         note = json.loads((path / HOLDER).read_text())
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(note["started"])))
-        return f"pid {note['pid']} on {note['host']}, started {started}"
+        holder = f"pid {note['pid']} on {note['host']}, started {started}"
+        if note["host"] == socket.gethostname() and not psutil.pid_exists(int(note["pid"])):
+            holder += (
+                ", which has exited: a process it started still holds the lock "
+                f"(`fuser {path / LOCK}` names it)"
+            )
+        return holder
     except (OSError, ValueError, KeyError, TypeError):
         return "holder unknown"
 
 
+def candidates_dir(path: Path) -> Path:
+    """Where a job's candidate libraries are built: inside its working copy, so the next job
+    clears what a killed one left."""
+    return path / STAGING / "candidates"
+
+
 def stage(path: Path) -> Path:
     """A private working copy of the log's database for a job to append to."""
+    check_database(path)
     work = path / STAGING
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -266,6 +400,7 @@ def merge_logs(sources: Sequence[Path], out: Path, best_only: bool = False) -> M
     summaries = []
     for src in sources:
         check_log_dir(src)
+        check_database(src)
         summary = read_summary(src)
         if summary is None:
             raise TvmflowError(
@@ -281,27 +416,41 @@ def merge_logs(sources: Sequence[Path], out: Path, best_only: bool = False) -> M
         )
     if out.resolve() in {s.resolve() for s in sources}:
         raise TvmflowError(f"the output {out} is one of the inputs; merge into a new directory")
-    with locked(out):
+    with _removed_on_failure(out), locked(out):
         if is_log_dir(out):
             raise TvmflowError(f"{out} already holds a tuning log; merge into a new directory")
         work = stage(out)
-        merged = ms.database.JSONDatabase(
-            path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
-        )
-        kept, duplicates = _union_records([open_database([s]) for s in sources], best_only)
-        for record in kept:
-            workload = merged.commit_workload(record.workload.mod)
-            merged.commit_tuning_record(
-                ms.database.TuningRecord(
-                    record.trace, workload, record.run_secs, record.target, record.args_info
-                )
+        try:
+            merged = ms.database.JSONDatabase(
+                path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
             )
-        count = len(merged)
-        publish(out)
-        unstage(out)
+            kept, duplicates = _union_records([open_database([s]) for s in sources], best_only)
+            for record in kept:
+                workload = merged.commit_workload(record.workload.mod)
+                merged.commit_tuning_record(
+                    ms.database.TuningRecord(
+                        record.trace, workload, record.run_secs, record.target, record.args_info
+                    )
+                )
+            count = len(merged)
+            publish(out)
+        finally:
+            unstage(out)
         write_summary(out, _merged_summary(summaries, sources, count))
         workloads = len((out / WORKLOADS).read_text().splitlines())
     return MergeResult(out, workloads, count, duplicates)
+
+
+@contextmanager
+def _removed_on_failure(out: Path) -> Iterator[None]:
+    """A merge that fails leaves no output directory it created (nor its lock file)."""
+    created = not out.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _union_records(
@@ -369,3 +518,166 @@ def _merged_summary(
         "merged_from": [str(s) for s in sources],
         "tasks": sorted(tasks.values(), key=lambda t: str(t["name"])),
     }
+
+
+def apply_records(
+    mod: tvm.IRModule, target: tvm.target.Target, log_dirs: Sequence[Path]
+) -> tuple[tvm.IRModule, TuningInfo]:
+    """Schedule every kernel a search result improves; the rest keep their default schedules.
+
+    Records match kernels by workload (the structural hash of the fused TIR function), not by
+    model: a record tuned on one model applies to every model with the same kernel.
+    """
+    import tvm
+    from tvm import relax
+
+    def is_kernel(f: object) -> bool:
+        return isinstance(f, tvm.tirx.PrimFunc)
+
+    total = sum(1 for _, f in mod.functions_items() if is_kernel(f))
+    if not log_dirs:
+        return mod, TuningInfo(None, 0, total)
+    if any(b'["Tensorize",' in (d / RECORDS).read_bytes() for d in log_dirs):
+        register_tensor_intrinsics(target)  # a tensorized trace names its intrinsic
+    with target, improving_records(log_dirs):
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    tuned = sum(
+        1
+        for _, f in mod.functions_items()
+        if is_kernel(f) and bool(f.attrs and f.attrs.get("tirx.is_scheduled"))
+    )
+    return mod, TuningInfo(logs_digest(log_dirs), tuned, total)  # consulted, even if none won
+
+
+def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
+    """Per kernel, the fastest search result, kept only where it beat its log's baseline.
+
+    A log also holds each kernel's default schedule as measured when it was tuned (trial 0:
+    a deterministic trace, with no Sample* instructions). Applying that record would pin the
+    default rules of that day and bypass today's (and their weight prepacking), so compile
+    applies a record only when the search found something faster than that baseline.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    searched: dict[str, ms.database.TuningRecord] = {}
+    baseline: dict[str, float] = {}
+    for log in log_dirs:
+        for record in open_database([log]).get_all_tuning_records():
+            if not record.run_secs:
+                continue
+            key, secs = workload_key(record.workload), mean_secs(record.run_secs)
+            if not is_baseline(record):
+                if key not in searched or secs < mean_secs(searched[key].run_secs):
+                    searched[key] = record
+            else:
+                baseline[key] = min(secs, baseline.get(key, secs))
+    db = ms.database.MemoryDatabase()
+    for key, record in searched.items():
+        if mean_secs(record.run_secs) < baseline.get(key, float("inf")):
+            workload = db.commit_workload(record.workload.mod)
+            db.commit_tuning_record(
+                ms.database.TuningRecord(
+                    record.trace, workload, record.run_secs, record.target, record.args_info
+                )
+            )
+    return db
+
+
+def workload_key(workload: ms.database.Workload) -> str:
+    """What records are keyed by: the structural hash of the kernel, whatever model it came from."""
+    return str(workload.as_json()[0])
+
+
+def is_baseline(record: ms.database.TuningRecord) -> bool:
+    """Trial 0: a kernel's default schedule as tune measured it (a trace without sampling)."""
+    return not any(inst.kind.name.startswith("Sample") for inst in record.trace.insts)
+
+
+@dataclass(frozen=True)
+class LogKernel:
+    """One kernel of a log: its trials, its default schedule's and its best record's time."""
+
+    name: str
+    weight: int | None  # calls per inference in the tuned model (None: unknown)
+    trials: int
+    default_us: float | None
+    best_us: float | None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default_us is None or self.best_us is None:
+            return None
+        return self.default_us / self.best_us
+
+
+def log_kernels(path: Path) -> tuple[LogKernel, ...]:
+    """Per kernel in a log's database, named from its summary where the summary says."""
+    check_log_dir(path)
+    summary = read_summary(path) or {}
+    tasks = {t["workload"]: t for t in summary.get("tasks", []) if t.get("workload")}
+    trials: dict[str, int] = {}
+    best: dict[str, float] = {}
+    default: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    for record in open_database([path]).get_all_tuning_records():
+        key = workload_key(record.workload)
+        if key not in labels:
+            labels[key] = tasks.get(key, {}).get("name") or _label(record.workload.mod, key)
+        trials[key] = trials.get(key, 0) + 1
+        secs = mean_secs(record.run_secs)
+        if secs >= FAILED_SECS:
+            continue
+        best[key] = min(secs, best.get(key, secs))
+        if is_baseline(record):
+            default[key] = min(secs, default.get(key, secs))
+    rows = []
+    for key, name in labels.items():
+        task = tasks.get(key, {})
+        default_us = default[key] * 1e6 if key in default else task.get("untuned_us")
+        rows.append(
+            LogKernel(
+                name,
+                task.get("weight"),
+                trials[key],
+                None if default_us is None else float(default_us),
+                best[key] * 1e6 if key in best else None,
+            )
+        )
+    return tuple(sorted(rows, key=lambda r: r.name))
+
+
+def _label(mod: tvm.IRModule, key: str) -> str:
+    """A kernel without a name in the summary: its blocks, e.g. `conv2d_nchw+T_add#1a2b3c`."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(mod)
+    blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    return "+".join(b for b in blocks if b != "pad_temp") + f"#{int(key):x}"[:7]
+
+
+def register_tensor_intrinsics(target: tvm.target.Target) -> None:
+    """Register the tensor intrinsics (VNNI, NEON dot, tensor cores) of this target's backend.
+
+    MetaSchedule imports `tvm.s_tir.tensor_intrin`, whose `__init__` registers every backend's
+    intrinsics, 15-40 s (mostly CUDA's) at the start of every job. tvmflow installs the package
+    without running its `__init__` and imports only the backend module the target can use;
+    MetaSchedule's own import then finds the package already loaded.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    package = "tvm.s_tir.tensor_intrin"
+    if package not in sys.modules:
+        spec = importlib.util.find_spec(package)
+        if spec is None:  # pragma: no cover - part of every TVM build
+            return
+        sys.modules[package] = importlib.util.module_from_spec(spec)
+    kind = str(target.kind.name)
+    if kind == "llvm":
+        triple = str(target.attrs.get("mtriple", ""))
+        module = "arm_cpu" if triple.startswith(("aarch64", "arm")) else "x86"
+    else:
+        module = kind if kind in ("cuda", "rocm", "metal", "hexagon") else ""
+    if module:
+        importlib.import_module(f"{package}.{module}")

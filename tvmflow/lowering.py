@@ -1,0 +1,277 @@
+"""Lowering: ONNX model → Relax → fused kernels → tuning records → default rules → build.
+
+Tuning records are keyed by the structural hash of each fused TIR function, so `tune` must
+extract its tasks from exactly the module `compile` builds. This module is the one place that
+sequence lives, in stages: `fuse` (Relax passes down to fused TIR kernels), then `schedule`
+(tuning records where they improve a kernel, tvmflow's default rules for the rest), then
+`build`. `compile` calls `lower` + `build`, `tune` calls `tuning_tasks` and `default_schedule`
+(its baseline), scripts/profile-kernels calls `lower`. One frozen `LoweringOptions` drives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tvmflow.errors import TvmflowError
+from tvmflow.manifest import TensorSpec, TuningInfo
+from tvmflow.targets import Preset
+from tvmflow.tunelog import (
+    apply_records,
+    check_log_dir,
+    log_matches_target,
+    log_target,
+    shipped_log_dirs,
+)
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import relax
+
+    from tvmflow.frontend import ImportedModel
+
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class LoweringOptions:
+    """What decides the kernels and their schedules (the target comes with the preset).
+
+    `precision="fp16"` (CUDA presets only) computes in fp16 with fp32 accumulation; inputs
+    and outputs stay fp32. It changes the kernels, so tune and compile must agree on it.
+    """
+
+    precision: str = "fp32"
+    tuning_logs: tuple[Path, ...] = ()
+    use_shipped_logs: bool = True
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """A model lowered for one target: every kernel scheduled, ready for `build`."""
+
+    mod: tvm.IRModule
+    outputs: tuple[TensorSpec, ...]
+    tuning: TuningInfo
+
+
+def check_precision(preset: Preset, precision: str) -> None:
+    """The one check of which precisions a preset accepts (compile and tune both ask it)."""
+    if precision not in PRECISIONS:
+        raise TvmflowError(
+            f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}"
+        )
+    if precision != "fp32" and preset.device != "cuda":
+        raise TvmflowError(
+            f"--precision {precision} is for CUDA targets; {preset.name} is a {preset.device} "
+            "target, where fp16 arithmetic is emulated and slower: use --precision fp32"
+        )
+
+
+def lower(model: ImportedModel, preset: Preset, options: LoweringOptions) -> Lowered:
+    """The whole sequence up to (not including) code generation."""
+    import tvm
+
+    from tvmflow.frontend import to_relax
+
+    check_precision(preset, options.precision)
+    target = tvm.target.Target(preset.target)
+    mod = to_relax(model)
+    outputs = output_specs(mod, model)
+    mod = fuse(mod, target, options.precision)
+    mod, tuning = schedule(mod, target, log_dirs(preset, options))
+    return Lowered(mod, outputs, tuning)
+
+
+def fused_module(model: ImportedModel, target: tvm.target.Target, precision: str) -> tvm.IRModule:
+    """The model's fused, still unscheduled kernels: what tuning searches."""
+    from tvmflow.frontend import to_relax
+
+    return fuse(to_relax(model), target, precision)
+
+
+def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") -> tvm.IRModule:
+    """Legalize Relax ops to TIR and fuse them into the kernels tuning and codegen see.
+
+    `precision="fp16"` first runs Relax's ToMixedPrecision (fp16 compute, fp32 accumulation;
+    inputs and outputs stay fp32), which changes the kernels, so tuning must use it too.
+    """
+    import tvm
+    from tvm import relax
+
+    # On CPUs exp/erf/tanh otherwise become one libm call per element, which LLVM cannot
+    # vectorize (GELU was 40% of MiniLM's kernel time); the polynomial versions vectorize.
+    # Conv weights to HWIO (a constant transpose FoldConstant removes): the output channel is
+    # then contiguous, so CPU rules vectorize conv2d over it like a GEMM (K = kh*kw*ic,
+    # N = oc). Activations stay NCHW: no transposes in the graph. GPU rules want neither.
+    cpu_only = (
+        [
+            relax.transform.ConvertLayout({"relax.nn.conv2d": ["NCHW", "HWIO"]}),
+            relax.transform.FastMathTransform(),
+        ]
+        if target.kind.name == "llvm"
+        else []
+    )
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    mixed = [relax.transform.ToMixedPrecision(out_dtype="float32")] if precision == "fp16" else []
+    with target:
+        return tvm.transform.Sequential(
+            [
+                *mixed,
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                *cpu_only,
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+                relax.transform.DeadCodeElimination(),
+            ]
+        )(mod)
+
+
+def schedule(
+    mod: tvm.IRModule, target: tvm.target.Target, logs: list[Path]
+) -> tuple[tvm.IRModule, TuningInfo]:
+    """Records first (where they beat the default), then the default rules for the rest."""
+    from tvmflow.schedules import apply_default_schedules
+
+    mod, tuning = apply_records(mod, target, logs)
+    return apply_default_schedules(mod, target), tuning
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+    """Code generation of a scheduled module (the preset's codegen settings)."""
+    from tvm import relax
+
+    from tvmflow.export import codegen_scope
+
+    with codegen_scope(target):
+        return relax.build(mod, target=target)
+
+
+def log_dirs(preset: Preset, options: LoweringOptions) -> list[Path]:
+    """The user's logs first, then the logs shipped for this preset (records for another
+    target would generate code this target may not run: a user's is refused, a shipped one
+    skipped)."""
+    dirs = [check_log_dir(Path(d)) for d in options.tuning_logs]
+    for d in dirs:
+        if not log_matches_target(d, preset.target):
+            raise TvmflowError(
+                f"tuning log {d} was tuned for target {log_target(d)}, not {preset.name} "
+                f"{preset.target}; tune for this target or drop --tuning-log {d}"
+            )
+    if options.use_shipped_logs:
+        dirs += [
+            d
+            for d in shipped_log_dirs(preset.name)
+            if d not in dirs and log_matches_target(d, preset.target)
+        ]
+    return dirs
+
+
+@dataclass(frozen=True)
+class TuningTask:
+    """One kernel to tune. `workload` is the kernel as compile looks records up (the key of
+    its records); `kernel` is the same function with its weights marked layout-free, as the
+    default rules schedule it at compile time (they prepack weights), for baselines and
+    design spaces."""
+
+    name: str
+    weight: int  # calls per inference
+    workload: tvm.IRModule
+    kernel: tvm.IRModule
+
+
+def tuning_tasks(
+    model: ImportedModel, target: tvm.target.Target, precision: str
+) -> list[TuningTask]:
+    """The kernels compile will build (same lowering), sorted by name."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    mod = fused_module(model, target, precision)
+    free = _layout_free_buffers(mod, target)
+    tasks = []
+    for t in ms.relax_integration.extract_tasks(mod, target):
+        if t.mod.attrs and t.mod.attrs.get("tirx.is_scheduled"):
+            continue
+        workload = t.dispatched[0]
+        attr = free.get(_key(workload["main"]))
+        kernel = workload
+        if attr is not None:
+            kernel = tvm.IRModule({"main": workload["main"].with_attr("layout_free_buffers", attr)})
+        tasks.append(TuningTask(str(t.task_name), int(t.weight), workload, kernel))
+    return sorted(tasks, key=lambda t: t.name)
+
+
+def _layout_free_buffers(mod: tvm.IRModule, target: tvm.target.Target) -> dict[int, Any]:
+    """Per kernel (by structure), the parameters compile binds to constants, as
+    `relax.transform.AttachAttrLayoutFreeBuffers` marks them (it renames the kernels)."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        marked = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+    return {
+        _key(f.without_attr("layout_free_buffers")): f.attrs["layout_free_buffers"]
+        for _, f in marked.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and "layout_free_buffers" in f.attrs
+    }
+
+
+def _key(func: tvm.tirx.PrimFunc) -> int:
+    from tvm_ffi import structural_hash
+
+    return int(structural_hash(func.without_attr("global_symbol")))
+
+
+def default_schedule(kernel: tvm.IRModule, target: tvm.target.Target) -> tvm.s_tir.Schedule:
+    """The schedule compile gives a kernel no record covers (first default rule that applies,
+    as `schedule` does), as a traced Schedule: tune measures it as each task's baseline."""
+    from tvm import s_tir
+
+    from tvmflow.schedules import default_rules
+
+    func = kernel["main"]
+    with target:
+        for rule in default_rules(target):
+            space = rule.apply(func, target, False)
+            if space is None:
+                continue
+            return space if isinstance(space, s_tir.Schedule) else space[0]
+    return s_tir.Schedule(kernel)
+
+
+def kernel_names(mod: tvm.IRModule) -> list[str]:
+    """Names of the TIR kernels (the units tuning works on)."""
+    import tvm
+
+    return sorted(
+        gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    )
+
+
+def output_specs(mod: tvm.IRModule, model: ImportedModel) -> tuple[TensorSpec, ...]:
+    """Static output signature from Relax's inferred types, named after the ONNX outputs."""
+    from tvm import relax
+
+    ret = mod["main"].ret_ty
+    infos = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    names = [o.name for o in model.proto.graph.output]
+    specs = []
+    for name, info in zip(names, infos, strict=True):
+        if not isinstance(info, relax.TensorType) or info.shape is None:
+            raise TvmflowError(f"output {name!r} is not a tensor of known rank; cannot compile")
+        try:
+            shape = tuple(int(d) for d in info.shape.values)
+        except TypeError as exc:
+            raise TvmflowError(
+                f"output {name!r} has a data-dependent shape {info.shape}; tvmflow compiles "
+                "static shapes only"
+            ) from exc
+        specs.append(TensorSpec(name, shape, str(info.dtype)))
+    return tuple(specs)
