@@ -60,9 +60,12 @@ class Level:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     names = [r.name for r in REFERENCE_SET]
+    single = [n for n in names if not n.endswith("-b8")]  # one request = one sample
     cpus = len(os.sched_getaffinity(0))
     parser = argparse.ArgumentParser(prog="scripts/serve-load", description=__doc__)
-    parser.add_argument("--models", help=f"comma-separated subset of {','.join(names)}")
+    parser.add_argument(
+        "--models", help=f"comma-separated subset of {','.join(names)} (default: batch 1 ones)"
+    )
     parser.add_argument("--target", default="x86", help="target preset (default: x86)")
     parser.add_argument(
         "--clients", default="1,8,32", help="concurrent client levels (default: 1,8,32)"
@@ -77,7 +80,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=0.5, help="untimed seconds per turn")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "serve.md")
     args = parser.parse_args(argv)
-    chosen = args.models.split(",") if args.models else names
+    chosen = args.models.split(",") if args.models else single
     unknown = sorted(set(chosen) - set(names))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(names)}")
