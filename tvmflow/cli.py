@@ -702,7 +702,14 @@ def farm_status_cmd(rpc_tracker: tuple[str, int], as_json: bool) -> None:
     show_default=True,
     help="onnxruntime: serve the artifacts' ONNX files instead (--onnx), to compare.",
 )
-@click.option("--onnx", "onnx_files", type=NAMED_FILE, multiple=True, help="NAME=FILE.onnx")
+@click.option(
+    "--onnx",
+    "onnx_files",
+    type=NAMED_FILE,
+    multiple=True,
+    metavar="NAME=FILE.onnx",
+    help="With --engine onnxruntime: the ONNX file model NAME was compiled from.",
+)
 def serve_cmd(
     artifacts: Sequence[str],
     http_port: int,
