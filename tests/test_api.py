@@ -118,7 +118,7 @@ def test_a_record_tuned_on_one_model_applies_to_another(zoo_dir: Path, tmp_path:
     preset = resolve_preset("x86")
     target = tvm.target.Target(preset.target)
     tasks = tuning_tasks(load_onnx(zoo_dir / "mlp.onnx", {"x": (4, 64)}), target, "fp32")
-    shared = next(t for t in tasks if "tanh" in str(t.task_name)).dispatched[0]
+    shared = next(t for t in tasks if "tanh" in t.name).workload
     log = tmp_path / "log"
     log.mkdir()
     db = ms.database.JSONDatabase(str(log / WORKLOADS), str(log / RECORDS))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec
+from tvmflow.manifest import TensorSpec, write_atomic
 
 
 def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
@@ -59,12 +61,81 @@ def load_inputs(
 ) -> dict[str, np.ndarray]:
     """Arrays from NAME=FILE.npy pairs and/or one .npz file (names are the npz keys)."""
     arrays: dict[str, np.ndarray] = {}
-    try:
-        if npz is not None:
-            with np.load(npz, allow_pickle=False) as data:
-                arrays.update({key: data[key] for key in data.files})
-        for name, path in (files or {}).items():
-            arrays[name] = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise TvmflowError(f"cannot read input file: {exc}") from exc
+    if npz is not None:
+        arrays.update(_read_npz(Path(npz)))
+    for name, path in (files or {}).items():
+        arrays[name] = _read_npy(Path(path))
     return arrays
+
+
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):
+            raise TvmflowError(
+                f"--inputs {path} is an .npy file; pass an .npz archive (np.savez) or use "
+                "--input NAME=FILE.npy"
+            )
+        with data:
+            return {key: native_byte_order(data[key]) for key in data.files}
+    except _READ_ERRORS as exc:
+        raise TvmflowError(f"cannot read input file {path}: {exc}") from exc
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise TvmflowError(f"cannot read input file {path}: {exc}") from exc
+    if not isinstance(data, np.ndarray):
+        data.close()
+        raise TvmflowError(
+            f"--input {path} is an .npz archive; pass an .npy file (np.save) or use --inputs"
+        )
+    return native_byte_order(data)
+
+
+def native_byte_order(array: np.ndarray) -> np.ndarray:
+    """The array in this machine's byte order (a big-endian .npy is converted, not refused)."""
+    if array.dtype.byteorder not in "=|":
+        return array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
+def nonfinite_counts(arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """NaN/Inf values per float input: legal, but worth a warning (outputs will be NaN)."""
+    counts = {}
+    for name, array in arrays.items():
+        if np.asarray(array).dtype.kind in "fc":
+            count = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+            if count:
+                counts[name] = count
+    return counts
+
+
+def check_output_file(path: Path) -> None:
+    """Before running: `-o` must be a new file or an .npz archive to replace, somewhere
+    writable (missing parent directories are created)."""
+    if path.is_dir():
+        raise TvmflowError(f"-o {path} is a directory; pass a file name such as out.npz")
+    if path.exists() and not zipfile.is_zipfile(path):
+        raise TvmflowError(
+            f"-o {path} exists and is not an .npz archive; pass a new file name (only an "
+            "earlier outputs file is replaced)"
+        )
+    existing = next(p for p in (path.absolute().parent, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise TvmflowError(f"-o {path}: {existing} is a file, not a directory")
+
+
+def save_outputs(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write arrays as an .npz archive at exactly `path` (np.savez would append .npz)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    try:
+        write_atomic(path, buffer.getvalue())
+    except OSError as exc:
+        raise TvmflowError(f"cannot write {path}: {exc.strerror}; pass another -o") from exc

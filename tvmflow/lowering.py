@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
 from tvmflow.manifest import TensorSpec, TuningInfo
@@ -28,7 +28,6 @@ from tvmflow.tunelog import (
 if TYPE_CHECKING:
     import tvm
     from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
 
     from tvmflow.frontend import ImportedModel
 
@@ -174,17 +173,60 @@ def log_dirs(preset: Preset, options: LoweringOptions) -> list[Path]:
     return dirs
 
 
+@dataclass(frozen=True)
+class TuningTask:
+    """One kernel to tune. `workload` is the kernel as compile looks records up (the key of
+    its records); `kernel` is the same function with its weights marked layout-free, as the
+    default rules schedule it at compile time (they prepack weights), for baselines and
+    design spaces."""
+
+    name: str
+    weight: int  # calls per inference
+    workload: tvm.IRModule
+    kernel: tvm.IRModule
+
+
 def tuning_tasks(
     model: ImportedModel, target: tvm.target.Target, precision: str
-) -> list[ms.ExtractedTask]:
-    """The kernels compile will build (same lowering) as MetaSchedule tasks, sorted by name."""
+) -> list[TuningTask]:
+    """The kernels compile will build (same lowering), sorted by name."""
+    import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    extracted = ms.relax_integration.extract_tasks(fused_module(model, target, precision), target)
-    return sorted(
-        (t for t in extracted if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled")),
-        key=lambda t: str(t.task_name),
-    )
+    mod = fused_module(model, target, precision)
+    free = _layout_free_buffers(mod, target)
+    tasks = []
+    for t in ms.relax_integration.extract_tasks(mod, target):
+        if t.mod.attrs and t.mod.attrs.get("tirx.is_scheduled"):
+            continue
+        workload = t.dispatched[0]
+        attr = free.get(_key(workload["main"]))
+        kernel = workload
+        if attr is not None:
+            kernel = tvm.IRModule({"main": workload["main"].with_attr("layout_free_buffers", attr)})
+        tasks.append(TuningTask(str(t.task_name), int(t.weight), workload, kernel))
+    return sorted(tasks, key=lambda t: t.name)
+
+
+def _layout_free_buffers(mod: tvm.IRModule, target: tvm.target.Target) -> dict[int, Any]:
+    """Per kernel (by structure), the parameters compile binds to constants, as
+    `relax.transform.AttachAttrLayoutFreeBuffers` marks them (it renames the kernels)."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        marked = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+    return {
+        _key(f.without_attr("layout_free_buffers")): f.attrs["layout_free_buffers"]
+        for _, f in marked.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and "layout_free_buffers" in f.attrs
+    }
+
+
+def _key(func: tvm.tirx.PrimFunc) -> int:
+    from tvm_ffi import structural_hash
+
+    return int(structural_hash(func.without_attr("global_symbol")))
 
 
 def default_schedule(kernel: tvm.IRModule, target: tvm.target.Target) -> tvm.s_tir.Schedule:

@@ -48,7 +48,8 @@ class OutputAccuracy:
 
 @dataclass(frozen=True)
 class TuningInfo:
-    """Which tuning records the build used; `log_digest` is None for an untuned build."""
+    """Which tuning logs the build consulted (`log_digest`: one sha256 over them, None when
+    there were none) and how many kernels a record of theirs scheduled."""
 
     log_digest: str | None
     tasks_tuned: int

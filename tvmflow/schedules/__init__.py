@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import tvm
+    from tvm import s_tir
     from tvm.s_tir.dlight import ScheduleRule
 
 
@@ -86,3 +87,16 @@ def kernel_rules(mod: tvm.IRModule, target: tvm.target.Target) -> dict[str, str 
                 None,
             )
     return found
+
+
+def design_spaces(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> list[s_tir.Schedule]:
+    """What tuning searches for a kernel: the design spaces of the default rule that claims it
+    (its knobs as sampling instructions, the default decisions first), or none when that rule
+    has no knobs (MetaSchedule's generic space then)."""
+    with target:
+        for rule in default_rules(target):
+            if rule.apply(func, target, False) is None:
+                continue
+            spaces = getattr(rule, "design_spaces", None)
+            return list(spaces(func, target)) if spaces else []
+    return []

@@ -64,10 +64,11 @@ def depthwise_roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> dict
         return None  # grouped convs with several channels per group index data by c + rc
     position = {iv.var: i for i, iv in enumerate(iters)}
     n_at = next(i for i, v in enumerate(out) if v.same_as(n_var))
-    if n_at != 0:
-        return None
+    if n_at > 1 or any(uses(weight, v) for v in out[:n_at]):
+        return None  # one batch dim at most (absent at batch 1), which the weight ignores
     return {
-        "rows": [position[v] for v in out[1:-1]],
+        "batch": [position[v] for v in out[:n_at]],
+        "rows": [position[v] for v in out[n_at + 1 : -1]],
         "m": position[m_var],
         "n": position[n_var],
         "reduce": [i for i, k in enumerate(kinds) if k == "R"],
@@ -103,7 +104,7 @@ class DepthwiseConv2d(ScheduleRule):
         tile = pick_tile(sizes[roles["m"]], sizes[roles["n"]], lanes, vector_registers(target))
         _channel_last(sch, pad.block_rv, roles["channel_dim"])
         gemm = GemmLoops(
-            batch=(),
+            batch=tuple(loops[i] for i in roles["batch"]),
             rows=tuple(loops[i] for i in roles["rows"]),
             m=loops[roles["m"]],
             n=loops[roles["n"]],
@@ -119,7 +120,7 @@ class DepthwiseConv2d(ScheduleRule):
         _move_dim_last(sch, main.block_rv, out_channel, out_dims)
         if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[2:]]) is None:
             return None
-        _schedule_transpose(sch, pad.block_rv, lanes)
+        _schedule_transpose(sch, pad.block_rv, lanes, len(roles["batch"]))
         return sch
 
 
@@ -137,22 +138,24 @@ def _channel_last(sch: s_tir.Schedule, pad: s_tir.schedule.SBlockRV, channel_dim
     _move_dim_last(sch, pad, channel_dim, ndim)
 
 
-def _schedule_transpose(sch: s_tir.Schedule, pad: s_tir.schedule.SBlockRV, lanes: int) -> None:
+def _schedule_transpose(
+    sch: s_tir.Schedule, pad: s_tir.schedule.SBlockRV, lanes: int, batch: int
+) -> None:
     """Pad + NCHW->NHWC in tiles: a tile reads a few channel planes along a row and writes
     whole channel vectors, so neither side strides across pages element by element
     (a plain channel-innermost loop gathers from a new page per lane: 9x slower)."""
     loops = sch.get_loops(pad)
     sizes = extents(sch, loops)
-    if sizes is None or len(loops) < 3:
+    if sizes is None or len(loops) < 3 + batch:
         schedule_spatial(sch, pad, lanes)
         return
-    # normalized loops: channel, rows..., column (unit dims dropped)
-    channel, *rows, column = loops
-    v = pick_vector(sizes[0], lanes)
+    # normalized loops: batch (absent at batch 1), channel, rows..., column
+    outer, (channel, *rows, column) = loops[:batch], loops[batch:]
+    v = pick_vector(sizes[batch], lanes)
     w = next(d for d in range(16, 0, -1) if sizes[-1] % d == 0)
     c_o, c_i = sch.split(channel, factors=[None, v])
     w_o, w_i = sch.split(column, factors=[None, w])
-    sch.reorder(*rows, c_o, w_o, w_i, c_i)
+    sch.reorder(*outer, *rows, c_o, w_o, w_i, c_i)
     if v > 1:
         sch.vectorize(c_i)
-    sch.parallel(sch.fuse(*rows, c_o))
+    sch.parallel(sch.fuse(*outer, *rows, c_o))
