@@ -106,8 +106,13 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # Conv weights to HWIO (a constant transpose FoldConstant removes): the output channel is
     # then contiguous, so CPU rules vectorize conv2d over it like a GEMM (K = kh*kw*ic,
     # N = oc). Activations stay NCHW: no transposes in the graph. GPU rules want neither.
+    # Upsampling conv2d_transposes (kernel == stride) become a 1x1 conv + pixel shuffle
+    # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
+    from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
+
     cpu_only = (
         [
+            SplitUpsamplingConvTranspose(),
             relax.transform.ConvertLayout({"relax.nn.conv2d": ["NCHW", "HWIO"]}),
             relax.transform.FastMathTransform(),
         ]
