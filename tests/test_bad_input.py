@@ -107,6 +107,23 @@ def _wide() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _edited(proto: onnx.ModelProto, **fields: Any) -> onnx.ModelProto:
+    for key, value in fields.items():
+        setattr(proto, key, value)
+    return proto
+
+
+def _identity(elem_type: int) -> onnx.ModelProto:
+    """y = x for an input of an element type tvmflow cannot feed."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", elem_type, [2, 4])],
+        [helper.make_tensor_value_info("y", elem_type, [2, 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def model(name: str, proto: Callable[[], onnx.ModelProto] = _tiny) -> Setup:
     def make(env: Env, tmp: Path) -> None:
         onnx.save(proto(), str(tmp / name))
@@ -311,6 +328,15 @@ CASES = [
     _case("opset-99-no-verify",
           ("compile", "{tmp}/m.onnx", "-t", "x86", "--no-verify", "-o", "{tmp}/o"), 2,
           "opset 99", setup=[model("m.onnx", lambda: _tiny(opset=99))], absent=("o",)),
+    _case("ir-version-99", ("compile", "{tmp}/m.onnx", "-t", "x86", "-o", "{tmp}/o"), 2,
+          "ir_version 99", setup=[model("m.onnx", lambda: _edited(_tiny(), ir_version=99))],
+          absent=("o",)),
+    _case("string-input", ("compile", "{tmp}/m.onnx", "-t", "x86", "-o", "{tmp}/o"), 2,
+          "m.onnx", setup=[model("m.onnx", lambda: _identity(TensorProto.STRING))],
+          absent=("o",)),
+    _case("bfloat16-input", ("compile", "{tmp}/m.onnx", "-t", "x86", "-o", "{tmp}/o"), 2,
+          "bfloat16", setup=[model("m.onnx", lambda: _identity(TensorProto.BFLOAT16))],
+          absent=("o",)),
     _case("no-outputs", ("compile", "{tmp}/m.onnx", "-t", "x86", "-o", "{tmp}/o"), 2,
           "no graph outputs", setup=[model("m.onnx", lambda: _tiny(outputs=False))],
           absent=("o",)),
