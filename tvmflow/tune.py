@@ -32,7 +32,7 @@ from tvmflow import __version__, api
 from tvmflow.api import callable_module
 from tvmflow.errors import TvmflowError
 from tvmflow.farm import Farm, check_farm
-from tvmflow.lowering import check_precision, default_schedule, tuning_tasks
+from tvmflow.lowering import TuningTask, check_precision, default_schedule, tuning_tasks
 from tvmflow.targets import Preset, check_build_tools
 from tvmflow.tunelog import (
     FAILED_SECS,
@@ -274,7 +274,7 @@ def _check_options(options: TuneOptions) -> None:
 
 def _extract_tasks(
     model: ImportedModel, target: tvm.target.Target, options: TuneOptions
-) -> list[ms.ExtractedTask]:
+) -> list[TuningTask]:
     """The kernels compile will build (same lowering), the `split` share of them, by name."""
     tasks = tuning_tasks(model, target, options.precision)
     i, n = options.split
@@ -295,7 +295,7 @@ class _Job:
         preset: Preset,
         target: tvm.target.Target,
         identity: LogIdentity,
-        tasks: list[ms.ExtractedTask],
+        tasks: list[TuningTask],
         log_dir: Path,
         summary: dict[str, Any],
         options: TuneOptions,
@@ -304,8 +304,8 @@ class _Job:
         self.model, self.preset, self.target = model, preset, target
         self.identity, self.tasks, self.log_dir = identity, tasks, log_dir
         self.summary, self.options, self.progress = summary, options, progress
-        self.names = [str(t.task_name) for t in tasks]
-        self.weights = [int(t.weight) for t in tasks]
+        self.names = [t.name for t in tasks]
+        self.weights = [t.weight for t in tasks]
         self.budget = options.trials or DEFAULT_TRIALS_PER_TASK * len(tasks)
         self.per_task = options.trials_per_task or self.budget
         self.start = time.monotonic()
@@ -324,7 +324,7 @@ class _Job:
         self.db = ms.database.JSONDatabase(
             path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
         )
-        self.workloads = [self.db.commit_workload(t.dispatched[0]) for t in self.tasks]
+        self.workloads = [self.db.commit_workload(t.workload) for t in self.tasks]
         self.trials, self.best_s = self._prior_records()
         self.untuned = self._known_untuned()
         if self.stop_reason_now() is None:
@@ -448,9 +448,9 @@ class _Job:
         for i, (task, seed) in enumerate(zip(self.tasks, seeds, strict=True)):
             logger = stack.enter_context(_task_logger(self.log_dir / "logs", i, self.names[i]))
             ctx = ms.TuneContext(
-                mod=task.dispatched[0],
-                target=task.target,
-                space_generator="post-order-apply",
+                mod=task.workload,
+                target=self.target,
+                space_generator=_space_generator(task, self.target),
                 search_strategy=strategy,
                 task_name=self.names[i],
                 logger=logger,
@@ -491,7 +491,8 @@ class _Job:
 
         from tvm.s_tir import meta_schedule as ms
 
-        schedules = [default_schedule(self.tasks[i].dispatched[0], self.target) for i in indices]
+        schedules = [default_schedule(self.tasks[i].kernel, self.target) for i in indices]
+        spaces = [_rule_space(self.tasks[i], self.target) for i in indices]
         built = builder.build([ms.builder.BuilderInput(s.mod, self.target) for s in schedules])
         device = "cuda" if "gpu" in self.target.keys else "cpu"
         args = [_args_info(s.mod) for s in schedules]
@@ -518,6 +519,13 @@ class _Job:
                     args[k],
                 )
             )
+            space = spaces[k]
+            if space is not None:  # the same schedule as a point of its rule's design space
+                self.db.commit_tuning_record(
+                    ms.database.TuningRecord(
+                        space[0].trace, self.workloads[task], result.run_secs, self.target, args[k]
+                    )
+                )
             self.trials[task] += 1
             self.new_trials += 1
             best = self.best_s[task]
@@ -700,10 +708,39 @@ class _Job:
         }
 
 
+def _rule_space(task: TuningTask, target: tvm.target.Target) -> list[tvm.s_tir.Schedule] | None:
+    """The design spaces of the tvmflow rule that schedules this kernel by default, if any."""
+    from tvmflow.schedules import design_spaces
+
+    return design_spaces(task.kernel["main"], target) or None
+
+
+def _space_generator(task: TuningTask, target: tvm.target.Target) -> Any:
+    """Search around tvmflow's own rule where one claims the kernel: its design spaces, varied
+    by MetaSchedule's tile-size mutator (the space's default point is in the log as trial 0, so
+    evolutionary search starts from it); MetaSchedule's generic space for the other kernels.
+
+    Candidates keep the rule's structure, so they need none of the generic space's postprocs.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    spaces = _rule_space(task, target)
+    if spaces is None:
+        return "post-order-apply"
+    return ms.space_generator.ScheduleFn(
+        lambda _sch: spaces,
+        sch_rules=[],
+        postprocs=[],
+        mutator_probs={ms.mutator.MutateTileSize(): 1.0},
+    )
+
+
 def _args_info(mod: tvm.IRModule) -> list[Any]:
     from tvm.s_tir import meta_schedule as ms
 
-    return list(ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+    # as the kernel is measured: a prepacked weight in its packed layout (the repacking block
+    # is removed by `build_candidate`, compile folds it into the constant)
+    return list(ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True))
 
 
 def _weighted(
