@@ -160,9 +160,20 @@ def test_partial_reference_for_large_kernels_still_catches_wrong_values(monkeypa
 
     monkeypatch.setattr(kernel_check, "REFERENCE_WORK_CAP", 2000)
     func = _conv_relu()
-    scheduled = Conv2d().apply(func, TARGET, False).mod["main"]
+    sch = Conv2d().apply(func, TARGET, False)
+    assert sch is not None
+    scheduled = sch.mod["main"]
     good = RuleKernel("k", "rule Conv2d", func, scheduled)
     assert kernel_check._Case.of(good).partial
     assert check([good], TARGET) == []
     [bad] = check([RuleKernel("k", "rule Conv2d", func, _wrong_init(scheduled))], TARGET)
     assert "differ from the reference" in bad.reason
+
+
+def test_a_passed_check_is_not_repeated_in_the_process(monkeypatch):
+    sch = Elementwise().apply(only_kernel(*_relu_pad()), TARGET, False)
+    assert sch is not None
+    kernel = RuleKernel("k", "rule Elementwise", only_kernel(*_relu_pad()), sch.mod["main"])
+    assert check([kernel], TARGET) == []
+    monkeypatch.setattr(kernel_check, "_build", None)  # would raise if a build were attempted
+    assert check([kernel], TARGET) == []

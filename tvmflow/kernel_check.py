@@ -146,21 +146,52 @@ def check(
 ) -> list[Rejected]:
     """The kernels whose scheduled version disagrees with (or cannot be built next to) the
     reference; `constants` gives a kernel's argument values where the model fixes them."""
-    if not kernels:
-        return []
     run_target = runnable_target(target)
-    cases = [_Case.of(k) for k in kernels]
+    keyed = {_key(k, run_target, (constants or {}).get(k.name), seed): k for k in kernels}
+    todo = [(key, k) for key, k in keyed.items() if key not in _PASSED]
+    if not todo:
+        return []
+    cases = [_Case.of(k) for _, k in todo]
     lib, unbuildable = _build(cases, run_target)
     rejected = [Rejected(c.kernel.name, c.kernel.rule, why) for c, why in unbuildable]
     failed = {c.kernel.name for c, _ in unbuildable}
-    for i, case in enumerate(cases):
+    for i, ((key, _), case) in enumerate(zip(todo, cases, strict=True)):
         if case.kernel.name in failed:
             continue
         args = _arguments(case.kernel.original, (constants or {}).get(case.kernel.name), seed)
         why = case.compare(lib[i], args)
         if why is not None:
             rejected.append(Rejected(case.kernel.name, case.kernel.rule, why))
+        else:
+            _PASSED.add(key)
     return rejected
+
+
+# Checks passed in this process (a test session, or `tune` then `compile`, meets the same
+# kernels again): keyed by both functions, the target and the data.
+_PASSED: set[tuple[int, int, str, str]] = set()
+
+
+def _key(
+    kernel: RuleKernel,
+    target: tvm.target.Target,
+    constants: Sequence[np.ndarray | None] | None,
+    seed: int,
+) -> tuple[int, int, str, str]:
+    import hashlib
+
+    import tvm_ffi
+
+    digest = hashlib.blake2b(str(seed).encode(), digest_size=16)
+    for array in constants or ():
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return (
+        tvm_ffi.structural_hash(kernel.original),
+        tvm_ffi.structural_hash(kernel.scheduled),
+        str(target),
+        digest.hexdigest(),
+    )
 
 
 def runnable_target(target: tvm.target.Target) -> tvm.target.Target:
