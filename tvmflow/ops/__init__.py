@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 # One module per op (or per family sharing one implementation), in tvmflow/ops/.
-MODULES = ("lstm", "gru", "rnn", "nll_loss", "softmax_cross_entropy_loss")
+MODULES = (
+    "lstm",
+    "gru",
+    "rnn",
+    "nll_loss",
+    "softmax_cross_entropy_loss",
+    "layer_normalization",
+)
 
 DEFAULT_DOMAIN = ""
 
