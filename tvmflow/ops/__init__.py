@@ -23,6 +23,7 @@ MODULES = (
     "nll_loss",
     "softmax_cross_entropy_loss",
     "layer_normalization",
+    "dropout",
 )
 
 DEFAULT_DOMAIN = ""
