@@ -36,7 +36,10 @@ _REDUCE = ("L1", "L2", "LogSum", "LogSumExp", "Max", "Mean", "Min", "Prod", "Sum
 ATTRIBUTE_INPUTS: dict[str, tuple[int, ...]] = {
     **{f"Reduce{op}": (1,) for op in _REDUCE},
     **{op: (0,) for op in ("BlackmanWindow", "HammingWindow", "HannWindow", "ConstantOfShape")},
-    **{op: (1,) for op in ("AffineGrid", "CastLike", "CenterCropPad", "Compress", "CumSum")},
+    **{
+        op: (1,)
+        for op in ("AffineGrid", "CastLike", "CenterCropPad", "Compress", "CumProd", "CumSum")
+    },
     **{op: (1,) for op in ("Expand", "OneHot", "Reshape", "Split", "Squeeze", "Tile", "TopK")},
     **{op: (1,) for op in ("Trilu", "Unsqueeze", "Upsample")},
     "Clip": (1, 2),

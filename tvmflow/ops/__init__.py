@@ -24,6 +24,9 @@ MODULES = (
     "softmax_cross_entropy_loss",
     "layer_normalization",
     "dropout",
+    "cumprod",
+    "elementwise",
+    "lp_normalization",
 )
 
 DEFAULT_DOMAIN = ""
