@@ -20,7 +20,6 @@ import math
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -689,7 +688,10 @@ from tvmflow.tune import die_with_job
 
 init = functools.partial(die_with_job, os.getpid()) if sys.argv[1] == "die" else None
 pool = PopenPoolExecutor(max_workers=1, initializer=init)
-pool.submit(time.sleep, 600)  # a worker busy measuring when its job is killed
+pool.submit(os.getpid).result()  # the worker is up and has run its initializer
+pool.submit(time.sleep, 600)  # now busy, as a worker measuring when its job is killed
+time.sleep(1.0)  # the task is on its way to the worker
+print("busy", flush=True)
 time.sleep(600)
 """
 
@@ -700,15 +702,14 @@ def test_workers_die_with_a_killed_job(initializer: str) -> None:
     along. Without it (the control case) a busy worker outlives its job as an orphan."""
     import psutil
 
-    job = subprocess.Popen([sys.executable, "-c", JOB, initializer])
+    job = subprocess.Popen(
+        [sys.executable, "-c", JOB, initializer], stdout=subprocess.PIPE, text=True
+    )
     workers: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 60
-        while not workers and time.monotonic() < deadline:
-            time.sleep(0.2)
-            workers = psutil.Process(job.pid).children(recursive=True)
-        assert workers, "the pool never started its worker"
-        time.sleep(2.0)  # the worker has run the initializer and is sleeping in its task
+        assert job.stdout is not None and job.stdout.readline() == "busy\n"
+        workers = psutil.Process(job.pid).children(recursive=True)
+        assert workers
         job.kill()
         job.wait(timeout=30)
         _, alive = psutil.wait_procs(workers, timeout=5)

@@ -33,12 +33,17 @@ class ShapeParam(click.ParamType):
         if isinstance(value, tuple):
             return value
         name, sep, dims = str(value).partition("=")
-        try:
-            shape = tuple(int(d) for d in dims.split(","))
+        try:  # NAME= (no dims): a rank-0 (scalar) input
+            shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+            bad = any(d <= 0 for d in shape)
         except ValueError:
-            shape = ()
-        if not sep or not name or not shape or any(d <= 0 for d in shape):
-            self.fail(f"{value!r} is not NAME=D1,D2,... with positive integer dims", param, ctx)
+            bad = True
+        if not sep or not name or bad:
+            self.fail(
+                f"{value!r} is not NAME=D1,D2,... with positive integer dims (NAME= for a scalar)",
+                param,
+                ctx,
+            )
         return name, shape
 
 
@@ -83,7 +88,8 @@ input_shape_option = click.option(
     type=SHAPE,
     multiple=True,
     callback=_one_shape_per_input,
-    help="Fix an input's shape, e.g. x=1,3,224,224 (repeatable; needed for dynamic dims).",
+    help="Fix an input's shape, e.g. x=1,3,224,224; sr= for a scalar (repeatable; needed "
+    "for dynamic dims).",
 )
 target_option = click.option(
     "--target", "-t", required=True, help="Preset name (see `tvmflow targets`) or a .toml path."
@@ -696,7 +702,14 @@ def farm_status_cmd(rpc_tracker: tuple[str, int], as_json: bool) -> None:
     show_default=True,
     help="onnxruntime: serve the artifacts' ONNX files instead (--onnx), to compare.",
 )
-@click.option("--onnx", "onnx_files", type=NAMED_FILE, multiple=True, help="NAME=FILE.onnx")
+@click.option(
+    "--onnx",
+    "onnx_files",
+    type=NAMED_FILE,
+    multiple=True,
+    metavar="NAME=FILE.onnx",
+    help="With --engine onnxruntime: the ONNX file model NAME was compiled from.",
+)
 def serve_cmd(
     artifacts: Sequence[str],
     http_port: int,

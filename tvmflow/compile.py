@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tvmflow import __version__, api, cuda
 from tvmflow.accuracy import (
     Tolerance,
@@ -223,11 +225,25 @@ def _verifier(preset: Preset, options: CompileOptions) -> tuple[HostRunner | Non
 def _verify(
     directory: Path, model: ImportedModel, options: CompileOptions, runner: HostRunner
 ) -> tuple[OutputAccuracy, ...]:
-    """Run the exported library through the production loader and compare with onnxruntime."""
+    """Run the exported library through the production loader and compare with onnxruntime.
+
+    It runs twice: the second run gets memory the first one freed, so a kernel that reads
+    memory it never wrote gives different outputs (the first run often gets fresh, zeroed
+    pages and matches by luck)."""
     tolerance = tolerance_for(options.precision, options.tolerance)
     feeds = random_inputs(model.inputs, options.seed)
     expected = onnxruntime_outputs(model.path, feeds)
+    first = runner.run(directory, feeds)
     actual = runner.run(directory, feeds)
+    unstable = [
+        name for name in actual if not np.array_equal(first[name], actual[name], equal_nan=True)
+    ]
+    if unstable:
+        raise AccuracyError(
+            f"compiled model gives different outputs on two runs of the same inputs "
+            f"({', '.join(unstable)}): some kernel reads memory it never wrote; nothing was "
+            "written (use --no-verify to write it anyway)"
+        )
     accuracy = compare(actual, expected)
     scales = output_scales(expected)
     bad = [a for a in accuracy if not tolerance.passes(a, scales[a.name])]

@@ -14,7 +14,7 @@ from tvmflow.manifest import TensorSpec, write_atomic
 
 
 def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs: N(0,1) floats; integers and bools in {0, 1}.
+    """Seeded inputs: N(0,1) floats; integers and bools in {0, 1}; rank-0 specs get 0-d arrays.
 
     Integer inputs are usually ids, masks or token types: {0, 1} is in range for all of them,
     where a wider range would index past a small embedding table.
@@ -24,9 +24,9 @@ def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.nd
     for spec in specs:
         dtype = np.dtype(spec.dtype)
         if dtype.kind == "f":
-            out[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+            out[spec.name] = np.asarray(rng.standard_normal(spec.shape), dtype)
         elif dtype.kind in "iub":
-            out[spec.name] = rng.integers(0, 2, size=spec.shape).astype(dtype)
+            out[spec.name] = np.asarray(rng.integers(0, 2, size=spec.shape), dtype)
         else:
             raise TvmflowError(f"cannot make random data for input {spec.name!r} of {dtype}")
     return out

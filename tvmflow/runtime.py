@@ -115,8 +115,10 @@ class CompiledModel:
         check_inputs(inputs, self.inputs)
         tvm = _import_tvm()
         args = [
+            # np.asarray keeps a rank-0 input 0-d (ascontiguousarray would make it shape (1,))
             tvm.runtime.tensor(
-                np.ascontiguousarray(native_byte_order(np.asarray(inputs[s.name]))), self._device
+                np.asarray(native_byte_order(np.asarray(inputs[s.name])), order="C"),
+                self._device,
             )
             for s in self.inputs
         ]
