@@ -136,9 +136,13 @@ def op_of(name: str, node_ops: Sequence[str]) -> str:
 
     stem = name.removeprefix("test_") + "_"
     schemas = {s.name for s in onnx.defs.get_all_schemas_with_history()} | set(node_ops)
-    best = [op for op in schemas if stem.startswith(_snake(op) + "_")]
+
+    def matches(op: str) -> bool:  # CastLike: test_castlike_*, SoftmaxCrossEntropyLoss: ..._loss
+        return any(stem.startswith(form + "_") for form in (_snake(op), op.lower()))
+
+    best = [op for op in schemas if matches(op)]
     if best:
-        return max(best, key=lambda op: len(_snake(op)))
+        return max(best, key=len)
     return node_ops[0] if node_ops else "?"
 
 

@@ -42,6 +42,7 @@ from tvmflow.manifest import (
     MANIFEST_NAME,
     Manifest,
     OutputAccuracy,
+    check_writable,
     sha256_file,
     write_manifest,
 )
@@ -154,16 +155,7 @@ def check_output_dir(out_dir: Path) -> None:
                 f"-o {out_dir} is not empty and not a tvmflow artifact (it holds {shown}); "
                 "pass a new or empty directory (an existing artifact is replaced)"
             )
-    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise TvmflowError(f"-o {out_dir}: {existing} is a file, not a directory")
-    try:
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as exc:
-        raise TvmflowError(
-            f"-o {out_dir}: cannot write in {existing} ({exc.strerror}); pass a directory you "
-            "can write"
-        ) from exc
+    check_writable(out_dir, "-o")
 
 
 def _is_artifact(directory: Path) -> bool:

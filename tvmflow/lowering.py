@@ -103,8 +103,16 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # On CPUs exp/erf/tanh otherwise become one libm call per element, which LLVM cannot
     # vectorize (GELU was 40% of MiniLM's kernel time); the polynomial versions vectorize.
     # Conv weights to HWIO: see `conv_weights_hwio`. GPU rules want neither.
+    # Upsampling conv2d_transposes (kernel == stride) become a 1x1 conv + pixel shuffle
+    # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
+    from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
+
     cpu_only = (
-        [conv_weights_hwio(), relax.transform.FastMathTransform()]
+        [
+            SplitUpsamplingConvTranspose(),
+            conv_weights_hwio(),
+            relax.transform.FastMathTransform(),
+        ]
         if target.kind.name == "llvm"
         else []
     )
