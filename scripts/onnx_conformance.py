@@ -14,6 +14,7 @@ builds) and through onnxruntime, and is compared with onnx's own runner check
   failure, never a skip.
 
 Usage: scripts/onnx-conformance [--subset] [--jobs 2] [--timeout 180] [--cases PATTERN]
+       [--fetch-only] [--no-report]
 """
 
 from __future__ import annotations
@@ -354,12 +355,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--timeout", type=float, default=180, help="seconds per case")
     parser.add_argument("--no-report", action="store_true", help="do not write the table")
+    parser.add_argument("--fetch-only", action="store_true", help="only extract the cases")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     root = node_tests_dir()
+    if args.fetch_only:
+        return 0
     cases = case_dirs(root, args.cases)
     if args.subset:
         cases = [c for c in cases if c.name in SUBSET]
