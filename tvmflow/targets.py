@@ -7,6 +7,7 @@ compiler, nvcc). No TVM import here: the production loader uses the host checks 
 
 from __future__ import annotations
 
+import difflib
 import os
 import platform
 import shutil
@@ -89,6 +90,7 @@ def _parse(path: Path) -> Preset:
     unknown = sorted(set(data) - known)
     if unknown:
         raise TvmflowError(f"{path}: unknown keys {unknown}; valid keys are {sorted(known)}")
+    _check_types(path, data)
     preset = Preset(
         name=path.stem,
         description=str(data.get("description", "")),
@@ -106,6 +108,55 @@ def _parse(path: Path) -> Preset:
         if "kind" not in preset.target:
             raise TvmflowError(f'{path}: [target] needs a `kind` (e.g. kind = "llvm")')
     return preset
+
+
+_KEY_TYPES: dict[str, tuple[type, str]] = {
+    "description": (str, 'a string: description = "..."'),
+    "target": (dict, 'a table: [target] with kind = "llvm" (and mtriple, mcpu, ...)'),
+    "device": (str, f"one of {DEVICES}"),
+    "arch": (str, 'a machine name: arch = "x86_64" or "aarch64"'),
+    "cpu_features": (list, 'a list of CPU flags: cpu_features = ["avx2", "fma"]'),
+    "build": (dict, 'a table: [build] with cross_compiler = "..." or needs = ["nvcc"]'),
+    "select_best_of": (list, 'a list of preset names: select_best_of = ["x86-avx2"]'),
+}
+
+
+def _check_types(path: Path, data: dict[str, Any]) -> None:
+    """A preset file's keys must have the types tvmflow reads them as (one line per mistake)."""
+    for key, value in data.items():
+        kind, expected = _KEY_TYPES[key]
+        if not isinstance(value, kind):
+            raise TvmflowError(f"{path}: `{key}` must be {expected}, not {value!r}")
+
+
+def check_target(preset: Preset) -> None:
+    """Refuse a preset TVM cannot generate code for, before a build: an `mcpu` LLVM does not
+    know (LLVM would only warn and silently emit generic code; checked first, as creating the
+    Target prints that warning) or an invalid target dict."""
+    import tvm
+    from tvm.target import codegen
+
+    for table in (preset.target, preset.target.get("host")):
+        if not isinstance(table, dict) or table.get("kind") != "llvm" or "mcpu" not in table:
+            continue
+        cpu = str(table["mcpu"])
+        triple = str(table.get("mtriple") or codegen.llvm_get_system_triple())
+        if not codegen.llvm_is_valid_cpu(cpu, triple):
+            known = codegen.llvm_get_cpu_archlist(tvm.target.Target({**table, "mcpu": "generic"}))
+            close = difflib.get_close_matches(cpu, [str(k) for k in known], n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise TvmflowError(
+                f"target preset {preset.name!r}: mcpu {cpu!r} is not a CPU LLVM knows for "
+                f"{triple}{hint}; fix mcpu (LLVM would silently build generic code)"
+            )
+    try:
+        tvm.target.Target(preset.target)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TvmflowError(
+            f"target preset {preset.name!r} has an invalid [target]: {first}; fix the preset "
+            "(`tvmflow targets --json` shows working examples)"
+        ) from exc
 
 
 @cache
@@ -201,7 +252,9 @@ def require_tool(name: str, needed_by: str) -> Path:
 
 
 def check_build_tools(preset: Preset) -> None:
-    """Fail early, with the install hint, when a preset's build tools are missing."""
+    """Fail early, before a build: a target TVM cannot build for, or missing build tools
+    (with the install hint)."""
+    check_target(preset)
     if preset.cross_compiler and find_tool(preset.cross_compiler) is None:
         raise TvmflowError(
             f"target {preset.name!r} needs the cross compiler {preset.cross_compiler}, which is "

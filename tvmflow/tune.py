@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +32,7 @@ from tvmflow import __version__, api
 from tvmflow.api import callable_module
 from tvmflow.errors import TvmflowError
 from tvmflow.farm import Farm, check_farm
-from tvmflow.lowering import check_precision, default_schedule, tuning_tasks
+from tvmflow.lowering import TuningTask, check_precision, default_schedule, tuning_tasks
 from tvmflow.targets import Preset, check_build_tools
 from tvmflow.tunelog import (
     FAILED_SECS,
@@ -39,11 +40,14 @@ from tvmflow.tunelog import (
     SUMMARY_VERSION,
     WORKLOADS,
     LogIdentity,
+    candidates_dir,
+    check_database,
     check_log_for_job,
     locked,
     mean_secs,
     publish,
     register_tensor_intrinsics,
+    repair_database,
     stage,
     unstage,
     write_summary,
@@ -74,6 +78,7 @@ class TuneOptions:
     repeat: int = 1
     build_workers: int | None = None  # default: this machine's logical CPUs
     precision: str = "fp32"  # the kernels of a compile with this --precision
+    repair_log: bool = False  # drop the log's damaged lines (kept as *.damaged) and go on
 
 
 @dataclass(frozen=True)
@@ -209,15 +214,36 @@ def tune_model(
         model.sha256, model.inputs, preset.name, dict(preset.target), options.precision
     )
     check_log_for_job(log_dir, identity)  # fail fast; checked again under the lock
+    if not options.repair_log:
+        check_database(log_dir)
     target = tvm.target.Target(preset.target)
     tasks = _extract_tasks(model, target, options)
-    with locked(log_dir):
+    with locked(log_dir) as killed:
+        _report_recovery(log_dir, killed, options.repair_log, progress)
         summary = check_log_for_job(log_dir, identity) or {}
         job = _Job(model, preset, target, identity, tasks, log_dir, summary, options, progress)
         try:
             return job.run()
         finally:
             unstage(log_dir)
+
+
+def _report_recovery(
+    log_dir: Path, killed: dict[str, Any] | None, repair: bool, progress: ProgressSink | None
+) -> None:
+    """Say what a killed job left (already cleared by `locked`), and repair the log if asked."""
+    if killed is not None and progress:
+        progress.message(
+            f"the previous job on {log_dir} (pid {killed.get('pid')} on {killed.get('host')}) "
+            "was killed; its unfinished batch was dropped, its records are kept"
+        )
+    if repair:
+        dropped, backups = repair_database(log_dir)
+        if dropped and progress:
+            progress.message(
+                f"--repair-log: dropped {dropped} damaged line(s) of {log_dir}; the damaged "
+                f"files are kept as {', '.join(b.name for b in backups)}"
+            )
 
 
 def _measurable_here(preset: Preset) -> bool:
@@ -241,13 +267,14 @@ def _check_options(options: TuneOptions) -> None:
     ):
         if value is not None and value <= 0:
             raise TvmflowError(f"{name} must be a positive number, not {value}")
-    if options.time_limit_s is not None and options.time_limit_s <= 0:
+    limit = options.time_limit_s
+    if limit is not None and not (math.isfinite(limit) and limit > 0):
         raise TvmflowError(f"--time-limit must be positive, not {options.time_limit_s:g}s")
 
 
 def _extract_tasks(
     model: ImportedModel, target: tvm.target.Target, options: TuneOptions
-) -> list[ms.ExtractedTask]:
+) -> list[TuningTask]:
     """The kernels compile will build (same lowering), the `split` share of them, by name."""
     tasks = tuning_tasks(model, target, options.precision)
     i, n = options.split
@@ -268,7 +295,7 @@ class _Job:
         preset: Preset,
         target: tvm.target.Target,
         identity: LogIdentity,
-        tasks: list[ms.ExtractedTask],
+        tasks: list[TuningTask],
         log_dir: Path,
         summary: dict[str, Any],
         options: TuneOptions,
@@ -277,8 +304,8 @@ class _Job:
         self.model, self.preset, self.target = model, preset, target
         self.identity, self.tasks, self.log_dir = identity, tasks, log_dir
         self.summary, self.options, self.progress = summary, options, progress
-        self.names = [str(t.task_name) for t in tasks]
-        self.weights = [int(t.weight) for t in tasks]
+        self.names = [t.name for t in tasks]
+        self.weights = [t.weight for t in tasks]
         self.budget = options.trials or DEFAULT_TRIALS_PER_TASK * len(tasks)
         self.per_task = options.trials_per_task or self.budget
         self.start = time.monotonic()
@@ -297,7 +324,7 @@ class _Job:
         self.db = ms.database.JSONDatabase(
             path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
         )
-        self.workloads = [self.db.commit_workload(t.dispatched[0]) for t in self.tasks]
+        self.workloads = [self.db.commit_workload(t.workload) for t in self.tasks]
         self.trials, self.best_s = self._prior_records()
         self.untuned = self._known_untuned()
         if self.stop_reason_now() is None:
@@ -380,10 +407,15 @@ class _Job:
         return ms.builder.LocalBuilder(
             max_workers=self.options.build_workers or os.cpu_count() or 1,
             f_build=build_candidate,
-            f_export=functools.partial(export_candidate, self.preset),
+            f_export=functools.partial(
+                export_candidate, self.preset, directory=candidates_dir(self.log_dir)
+            ),
+            initializer=functools.partial(die_with_job, os.getpid()),
         )
 
     def _runner(self) -> ms.runner.Runner:
+        import functools
+
         from tvm.s_tir import meta_schedule as ms
 
         evaluator = ms.runner.EvaluatorConfig(
@@ -392,11 +424,12 @@ class _Job:
             min_repeat_ms=self.options.min_repeat_ms,
             enable_cpu_cache_flush=False,
         )
+        initializer = functools.partial(die_with_job, os.getpid())
         if self.options.farm is not None:
             from tvmflow.farm import make_runner
 
-            return make_runner(self.options.farm, evaluator)
-        return ms.runner.LocalRunner(evaluator_config=evaluator)
+            return make_runner(self.options.farm, evaluator, initializer)
+        return ms.runner.LocalRunner(evaluator_config=evaluator, initializer=initializer)
 
     def _contexts(self, stack: contextlib.ExitStack) -> list[ms.TuneContext]:
         """One TuneContext per task, each logging to `logs/` in the log directory.
@@ -415,9 +448,9 @@ class _Job:
         for i, (task, seed) in enumerate(zip(self.tasks, seeds, strict=True)):
             logger = stack.enter_context(_task_logger(self.log_dir / "logs", i, self.names[i]))
             ctx = ms.TuneContext(
-                mod=task.dispatched[0],
-                target=task.target,
-                space_generator="post-order-apply",
+                mod=task.workload,
+                target=self.target,
+                space_generator=_space_generator(task, self.target),
                 search_strategy=strategy,
                 task_name=self.names[i],
                 logger=logger,
@@ -458,7 +491,8 @@ class _Job:
 
         from tvm.s_tir import meta_schedule as ms
 
-        schedules = [default_schedule(self.tasks[i].dispatched[0], self.target) for i in indices]
+        schedules = [default_schedule(self.tasks[i].kernel, self.target) for i in indices]
+        spaces = [_rule_space(self.tasks[i], self.target) for i in indices]
         built = builder.build([ms.builder.BuilderInput(s.mod, self.target) for s in schedules])
         device = "cuda" if "gpu" in self.target.keys else "cpu"
         args = [_args_info(s.mod) for s in schedules]
@@ -485,6 +519,13 @@ class _Job:
                     args[k],
                 )
             )
+            space = spaces[k]
+            if space is not None:  # the same schedule as a point of its rule's design space
+                self.db.commit_tuning_record(
+                    ms.database.TuningRecord(
+                        space[0].trace, self.workloads[task], result.run_secs, self.target, args[k]
+                    )
+                )
             self.trials[task] += 1
             self.new_trials += 1
             best = self.best_s[task]
@@ -667,10 +708,39 @@ class _Job:
         }
 
 
+def _rule_space(task: TuningTask, target: tvm.target.Target) -> list[tvm.s_tir.Schedule] | None:
+    """The design spaces of the tvmflow rule that schedules this kernel by default, if any."""
+    from tvmflow.schedules import design_spaces
+
+    return design_spaces(task.kernel["main"], target) or None
+
+
+def _space_generator(task: TuningTask, target: tvm.target.Target) -> Any:
+    """Search around tvmflow's own rule where one claims the kernel: its design spaces, varied
+    by MetaSchedule's tile-size mutator (the space's default point is in the log as trial 0, so
+    evolutionary search starts from it); MetaSchedule's generic space for the other kernels.
+
+    Candidates keep the rule's structure, so they need none of the generic space's postprocs.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    spaces = _rule_space(task, target)
+    if spaces is None:
+        return "post-order-apply"
+    return ms.space_generator.ScheduleFn(
+        lambda _sch: spaces,
+        sch_rules=[],
+        postprocs=[],
+        mutator_probs={ms.mutator.MutateTileSize(): 1.0},
+    )
+
+
 def _args_info(mod: tvm.IRModule) -> list[Any]:
     from tvm.s_tir import meta_schedule as ms
 
-    return list(ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+    # as the kernel is measured: a prepacked weight in its packed layout (the repacking block
+    # is removed by `build_candidate`, compile folds it into the constant)
+    return list(ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True))
 
 
 def _weighted(
@@ -719,9 +789,10 @@ def build_candidate(
         return tvm.build(mod, target=target)
 
 
-def export_candidate(preset: Preset, mod: tvm.runtime.Module) -> str:
+def export_candidate(preset: Preset, mod: tvm.runtime.Module, directory: Path | None = None) -> str:
     """Export one candidate as a shared library, built as compile builds the preset's
-    artifacts (its cross compiler; nvcc-built device code for CUDA).
+    artifacts (its cross compiler; nvcc-built device code for CUDA), in a fresh folder under
+    `directory` (a job's `candidates_dir`, so a killed job's leftovers go with its `.work/`).
 
     MetaSchedule's default exports a tar of object files that the measuring machine links
     itself; a shared library built here needs no compiler on the (remote, maybe ARM) device.
@@ -730,9 +801,25 @@ def export_candidate(preset: Preset, mod: tvm.runtime.Module) -> str:
 
     from tvmflow.export import export_library
 
-    path = Path(tempfile.mkdtemp(prefix="tvmflow-candidate-")) / "candidate.so"
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="tvmflow-candidate-", dir=directory)) / "candidate.so"
     export_library(mod, preset, tvm.target.Target(preset.target), path)
     return str(path)
+
+
+def die_with_job(job_pid: int) -> None:
+    """Initializer of MetaSchedule's worker processes: the kernel SIGKILLs a worker when the
+    job thread that started it dies (PR_SET_PDEATHSIG), so a `kill -9` of a job leaves no
+    orphan (a ~280 MB process that would keep measuring for minutes)."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover - Linux only
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != job_pid:  # the job died before the line above took effect
+        os._exit(1)
 
 
 @contextmanager

@@ -15,16 +15,17 @@ from typing import TYPE_CHECKING, Any
 from tvm.s_tir.dlight import ScheduleRule
 
 from tvmflow.schedules.cpu_common import (
+    MAX_TILE_CHOICES,
     GemmLoops,
     dtype_bits_of_block,
     extents,
     fuse_epilogue,
     index_vars,
     open_schedule,
-    pick_tile,
     pick_vector,
     schedule_spatial,
     single_reduction,
+    tile_choices,
     tile_gemm,
     uses,
     vector_lanes,
@@ -64,10 +65,11 @@ def depthwise_roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> dict
         return None  # grouped convs with several channels per group index data by c + rc
     position = {iv.var: i for i, iv in enumerate(iters)}
     n_at = next(i for i, v in enumerate(out) if v.same_as(n_var))
-    if n_at != 0:
-        return None
+    if n_at > 1 or any(uses(weight, v) for v in out[:n_at]):
+        return None  # one batch dim at most (absent at batch 1), which the weight ignores
     return {
-        "rows": [position[v] for v in out[1:-1]],
+        "batch": [position[v] for v in out[:n_at]],
+        "rows": [position[v] for v in out[n_at + 1 : -1]],
         "m": position[m_var],
         "n": position[n_var],
         "reduce": [i for i, k in enumerate(kinds) if k == "R"],
@@ -77,10 +79,28 @@ def depthwise_roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> dict
 
 
 class DepthwiseConv2d(ScheduleRule):
-    """Kernels with one depthwise conv block fed by an in-kernel padding block."""
+    """Kernels with one depthwise conv block fed by an in-kernel padding block.
+
+    `design_spaces`: what tuning searches, one space per register-tile width (`tile_choices`),
+    the default first, each sampling the tile's rows (`tile_gemm`).
+    """
 
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        return self._schedule(func, target, 0, False)
+
+    def design_spaces(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target
+    ) -> list[s_tir.Schedule]:
+        return [
+            sch
+            for choice in range(MAX_TILE_CHOICES)
+            if (sch := self._schedule(func, target, choice, True)) is not None
+        ]
+
+    def _schedule(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool
     ) -> s_tir.Schedule | None:
         opened = open_schedule(func, target)
         if opened is None:
@@ -100,16 +120,19 @@ class DepthwiseConv2d(ScheduleRule):
         if sizes is None:
             return None
         lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
-        tile = pick_tile(sizes[roles["m"]], sizes[roles["n"]], lanes, vector_registers(target))
+        tiles = tile_choices(sizes[roles["m"]], sizes[roles["n"]], lanes, vector_registers(target))
+        if choice >= len(tiles):
+            return None
+        tile = tiles[choice]
         _channel_last(sch, pad.block_rv, roles["channel_dim"])
         gemm = GemmLoops(
-            batch=(),
+            batch=tuple(loops[i] for i in roles["batch"]),
             rows=tuple(loops[i] for i in roles["rows"]),
             m=loops[roles["m"]],
             n=loops[roles["n"]],
             reduce=tuple(loops[i] for i in roles["reduce"]),
         )
-        writeback = tile_gemm(sch, main.block_rv, gemm, tile)
+        writeback = tile_gemm(sch, main.block_rv, gemm, tile, tunable)
         out_dims = len(sch.get(main.block_rv).writes[0].region)
         out_channel = next(
             d
@@ -117,9 +140,9 @@ class DepthwiseConv2d(ScheduleRule):
             if v is not None and v.same_as(main.iters[roles["n"]].var)
         )
         _move_dim_last(sch, main.block_rv, out_channel, out_dims)
-        if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[2:]]) is None:
+        if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[2:]], lanes) is None:
             return None
-        _schedule_transpose(sch, pad.block_rv, lanes)
+        _schedule_transpose(sch, pad.block_rv, lanes, len(roles["batch"]))
         return sch
 
 
@@ -137,22 +160,24 @@ def _channel_last(sch: s_tir.Schedule, pad: s_tir.schedule.SBlockRV, channel_dim
     _move_dim_last(sch, pad, channel_dim, ndim)
 
 
-def _schedule_transpose(sch: s_tir.Schedule, pad: s_tir.schedule.SBlockRV, lanes: int) -> None:
+def _schedule_transpose(
+    sch: s_tir.Schedule, pad: s_tir.schedule.SBlockRV, lanes: int, batch: int
+) -> None:
     """Pad + NCHW->NHWC in tiles: a tile reads a few channel planes along a row and writes
     whole channel vectors, so neither side strides across pages element by element
     (a plain channel-innermost loop gathers from a new page per lane: 9x slower)."""
     loops = sch.get_loops(pad)
     sizes = extents(sch, loops)
-    if sizes is None or len(loops) < 3:
+    if sizes is None or len(loops) < 3 + batch:
         schedule_spatial(sch, pad, lanes)
         return
-    # normalized loops: channel, rows..., column (unit dims dropped)
-    channel, *rows, column = loops
-    v = pick_vector(sizes[0], lanes)
+    # normalized loops: batch (absent at batch 1), channel, rows..., column
+    outer, (channel, *rows, column) = loops[:batch], loops[batch:]
+    v = pick_vector(sizes[batch], lanes)
     w = next(d for d in range(16, 0, -1) if sizes[-1] % d == 0)
     c_o, c_i = sch.split(channel, factors=[None, v])
     w_o, w_i = sch.split(column, factors=[None, w])
-    sch.reorder(*rows, c_o, w_o, w_i, c_i)
+    sch.reorder(*outer, *rows, c_o, w_o, w_i, c_i)
     if v > 1:
         sch.vectorize(c_i)
-    sch.parallel(sch.fuse(*rows, c_o))
+    sch.parallel(sch.fuse(*outer, *rows, c_o))

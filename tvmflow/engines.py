@@ -1,0 +1,174 @@
+"""The engines `bench` measures: one class per engine, found by name in `ENGINES`.
+
+Each engine imports its package (timed apart from loading), opens a model for a given
+thread count and says which precision it actually computes in, so a table never compares
+a bf16 engine with an fp32 one without saying so. `onnxruntime` is the accuracy reference;
+`openvino` is OpenVINO pinned to f32 (like for like); `openvino-default` is OpenVINO as a
+user who changes nothing runs it (on CPUs with AVX512_BF16 or AMX its default is bf16).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tvmflow.errors import TvmflowError
+
+TVMFLOW = "tvmflow"
+REFERENCE = "onnxruntime"
+
+Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Enough to open an engine in this process or in a fresh child process (JSON-able)."""
+
+    kind: str
+    path: str  # the artifact directory for tvmflow, the ONNX file otherwise
+    threads: int
+    device: str = "cpu"
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A loaded engine: its run function, a short description, the precision it computes in."""
+
+    run: Runner
+    detail: str
+    precision: str
+
+
+class Engine:
+    """One inference engine. `peer`: counted for the best peer (same precision as tvmflow's
+    default, fp32); engines that trade accuracy for speed are reported, not made the bar."""
+
+    name: ClassVar[str]
+    peer: ClassVar[bool] = True
+
+    def import_package(self) -> None:
+        """Import the engine's package, so that load times measure loading, not importing."""
+
+    def open(self, spec: EngineSpec) -> Opened:
+        raise NotImplementedError
+
+
+class Tvmflow(Engine):
+    name = TVMFLOW
+    peer = False
+
+    def import_package(self) -> None:
+        from tvmflow.runtime import _import_tvm
+
+        _import_tvm()
+
+    def open(self, spec: EngineSpec) -> Opened:
+        from tvmflow.runtime import load
+
+        model = load(spec.path, num_threads=spec.threads)
+        manifest = model.manifest
+        tuning = manifest.tuning
+        detail = f"{manifest.preset}, {tuning.tasks_tuned}/{tuning.tasks_total} tuned"
+        return Opened(model.run, detail, manifest.precision)
+
+
+class OnnxRuntime(Engine):
+    """onnxruntime's CPU (or CUDA) provider; it runs the graph's own dtypes (int8 ops of a
+    quantized model in int8), with no precision hint."""
+
+    name = REFERENCE
+
+    def import_package(self) -> None:
+        import onnxruntime  # noqa: F401
+
+    def open(self, spec: EngineSpec) -> Opened:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = spec.threads
+        opts.inter_op_num_threads = 1
+        provider = "CPUExecutionProvider"
+        if spec.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            provider = "CUDAExecutionProvider"
+        session = ort.InferenceSession(spec.path, opts, providers=[provider])
+        names = [o.name for o in session.get_outputs()]
+
+        def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dict(zip(names, session.run(names, dict(feeds)), strict=True))
+
+        return Opened(run, provider, "fp32")
+
+
+def import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise TvmflowError(
+            "--compare openvino needs OpenVINO, which is not installed: "
+            "pip install tvmflow[openvino]"
+        ) from exc
+    return openvino
+
+
+class OpenVino(Engine):
+    """OpenVINO's CPU plugin in latency mode, pinned to f32: like for like with tvmflow."""
+
+    name = "openvino"
+    hint: ClassVar[str | None] = "f32"
+
+    def import_package(self) -> None:
+        import_openvino()
+
+    def open(self, spec: EngineSpec) -> Opened:
+        ov = import_openvino()
+        core = ov.Core()
+        model = core.read_model(spec.path)
+        model.reshape(spec.shapes)
+        config: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": spec.threads,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if self.hint:
+            config["INFERENCE_PRECISION_HINT"] = self.hint
+        compiled = core.compile_model(model, "CPU", config)
+        precision = _ov_precision(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        request = compiled.create_infer_request()
+
+        def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            result = request.infer(dict(feeds))
+            return {port.get_any_name(): np.array(value) for port, value in result.items()}
+
+        how = "f32 hint" if self.hint else "default precision"
+        return Opened(run, f"CPU plugin, {how}, latency hint", precision)
+
+
+class OpenVinoDefault(OpenVino):
+    """OpenVINO as users run it: no precision hint, so bf16 on CPUs with AVX512_BF16/AMX.
+    Reported beside the f32 peers, never the bar for tvmflow's fp32 code."""
+
+    name = "openvino-default"
+    hint = None
+    peer = False
+
+
+def _ov_precision(value: Any) -> str:
+    """OpenVINO's element type (f32, bf16, f16) in the names tvmflow uses (fp32, bf16, fp16)."""
+    text = str(getattr(value, "get_type_name", lambda: value)()).lower()
+    return {"f32": "fp32", "f16": "fp16"}.get(text, text)
+
+
+ENGINES: dict[str, Engine] = {
+    e.name: e for e in (Tvmflow(), OnnxRuntime(), OpenVino(), OpenVinoDefault())
+}
+COMPARATORS = tuple(name for name in ENGINES if name != TVMFLOW)
+
+
+def engine(name: str) -> Engine:
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise TvmflowError(f"unknown engine {name!r}; valid: {', '.join(COMPARATORS)}") from None
