@@ -83,7 +83,7 @@ def test_sampled_decisions_compute_the_same_result(name: str) -> None:
             s_tir.Trace(space.trace.insts, {}).apply_to_schedule(sch, remove_postproc=False)
             assert sch.trace is not None
             seen.add(str(list(sch.trace.decisions.values())))
-            assert_schedule_matches(func, sch, rtol=1e-4)
+            assert_schedule_matches(func, sch)
     assert len(seen) > 1  # the samples really vary the schedule
 
 

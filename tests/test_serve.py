@@ -308,11 +308,15 @@ def test_server_process_loads_only_the_tvm_runtime(server: Server) -> None:
 
 
 READINESS_PROBE = """
-import asyncio, json, sys
+import asyncio, json, os, sys, tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from kserve import ModelRepository
 import tvmflow
-from tvmflow.serve import ServedModel, _DataPlane
+from tvmflow.errors import TvmflowError
+from tvmflow.inputs import random_inputs
+from tvmflow.serve import ModelSource, ServedModel, ThreadBudget, _DataPlane, available_cpus
+from tvmflow.serve import open_engine
 
 states = []
 with ThreadPoolExecutor(1) as pool:
@@ -325,20 +329,55 @@ with ThreadPoolExecutor(1) as pool:
         if step is not None:
             step.warm_up()
         states.append([asyncio.run(plane.model_ready("a")), asyncio.run(plane.ready())])
-print(json.dumps(states))
+cpu_max = Path(tempfile.mkdtemp()) / "cpu.max"
+cpus = {}
+for text in ("max 100000", "150000 100000", "50000 100000"):
+    cpu_max.write_text(text)
+    cpus[text] = available_cpus(cpu_max)
+budgets = [ThreadBudget.for_host(w, 16) for w in (1, 3, 16, 32)]
+zoo = Path(sys.argv[2])
+ort = open_engine(ModelSource("m", Path(sys.argv[1]), zoo / "mlp.onnx"), "onnxruntime", 1)
+feeds = random_inputs(ort.inputs, seed=3)
+gap = float(abs(ort.run(feeds)["logits"] - tvmflow.load(sys.argv[1]).run(feeds)["logits"]).max())
+try:
+    open_engine(ModelSource("m", Path(sys.argv[1]), zoo / "conv_net.onnx"), "onnxruntime", 1)
+    foreign = "accepted"
+except TvmflowError as exc:
+    foreign = str(exc)
+print(json.dumps({
+    "states": states,
+    "cpus": cpus,
+    "budgets": [[b.workers, b.tvm_threads] for b in budgets],
+    "affinity": len(os.sched_getaffinity(0)),
+    "ort_gap": gap,
+    "foreign_onnx": foreign,
+}))
 """
 
 
-def test_readiness_waits_for_every_model_to_run_once(mlp: Path) -> None:
+def test_readiness_thread_budget_and_onnxruntime_engine(mlp: Path, zoo_dir: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", READINESS_PROBE, str(mlp)],
+        [sys.executable, "-c", READINESS_PROBE, str(mlp), str(zoo_dir)],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
+    out = json.loads(proc.stdout.splitlines()[-1])
     # [model a ready, server ready]: before any run, after a's first run, after b's
-    assert json.loads(proc.stdout.splitlines()[-1]) == [[False, False], [True, False], [True, True]]
+    assert out["states"] == [[False, False], [True, False], [True, True]]
+    # a cgroup CPU quota caps the affinity (rounded up), "max" leaves it
+    affinity = out["affinity"]
+    assert out["cpus"] == {
+        "max 100000": affinity,
+        "150000 100000": min(affinity, 2),
+        "50000 100000": 1,
+    }
+    # workers x TVM threads stays within 16 CPUs (at least one thread each)
+    assert out["budgets"] == [[1, 16], [3, 5], [16, 1], [32, 1]]
+    # --engine onnxruntime serves the artifact's own ONNX (same outputs) and refuses another
+    assert out["ort_gap"] < 1e-3
+    assert "built from a different model" in out["foreign_onnx"]
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(

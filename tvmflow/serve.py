@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import re
 import signal
@@ -147,6 +148,20 @@ class _OrtEngine:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota.
+
+    A container with a CPU limit (Kubernetes `limits.cpu`) still sees every core of the node
+    in its affinity; sizing the pools to those would oversubscribe the quota.
+    """
+    cpus = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = cgroup.read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    return cpus
 
 
 def parse_source(text: str) -> tuple[str, Path]:
@@ -404,7 +419,7 @@ def serve(
         )
     _check_port_free(options.http_port, "--http-port")
     _check_port_free(options.grpc_port, "--grpc-port")
-    budget = ThreadBudget.for_host(options.workers, len(os.sched_getaffinity(0)))
+    budget = ThreadBudget.for_host(options.workers, available_cpus())
     engines = [open_engine(s, options.engine, budget.tvm_threads) for s in sources]
     pool = concurrent.futures.ThreadPoolExecutor(
         budget.workers, "tvmflow-serve", initializer=_worker_init, initargs=(options, budget)

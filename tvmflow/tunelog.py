@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, TuningInfo, write_atomic
+from tvmflow.manifest import TensorSpec, TuningInfo, check_writable, write_atomic
 
 if TYPE_CHECKING:
     import tvm
@@ -258,8 +258,26 @@ def log_matches_target(path: Path, target: dict[str, Any]) -> bool:
     return recorded is None or _targets_match(recorded, target)
 
 
+def check_new_or_log(path: Path, flag: str) -> None:
+    """Before any work: `path` can hold a tuning log: a writable new or empty folder, or a log
+    (the user's other files are never mixed with a log's)."""
+    check_writable(path, flag)
+    if is_log_dir(path) or not path.is_dir():
+        return
+    ours = {"logs", LOCK, HOLDER, STAGING, SUMMARY, WORKLOADS, RECORDS}
+    theirs = sorted(p.name for p in path.iterdir() if p.name not in ours)
+    if theirs:
+        shown = ", ".join(theirs[:5]) + (", ..." if len(theirs) > 5 else "")
+        raise TvmflowError(
+            f"{flag} {path} is not empty and not a tuning log (it holds {shown}); pass a new or "
+            "empty directory"
+        )
+
+
 def check_log_for_job(path: Path, identity: LogIdentity) -> dict[str, Any] | None:
-    """Refuse a log made for another model, shapes or target; returns its summary if any."""
+    """Refuse a log made for another model, shapes or target, or a folder that is no log;
+    returns its summary if any."""
+    check_new_or_log(path, "--log")
     summary = read_summary(path) if path.is_dir() else None
     if summary is None:
         if is_log_dir(path):
@@ -416,6 +434,7 @@ def merge_logs(sources: Sequence[Path], out: Path, best_only: bool = False) -> M
         )
     if out.resolve() in {s.resolve() for s in sources}:
         raise TvmflowError(f"the output {out} is one of the inputs; merge into a new directory")
+    check_new_or_log(out, "-o")
     with _removed_on_failure(out), locked(out):
         if is_log_dir(out):
             raise TvmflowError(f"{out} already holds a tuning log; merge into a new directory")
