@@ -213,8 +213,7 @@ def _verifier(preset: Preset, options: CompileOptions) -> tuple[HostRunner | Non
         return None, cuda.why_not_runnable(str(preset.target["arch"])) or "not checked"
     emulable = preset.arch == "aarch64"
     hint = " (run scripts/arm-sysroot to check it under emulation)" if emulable else ""
-    missing = ", ".join(preset.missing_host_features())
-    return None, f"not checked: this machine cannot run it (needs {missing}){hint}"
+    return None, f"not checked: this machine cannot run it (it {preset.host_mismatch()}){hint}"
 
 
 def _verify(
