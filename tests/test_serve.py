@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -52,9 +53,10 @@ def _free_port() -> int:
 
 @dataclass
 class Server:
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[bytes]
     http: int
     grpc: int
+    log: Path  # the server's stderr (a file: a pipe nobody reads could fill and block it)
 
     @property
     def http_url(self) -> str:
@@ -66,8 +68,7 @@ class Server:
 
     def stderr(self) -> str:
         self.proc.wait(timeout=60)
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
+        return self.log.read_text()
 
 
 def _start(args: list[str], workers: int | None = None) -> Server:
@@ -76,10 +77,10 @@ def _start(args: list[str], workers: int | None = None) -> Server:
     if workers:
         cmd += ["--workers", str(workers)]
     env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-    )
-    return Server(proc, http, grpc)
+    log = Path(tempfile.mkstemp(prefix="tvmflow-serve-", suffix=".log")[1])
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    return Server(proc, http, grpc, log)
 
 
 def _wait_ready(server: Server, timeout: float = 90.0) -> None:
