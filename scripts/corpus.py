@@ -323,6 +323,7 @@ def save_results(results: dict[str, Any], entries: list[Entry]) -> None:
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(results, indent=1) + "\n")
     RESULTS_MD.write_text(to_markdown(results))
+    update_readme(results)
 
 
 def _geomean(values: list[float]) -> float | None:
@@ -334,13 +335,8 @@ def _f(value: Any, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
 
-def _err(row: dict[str, Any]) -> str:
-    if row.get("max_abs_err") is None:
-        return ""
-    return f"{row['max_abs_err']:.1e} / {row['max_rel_err']:.1e}"
-
-
-def to_markdown(results: dict[str, Any]) -> str:
+def summary(results: dict[str, Any]) -> str:
+    """One line: how many compile and match, failures by class, geomean speed ratios."""
     rows = list(results["models"].values())
     ok = [r for r in rows if r.get("status") == "ok"]
     by_class: dict[str, int] = {}
@@ -349,6 +345,42 @@ def to_markdown(results: dict[str, Any]) -> str:
             by_class[r.get("status", "?")] = by_class.get(r.get("status", "?"), 0) + 1
     g_ort = _geomean([r.get("ratio_onnxruntime") for r in ok])
     g_ov = _geomean([r.get("ratio_openvino") for r in ok])
+    failed = ", ".join(f"{n} {c}" for c, n in sorted(by_class.items()))
+    n_ov = sum(1 for r in ok if r.get("ratio_openvino"))
+    return (
+        f"**{len(ok)} of {len(rows)} ok**"
+        + (f" (failed: {failed})" if failed else "")
+        + f"; p50 geomean tvmflow/onnxruntime **{_f(g_ort, '.2f')}×** over the {len(ok)} "
+        f"that compile, tvmflow/OpenVINO **{_f(g_ov, '.2f')}×** over the {n_ov} OpenVINO runs."
+    )
+
+
+def update_readme(results: dict[str, Any]) -> None:
+    """Replace the README's corpus summary (between its markers) with the current one."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- corpus:start -->", "<!-- corpus:end -->"
+    if start not in text or end not in text:
+        return
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    machine = results.get("machine", {})
+    body = (
+        f"\n_Latest run ([benchmarks/corpus.md](benchmarks/corpus.md), {machine.get('date', '?')}, "
+        f"{machine.get('threads_used', '?')} threads per engine on a shared machine):_ "
+        f"{summary(results)}\n"
+    )
+    readme.write_text(head + start + body + end + tail)
+
+
+def _err(row: dict[str, Any]) -> str:
+    if row.get("max_abs_err") is None:
+        return ""
+    return f"{row['max_abs_err']:.1e} / {row['max_rel_err']:.1e}"
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    rows = list(results["models"].values())
     machine = results.get("machine", {})
     lines = [
         "# Real-model corpus",
@@ -366,14 +398,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         "engine; "
         f"versions {', '.join(f'{k} {v}' for k, v in machine.get('versions', {}).items())}.",
         "",
-        f"**{len(ok)} of {len(rows)} ok** "
-        + (
-            f"({', '.join(f'{n} {c}' for c, n in sorted(by_class.items()))} failed); "
-            if by_class
-            else "; "
-        )
-        + f"geomean tvmflow/onnxruntime **{_f(g_ort, '.2f')}×**, tvmflow/OpenVINO "
-        f"**{_f(g_ov, '.2f')}×** over the {len(ok)} that compile.",
+        summary(results),
         "",
         "| model | family | source | compile s | result | max abs / rel err | tvmflow p50 ms | "
         "/onnxruntime | /OpenVINO |",

@@ -363,10 +363,49 @@ EXPORTS: dict[str, Callable[[], tuple[nn.Module, tuple[Any, ...], list[str]]]] =
 }
 
 
+def _random_like(args: tuple[Any, ...], batch: int = 1) -> tuple[Any, ...]:
+    """Fresh random inputs shaped like ARGS (float: N(0, 1); integer ids: kept)."""
+    return tuple(
+        torch.randn(batch, *a.shape[1:]) if a.is_floating_point() else a.repeat(batch, 1)
+        for a in args
+    )
+
+
+def _calibrate(model: nn.Module, args: tuple[Any, ...]) -> None:
+    """Set BatchNorm running statistics from random inputs, as training would.
+
+    With the default statistics (mean 0, var 1) random-weight CNNs' activations vanish or
+    blow up layer by layer, and their outputs stop depending on the input: a comparison
+    against onnxruntime would then pass whatever the compiled code computes.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(*_random_like(args, batch=4))
+    model.eval()
+
+
+def _check_depends_on_input(model: nn.Module, args: tuple[Any, ...]) -> None:
+    with torch.no_grad():
+        a, b = model(*args), model(*_random_like(args))
+    scale = float(a.abs().max())
+    if not scale > 1e-6 or float((a - b).abs().max()) <= 1e-4 * scale:
+        raise ValueError(f"degenerate model: output (max {scale:.3g}) ignores its input")
+
+
 def export(name: str, out: Path) -> None:
     torch.manual_seed(0)
     model, args, input_names = EXPORTS[name]()
+    _calibrate(model, args)
     model.eval()
+    if all(a.is_floating_point() for a in args):
+        _check_depends_on_input(model, args)
     tmp = out.with_suffix(".tmp.onnx")
     with torch.no_grad():
         torch.onnx.export(

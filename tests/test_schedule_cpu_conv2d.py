@@ -46,7 +46,7 @@ def test_conv_matches_unscheduled(case):
     func = _conv(**case)
     sch = Conv2d().apply(func, TARGET, False)
     assert sch is not None
-    assert_schedule_matches(func, sch, rtol=1e-4)
+    assert_schedule_matches(func, sch)
 
 
 def test_conv_is_tiled_vectorized_parallel_and_prepacks_weights():
@@ -72,11 +72,12 @@ def test_depthwise_grouped_and_non_conv_are_not_claimed():
 
 def test_other_cpus():
     func = _conv(8, 24, (10, 10))
-    assert_schedule_matches(func, Conv2d().apply(func, AVX2, False), AVX2, rtol=1e-4)
+    assert_schedule_matches(func, Conv2d().apply(func, AVX2, False), AVX2)
     lowers_for(Conv2d().apply(func, NEON, False), NEON)
 
 
-@pytest.mark.parametrize(("k", "stride", "pad"), [(2, 2, 0), (3, 2, 1), (4, 2, 1), (3, 1, 1)])
+# (kernel == stride, no padding is a 1x1 conv + pixel shuffle by then: tests/test_upsample_conv.py)
+@pytest.mark.parametrize(("k", "stride", "pad"), [(2, 2, 1), (3, 2, 1), (4, 2, 1), (3, 1, 1)])
 def test_conv_transpose_matches_unscheduled(k, stride, pad):
     func = only_kernel(
         {"x": ((1, 6, 9, 7), "float32")},
@@ -87,16 +88,39 @@ def test_conv_transpose_matches_unscheduled(k, stride, pad):
     sch = Conv2d().apply(func, TARGET, False)
     assert sch is not None
     assert "layout_rewrite_preproc" in sch.mod["main"].script()
-    assert_schedule_matches(func, sch, rtol=1e-4)
+    assert_schedule_matches(func, sch)
 
 
 def test_single_output_channel_vectorizes_along_rows():
     for body in (
-        lambda x: relax.op.sigmoid(relax.op.nn.conv2d_transpose(x, const((6, 1, 2, 2)), strides=2)),
+        lambda x: relax.op.sigmoid(
+            relax.op.nn.conv2d_transpose(x, const((6, 1, 4, 4)), strides=2, padding=1)
+        ),
         lambda x: relax.op.nn.conv2d(x, const((1, 6, 3, 3)), padding=1),
     ):
         func = only_kernel({"x": ((1, 6, 12, 16), "float32")}, body)
         sch = Conv2d().apply(func, TARGET, False)
         assert sch is not None
         assert "vectorized" in loop_kinds(sch)
-        assert_schedule_matches(func, sch, rtol=1e-4)
+        assert_schedule_matches(func, sch)
+
+
+def test_epilogue_pad_is_written_whole():
+    """An epilogue that writes more values than the conv produces used to be moved under the
+    conv's tile loop, where TVM keeps only the iterations that read the tile: the pad's
+    border was never written, so the output depended on what the allocator handed back
+    (PP-OCRv6 det: wrong border pixels, different from run to run)."""
+    func = only_kernel(
+        {"x": ((1, 8, 13, 13), "float32")},
+        # PP-OCRv6 det: conv + bias + relu, then ONNX Pad(0, 1, 0, 1) for a 2x2 max pool
+        lambda x: relax.op.nn.pad(
+            relax.op.nn.relu(
+                relax.op.add(relax.op.nn.conv2d(x, const((12, 8, 2, 2))), const((1, 12, 1, 1), 1))
+            ),
+            [0, 0, 0, 0, 0, 1, 0, 1],
+        ),
+    )
+    sch = Conv2d().apply(func, TARGET, False)
+    assert sch is not None
+    assert {"parallel", "vectorized"} <= loop_kinds(sch)
+    assert_schedule_matches(func, sch)

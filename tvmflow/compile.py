@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tvmflow import __version__, api, cuda
 from tvmflow.accuracy import (
     Tolerance,
@@ -40,6 +42,7 @@ from tvmflow.manifest import (
     MANIFEST_NAME,
     Manifest,
     OutputAccuracy,
+    check_writable,
     sha256_file,
     write_manifest,
 )
@@ -152,16 +155,7 @@ def check_output_dir(out_dir: Path) -> None:
                 f"-o {out_dir} is not empty and not a tvmflow artifact (it holds {shown}); "
                 "pass a new or empty directory (an existing artifact is replaced)"
             )
-    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise TvmflowError(f"-o {out_dir}: {existing} is a file, not a directory")
-    try:
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as exc:
-        raise TvmflowError(
-            f"-o {out_dir}: cannot write in {existing} ({exc.strerror}); pass a directory you "
-            "can write"
-        ) from exc
+    check_writable(out_dir, "-o")
 
 
 def _is_artifact(directory: Path) -> bool:
@@ -216,18 +210,31 @@ def _verifier(preset: Preset, options: CompileOptions) -> tuple[HostRunner | Non
         return None, cuda.why_not_runnable(str(preset.target["arch"])) or "not checked"
     emulable = preset.arch == "aarch64"
     hint = " (run scripts/arm-sysroot to check it under emulation)" if emulable else ""
-    missing = ", ".join(preset.missing_host_features())
-    return None, f"not checked: this machine cannot run it (needs {missing}){hint}"
+    return None, f"not checked: this machine cannot run it (it {preset.host_mismatch()}){hint}"
 
 
 def _verify(
     directory: Path, model: ImportedModel, options: CompileOptions, runner: HostRunner
 ) -> tuple[OutputAccuracy, ...]:
-    """Run the exported library through the production loader and compare with onnxruntime."""
+    """Run the exported library through the production loader and compare with onnxruntime.
+
+    It runs twice: the second run gets memory the first one freed, so a kernel that reads
+    memory it never wrote gives different outputs (the first run often gets fresh, zeroed
+    pages and matches by luck)."""
     tolerance = tolerance_for(options.precision, options.tolerance)
     feeds = random_inputs(model.inputs, options.seed)
     expected = onnxruntime_outputs(model.path, feeds)
+    first = runner.run(directory, feeds)
     actual = runner.run(directory, feeds)
+    unstable = [
+        name for name in actual if not np.array_equal(first[name], actual[name], equal_nan=True)
+    ]
+    if unstable:
+        raise AccuracyError(
+            f"compiled model gives different outputs on two runs of the same inputs "
+            f"({', '.join(unstable)}): some kernel reads memory it never wrote; nothing was "
+            "written (use --no-verify to write it anyway)"
+        )
     accuracy = compare(actual, expected)
     scales = output_scales(expected)
     bad = [a for a in accuracy if not tolerance.passes(a, scales[a.name])]

@@ -150,8 +150,10 @@ def _fix_input_shapes(
                 f"input {value.name!r} is not a tensor; tvmflow compiles tensors only"
             )
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
-        dims = list(tensor_type.shape.dim)
-        shape = _input_shape(value.name, dims, user.get(value.name))
+        if not tensor_type.HasField("shape"):
+            shape = _unknown_rank_shape(value.name, user.get(value.name))
+        else:
+            shape = _input_shape(value.name, list(tensor_type.shape.dim), user.get(value.name))
         specs.append(TensorSpec(value.name, shape, dtype))
     _check_input_sizes(specs)
     return tuple(specs)
@@ -183,7 +185,7 @@ def _input_shape(
         if len(given) != len(dims) or any(g <= 0 for g in given):
             raise TvmflowError(
                 f"--input-shape for {name!r} has {len(given)} positive dims expected {len(dims)} "
-                f"(the model declares {flag.split('=', 1)[1]})"
+                f"(the model declares {flag.split('=', 1)[1] or 'a scalar: ' + flag})"
             )
         for axis, (dim, value) in enumerate(zip(dims, given, strict=True)):
             if dim.dim_value > 0 and dim.dim_value != value:
@@ -202,11 +204,22 @@ def _input_shape(
     return tuple(int(d.dim_value) for d in dims)
 
 
+def _unknown_rank_shape(name: str, given: Sequence[int] | None) -> tuple[int, ...]:
+    """An input declared without any shape: only the user can say what it is."""
+    if given is None or any(int(g) <= 0 for g in given):
+        raise TvmflowError(
+            f"input {name!r} has no declared shape (unknown rank); give it with "
+            f"--input-shape {name}=D1,D2,... (--input-shape {name}= for a scalar)"
+        )
+    return tuple(int(g) for g in given)
+
+
 def _fold_shapes(proto: onnx.ModelProto, inputs: tuple[TensorSpec, ...]) -> onnx.ModelProto:
     """Pin input shapes and let onnxslim fold shape arithmetic and dead nodes."""
     import onnxslim
 
-    shapes = [f"{spec.name}:{','.join(map(str, spec.shape))}" for spec in inputs]
+    # scalars are static already (and onnxslim cannot parse an empty shape)
+    shapes = [f"{spec.name}:{','.join(map(str, spec.shape))}" for spec in inputs if spec.shape]
     try:
         slimmed = onnxslim.slim(proto, input_shapes=shapes or None)
     except Exception as exc:  # onnxslim bugs must not block a model TVM may import as is

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, write_atomic
+from tvmflow.manifest import TensorSpec, check_writable, write_atomic
 
 
 def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs: N(0,1) floats; integers and bools in {0, 1}.
+    """Seeded inputs: N(0,1) floats; integers and bools in {0, 1}; rank-0 specs get 0-d arrays.
 
     Integer inputs are usually ids, masks or token types: {0, 1} is in range for all of them,
     where a wider range would index past a small embedding table.
@@ -24,9 +24,9 @@ def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.nd
     for spec in specs:
         dtype = np.dtype(spec.dtype)
         if dtype.kind == "f":
-            out[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+            out[spec.name] = np.asarray(rng.standard_normal(spec.shape), dtype)
         elif dtype.kind in "iub":
-            out[spec.name] = rng.integers(0, 2, size=spec.shape).astype(dtype)
+            out[spec.name] = np.asarray(rng.integers(0, 2, size=spec.shape), dtype)
         else:
             raise TvmflowError(f"cannot make random data for input {spec.name!r} of {dtype}")
     return out
@@ -64,6 +64,11 @@ def load_inputs(
     if npz is not None:
         arrays.update(_read_npz(Path(npz)))
     for name, path in (files or {}).items():
+        if name in arrays:
+            raise TvmflowError(
+                f"input {name!r} is given twice: in {npz} and as --input {name}={path}; give "
+                "each input once"
+            )
         arrays[name] = _read_npy(Path(path))
     return arrays
 
@@ -126,9 +131,7 @@ def check_output_file(path: Path) -> None:
             f"-o {path} exists and is not an .npz archive; pass a new file name (only an "
             "earlier outputs file is replaced)"
         )
-    existing = next(p for p in (path.absolute().parent, *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise TvmflowError(f"-o {path}: {existing} is a file, not a directory")
+    check_writable(path, "-o")
 
 
 def save_outputs(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -102,12 +102,15 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
 
     # On CPUs exp/erf/tanh otherwise become one libm call per element, which LLVM cannot
     # vectorize (GELU was 40% of MiniLM's kernel time); the polynomial versions vectorize.
-    # Conv weights to HWIO (a constant transpose FoldConstant removes): the output channel is
-    # then contiguous, so CPU rules vectorize conv2d over it like a GEMM (K = kh*kw*ic,
-    # N = oc). Activations stay NCHW: no transposes in the graph. GPU rules want neither.
+    # Conv weights to HWIO: see `conv_weights_hwio`. GPU rules want neither.
+    # Upsampling conv2d_transposes (kernel == stride) become a 1x1 conv + pixel shuffle
+    # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
+    from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
+
     cpu_only = (
         [
-            relax.transform.ConvertLayout({"relax.nn.conv2d": ["NCHW", "HWIO"]}),
+            SplitUpsamplingConvTranspose(),
+            conv_weights_hwio(),
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
@@ -133,14 +136,63 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
         )(mod)
 
 
+def conv_weights_hwio() -> tvm.transform.Pass:
+    """Give every NCHW/OIHW conv2d its weight as HWIO (a transpose FoldConstant folds into
+    the constant): the output channel is then contiguous, so CPU rules vectorize conv2d over
+    it like a GEMM (K = kh*kw*ic, N = oc). Activations stay NCHW: no transposes in the graph.
+
+    A rewrite of the conv calls alone, not TVM's ConvertLayout: that pass infers layouts
+    for every op in the graph and raises on ones it cannot (a 3-D reduction after a conv:
+    "Invalid SLayout"), failing compiles that have nothing to do with conv weights.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    pattern = is_op("relax.nn.conv2d")(wildcard(), wildcard())
+
+    def rewrite(call: relax.Call, _: Any) -> relax.Expr:
+        attrs = call.attrs
+        if (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW") or attrs.out_layout != (
+            "NCHW"
+        ):
+            return call
+        return relax.op.nn.conv2d(
+            call.args[0],
+            relax.op.permute_dims(call.args[1], [2, 3, 1, 0]),
+            strides=attrs.strides,
+            padding=attrs.padding,
+            dilation=attrs.dilation,
+            groups=attrs.groups,
+            data_layout="NCHW",
+            kernel_layout="HWIO",
+            out_layout="NCHW",
+            out_dtype=attrs.out_dtype,
+        )
+
+    def transform(mod: tvm.IRModule, _: Any) -> tvm.IRModule:
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = rewrite_call(pattern, rewrite, func)
+        return mod
+
+    return tvm.transform.module_pass(transform, opt_level=0, name="ConvWeightsHWIO")
+
+
 def schedule(
     mod: tvm.IRModule, target: tvm.target.Target, logs: list[Path]
 ) -> tuple[tvm.IRModule, TuningInfo]:
-    """Records first (where they beat the default), then the default rules for the rest."""
+    """Records first (where they beat the default), then the default rules for the rest;
+    every kernel either schedules is checked against a reference (`tvmflow.kernel_check`)."""
+    from dataclasses import replace
+
+    from tvmflow.kernel_check import check_tuned
     from tvmflow.schedules import apply_default_schedules
 
-    mod, tuning = apply_records(mod, target, logs)
-    return apply_default_schedules(mod, target), tuning
+    tuned, tuning = apply_records(mod, target, logs)
+    tuned, dropped = check_tuned(mod, tuned, target)
+    tuning = replace(tuning, tasks_tuned=tuning.tasks_tuned - dropped)
+    return apply_default_schedules(tuned, target), tuning
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:

@@ -296,13 +296,18 @@ def fuse_epilogue(
     sch: s_tir.Schedule,
     writeback: s_tir.schedule.SBlockRV,
     epilogue: Sequence[s_tir.schedule.SBlockRV],
+    lanes: int,
 ) -> s_tir.schedule.SBlockRV | None:
     """Apply the injective blocks after a tiled reduction to each tile as it is written.
 
     Intermediate blocks are inlined into their consumers (a value used twice, as in
     hardswish, is recomputed: cheaper than a buffer); the blocks left (those writing kernel
-    outputs) move into the tile loop and read the accumulator directly. Returns the block
-    that now writes the tile, or None if the epilogue cannot be fused.
+    outputs) move into the tile loop and read the accumulator directly. A block left that
+    writes more values than the reduction produces (a pad, a concat, a broadcast) cannot:
+    under the tile loop `reverse_compute_at` keeps only the iterations that read the tile
+    and silently drops the rest (a pad's border was never written). Such blocks run as
+    their own pass after the tiled loop nest instead. Returns the block that now writes
+    the tile, or None if the epilogue cannot be scheduled.
     """
     from tvm.error import InternalError
     from tvm.s_tir.schedule import ScheduleError
@@ -316,6 +321,11 @@ def fuse_epilogue(
                 remaining.append(block)
         if not remaining:
             return writeback
+        produced = _elements(sch.get(writeback).writes[0].source.shape)
+        if any(_instances(sch, block) != produced for block in remaining):
+            for block in remaining:
+                schedule_spatial(sch, block, lanes)
+            return writeback
         tile_loop = sch.get_loops(writeback)[0]
         for block in remaining:
             sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
@@ -323,3 +333,16 @@ def fuse_epilogue(
     except (ScheduleError, InternalError):
         return None
     return remaining[-1]
+
+
+def _instances(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int | None:
+    """How many times a block runs (the product of its iter domains), None if symbolic."""
+    return _elements([iv.dom.extent for iv in sch.get(block).iter_vars])
+
+
+def _elements(shape: Sequence[Any]) -> int | None:
+    import tvm
+
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return None
+    return math.prod(int(d) for d in shape)

@@ -138,7 +138,7 @@ class Matmul(ScheduleRule):
             n_dim = len(weight.region) - 1
             prepack_weight(sch, main.block_rv, b_read, [k_dim], n_dim, tile[1] * tile[2])
         writeback = tile_gemm(sch, main.block_rv, gemm, tile, tunable)
-        out = fuse_epilogue(sch, writeback, [i.block_rv for i in infos[index + 1 :]])
+        out = fuse_epilogue(sch, writeback, [i.block_rv for i in infos[index + 1 :]], lanes)
         if out is None:
             return None
         wb_loops = sch.get_loops(out)
