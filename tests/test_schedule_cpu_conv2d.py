@@ -103,3 +103,18 @@ def test_single_output_channel_vectorizes_along_rows():
         assert sch is not None
         assert "vectorized" in loop_kinds(sch)
         assert_schedule_matches(func, sch, rtol=1e-4)
+
+
+def test_pad_after_the_epilogue_writes_the_border():
+    """FuseOps can put the next conv's pad after conv + bias + relu (PP-OCRv6 det): the pad's
+    border is no tile's output, so it must be written by a pass of its own."""
+    func = only_kernel(
+        {"x": ((1, 8, 10, 12), "float32")},
+        lambda x: relax.op.nn.pad(
+            relax.op.nn.relu(relax.op.nn.conv2d(x, const((24, 8, 2, 2)), padding=[1, 1, 0, 0])),
+            pad_width=[0, 0, 0, 0, 0, 1, 0, 1],
+        ),
+    )
+    sch = Conv2d().apply(func, TARGET, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch, rtol=1e-4)

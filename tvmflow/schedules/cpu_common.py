@@ -267,6 +267,7 @@ def fuse_epilogue(
     sch: s_tir.Schedule,
     writeback: s_tir.schedule.SBlockRV,
     epilogue: Sequence[s_tir.schedule.SBlockRV],
+    lanes: int = 1,
 ) -> s_tir.schedule.SBlockRV | None:
     """Apply the injective blocks after a tiled reduction to each tile as it is written.
 
@@ -274,10 +275,16 @@ def fuse_epilogue(
     hardswish, is recomputed: cheaper than a buffer); the blocks left (those writing kernel
     outputs) move into the tile loop and read the accumulator directly. Returns the block
     that now writes the tile, or None if the epilogue cannot be fused.
+
+    An output block that pads (writes a border no tile produces, as when FuseOps puts the
+    next conv's pad after a conv + relu) stays a pass of its own after the tiles: moved
+    into the tile loop it would only cover each tile's interior, leaving the border unwritten.
     """
+    import tvm
     from tvm.error import InternalError
     from tvm.s_tir.schedule import ScheduleError
 
+    has_branch = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
     try:
         remaining = []
         for block in epilogue:
@@ -287,9 +294,15 @@ def fuse_epilogue(
                 remaining.append(block)
         if not remaining:
             return writeback
+        padding = [b for b in remaining if has_branch(sch.get(b))]
+        tiled = [b for b in remaining if not has_branch(sch.get(b))]
         tile_loop = sch.get_loops(writeback)[0]
-        for block in remaining:
+        for block in tiled:
             sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
+        if padding:  # they read the whole result: the write-back keeps its buffer
+            for block in padding:
+                schedule_spatial(sch, block, lanes)
+            return tiled[-1] if tiled else writeback
         sch.compute_inline(writeback)
     except (ScheduleError, InternalError):
         return None

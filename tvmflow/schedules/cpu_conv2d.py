@@ -167,7 +167,7 @@ class Conv2d(ScheduleRule):
             ("write", 0),
             lambda *idx: [*(idx[i] for i in range(ndim) if i != n_dim), idx[n_dim]],
         )
-        if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[index + 1 :]]) is None:
+        if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[index + 1 :]], lanes) is None:
             return None
         _schedule_producers(sch, producers, lanes)
         return sch
@@ -216,7 +216,7 @@ def _single_channel(
         reduce=tuple(loops[i] for i in reduce),
     )
     writeback = tile_gemm(sch, main.block_rv, gemm, tile)
-    if fuse_epilogue(sch, writeback, [i.block_rv for i in epilogue]) is None:
+    if fuse_epilogue(sch, writeback, [i.block_rv for i in epilogue], lanes) is None:
         return None
     _schedule_producers(sch, producers, lanes)
     return sch

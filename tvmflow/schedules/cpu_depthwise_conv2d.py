@@ -118,7 +118,7 @@ class DepthwiseConv2d(ScheduleRule):
             if v is not None and v.same_as(main.iters[roles["n"]].var)
         )
         _move_dim_last(sch, main.block_rv, out_channel, out_dims)
-        if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[2:]]) is None:
+        if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[2:]], lanes) is None:
             return None
         _schedule_transpose(sch, pad.block_rv, lanes, len(roles["batch"]))
         return sch
