@@ -139,10 +139,12 @@ def read_baseline(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise SystemExit(
+        print(
             f"scripts/benchmark: cannot read baseline {path} ({exc}); create it with "
-            "scripts/benchmark --update-baseline"
-        ) from None
+            "scripts/benchmark --update-baseline",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     return data
 
 

@@ -64,6 +64,15 @@ def test_check_runs_the_baseline_models(script: ModuleType, tmp_path: Path) -> N
     assert [m.name for m in args.models] == ["resnet18-b8", "encoder"]
 
 
+def test_check_without_a_baseline_is_a_usage_error(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        script.parse_args(["--check", "--baseline", str(tmp_path / "none.json")])
+    assert exc.value.code == 2
+    assert "--update-baseline" in capsys.readouterr().err
+
+
 def test_committed_baseline_names_reference_models(script: ModuleType) -> None:
     data = json.loads(script.BASELINE.read_text())
     names = {m.name for m in script.REFERENCE_SET}
