@@ -27,6 +27,7 @@ MODULES = (
     "cumprod",
     "elementwise",
     "lp_normalization",
+    "attention",
 )
 
 DEFAULT_DOMAIN = ""
