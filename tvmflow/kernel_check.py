@@ -350,7 +350,7 @@ class _Case:
             if unstable:
                 return (
                     f"output {index}: {unstable} of {first.size} values depend on what memory "
-                    "held before the run (read but never written)"
+                    "held before the run: never written, or read before written"
                 )
             expected = refs[0][index]
             known = np.ones(expected.shape, bool)
