@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -393,7 +394,9 @@ def demo_cmd(workdir: Path) -> None:
     help="An .npz file holding every input by name (default: seeded random inputs).",
 )
 @click.option(
-    "--threads", type=click.IntRange(min=1), help="Threads per engine [default: physical cores]."
+    "--threads",
+    type=click.IntRange(min=1, max=os.cpu_count() or 1),  # tvmflow.load's range: checked first
+    help="Threads per engine [default: physical cores].",
 )
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option(
