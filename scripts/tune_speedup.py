@@ -1,11 +1,13 @@
 """Measure what tuning buys: tune zoo models, then time tuned, untuned and onnxruntime together.
 
     .venv/bin/python scripts/tune_speedup.py conv_net resnet_block --trials 64 --workdir /tmp/ts
+    nice .venv/bin/python scripts/tune_speedup.py resnet18 --time-limit 25 --trials 100000
 
-For each model: `tune_model` with the given budget (trials/s is its own measurement), then
-compile it twice (with and without the log, both verified against onnxruntime) and time the
-two artifacts and onnxruntime in interleaved rounds in this one process, so machine load hits
-all three alike. Prints a table and writes `report.json` in the work directory.
+For each model: `tune_model` with the given budget or time limit (trials/s is its own
+measurement; a rerun resumes the log in the work directory), then compile it twice (with only
+this log and with no log at all, both verified against onnxruntime) and time the two artifacts
+and onnxruntime in interleaved rounds in this one process, so machine load hits all three
+alike. Prints a table and writes `report.json` in the work directory.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
     "mlp": {"x": (4, 64)},
     "conv_net": {"image": (2, 3, 32, 32)},
     "resnet_block": {"image": (1, 3, 64, 64)},
+    "resnet18": {"image": (1, 3, 224, 224)},
+    "mobilenet_v2": {"image": (1, 3, 224, 224)},
+    "encoder": {},
 }
 
 
@@ -54,11 +59,17 @@ def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
     imported = load_onnx(path, SHAPES[model])
     preset = resolve_preset("x86")
     options = TuneOptions(
-        trials=args.trials, batch_size=args.batch_size, population=args.population
+        trials=args.trials,
+        batch_size=args.batch_size,
+        population=args.population,
+        time_limit_s=args.time_limit * 60 if args.time_limit else None,
     )
     result = tune_model(imported, preset, work / "log", options)
     tuned = compile_model(
-        imported, preset, work / "tuned", CompileOptions(tuning_logs=(work / "log",))
+        imported,
+        preset,
+        work / "tuned",
+        CompileOptions(tuning_logs=(work / "log",), use_shipped_logs=False),
     )
     untuned = compile_model(
         imported, preset, work / "untuned", CompileOptions(use_shipped_logs=False)
@@ -100,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", choices=sorted(SHAPES))
     parser.add_argument("--trials", type=int, default=64)
+    parser.add_argument("--time-limit", type=float, help="minutes of tuning per model")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--population", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=15)

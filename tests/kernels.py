@@ -1,5 +1,5 @@
 """Fixtures for schedule-rule tests: real fused kernels from small Relax graphs, and a checker
-that runs a kernel scheduled and unscheduled on the same random data."""
+that runs a kernel scheduled and unscheduled on the same random data (tvmflow.kernel_check)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir
 
+from tvmflow.kernel_check import RuleKernel, check
 from tvmflow.lowering import fuse
 from tvmflow.targets import resolve_preset
 
@@ -49,39 +50,13 @@ def const(shape: tuple[int, ...], seed: int = 0) -> relax.Constant:
     return relax.const(np.random.default_rng(seed).standard_normal(shape).astype("float32"))
 
 
-def _random_args(func: tvm.tirx.PrimFunc, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for param in func.params:
-        shape = [int(d) for d in param.shape]
-        dtype = np.dtype(str(param.dtype))
-        if dtype.kind == "f":
-            arrays.append(rng.standard_normal(shape).astype(dtype))
-        else:
-            arrays.append(rng.integers(-3, 4, size=shape).astype(dtype))
-    return arrays
-
-
-def _run(func: tvm.tirx.PrimFunc, arrays: list[np.ndarray], target: Any) -> list[np.ndarray]:
-    lib = tvm.compile(
-        tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target
-    )
-    dev = tvm.cpu(0)
-    tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
-    lib["main"](*tensors)
-    return [t.numpy() for t in tensors]
-
-
 def assert_schedule_matches(
-    func: tvm.tirx.PrimFunc, sch: s_tir.Schedule, target: Any = TARGET, rtol: float = 1e-5
+    func: tvm.tirx.PrimFunc, sch: s_tir.Schedule, target: Any = TARGET
 ) -> None:
-    """The scheduled kernel writes what the unscheduled one writes, on every buffer."""
-    arrays = _random_args(func, seed=1)
-    expected = _run(func, [a.copy() for a in arrays], target)
-    actual = _run(sch.mod["main"].with_attr("tirx.is_scheduled", True), arrays, target)
-    for exp, act in zip(expected, actual, strict=True):
-        scale = float(np.abs(exp).max(initial=0.0)) or 1.0
-        np.testing.assert_allclose(act, exp, rtol=0, atol=rtol * scale * 10 + 1e-6)
+    """The scheduled kernel writes what the unscheduled one writes, on every output, with
+    outputs and scratch poisoned first (the compile-time check every rule's kernels get)."""
+    kernel = RuleKernel("kernel", "rule", func, sch.mod["main"])
+    assert check([kernel], target) == []
 
 
 def lowers_for(sch: s_tir.Schedule, target: Any) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,6 +38,14 @@ def _edit_manifest(directory: Path, **changes: object) -> None:
     path.write_text(json.dumps(data))
 
 
+def _shipped_digest(preset: str) -> str | None:
+    """Compile consults the logs shipped for the preset: the manifest names them by digest."""
+    from tvmflow.tunelog import logs_digest, shipped_log_dirs
+
+    dirs = shipped_log_dirs(preset)
+    return logs_digest(dirs) if dirs else None
+
+
 def test_manifest_describes_the_build(artifacts: dict[str, Artifact], zoo_dir: Path) -> None:
     art = artifacts["mlp"]
     data = json.loads((art.directory / "manifest.json").read_text())
@@ -50,7 +59,7 @@ def test_manifest_describes_the_build(artifacts: dict[str, Artifact], zoo_dir: P
     assert data["library_sha256"] == sha256_file(art.directory / "model.so")
     assert data["onnx_sha256"] == sha256_file(zoo_dir / "mlp.onnx")
     assert data["tuning"] == {
-        "log_digest": None,
+        "log_digest": _shipped_digest(art.manifest.preset),
         "tasks_tuned": 0,
         "tasks_total": art.manifest.tuning.tasks_total,
     }
@@ -171,8 +180,32 @@ def test_accuracy_failure_writes_nothing(zoo_dir: Path, tmp_path: Path) -> None:
             out,
             CompileOptions(tolerance=Tolerance(atol=0.0, rtol=0.0)),
         )
-    assert not (out / "manifest.json").exists() and not (out / "model.so").exists()
-    assert list(out.iterdir()) == []  # the scratch folder is gone too
+    assert not out.exists()  # nor the scratch folder, nor the directory compile created
+
+
+def test_verification_runs_twice_and_refuses_unstable_outputs(
+    zoo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel reading memory it never wrote shows as a second run that differs from the
+    first (here simulated: the second run's outputs are perturbed)."""
+    from tvmflow import compile as compile_module
+    from tvmflow.emulate import HostRunner, host_runner
+
+    native = host_runner(resolve_preset("x86"))
+    assert native is not None
+    calls: list[int] = []
+
+    def flaky(directory: Path, feeds: Any) -> dict[str, np.ndarray]:
+        calls.append(1)
+        outputs = native.run(directory, feeds)
+        return {k: v + (len(calls) - 1) * 1e-3 for k, v in outputs.items()}
+
+    monkeypatch.setattr(compile_module, "host_runner", lambda preset: HostRunner("flaky", flaky))
+    imported = load_onnx(zoo_dir / "mlp.onnx", {"x": (1, 64)})
+    out = tmp_path / "flaky"
+    with pytest.raises(AccuracyError, match="two runs of the same inputs"):
+        compile_model(imported, resolve_preset("x86"), out)
+    assert len(calls) == 2 and not (out / "model.so").exists()
 
 
 def test_no_verify_skips_accuracy(zoo_dir: Path, tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def test_conv_matches_unscheduled(case):
     func = _conv(**case)
     sch = Conv2d().apply(func, TARGET, False)
     assert sch is not None
-    assert_schedule_matches(func, sch, rtol=1e-4)
+    assert_schedule_matches(func, sch)
 
 
 def test_conv_is_tiled_vectorized_parallel_and_prepacks_weights():
@@ -72,7 +72,7 @@ def test_depthwise_grouped_and_non_conv_are_not_claimed():
 
 def test_other_cpus():
     func = _conv(8, 24, (10, 10))
-    assert_schedule_matches(func, Conv2d().apply(func, AVX2, False), AVX2, rtol=1e-4)
+    assert_schedule_matches(func, Conv2d().apply(func, AVX2, False), AVX2)
     lowers_for(Conv2d().apply(func, NEON, False), NEON)
 
 
@@ -88,7 +88,7 @@ def test_conv_transpose_matches_unscheduled(k, stride, pad):
     sch = Conv2d().apply(func, TARGET, False)
     assert sch is not None
     assert "layout_rewrite_preproc" in sch.mod["main"].script()
-    assert_schedule_matches(func, sch, rtol=1e-4)
+    assert_schedule_matches(func, sch)
 
 
 def test_single_output_channel_vectorizes_along_rows():
@@ -102,19 +102,25 @@ def test_single_output_channel_vectorizes_along_rows():
         sch = Conv2d().apply(func, TARGET, False)
         assert sch is not None
         assert "vectorized" in loop_kinds(sch)
-        assert_schedule_matches(func, sch, rtol=1e-4)
+        assert_schedule_matches(func, sch)
 
 
-def test_pad_after_the_epilogue_writes_the_border():
-    """FuseOps can put the next conv's pad after conv + bias + relu (PP-OCRv6 det): the pad's
-    border is no tile's output, so it must be written by a pass of its own."""
+def test_epilogue_pad_is_written_whole():
+    """An epilogue that writes more values than the conv produces used to be moved under the
+    conv's tile loop, where TVM keeps only the iterations that read the tile: the pad's
+    border was never written, so the output depended on what the allocator handed back
+    (PP-OCRv6 det: wrong border pixels, different from run to run)."""
     func = only_kernel(
-        {"x": ((1, 8, 10, 12), "float32")},
+        {"x": ((1, 8, 13, 13), "float32")},
+        # PP-OCRv6 det: conv + bias + relu, then ONNX Pad(0, 1, 0, 1) for a 2x2 max pool
         lambda x: relax.op.nn.pad(
-            relax.op.nn.relu(relax.op.nn.conv2d(x, const((24, 8, 2, 2)), padding=[1, 1, 0, 0])),
-            pad_width=[0, 0, 0, 0, 0, 1, 0, 1],
+            relax.op.nn.relu(
+                relax.op.add(relax.op.nn.conv2d(x, const((12, 8, 2, 2))), const((1, 12, 1, 1), 1))
+            ),
+            [0, 0, 0, 0, 0, 1, 0, 1],
         ),
     )
     sch = Conv2d().apply(func, TARGET, False)
     assert sch is not None
-    assert_schedule_matches(func, sch, rtol=1e-4)
+    assert {"parallel", "vectorized"} <= loop_kinds(sch)
+    assert_schedule_matches(func, sch)

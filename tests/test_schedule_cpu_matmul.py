@@ -33,7 +33,7 @@ def test_dense_matches_unscheduled(m, k, n):
     func = _dense(m, k, n)
     sch = Matmul().apply(func, TARGET, False)
     assert sch is not None
-    assert_schedule_matches(func, sch, rtol=1e-4)
+    assert_schedule_matches(func, sch)
 
 
 def test_dense_is_tiled_vectorized_and_parallel():
@@ -55,7 +55,7 @@ def test_attention_batch_matmul_with_epilogue():
     )
     sch = Matmul().apply(func, TARGET, False)
     assert sch is not None
-    assert_schedule_matches(func, sch, rtol=1e-4)
+    assert_schedule_matches(func, sch)
 
 
 def test_gelu_epilogue_with_reused_value():
@@ -66,7 +66,7 @@ def test_gelu_epilogue_with_reused_value():
     func = only_kernel({"x": ((10, 24), "float32")}, gelu)
     sch = Matmul().apply(func, TARGET, False)
     assert sch is not None
-    assert_schedule_matches(func, sch, rtol=1e-4)
+    assert_schedule_matches(func, sch)
 
 
 def test_reductions_and_elementwise_are_not_claimed():
@@ -88,5 +88,16 @@ def test_tile_uses_exact_divisors_and_fits_registers():
 
 def test_other_cpus():
     func = _dense(12, 20, 40)
-    assert_schedule_matches(func, Matmul().apply(func, AVX2, False), AVX2, rtol=1e-4)
+    assert_schedule_matches(func, Matmul().apply(func, AVX2, False), AVX2)
     lowers_for(Matmul().apply(func, NEON, False), NEON)
+
+
+def test_epilogue_pad_is_written_whole():
+    """A Pad after the matmul (values outside every output tile) is written by its own pass."""
+    func = only_kernel(
+        {"x": ((16, 24), "float32")},
+        lambda x: relax.op.nn.pad(relax.op.matmul(x, const((24, 32))), [0, 1, 0, 3]),
+    )
+    sch = Matmul().apply(func, TARGET, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch)

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import ZOO_SHAPES
@@ -24,7 +25,7 @@ from tvmflow.compile import CompileOptions, compile_model
 from tvmflow.frontend import ImportedModel, load_onnx
 from tvmflow.targets import resolve_preset
 from tvmflow.tune import TuneOptions, TuneProgress, TuningResult, tune_model
-from tvmflow.tunelog import open_database, read_summary
+from tvmflow.tunelog import logs_digest, open_database, read_summary
 
 BATCH = 4
 FAST = TuneOptions(batch_size=BATCH, population=32, min_repeat_ms=10)
@@ -120,7 +121,7 @@ def test_compile_uses_the_tuned_log(mlp_log, mlp: ImportedModel, tmp_path: Path)
     # compile applies a kernel's record only where the search beat the untuned trial 0
     improved = _improved_kernels(log)
     assert tuning.tasks_total > 0 and tuning.tasks_tuned == improved
-    assert (tuning.log_digest is not None) == (improved > 0)
+    assert tuning.log_digest == logs_digest([log])  # consulted, whether or not a record won
     assert artifact.manifest.accuracy  # verified against onnxruntime on the way
 
 
@@ -186,7 +187,7 @@ def test_kill_9_mid_job_leaves_a_log_that_loads_and_resumes(
              "--trials", "500", *FAST_FLAGS),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        start_new_session=True,  # its MetaSchedule workers die with it
+        start_new_session=True,  # a group to clean up with, should the test fail
     )  # fmt: skip
     try:
         seen = 0
@@ -203,8 +204,12 @@ def test_kill_9_mid_job_leaves_a_log_that_loads_and_resumes(
         assert rc == 2
         assert f"in use by another tuning job (pid {job.pid} on" in err
         time.sleep(1.0)  # let the next batch get under way
-        os.killpg(job.pid, signal.SIGKILL)
+        workers = psutil.Process(job.pid).children(recursive=True)
+        assert workers  # MetaSchedule's builder and runner processes
+        os.kill(job.pid, signal.SIGKILL)  # the job alone, as `kill -9 PID` does
         job.wait(timeout=60)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"orphaned workers: {alive}"  # they die with their job
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
@@ -217,6 +222,8 @@ def test_kill_9_mid_job_leaves_a_log_that_loads_and_resumes(
     resumed = tune_model(mlp, resolve_preset("x86"), log, replace(FAST, trials=len(db) + 1))
     assert resumed.trials >= len(db) + 1
     assert resumed.new_trials <= 1 + BATCH
+    # and the killed job's working copy and candidate libraries are gone
+    assert not (log / ".work").exists() and not (log / ".lock.json").exists()
 
 
 @pytest.mark.slow

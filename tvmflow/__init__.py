@@ -15,13 +15,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tvmflow.errors import TvmflowError  # light: production code catches it around `load`
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from tvmflow.api import compile, tune
     from tvmflow.runtime import CompiledModel, load
 
-__all__ = ["CompiledModel", "__version__", "compile", "load", "tune"]
+__all__ = ["CompiledModel", "TvmflowError", "__version__", "compile", "load", "tune"]
 
 
 def __getattr__(name: str) -> Any:

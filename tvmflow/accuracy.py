@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tvmflow.errors import TvmflowError
 from tvmflow.manifest import OutputAccuracy
 
 
@@ -21,6 +23,14 @@ class Tolerance:
 
     atol: float = 1e-4
     rtol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for name, value in (("atol", self.atol), ("rtol", self.rtol)):
+            if not (math.isfinite(value) and value >= 0):
+                raise TvmflowError(
+                    f"--{name} {value} is not a tolerance: give a finite number >= 0 "
+                    f"(default {getattr(Tolerance, name)})"
+                )
 
     def passes(self, acc: OutputAccuracy, scale: float) -> bool:
         return (
@@ -46,12 +56,9 @@ def onnxruntime_outputs(
     model: Path, feeds: Mapping[str, np.ndarray], threads: int | None = None
 ) -> dict[str, np.ndarray]:
     """Run the original ONNX file on onnxruntime's CPU provider."""
-    import onnxruntime as ort
+    from tvmflow.engines import onnxruntime_session
 
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(model, threads or 0)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, dict(feeds)), strict=True))
 

@@ -64,6 +64,7 @@ def tune(
     seed: int | None = None,
     batch_size: int = 64,
     population: int = 512,
+    repair_log: bool = False,
     progress: ProgressSink | None = None,
 ) -> TuningResult:
     """Tune a model's kernels for a target into the log directory `log` (created, or resumed);
@@ -78,6 +79,7 @@ def tune(
         precision=precision,
         batch_size=batch_size,
         population=population,
+        repair_log=repair_log,
     )
     return tune_model(_model(model, input_shapes), _preset(target), Path(log), options, progress)
 

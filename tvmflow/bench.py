@@ -273,12 +273,9 @@ def _signature(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> s
 
 
 def check_artifact_matches(model: Path, manifest: Manifest, directory: Path) -> tuple[str, ...]:
-    """Refuse an artifact compiled from another model; returns warnings for softer mismatches.
-
-    The signature (names, dtypes, ranks, static dims) must match. The same signature with a
-    different file sha256 may be a re-export of the same network, so it only warns: the
-    accuracy check then shows whether the two really agree.
-    """
+    """Refuse an artifact compiled from another model file: another signature (names, dtypes,
+    ranks, static dims) or the same signature with another sha256 (other weights would
+    compare two different networks and blame the compiler); returns no warnings."""
     inputs, outputs = _onnx_signature(model)
     same = all(
         len(declared) == len(built) and all(map(_matches, declared, built))
@@ -292,27 +289,22 @@ def check_artifact_matches(model: Path, manifest: Manifest, directory: Path) -> 
             "use --target to compile it"
         )
     if sha256_file(model) != manifest.onnx_sha256:
-        return (
-            f"artifact {directory} was compiled from a file with the same signature but a "
-            f"different sha256 than {model.name}; the accuracy check shows whether they agree",
+        raise TvmflowError(
+            f"artifact {directory} was compiled from another file than {model} (same "
+            f"signature, onnx_sha256 {manifest.onnx_sha256[:12]} in its manifest, this file "
+            f"{sha256_file(model)[:12]}); pass the model it was compiled from, or use --target"
         )
     return ()
 
 
 def check_runs_here(preset: str, device: str, arch: str, cpu_features: Sequence[str]) -> None:
     """A benchmark needs the target's hardware: say which target and what is missing."""
-    from tvmflow.targets import host_arch, host_cpu_features
+    from tvmflow.targets import host_mismatch
 
-    if arch != host_arch():
+    why = host_mismatch(arch, cpu_features)
+    if why is not None:
         raise TvmflowError(
-            f"target {preset} runs on {arch} and this machine is {host_arch()}; benchmark it "
-            "on such a machine, or use --target x86 here"
-        )
-    missing = sorted(set(cpu_features) - host_cpu_features())
-    if missing:
-        raise TvmflowError(
-            f"target {preset} needs CPU features {', '.join(missing)} that this machine lacks; "
-            "benchmark it on such a machine, or use --target x86 here"
+            f"target {preset} {why}; benchmark it on such a machine, or use --target x86 here"
         )
     if device == "cuda" and not Path("/dev/nvidiactl").exists():
         raise TvmflowError(
@@ -929,5 +921,22 @@ def plot(reports: Sequence[BenchReport], path: Path) -> None:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format=plot_format(path))  # exactly `path`: no suffix added
     plt.close(fig)
+
+
+def plot_format(path: Path) -> str:
+    """The image format `--plot PATH` asks for by its suffix (png without one); checked
+    before a benchmark runs, so a typo does not cost the run."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise TvmflowError("--plot needs matplotlib: pip install tvmflow[bench]") from exc
+    fmt = Path(path).suffix[1:].lower() or "png"
+    known = Figure().canvas.get_supported_filetypes()
+    if fmt not in known:
+        raise TvmflowError(
+            f"--plot {path}: matplotlib cannot write .{fmt} files; use one of "
+            f"{', '.join('.' + k for k in sorted(known))}"
+        )
+    return fmt

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import sys
 import time
 import traceback
@@ -32,12 +34,17 @@ class ShapeParam(click.ParamType):
         if isinstance(value, tuple):
             return value
         name, sep, dims = str(value).partition("=")
-        try:
-            shape = tuple(int(d) for d in dims.split(","))
+        try:  # NAME= (no dims): a rank-0 (scalar) input
+            shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+            bad = any(d <= 0 for d in shape)
         except ValueError:
-            shape = ()
-        if not sep or not name or not shape or any(d <= 0 for d in shape):
-            self.fail(f"{value!r} is not NAME=D1,D2,... with positive integer dims", param, ctx)
+            bad = True
+        if not sep or not name or bad:
+            self.fail(
+                f"{value!r} is not NAME=D1,D2,... with positive integer dims (NAME= for a scalar)",
+                param,
+                ctx,
+            )
         return name, shape
 
 
@@ -57,6 +64,29 @@ class NamedFileParam(click.ParamType):
         return name, Path(path)
 
 
+def _one_per_input(
+    ctx: click.Context, param: click.Parameter, value: Sequence[tuple[str, Any]]
+) -> dict[str, Any]:
+    """Repeated NAME=... flags as a dict; naming one input twice is refused (the last would
+    silently win)."""
+
+    def text(v: Any) -> str:
+        return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+    given: dict[str, Any] = {}
+    for name, item in value:
+        if name in given:
+            raise click.BadParameter(
+                f"input {name!r} is given twice ({text(given[name])} and {text(item)}); give "
+                "each input once",
+                ctx,
+                param,
+            )
+        given[name] = item
+    return given
+
+
+SEED = click.IntRange(0, 2**31 - 1)
 SHAPE = ShapeParam()
 NAMED_FILE = NamedFileParam()
 input_shape_option = click.option(
@@ -64,7 +94,9 @@ input_shape_option = click.option(
     "input_shapes",
     type=SHAPE,
     multiple=True,
-    help="Fix an input's shape, e.g. x=1,3,224,224 (repeatable; needed for dynamic dims).",
+    callback=_one_per_input,
+    help="Fix an input's shape, e.g. x=1,3,224,224; sr= for a scalar (repeatable; needed "
+    "for dynamic dims).",
 )
 target_option = click.option(
     "--target", "-t", required=True, help="Preset name (see `tvmflow targets`) or a .toml path."
@@ -168,7 +200,7 @@ def compile_cmd(
     model: Path,
     target: str,
     output: Path,
-    input_shapes: Sequence[tuple[str, tuple[int, ...]]],
+    input_shapes: Mapping[str, tuple[int, ...]],
     tuning_logs: Sequence[Path],
     no_shipped_logs: bool,
     no_verify: bool,
@@ -178,18 +210,16 @@ def compile_cmd(
 ) -> None:
     """Compile MODEL (.onnx) for a target into an artifact directory."""
     from tvmflow.accuracy import Tolerance
-    from tvmflow.compile import CompileOptions, compile_model
+    from tvmflow.compile import CompileOptions, check_output_dir, compile_model
     from tvmflow.frontend import load_onnx
     from tvmflow.targets import resolve_preset
 
+    tolerance = Tolerance(atol, rtol)  # the cheap checks first: nothing is loaded yet
+    check_output_dir(output)
     preset = resolve_preset(target)
     imported = load_onnx(model, dict(input_shapes))
     options = CompileOptions(
-        tuple(tuning_logs),
-        not no_shipped_logs,
-        not no_verify,
-        Tolerance(atol, rtol),
-        precision=precision,
+        tuple(tuning_logs), not no_shipped_logs, not no_verify, tolerance, precision=precision
     )
     artifact = compile_model(imported, preset, output, options)
     m = artifact.manifest
@@ -217,7 +247,14 @@ def inspect_cmd(artifact: Path) -> None:
 
 @cli.command("run")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--input", "input_files", type=NAMED_FILE, multiple=True, help="NAME=FILE.npy")
+@click.option(
+    "--input",
+    "input_files",
+    type=NAMED_FILE,
+    multiple=True,
+    callback=_one_per_input,
+    help="NAME=FILE.npy",
+)
 @click.option(
     "--inputs",
     "npz",
@@ -225,7 +262,7 @@ def inspect_cmd(artifact: Path) -> None:
     help="An .npz file holding every input by name.",
 )
 @click.option("--random", "use_random", is_flag=True, help="Seeded random inputs.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Save outputs as .npz.")
 @click.option(
     "--emulate",
@@ -234,7 +271,7 @@ def inspect_cmd(artifact: Path) -> None:
 )
 def run_cmd(
     artifact: Path,
-    input_files: Sequence[tuple[str, Path]],
+    input_files: Mapping[str, Path],
     npz: Path | None,
     use_random: bool,
     seed: int,
@@ -242,12 +279,14 @@ def run_cmd(
     emulate: bool,
 ) -> None:
     """Run an artifact on inputs and print (or save) its outputs."""
-    from tvmflow.inputs import load_inputs, random_inputs
+    from tvmflow.inputs import check_output_file, load_inputs, random_inputs, save_outputs
 
     if use_random == bool(input_files or npz):
         raise TvmflowError(
             "give either --random or inputs (--input NAME=FILE.npy / --inputs F.npz)"
         )
+    if output:
+        check_output_file(output)
     run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
     if emulate:
         from tvmflow.emulate import run_emulated
@@ -261,21 +300,36 @@ def run_cmd(
         model = load(artifact)
         specs, run = model.inputs, model.run
     feeds = random_inputs(specs, seed) if use_random else load_inputs(dict(input_files), npz)
+    _warn_nonfinite(feeds)
     start = time.perf_counter()
     outputs = run(feeds)
     elapsed = time.perf_counter() - start
     if output:
-        np.savez(output, **outputs)  # type: ignore[arg-type]
+        save_outputs(output, outputs)
         click.echo(f"wrote {len(outputs)} output(s) to {output}")
     for name, arr in outputs.items():
-        click.echo(
-            f"{name}: {arr.dtype}{list(arr.shape)} min {arr.min():.4g} max {arr.max():.4g} "
-            f"mean {arr.mean():.4g}"
+        values = (
+            f"min {arr.min():.4g} max {arr.max():.4g} mean {arr.mean():.4g}"
+            if arr.size
+            else "empty"
         )
+        click.echo(f"{name}: {arr.dtype}{list(arr.shape)} {values}")
     if emulate:
         click.echo(f"ran under emulation in {elapsed:.1f} s (qemu: says nothing about speed)")
     else:
         click.echo(f"ran in {elapsed * 1e3:.2f} ms (first run)")
+
+
+def _warn_nonfinite(arrays: Mapping[str, np.ndarray]) -> None:
+    """NaN/Inf inputs are legal but almost always a mistake upstream: one line each."""
+    from tvmflow.inputs import nonfinite_counts
+
+    for name, count in nonfinite_counts(arrays).items():
+        click.echo(
+            f"tvmflow: warning: input {name!r} holds {count} NaN/Inf value(s); outputs that "
+            "depend on them will be NaN",
+            err=True,
+        )
 
 
 @cli.command("demo")
@@ -284,11 +338,14 @@ def run_cmd(
 )
 def demo_cmd(workdir: Path) -> None:
     """Compile the built-in model for this host, run it and compare with onnxruntime."""
-    from tvmflow.compile import compile_model
+    from tvmflow.compile import check_output_dir, compile_model
     from tvmflow.frontend import load_onnx
     from tvmflow.targets import resolve_preset
     from tvmflow.zoo import DEMO_MODEL, DEMO_SHAPES, save
 
+    if workdir.exists() and not workdir.is_dir():
+        raise TvmflowError(f"--workdir {workdir} is a file; pass a directory (it is created)")
+    check_output_dir(workdir / "artifact")
     path = save(DEMO_MODEL, workdir)
     preset = resolve_preset("x86")
     artifact = compile_model(load_onnx(path, DEMO_SHAPES), preset, workdir / "artifact")
@@ -337,7 +394,9 @@ def demo_cmd(workdir: Path) -> None:
     help="An .npz file holding every input by name (default: seeded random inputs).",
 )
 @click.option(
-    "--threads", type=click.IntRange(min=1), help="Threads per engine [default: physical cores]."
+    "--threads",
+    type=click.IntRange(min=1, max=os.cpu_count() or 1),  # tvmflow.load's range: checked first
+    help="Threads per engine [default: physical cores].",
 )
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option(
@@ -362,7 +421,7 @@ def demo_cmd(workdir: Path) -> None:
     "openvino-default (its default precision: bf16 on AVX512_BF16 CPUs).",
 )
 @tolerance_options
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-rss", is_flag=True, help="Skip the peak-RSS probes (one process per engine).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report.")
 @click.option("--markdown", type=click.Path(path_type=Path), help="Write a markdown table.")
@@ -373,7 +432,7 @@ def bench_cmd(
     target: str | None,
     tuning_logs: Sequence[Path],
     no_shipped_logs: bool,
-    input_shapes: Sequence[tuple[str, tuple[int, ...]]],
+    input_shapes: Mapping[str, tuple[int, ...]],
     npz: Path | None,
     threads: int | None,
     warmup: int,
@@ -394,6 +453,7 @@ def bench_cmd(
     from tvmflow import bench
     from tvmflow.accuracy import Tolerance
     from tvmflow.inputs import load_inputs
+    from tvmflow.manifest import check_writable
 
     if (artifact is None) == (target is None):
         raise TvmflowError("give exactly one of --artifact DIR or --target NAME")
@@ -410,7 +470,17 @@ def bench_cmd(
         seed=seed,
         progress=sys.stderr.isatty(),
     )
+    for flag, report_path in (("--json", json_path), ("--markdown", markdown), ("--plot", plot)):
+        if report_path is not None and report_path.is_dir():
+            raise TvmflowError(f"{flag} {report_path} is a directory; pass a file name")
+        if report_path is not None:
+            check_writable(report_path, flag)
+            if report_path.resolve() in {model.resolve(), Path(npz or model).resolve()}:
+                raise TvmflowError(f"{flag} {report_path} is an input of this benchmark")
+    if plot:
+        bench.plot_format(plot)
     arrays = load_inputs(npz=npz) if npz else None
+    _warn_nonfinite(arrays or {})
     with tempfile.TemporaryDirectory(prefix="tvmflow-bench-") as scratch:
         compile_s = None
         if artifact is None:
@@ -446,12 +516,12 @@ class DurationParam(click.ParamType):
         if isinstance(value, float):
             return value
         text = str(value).strip().lower()
-        number, unit = (text[:-1], text[-1]) if text[-1:] in "smh" else (text, "")
+        number, unit = (text[:-1], text[-1]) if text and text[-1] in "smh" else (text, "")
         try:
             seconds = float(number) * self.units[unit]
         except ValueError:
             seconds = -1.0
-        if seconds <= 0:
+        if not (math.isfinite(seconds) and seconds > 0):
             self.fail(f"{value!r} is not a duration like 90, 30s, 45m or 2h", param, ctx)
         return seconds
 
@@ -509,7 +579,7 @@ class HostPortParam(click.ParamType):
 )
 @click.option("--rpc-tracker", type=HostPortParam(), help="Measure on an RPC device farm.")
 @click.option("--rpc-key", help="Device key on the tracker (with --rpc-tracker).")
-@click.option("--seed", type=int, help="Seed the search (reproducible runs).")
+@click.option("--seed", type=SEED, help="Seed the search (reproducible runs).")
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
@@ -517,12 +587,17 @@ class HostPortParam(click.ParamType):
     show_default=True,
     help="Tune the kernels of a compile with this --precision.",
 )
+@click.option(
+    "--repair-log",
+    is_flag=True,
+    help="Drop the log's damaged lines (kept as *.damaged) and continue from the rest.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def tune_cmd(
     model: Path,
     target: str,
     log_dir: Path,
-    input_shapes: Sequence[tuple[str, tuple[int, ...]]],
+    input_shapes: Mapping[str, tuple[int, ...]],
     trials: int | None,
     trials_per_task: int | None,
     time_limit: float | None,
@@ -533,6 +608,7 @@ def tune_cmd(
     rpc_key: str | None,
     seed: int | None,
     precision: str,
+    repair_log: bool,
     as_json: bool,
 ) -> None:
     """Tune MODEL's kernels for a target with MetaSchedule; records go to --log DIR."""
@@ -558,6 +634,7 @@ def tune_cmd(
         farm=farm,
         seed=seed,
         precision=precision,
+        repair_log=repair_log,
     )
     result = tune_model(imported, preset, log_dir, options, ConsoleProgress())
     if as_json:
@@ -628,6 +705,47 @@ def farm_status_cmd(rpc_tracker: tuple[str, int], as_json: bool) -> None:
     click.echo(f"{'key':<24} {'servers':>7} {'free':>5} {'busy':>5} {'queued':>6}")
     for k in keys:
         click.echo(f"{k.key:<24} {k.servers:>7} {k.free:>5} {k.busy:>5} {k.pending_requests:>6}")
+
+
+@cli.command("serve")
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Requests run at once; each gets CPUs/workers TVM threads [default: CPUs].",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["tvmflow", "onnxruntime"]),
+    default="tvmflow",
+    show_default=True,
+    help="onnxruntime: serve the artifacts' ONNX files instead (--onnx), to compare.",
+)
+@click.option(
+    "--onnx",
+    "onnx_files",
+    type=NAMED_FILE,
+    multiple=True,
+    metavar="NAME=FILE.onnx",
+    help="With --engine onnxruntime: the ONNX file model NAME was compiled from.",
+)
+def serve_cmd(
+    artifacts: Sequence[str],
+    http_port: int,
+    grpc_port: int,
+    workers: int | None,
+    engine: str,
+    onnx_files: Sequence[tuple[str, Path]],
+) -> None:
+    """Serve artifacts (DIR or NAME=DIR) on the Open Inference Protocol (REST + gRPC)."""
+    from tvmflow.serve import ModelSource, ServeOptions, parse_source, serve
+
+    onnx = dict(onnx_files)
+    sources = [ModelSource(n, d, onnx.get(n)) for n, d in map(parse_source, artifacts)]
+    options = ServeOptions(http_port, grpc_port, workers, engine)
+    serve(sources, options, functools.partial(click.echo, err=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,12 +9,18 @@ a half-written or unverified artifact behind.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tvmflow import __version__, api, cuda
 from tvmflow.accuracy import (
@@ -33,14 +39,18 @@ from tvmflow.inputs import random_inputs
 from tvmflow.lowering import LoweringOptions, build, lower
 from tvmflow.manifest import (
     LIBRARY_NAME,
+    MANIFEST_NAME,
     Manifest,
     OutputAccuracy,
+    check_writable,
     sha256_file,
     write_manifest,
 )
 from tvmflow.targets import Preset, check_build_tools
 
 log = logging.getLogger(__name__)
+
+SCRATCH_PREFIX = ".build-"  # where a compile writes before moving files into the output
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,7 @@ def compile_model(
     import tvm
 
     options = options or CompileOptions()
+    check_output_dir(Path(out_dir))
     _require_compiler()
     check_build_tools(preset)
     start = time.perf_counter()
@@ -90,8 +101,10 @@ def compile_model(
     executable = build(lowered.mod, target)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as scratch:
+    with (
+        _removed_on_failure(out_dir),
+        tempfile.TemporaryDirectory(dir=out_dir, prefix=SCRATCH_PREFIX) as scratch,
+    ):
         library = Path(scratch) / LIBRARY_NAME
         export_library(executable, preset, target, library)
         manifest = Manifest(
@@ -126,6 +139,49 @@ def compile_model(
     return Artifact(out_dir, manifest)
 
 
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse, before any build, an output that cannot take an artifact: a file, a directory
+    that is not writable, or a non-empty directory that is not an artifact (its files would be
+    overwritten). An existing artifact is replaced; a killed compile's scratch is cleared."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TvmflowError(f"-o {out_dir} is a file; pass a directory for the artifact")
+    if out_dir.is_dir():
+        for stale in out_dir.glob(f"{SCRATCH_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)  # a killed compile's scratch folder
+        entries = sorted(p.name for p in out_dir.iterdir())
+        if entries and not _is_artifact(out_dir):
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise TvmflowError(
+                f"-o {out_dir} is not empty and not a tvmflow artifact (it holds {shown}); "
+                "pass a new or empty directory (an existing artifact is replaced)"
+            )
+    check_writable(out_dir, "-o")
+
+
+def _is_artifact(directory: Path) -> bool:
+    """A tvmflow manifest of any format version is there (replacing an old artifact is fine)."""
+    try:
+        data = json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"format_version", "tvmflow_version"} <= data.keys()
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out_dir: Path) -> Iterator[None]:
+    """Create `out_dir` (and its missing parents); remove what was created if the build fails,
+    so a failed compile leaves nothing behind."""
+    created = [p for p in (out_dir, *out_dir.absolute().parents) if not p.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in created:  # deepest first; only what is still empty
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
 def _require_compiler() -> None:
     import tvm.base
 
@@ -154,18 +210,31 @@ def _verifier(preset: Preset, options: CompileOptions) -> tuple[HostRunner | Non
         return None, cuda.why_not_runnable(str(preset.target["arch"])) or "not checked"
     emulable = preset.arch == "aarch64"
     hint = " (run scripts/arm-sysroot to check it under emulation)" if emulable else ""
-    missing = ", ".join(preset.missing_host_features())
-    return None, f"not checked: this machine cannot run it (needs {missing}){hint}"
+    return None, f"not checked: this machine cannot run it (it {preset.host_mismatch()}){hint}"
 
 
 def _verify(
     directory: Path, model: ImportedModel, options: CompileOptions, runner: HostRunner
 ) -> tuple[OutputAccuracy, ...]:
-    """Run the exported library through the production loader and compare with onnxruntime."""
+    """Run the exported library through the production loader and compare with onnxruntime.
+
+    It runs twice: the second run gets memory the first one freed, so a kernel that reads
+    memory it never wrote gives different outputs (the first run often gets fresh, zeroed
+    pages and matches by luck)."""
     tolerance = tolerance_for(options.precision, options.tolerance)
     feeds = random_inputs(model.inputs, options.seed)
     expected = onnxruntime_outputs(model.path, feeds)
+    first = runner.run(directory, feeds)
     actual = runner.run(directory, feeds)
+    unstable = [
+        name for name in actual if not np.array_equal(first[name], actual[name], equal_nan=True)
+    ]
+    if unstable:
+        raise AccuracyError(
+            f"compiled model gives different outputs on two runs of the same inputs "
+            f"({', '.join(unstable)}): some kernel reads memory it never wrote; nothing was "
+            "written (use --no-verify to write it anyway)"
+        )
     accuracy = compare(actual, expected)
     scales = output_scales(expected)
     bad = [a for a in accuracy if not tolerance.passes(a, scales[a.name])]

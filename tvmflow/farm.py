@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -163,8 +164,13 @@ def _create_session(farm: Farm, _config: Any) -> rpc.RPCSession:
     return request_session(farm)
 
 
-def make_runner(farm: Farm, evaluator: ms.runner.EvaluatorConfig) -> ms.runner.Runner:
-    """MetaSchedule's RPC runner on the farm: one measuring worker per server of the key."""
+def make_runner(
+    farm: Farm,
+    evaluator: ms.runner.EvaluatorConfig,
+    initializer: Callable[[], None] | None = None,
+) -> ms.runner.Runner:
+    """MetaSchedule's RPC runner on the farm: one measuring worker per server of the key
+    (`initializer` runs in each worker process)."""
     from tvm.s_tir import meta_schedule as ms
 
     servers = check_farm(farm).servers
@@ -180,6 +186,7 @@ def make_runner(farm: Farm, evaluator: ms.runner.EvaluatorConfig) -> ms.runner.R
         max_workers=servers,
         f_create_session=functools.partial(_create_session, farm),
         f_alloc_argument=_alloc_from_host,
+        initializer=initializer,
     )
 
 

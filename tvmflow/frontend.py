@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ def read_graph(path: Path) -> onnx.ModelProto:
 
 def _read(path: Path) -> onnx.ModelProto:
     proto = read_graph(path)
+    _check_graph(proto, path)
     _check_external_data(proto, path.parent)
     try:
         external_data_helper.load_external_data_for_model(proto, str(path.parent))
@@ -79,8 +81,24 @@ def _read(path: Path) -> onnx.ModelProto:
     return proto
 
 
+def _check_graph(proto: onnx.ModelProto, path: Path) -> None:
+    """What onnxruntime and TVM would otherwise fail on deep inside: outputs, opset."""
+    if not proto.graph.output:
+        raise TvmflowError(
+            f"{path} has no graph outputs, so there is nothing to compute; re-export it"
+        )
+    newest = onnx.defs.onnx_opset_version()
+    opset = _default_opset(proto)
+    if opset > newest:
+        raise TvmflowError(
+            f"{path} uses ONNX opset {opset}, newer than the newest this tvmflow knows "
+            f"({newest}, onnx {onnx.__version__}); re-export it with opset <= {newest}"
+        )
+
+
 def _check_external_data(proto: onnx.ModelProto, base: Path) -> None:
-    """Refuse external-data locations outside the model's folder (path traversal)."""
+    """Each external-data tensor must lie in a file inside the model's folder (no path
+    traversal) that holds all the bytes the tensor claims."""
     root = base.resolve()
     for tensor in external_data_helper._get_all_tensors(proto):
         if not external_data_helper.uses_external_data(tensor):
@@ -91,6 +109,20 @@ def _check_external_data(proto: onnx.ModelProto, base: Path) -> None:
             raise TvmflowError(
                 f"tensor {tensor.name!r} points to external data {info.location!r} outside the "
                 f"model's folder {root}; move the data file next to the model"
+            )
+        if not target.is_file():
+            raise TvmflowError(
+                f"tensor {tensor.name!r} keeps its data in {target}, which does not exist; copy "
+                "the model's external data file(s) next to it"
+            )
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        needed = (info.offset or 0) + (info.length or math.prod(tensor.dims) * dtype.itemsize)
+        have = target.stat().st_size
+        if have < needed:
+            raise TvmflowError(
+                f"external data file {target} holds {have} bytes, but tensor {tensor.name!r} "
+                f"needs bytes up to {needed}: the file is truncated or from another export; "
+                "copy it again"
             )
 
 
@@ -118,10 +150,28 @@ def _fix_input_shapes(
                 f"input {value.name!r} is not a tensor; tvmflow compiles tensors only"
             )
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
-        dims = list(tensor_type.shape.dim)
-        shape = _input_shape(value.name, dims, user.get(value.name))
+        if not tensor_type.HasField("shape"):
+            shape = _unknown_rank_shape(value.name, user.get(value.name))
+        else:
+            shape = _input_shape(value.name, list(tensor_type.shape.dim), user.get(value.name))
         specs.append(TensorSpec(value.name, shape, dtype))
+    _check_input_sizes(specs)
     return tuple(specs)
+
+
+def _check_input_sizes(specs: Sequence[TensorSpec]) -> None:
+    """Refuse inputs larger than this machine's memory now, not after a long build."""
+    import psutil
+
+    memory = psutil.virtual_memory().total
+    for spec in specs:
+        size = math.prod(spec.shape) * np.dtype(spec.dtype).itemsize
+        if size > memory:
+            raise TvmflowError(
+                f"input {spec.describe()} would take {size} bytes ({size / 2**30:.3g} GiB), more "
+                f"than this machine's {memory / 2**30:.3g} GiB of memory; give a smaller "
+                f"--input-shape {spec.name}=..."
+            )
 
 
 def _input_shape(
@@ -135,7 +185,7 @@ def _input_shape(
         if len(given) != len(dims) or any(g <= 0 for g in given):
             raise TvmflowError(
                 f"--input-shape for {name!r} has {len(given)} positive dims expected {len(dims)} "
-                f"(the model declares {flag.split('=', 1)[1]})"
+                f"(the model declares {flag.split('=', 1)[1] or 'a scalar: ' + flag})"
             )
         for axis, (dim, value) in enumerate(zip(dims, given, strict=True)):
             if dim.dim_value > 0 and dim.dim_value != value:
@@ -154,11 +204,22 @@ def _input_shape(
     return tuple(int(d.dim_value) for d in dims)
 
 
+def _unknown_rank_shape(name: str, given: Sequence[int] | None) -> tuple[int, ...]:
+    """An input declared without any shape: only the user can say what it is."""
+    if given is None or any(int(g) <= 0 for g in given):
+        raise TvmflowError(
+            f"input {name!r} has no declared shape (unknown rank); give it with "
+            f"--input-shape {name}=D1,D2,... (--input-shape {name}= for a scalar)"
+        )
+    return tuple(int(g) for g in given)
+
+
 def _fold_shapes(proto: onnx.ModelProto, inputs: tuple[TensorSpec, ...]) -> onnx.ModelProto:
     """Pin input shapes and let onnxslim fold shape arithmetic and dead nodes."""
     import onnxslim
 
-    shapes = [f"{spec.name}:{','.join(map(str, spec.shape))}" for spec in inputs]
+    # scalars are static already (and onnxslim cannot parse an empty shape)
+    shapes = [f"{spec.name}:{','.join(map(str, spec.shape))}" for spec in inputs if spec.shape]
     try:
         slimmed = onnxslim.slim(proto, input_shapes=shapes or None)
     except Exception as exc:  # onnxslim bugs must not block a model TVM may import as is
@@ -188,15 +249,17 @@ def _iter_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 def _check_supported(proto: onnx.ModelProto) -> None:
     """List every operator TVM cannot import, with counts, instead of failing on the first."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    from tvmflow import ops
 
-    supported = set(_get_convert_map()) | {"Constant", "If"}
     opsets = {o.domain: o.version for o in proto.opset_import}
     missing: collections.Counter[tuple[str, str]] = collections.Counter()
     first: dict[tuple[str, str], str] = {}
     for node in _iter_nodes(proto.graph):
         key = (node.domain or "", node.op_type)
-        if key[0] in _DEFAULT_DOMAINS and node.op_type in supported:
+        domain = "" if key[0] in _DEFAULT_DOMAINS else key[0]
+        if node.op_type in ("Constant", "If") and domain == "":
+            continue
+        if ops.supports(domain, node.op_type, opsets.get(key[0], _default_opset(proto))):
             continue
         missing[key] += 1
         first.setdefault(key, node.name or "<unnamed>")
@@ -216,6 +279,9 @@ def to_relax(model: ImportedModel) -> tvm.IRModule:
     """Import the shape-fixed graph into Relax with weights as embedded constants."""
     from tvm.relax.frontend.onnx import from_onnx
 
+    from tvmflow import ops
+
+    ops.install()  # tvmflow's converters for ops TVM's importer lacks or gets wrong
     try:
         return from_onnx(
             model.proto,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tvmflow.engines import onnxruntime_session
 from tvmflow.manifest import LIBRARY_NAME
 
 if TYPE_CHECKING:
@@ -127,16 +128,6 @@ def time_side_by_side(
     )
 
 
-def onnxruntime_session(model: Path, threads: int) -> Any:
-    """The session a user would have: default graph optimizations, `threads` intra-op threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-
-
 def capture_kernel_calls(
     vm: Any, args: list[Any], kernels: set[str]
 ) -> list[tuple[str, list[Any]]]:
@@ -199,7 +190,7 @@ def profile_artifact(
     vm = relax.VirtualMachine(library, dev)
     session = onnxruntime_session(onnx_path, threads)
     names = [i.name for i in session.get_inputs()]
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), dev) for n in names]
+    args = [tvm.runtime.tensor(np.asarray(feeds[n], order="C"), dev) for n in names]
     times = time_side_by_side(
         lambda: vm["main"](*args), lambda: session.run(None, dict(feeds)), rounds, per_round
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
 from tvmflow.manifest import TensorSpec, TuningInfo
@@ -28,7 +28,6 @@ from tvmflow.tunelog import (
 if TYPE_CHECKING:
     import tvm
     from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
 
     from tvmflow.frontend import ImportedModel
 
@@ -103,9 +102,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
 
     # On CPUs exp/erf/tanh otherwise become one libm call per element, which LLVM cannot
     # vectorize (GELU was 40% of MiniLM's kernel time); the polynomial versions vectorize.
-    # Conv weights to HWIO (a constant transpose FoldConstant removes): the output channel is
-    # then contiguous, so CPU rules vectorize conv2d over it like a GEMM (K = kh*kw*ic,
-    # N = oc). Activations stay NCHW: no transposes in the graph. GPU rules want neither.
+    # Conv weights to HWIO: see `conv_weights_hwio`. GPU rules want neither.
     # Upsampling conv2d_transposes (kernel == stride) become a 1x1 conv + pixel shuffle
     # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
@@ -113,7 +110,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     cpu_only = (
         [
             SplitUpsamplingConvTranspose(),
-            relax.transform.ConvertLayout({"relax.nn.conv2d": ["NCHW", "HWIO"]}),
+            conv_weights_hwio(),
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
@@ -139,14 +136,63 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
         )(mod)
 
 
+def conv_weights_hwio() -> tvm.transform.Pass:
+    """Give every NCHW/OIHW conv2d its weight as HWIO (a transpose FoldConstant folds into
+    the constant): the output channel is then contiguous, so CPU rules vectorize conv2d over
+    it like a GEMM (K = kh*kw*ic, N = oc). Activations stay NCHW: no transposes in the graph.
+
+    A rewrite of the conv calls alone, not TVM's ConvertLayout: that pass infers layouts
+    for every op in the graph and raises on ones it cannot (a 3-D reduction after a conv:
+    "Invalid SLayout"), failing compiles that have nothing to do with conv weights.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    pattern = is_op("relax.nn.conv2d")(wildcard(), wildcard())
+
+    def rewrite(call: relax.Call, _: Any) -> relax.Expr:
+        attrs = call.attrs
+        if (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW") or attrs.out_layout != (
+            "NCHW"
+        ):
+            return call
+        return relax.op.nn.conv2d(
+            call.args[0],
+            relax.op.permute_dims(call.args[1], [2, 3, 1, 0]),
+            strides=attrs.strides,
+            padding=attrs.padding,
+            dilation=attrs.dilation,
+            groups=attrs.groups,
+            data_layout="NCHW",
+            kernel_layout="HWIO",
+            out_layout="NCHW",
+            out_dtype=attrs.out_dtype,
+        )
+
+    def transform(mod: tvm.IRModule, _: Any) -> tvm.IRModule:
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = rewrite_call(pattern, rewrite, func)
+        return mod
+
+    return tvm.transform.module_pass(transform, opt_level=0, name="ConvWeightsHWIO")
+
+
 def schedule(
     mod: tvm.IRModule, target: tvm.target.Target, logs: list[Path]
 ) -> tuple[tvm.IRModule, TuningInfo]:
-    """Records first (where they beat the default), then the default rules for the rest."""
+    """Records first (where they beat the default), then the default rules for the rest;
+    every kernel either schedules is checked against a reference (`tvmflow.kernel_check`)."""
+    from dataclasses import replace
+
+    from tvmflow.kernel_check import check_tuned
     from tvmflow.schedules import apply_default_schedules
 
-    mod, tuning = apply_records(mod, target, logs)
-    return apply_default_schedules(mod, target), tuning
+    tuned, tuning = apply_records(mod, target, logs)
+    tuned, dropped = check_tuned(mod, tuned, target)
+    tuning = replace(tuning, tasks_tuned=tuning.tasks_tuned - dropped)
+    return apply_default_schedules(tuned, target), tuning
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
@@ -179,17 +225,60 @@ def log_dirs(preset: Preset, options: LoweringOptions) -> list[Path]:
     return dirs
 
 
+@dataclass(frozen=True)
+class TuningTask:
+    """One kernel to tune. `workload` is the kernel as compile looks records up (the key of
+    its records); `kernel` is the same function with its weights marked layout-free, as the
+    default rules schedule it at compile time (they prepack weights), for baselines and
+    design spaces."""
+
+    name: str
+    weight: int  # calls per inference
+    workload: tvm.IRModule
+    kernel: tvm.IRModule
+
+
 def tuning_tasks(
     model: ImportedModel, target: tvm.target.Target, precision: str
-) -> list[ms.ExtractedTask]:
-    """The kernels compile will build (same lowering) as MetaSchedule tasks, sorted by name."""
+) -> list[TuningTask]:
+    """The kernels compile will build (same lowering), sorted by name."""
+    import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    extracted = ms.relax_integration.extract_tasks(fused_module(model, target, precision), target)
-    return sorted(
-        (t for t in extracted if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled")),
-        key=lambda t: str(t.task_name),
-    )
+    mod = fused_module(model, target, precision)
+    free = _layout_free_buffers(mod, target)
+    tasks = []
+    for t in ms.relax_integration.extract_tasks(mod, target):
+        if t.mod.attrs and t.mod.attrs.get("tirx.is_scheduled"):
+            continue
+        workload = t.dispatched[0]
+        attr = free.get(_key(workload["main"]))
+        kernel = workload
+        if attr is not None:
+            kernel = tvm.IRModule({"main": workload["main"].with_attr("layout_free_buffers", attr)})
+        tasks.append(TuningTask(str(t.task_name), int(t.weight), workload, kernel))
+    return sorted(tasks, key=lambda t: t.name)
+
+
+def _layout_free_buffers(mod: tvm.IRModule, target: tvm.target.Target) -> dict[int, Any]:
+    """Per kernel (by structure), the parameters compile binds to constants, as
+    `relax.transform.AttachAttrLayoutFreeBuffers` marks them (it renames the kernels)."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        marked = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+    return {
+        _key(f.without_attr("layout_free_buffers")): f.attrs["layout_free_buffers"]
+        for _, f in marked.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and "layout_free_buffers" in f.attrs
+    }
+
+
+def _key(func: tvm.tirx.PrimFunc) -> int:
+    from tvm_ffi import structural_hash
+
+    return int(structural_hash(func.without_attr("global_symbol")))
 
 
 def default_schedule(kernel: tvm.IRModule, target: tvm.target.Target) -> tvm.s_tir.Schedule:

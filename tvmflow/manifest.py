@@ -48,7 +48,8 @@ class OutputAccuracy:
 
 @dataclass(frozen=True)
 class TuningInfo:
-    """Which tuning records the build used; `log_digest` is None for an untuned build."""
+    """Which tuning logs the build consulted (`log_digest`: one sha256 over them, None when
+    there were none) and how many kernels a record of theirs scheduled."""
 
     log_digest: str | None
     tasks_tuned: int
@@ -133,6 +134,22 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Before any work: `path` (to be created or replaced) can be written, i.e. its nearest
+    existing ancestor is a directory this process can create files in."""
+    target = path.absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    folder = existing if existing.is_dir() else existing.parent
+    if existing != target and not existing.is_dir():
+        raise TvmflowError(f"{flag} {path}: {existing} is a file, not a directory")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise TvmflowError(
+            f"{flag} {path}: cannot write in {folder} ({exc.strerror}); pass a place you can write"
+        ) from exc
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

@@ -21,9 +21,9 @@ import numpy as np
 
 from tvmflow.cuda import check_gpu
 from tvmflow.errors import TvmflowError
-from tvmflow.inputs import check_inputs
+from tvmflow.inputs import check_inputs, native_byte_order
 from tvmflow.manifest import LIBRARY_NAME, Manifest, TensorSpec, read_manifest, sha256_file
-from tvmflow.targets import host_arch, host_cpu_features
+from tvmflow.targets import host_mismatch
 
 
 def _import_tvm() -> Any:
@@ -37,17 +37,11 @@ def _import_tvm() -> Any:
 
 def check_compatible(manifest: Manifest, directory: Path) -> None:
     """Refuse artifacts this machine cannot run, saying why."""
-    if manifest.arch != host_arch():
+    why = host_mismatch(manifest.arch, manifest.cpu_features)
+    if why is not None:
         raise TvmflowError(
-            f"{directory} was built for {manifest.arch} (preset {manifest.preset}); this "
-            f"machine is {host_arch()}: compile it with a {host_arch()} target"
-        )
-    missing = sorted(set(manifest.cpu_features) - host_cpu_features())
-    if missing:
-        raise TvmflowError(
-            f"{directory} was built for preset {manifest.preset}, which needs CPU features "
-            f"{', '.join(missing)} that this machine lacks: compile it with a preset this CPU "
-            "supports (e.g. --target x86)"
+            f"{directory} was built for {manifest.arch} (preset {manifest.preset}): it {why}; "
+            "compile it for a preset this machine supports (`tvmflow targets` lists them)"
         )
 
 
@@ -115,12 +109,34 @@ class CompiledModel:
         check_inputs(inputs, self.inputs)
         tvm = _import_tvm()
         args = [
-            tvm.runtime.tensor(np.ascontiguousarray(inputs[s.name]), self._device)
+            # np.asarray keeps a rank-0 input 0-d (ascontiguousarray would make it shape (1,))
+            tvm.runtime.tensor(
+                np.asarray(native_byte_order(np.asarray(inputs[s.name])), order="C"),
+                self._device,
+            )
             for s in self.inputs
         ]
-        result = self._vm()["main"](*args)
+        try:
+            result = self._vm()["main"](*args)
+        except Exception as exc:
+            if not _is_signature_error(exc):
+                raise
+            raise self._signature_mismatch(str(exc).strip().splitlines()[-1]) from exc
         values = [result] if hasattr(result, "numpy") else list(result)
-        return {s.name: v.numpy() for s, v in zip(self.outputs, values, strict=True)}
+        outputs = [v.numpy() for v in values]
+        got = tuple((tuple(o.shape), o.dtype.name) for o in outputs)
+        if got != tuple((s.shape, s.dtype) for s in self.outputs):
+            shown = ", ".join(f"{dtype}{list(shape)}" for shape, dtype in got)
+            raise self._signature_mismatch(f"it returned {shown}")
+        return {s.name: o for s, o in zip(self.outputs, outputs, strict=True)}
+
+    def _signature_mismatch(self, detail: str) -> TvmflowError:
+        """The library disagrees with the manifest it was checked against: an edited manifest."""
+        return TvmflowError(
+            f"{self.directory / LIBRARY_NAME} does not have the signature its manifest.json "
+            f"describes ({detail[:200]}): the manifest was edited or belongs to another build; "
+            "recompile the artifact"
+        )
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         return self.run(inputs)
@@ -128,6 +144,12 @@ class CompiledModel:
     def __repr__(self) -> str:
         sig = ", ".join(s.describe() for s in self.inputs)
         return f"CompiledModel({str(self.directory)!r}, preset={self.manifest.preset}, ({sig}))"
+
+
+def _is_signature_error(exc: Exception) -> bool:
+    """The VM's own checks of main's arguments (count, dtype, shape) failed."""
+    text = str(exc)
+    return "ErrorContext(fn=main, loc=param" in text or "Invoking function main expects" in text
 
 
 # TVM's AffinityMode kSpecifyThreadShareAllCore: workers may run on every allowed CPU. The
@@ -142,12 +164,37 @@ def _size_thread_pool(tvm: Any, num_threads: int) -> None:
     tvm.get_global_func("runtime.config_threadpool")(_SHARE_ALL_CORES, num_threads, cpus)
 
 
+def _check_num_threads(num_threads: int) -> None:
+    """1 .. this machine's logical CPUs: more threads than CPUs only adds contention."""
+    cpus = os.cpu_count() or 1
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int):
+        raise TvmflowError(f"num_threads must be an int, not {num_threads!r}")
+    if not 1 <= num_threads <= cpus:
+        raise TvmflowError(
+            f"num_threads={num_threads} is out of range: give 1 to {cpus} (this machine's "
+            "logical CPUs), or None for one per physical core"
+        )
+
+
+def configure_threads(num_threads: int) -> None:
+    """Size TVM's CPU thread pool for the calling thread.
+
+    TVM keeps one worker pool per calling thread, so `load(num_threads=)` sizes only the
+    loading thread's: a service that runs models from a thread pool calls this once in each
+    of its threads (e.g. as the pool's initializer).
+    """
+    _check_num_threads(num_threads)
+    _size_thread_pool(_import_tvm(), int(num_threads))
+
+
 def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel:
     """Check and load an artifact directory written by `tvmflow compile`.
 
     `num_threads` sets the size of TVM's CPU thread pool (default: physical cores).
     """
     directory = Path(directory)
+    if num_threads is not None:
+        _check_num_threads(num_threads)
     manifest = read_manifest(directory)
     check_compatible(manifest, directory)
     library_path = directory / LIBRARY_NAME

@@ -51,6 +51,7 @@ class BatchScheduler(ms.task_scheduler.PyTaskScheduler):
 
     alpha = 0.2
     window = 3
+    patience = 4  # batches without a new best after which a task counts as stalled
 
     def __init__(self, hooks: BatchHooks, weights: Sequence[float], seed: int | None) -> None:
         super().__init__()
@@ -94,6 +95,9 @@ class BatchScheduler(ms.task_scheduler.PyTaskScheduler):
         fresh = [i for i in alive if not self.history[i]]
         if fresh:  # every task gets one batch before gradients can be compared
             return fresh[0]
+        # budget goes to tasks whose search still finds better schedules; stalled ones get
+        # batches again only once every task has stalled
+        alive = [i for i in alive if not self.stalled(i)] or alive
         grads = []
         for i in alive:
             hist = self.history[i]
@@ -107,6 +111,11 @@ class BatchScheduler(ms.task_scheduler.PyTaskScheduler):
         if max(grads) == min(grads):
             return self.rng.choice(alive)
         return alive[grads.index(max(grads))]
+
+    def stalled(self, task_id: int) -> bool:
+        """No new best in the task's last `patience` batches."""
+        hist = self.history[task_id]
+        return len(hist) > self.patience and hist[-1] >= hist[-1 - self.patience]
 
 
 @derived_object

@@ -7,10 +7,12 @@ compiler, nvcc). No TVM import here: the production loader uses the host checks 
 
 from __future__ import annotations
 
+import difflib
 import os
 import platform
 import shutil
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -40,21 +42,31 @@ class Preset:
     def is_alias(self) -> bool:
         return bool(self.select_best_of)
 
-    def missing_host_features(self) -> tuple[str, ...]:
-        """CPU features this preset's code needs that this host lacks (empty: runs here)."""
-        if self.arch != host_arch():
-            return (f"a {self.arch} machine (this host is {host_arch()})",)
-        have = host_cpu_features()
-        return tuple(f for f in self.cpu_features if f not in have)
+    def host_mismatch(self) -> str | None:
+        """Why this preset's code cannot run on this machine's CPU (None: it can)."""
+        return host_mismatch(self.arch, self.cpu_features)
 
     def runs_on_host(self) -> bool:
         """True when artifacts for this preset can be loaded and checked on this machine."""
-        return self.device == "cpu" and not self.missing_host_features()
+        return self.device == "cpu" and self.host_mismatch() is None
 
 
 def host_arch() -> str:
     machine = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def host_mismatch(arch: str, cpu_features: Iterable[str]) -> str | None:
+    """Why code for `arch` using `cpu_features` cannot run on this machine (None: it can).
+
+    The one host-compatibility check: compile (can it verify?), load and bench all ask it.
+    """
+    if arch != host_arch():
+        return f"runs on {arch} and this machine is {host_arch()}"
+    missing = sorted(set(cpu_features) - host_cpu_features())
+    if missing:
+        return f"needs CPU features {', '.join(missing)} that this machine lacks"
+    return None
 
 
 @cache
@@ -89,6 +101,7 @@ def _parse(path: Path) -> Preset:
     unknown = sorted(set(data) - known)
     if unknown:
         raise TvmflowError(f"{path}: unknown keys {unknown}; valid keys are {sorted(known)}")
+    _check_types(path, data)
     preset = Preset(
         name=path.stem,
         description=str(data.get("description", "")),
@@ -106,6 +119,55 @@ def _parse(path: Path) -> Preset:
         if "kind" not in preset.target:
             raise TvmflowError(f'{path}: [target] needs a `kind` (e.g. kind = "llvm")')
     return preset
+
+
+_KEY_TYPES: dict[str, tuple[type, str]] = {
+    "description": (str, 'a string: description = "..."'),
+    "target": (dict, 'a table: [target] with kind = "llvm" (and mtriple, mcpu, ...)'),
+    "device": (str, f"one of {DEVICES}"),
+    "arch": (str, 'a machine name: arch = "x86_64" or "aarch64"'),
+    "cpu_features": (list, 'a list of CPU flags: cpu_features = ["avx2", "fma"]'),
+    "build": (dict, 'a table: [build] with cross_compiler = "..." or needs = ["nvcc"]'),
+    "select_best_of": (list, 'a list of preset names: select_best_of = ["x86-avx2"]'),
+}
+
+
+def _check_types(path: Path, data: dict[str, Any]) -> None:
+    """A preset file's keys must have the types tvmflow reads them as (one line per mistake)."""
+    for key, value in data.items():
+        kind, expected = _KEY_TYPES[key]
+        if not isinstance(value, kind):
+            raise TvmflowError(f"{path}: `{key}` must be {expected}, not {value!r}")
+
+
+def check_target(preset: Preset) -> None:
+    """Refuse a preset TVM cannot generate code for, before a build: an `mcpu` LLVM does not
+    know (LLVM would only warn and silently emit generic code; checked first, as creating the
+    Target prints that warning) or an invalid target dict."""
+    import tvm
+    from tvm.target import codegen
+
+    for table in (preset.target, preset.target.get("host")):
+        if not isinstance(table, dict) or table.get("kind") != "llvm" or "mcpu" not in table:
+            continue
+        cpu = str(table["mcpu"])
+        triple = str(table.get("mtriple") or codegen.llvm_get_system_triple())
+        if not codegen.llvm_is_valid_cpu(cpu, triple):
+            known = codegen.llvm_get_cpu_archlist(tvm.target.Target({**table, "mcpu": "generic"}))
+            close = difflib.get_close_matches(cpu, [str(k) for k in known], n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise TvmflowError(
+                f"target preset {preset.name!r}: mcpu {cpu!r} is not a CPU LLVM knows for "
+                f"{triple}{hint}; fix mcpu (LLVM would silently build generic code)"
+            )
+    try:
+        tvm.target.Target(preset.target)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TvmflowError(
+            f"target preset {preset.name!r} has an invalid [target]: {first}; fix the preset "
+            "(`tvmflow targets --json` shows working examples)"
+        ) from exc
 
 
 @cache
@@ -201,7 +263,9 @@ def require_tool(name: str, needed_by: str) -> Path:
 
 
 def check_build_tools(preset: Preset) -> None:
-    """Fail early, with the install hint, when a preset's build tools are missing."""
+    """Fail early, before a build: a target TVM cannot build for, or missing build tools
+    (with the install hint)."""
+    check_target(preset)
     if preset.cross_compiler and find_tool(preset.cross_compiler) is None:
         raise TvmflowError(
             f"target {preset.name!r} needs the cross compiler {preset.cross_compiler}, which is "

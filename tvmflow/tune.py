@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +32,7 @@ from tvmflow import __version__, api
 from tvmflow.api import callable_module
 from tvmflow.errors import TvmflowError
 from tvmflow.farm import Farm, check_farm
-from tvmflow.lowering import check_precision, default_schedule, tuning_tasks
+from tvmflow.lowering import TuningTask, check_precision, default_schedule, tuning_tasks
 from tvmflow.targets import Preset, check_build_tools
 from tvmflow.tunelog import (
     FAILED_SECS,
@@ -39,11 +40,15 @@ from tvmflow.tunelog import (
     SUMMARY_VERSION,
     WORKLOADS,
     LogIdentity,
+    candidates_dir,
+    check_database,
     check_log_for_job,
+    is_baseline,
     locked,
     mean_secs,
     publish,
     register_tensor_intrinsics,
+    repair_database,
     stage,
     unstage,
     write_summary,
@@ -56,6 +61,7 @@ if TYPE_CHECKING:
     from tvmflow.frontend import ImportedModel
 
 DEFAULT_TRIALS_PER_TASK = 64
+CHECK_ROUNDS = 3  # side-by-side rounds of a kernel's best record vs its default schedule
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class TuneOptions:
     repeat: int = 1
     build_workers: int | None = None  # default: this machine's logical CPUs
     precision: str = "fp32"  # the kernels of a compile with this --precision
+    repair_log: bool = False  # drop the log's damaged lines (kept as *.damaged) and go on
 
 
 @dataclass(frozen=True)
@@ -86,9 +93,14 @@ class TaskResult:
     best_us: float | None
     untuned_us: float | None
     workload: str | None = None  # structural hash: what records are keyed by (logs show)
+    # the best record and the default schedule re-measured side by side (default µs, best µs)
+    checked: tuple[float, float] | None = None
 
     @property
     def speedup(self) -> float | None:
+        """Over the default schedule: the side-by-side check's ratio once there is one."""
+        if self.checked is not None:
+            return self.checked[0] / self.checked[1]
         if self.best_us is None or self.untuned_us is None:
             return None
         return self.untuned_us / self.best_us
@@ -96,6 +108,8 @@ class TaskResult:
     @property
     def latency_us(self) -> float | None:
         """What this kernel costs in a build with the log: tuned if better, else the default."""
+        if self.checked is not None and self.untuned_us is not None:
+            return self.untuned_us / max(1.0, self.checked[0] / self.checked[1])
         known = [v for v in (self.best_us, self.untuned_us) if v is not None]
         return min(known) if known else None
 
@@ -108,6 +122,8 @@ class TaskResult:
             "untuned_us": _round(self.untuned_us),
             "speedup": _round(self.speedup),
             "workload": self.workload,
+            "checked_default_us": _round(self.checked[0]) if self.checked else None,
+            "checked_best_us": _round(self.checked[1]) if self.checked else None,
         }
 
     @classmethod
@@ -119,6 +135,7 @@ class TaskResult:
             _opt_float(data.get("best_us")),
             _opt_float(data.get("untuned_us")),
             data.get("workload"),
+            _checked(data),
         )
 
 
@@ -209,15 +226,36 @@ def tune_model(
         model.sha256, model.inputs, preset.name, dict(preset.target), options.precision
     )
     check_log_for_job(log_dir, identity)  # fail fast; checked again under the lock
+    if not options.repair_log:
+        check_database(log_dir)
     target = tvm.target.Target(preset.target)
     tasks = _extract_tasks(model, target, options)
-    with locked(log_dir):
+    with locked(log_dir) as killed:
+        _report_recovery(log_dir, killed, options.repair_log, progress)
         summary = check_log_for_job(log_dir, identity) or {}
         job = _Job(model, preset, target, identity, tasks, log_dir, summary, options, progress)
         try:
             return job.run()
         finally:
             unstage(log_dir)
+
+
+def _report_recovery(
+    log_dir: Path, killed: dict[str, Any] | None, repair: bool, progress: ProgressSink | None
+) -> None:
+    """Say what a killed job left (already cleared by `locked`), and repair the log if asked."""
+    if killed is not None and progress:
+        progress.message(
+            f"the previous job on {log_dir} (pid {killed.get('pid')} on {killed.get('host')}) "
+            "was killed; its unfinished batch was dropped, its records are kept"
+        )
+    if repair:
+        dropped, backups = repair_database(log_dir)
+        if dropped and progress:
+            progress.message(
+                f"--repair-log: dropped {dropped} damaged line(s) of {log_dir}; the damaged "
+                f"files are kept as {', '.join(b.name for b in backups)}"
+            )
 
 
 def _measurable_here(preset: Preset) -> bool:
@@ -241,13 +279,14 @@ def _check_options(options: TuneOptions) -> None:
     ):
         if value is not None and value <= 0:
             raise TvmflowError(f"{name} must be a positive number, not {value}")
-    if options.time_limit_s is not None and options.time_limit_s <= 0:
+    limit = options.time_limit_s
+    if limit is not None and not (math.isfinite(limit) and limit > 0):
         raise TvmflowError(f"--time-limit must be positive, not {options.time_limit_s:g}s")
 
 
 def _extract_tasks(
     model: ImportedModel, target: tvm.target.Target, options: TuneOptions
-) -> list[ms.ExtractedTask]:
+) -> list[TuningTask]:
     """The kernels compile will build (same lowering), the `split` share of them, by name."""
     tasks = tuning_tasks(model, target, options.precision)
     i, n = options.split
@@ -268,7 +307,7 @@ class _Job:
         preset: Preset,
         target: tvm.target.Target,
         identity: LogIdentity,
-        tasks: list[ms.ExtractedTask],
+        tasks: list[TuningTask],
         log_dir: Path,
         summary: dict[str, Any],
         options: TuneOptions,
@@ -277,8 +316,8 @@ class _Job:
         self.model, self.preset, self.target = model, preset, target
         self.identity, self.tasks, self.log_dir = identity, tasks, log_dir
         self.summary, self.options, self.progress = summary, options, progress
-        self.names = [str(t.task_name) for t in tasks]
-        self.weights = [int(t.weight) for t in tasks]
+        self.names = [t.name for t in tasks]
+        self.weights = [t.weight for t in tasks]
         self.budget = options.trials or DEFAULT_TRIALS_PER_TASK * len(tasks)
         self.per_task = options.trials_per_task or self.budget
         self.start = time.monotonic()
@@ -297,9 +336,10 @@ class _Job:
         self.db = ms.database.JSONDatabase(
             path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
         )
-        self.workloads = [self.db.commit_workload(t.dispatched[0]) for t in self.tasks]
+        self.workloads = [self.db.commit_workload(t.workload) for t in self.tasks]
         self.trials, self.best_s = self._prior_records()
         self.untuned = self._known_untuned()
+        self.checked = self._known_checks()
         if self.stop_reason_now() is None:
             with _sigint_deferred(self._on_sigint):
                 self._search()
@@ -367,6 +407,8 @@ class _Job:
                     raise KeyboardInterrupt from None
                 raise
             self.stopped = sched.stopped_because
+            if not self.interrupts and self.farm_error is None:
+                self._check_best(builder, runner)
 
     # -- MetaSchedule objects --------------------------------------------------------------
     def _cores(self) -> int:
@@ -380,10 +422,15 @@ class _Job:
         return ms.builder.LocalBuilder(
             max_workers=self.options.build_workers or os.cpu_count() or 1,
             f_build=build_candidate,
-            f_export=functools.partial(export_candidate, self.preset),
+            f_export=functools.partial(
+                export_candidate, self.preset, directory=candidates_dir(self.log_dir)
+            ),
+            initializer=functools.partial(die_with_job, os.getpid()),
         )
 
     def _runner(self) -> ms.runner.Runner:
+        import functools
+
         from tvm.s_tir import meta_schedule as ms
 
         evaluator = ms.runner.EvaluatorConfig(
@@ -392,11 +439,12 @@ class _Job:
             min_repeat_ms=self.options.min_repeat_ms,
             enable_cpu_cache_flush=False,
         )
+        initializer = functools.partial(die_with_job, os.getpid())
         if self.options.farm is not None:
             from tvmflow.farm import make_runner
 
-            return make_runner(self.options.farm, evaluator)
-        return ms.runner.LocalRunner(evaluator_config=evaluator)
+            return make_runner(self.options.farm, evaluator, initializer)
+        return ms.runner.LocalRunner(evaluator_config=evaluator, initializer=initializer)
 
     def _contexts(self, stack: contextlib.ExitStack) -> list[ms.TuneContext]:
         """One TuneContext per task, each logging to `logs/` in the log directory.
@@ -415,9 +463,9 @@ class _Job:
         for i, (task, seed) in enumerate(zip(self.tasks, seeds, strict=True)):
             logger = stack.enter_context(_task_logger(self.log_dir / "logs", i, self.names[i]))
             ctx = ms.TuneContext(
-                mod=task.dispatched[0],
-                target=task.target,
-                space_generator="post-order-apply",
+                mod=task.workload,
+                target=self.target,
+                space_generator=_space_generator(task, self.target),
                 search_strategy=strategy,
                 task_name=self.names[i],
                 logger=logger,
@@ -446,6 +494,60 @@ class _Job:
         known = {t["name"]: t.get("untuned_us") for t in self.summary.get("tasks", [])}
         return [_opt_float(known.get(name)) for name in self.names]
 
+    def _known_checks(self) -> dict[int, tuple[float, float]]:
+        known = {t["name"]: _checked(t) for t in self.summary.get("tasks", [])}
+        return {i: c for i, name in enumerate(self.names) if (c := known.get(name)) is not None}
+
+    def _check_best(self, builder: ms.builder.Builder, runner: ms.runner.Runner) -> None:
+        """Re-measure each improved kernel's best record and its default schedule side by side
+        (alternating, CHECK_ROUNDS times), so both see the same machine load: measured minutes
+        apart on a shared machine the two drift by tens of percent. Compile applies a record
+        only where this check found it faster (`tunelog.improving_records`)."""
+        import shutil
+        import statistics
+
+        from tvm import s_tir
+        from tvm.s_tir import meta_schedule as ms
+
+        todo = []
+        for i, workload in enumerate(self.workloads):
+            top = self.db.get_top_k(workload, 1)
+            untuned = self.untuned[i]
+            if not top or is_baseline(top[0]) or untuned is None:
+                continue
+            if mean_secs(top[0].run_secs) * 1e6 >= untuned:
+                continue  # not faster even measured alone
+            tuned = s_tir.Schedule(self.tasks[i].workload)
+            top[0].trace.apply_to_schedule(tuned, remove_postproc=False)
+            todo.append((i, default_schedule(self.tasks[i].kernel, self.target), tuned))
+        if not todo:
+            return
+        if self.progress:
+            self.progress.message(
+                f"checking the best schedule of {len(todo)} kernel(s) against the default"
+            )
+        mods = [s.mod for _, default, tuned in todo for s in (default, tuned)]
+        built = builder.build([ms.builder.BuilderInput(m, self.target) for m in mods])
+        device = "cuda" if "gpu" in self.target.keys else "cpu"
+        inputs = [
+            (k, ms.runner.RunnerInput(b.artifact_path, device, _args_info(mods[k])))
+            for k, b in enumerate(built)
+            if b.error_msg is None and b.artifact_path
+        ]
+        times: list[list[float]] = [[] for _ in mods]
+        for _ in range(CHECK_ROUNDS):
+            for (k, _), future in zip(inputs, runner.run([r for _, r in inputs]), strict=True):
+                result = future.result()
+                if result.error_msg is None and result.run_secs:
+                    times[k].append(mean_secs(result.run_secs) * 1e6)
+        for j, (i, _, _) in enumerate(todo):
+            default_us, best_us = times[2 * j], times[2 * j + 1]
+            if default_us and best_us:
+                self.checked[i] = (statistics.median(default_us), statistics.median(best_us))
+        for b in built:
+            if b.artifact_path:
+                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+
     def _measure_untuned(
         self, indices: Sequence[int], builder: ms.builder.Builder, runner: ms.runner.Runner
     ) -> list[float | None]:
@@ -458,7 +560,8 @@ class _Job:
 
         from tvm.s_tir import meta_schedule as ms
 
-        schedules = [default_schedule(self.tasks[i].dispatched[0], self.target) for i in indices]
+        schedules = [default_schedule(self.tasks[i].kernel, self.target) for i in indices]
+        spaces = [_rule_space(self.tasks[i], self.target) for i in indices]
         built = builder.build([ms.builder.BuilderInput(s.mod, self.target) for s in schedules])
         device = "cuda" if "gpu" in self.target.keys else "cpu"
         args = [_args_info(s.mod) for s in schedules]
@@ -485,6 +588,13 @@ class _Job:
                     args[k],
                 )
             )
+            space = spaces[k]
+            if space is not None:  # the same schedule as a point of its rule's design space
+                self.db.commit_tuning_record(
+                    ms.database.TuningRecord(
+                        space[0].trace, self.workloads[task], result.run_secs, self.target, args[k]
+                    )
+                )
             self.trials[task] += 1
             self.new_trials += 1
             best = self.best_s[task]
@@ -584,15 +694,18 @@ class _Job:
                 None if best is None or best >= FAILED_SECS else best * 1e6,
                 untuned,
                 str(workload.as_json()[0]),
+                self.checked.get(i),
             )
-            for name, weight, trials, best, untuned, workload in zip(
-                self.names,
-                self.weights,
-                self.trials,
-                self.best_s,
-                self.untuned,
-                self.workloads,
-                strict=True,
+            for i, (name, weight, trials, best, untuned, workload) in enumerate(
+                zip(
+                    self.names,
+                    self.weights,
+                    self.trials,
+                    self.best_s,
+                    self.untuned,
+                    self.workloads,
+                    strict=True,
+                )
             )
         )
 
@@ -667,10 +780,39 @@ class _Job:
         }
 
 
+def _rule_space(task: TuningTask, target: tvm.target.Target) -> list[tvm.s_tir.Schedule] | None:
+    """The design spaces of the tvmflow rule that schedules this kernel by default, if any."""
+    from tvmflow.schedules import design_spaces
+
+    return design_spaces(task.kernel["main"], target) or None
+
+
+def _space_generator(task: TuningTask, target: tvm.target.Target) -> Any:
+    """Search around tvmflow's own rule where one claims the kernel: its design spaces, varied
+    by MetaSchedule's tile-size mutator (the space's default point is in the log as trial 0, so
+    evolutionary search starts from it); MetaSchedule's generic space for the other kernels.
+
+    Candidates keep the rule's structure, so they need none of the generic space's postprocs.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    spaces = _rule_space(task, target)
+    if spaces is None:
+        return "post-order-apply"
+    return ms.space_generator.ScheduleFn(
+        lambda _sch: spaces,
+        sch_rules=[],
+        postprocs=[],
+        mutator_probs={ms.mutator.MutateTileSize(): 1.0},
+    )
+
+
 def _args_info(mod: tvm.IRModule) -> list[Any]:
     from tvm.s_tir import meta_schedule as ms
 
-    return list(ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+    # as the kernel is measured: a prepacked weight in its packed layout (the repacking block
+    # is removed by `build_candidate`, compile folds it into the constant)
+    return list(ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True))
 
 
 def _weighted(
@@ -687,6 +829,11 @@ def _weighted(
 
 def _round(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 3)
+
+
+def _checked(data: dict[str, Any]) -> tuple[float, float] | None:
+    default, best = data.get("checked_default_us"), data.get("checked_best_us")
+    return None if default is None or best is None else (float(default), float(best))
 
 
 def _opt_float(value: Any) -> float | None:
@@ -719,9 +866,10 @@ def build_candidate(
         return tvm.build(mod, target=target)
 
 
-def export_candidate(preset: Preset, mod: tvm.runtime.Module) -> str:
+def export_candidate(preset: Preset, mod: tvm.runtime.Module, directory: Path | None = None) -> str:
     """Export one candidate as a shared library, built as compile builds the preset's
-    artifacts (its cross compiler; nvcc-built device code for CUDA).
+    artifacts (its cross compiler; nvcc-built device code for CUDA), in a fresh folder under
+    `directory` (a job's `candidates_dir`, so a killed job's leftovers go with its `.work/`).
 
     MetaSchedule's default exports a tar of object files that the measuring machine links
     itself; a shared library built here needs no compiler on the (remote, maybe ARM) device.
@@ -730,9 +878,25 @@ def export_candidate(preset: Preset, mod: tvm.runtime.Module) -> str:
 
     from tvmflow.export import export_library
 
-    path = Path(tempfile.mkdtemp(prefix="tvmflow-candidate-")) / "candidate.so"
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="tvmflow-candidate-", dir=directory)) / "candidate.so"
     export_library(mod, preset, tvm.target.Target(preset.target), path)
     return str(path)
+
+
+def die_with_job(job_pid: int) -> None:
+    """Initializer of MetaSchedule's worker processes: the kernel SIGKILLs a worker when the
+    job thread that started it dies (PR_SET_PDEATHSIG), so a `kill -9` of a job leaves no
+    orphan (a ~280 MB process that would keep measuring for minutes)."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover - Linux only
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != job_pid:  # the job died before the line above took effect
+        os._exit(1)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ line by line: a kill mid-line leaves a file it refuses to load).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, TuningInfo, write_atomic
+from tvmflow.manifest import TensorSpec, TuningInfo, check_writable, write_atomic
 
 if TYPE_CHECKING:
     import tvm
@@ -101,6 +102,8 @@ def open_database(log_dirs: Sequence[Path]) -> ms.database.Database:
     """One read-only view over several log directories (best record wins)."""
     from tvm.s_tir import meta_schedule as ms
 
+    for d in log_dirs:
+        check_database(d)
     dbs = [
         ms.database.JSONDatabase(
             path_workload=str(d / WORKLOADS),
@@ -110,6 +113,94 @@ def open_database(log_dirs: Sequence[Path]) -> ms.database.Database:
         for d in log_dirs
     ]
     return dbs[0] if len(dbs) == 1 else ms.database.UnionDatabase(*dbs)
+
+
+def check_database(path: Path) -> None:
+    """Every line of a log's database must parse: MetaSchedule's loader stops at the first bad
+    one (a file cut mid-write, an edit) with an error that names neither file nor line."""
+    for name, (lineno, why) in _damage(path).items():
+        raise TvmflowError(
+            f"tuning log file {path / name} is damaged at line {lineno} ({why}); restore it, "
+            f"or keep the records that parse with `tvmflow tune ... --log {path} --repair-log`"
+        )
+
+
+def repair_database(path: Path) -> tuple[int, list[Path]]:
+    """Keep the database lines that parse (records renumbered to the workloads kept); the
+    damaged files are kept beside them as `*.damaged`. Returns (lines dropped, backups)."""
+    if not _damage(path):
+        return 0, []
+    workloads, records = _lines(path / WORKLOADS), _lines(path / RECORDS)
+    renumber: dict[int, int] = {}
+    kept_workloads: list[str] = []
+    for index, line in enumerate(workloads):
+        if _line_problem(WORKLOADS, line, len(workloads)) is None:
+            renumber[index] = len(kept_workloads)
+            kept_workloads.append(line)
+    kept_records: list[str] = []
+    for line in records:
+        if _line_problem(RECORDS, line, len(workloads)) is None:
+            record = json.loads(line)
+            if record[0] in renumber:
+                record[0] = renumber[record[0]]
+                kept_records.append(json.dumps(record, separators=(",", ":")))
+    backups = []
+    for name, kept in ((WORKLOADS, kept_workloads), (RECORDS, kept_records)):
+        backup = path / f"{name}.damaged"
+        if backup.exists():
+            backup = path / f"{name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.copyfile(path / name, backup)
+        backups.append(backup)
+        write_atomic(path / name, "".join(f"{line}\n" for line in kept).encode())
+    dropped = len(workloads) + len(records) - len(kept_workloads) - len(kept_records)
+    return dropped, backups
+
+
+def _lines(file: Path) -> list[str]:
+    """A database file's non-empty lines (bytes that are not UTF-8 are damage, not an error)."""
+    if not file.is_file():
+        return []
+    text = file.read_bytes().decode("utf-8", errors="replace")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _damage(path: Path) -> dict[str, tuple[int, str]]:
+    """The first damaged line of each database file: {file name: (line number, why)}."""
+    found = {}
+    workloads = len(_lines(path / WORKLOADS))
+    for name in (WORKLOADS, RECORDS):
+        for lineno, line in enumerate(_lines(path / name), start=1):
+            why = _line_problem(name, line, workloads)
+            if why is not None:
+                found[name] = (lineno, why)
+                break
+    return found
+
+
+def _line_problem(name: str, line: str, workloads: int) -> str | None:
+    """Why one database line would not load, or None (MetaSchedule's JSON line format)."""
+    try:
+        entry = json.loads(line)
+    except ValueError as exc:
+        return f"not JSON: {exc}"
+    if name == WORKLOADS:
+        if not (
+            isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
+        ):
+            return "not a [hash, module] workload entry"
+        try:
+            base64.b64decode(entry[1], validate=True)
+        except ValueError:
+            return "its module is not valid base64"
+        return None
+    if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], list)):
+        return "not a [workload, record] entry"
+    if not isinstance(entry[0], int) or not 0 <= entry[0] < workloads:
+        return f"refers to workload {entry[0]!r}, but the log has {workloads}"
+    record = entry[1]
+    if len(record) != 4 or not isinstance(record[0], list) or not isinstance(record[2], dict):
+        return "not a [trace, run_secs, target, args] record"
+    return None
 
 
 def logs_digest(log_dirs: Sequence[Path]) -> str:
@@ -167,8 +258,26 @@ def log_matches_target(path: Path, target: dict[str, Any]) -> bool:
     return recorded is None or _targets_match(recorded, target)
 
 
+def check_new_or_log(path: Path, flag: str) -> None:
+    """Before any work: `path` can hold a tuning log: a writable new or empty folder, or a log
+    (the user's other files are never mixed with a log's)."""
+    check_writable(path, flag)
+    if is_log_dir(path) or not path.is_dir():
+        return
+    ours = {"logs", LOCK, HOLDER, STAGING, SUMMARY, WORKLOADS, RECORDS}
+    theirs = sorted(p.name for p in path.iterdir() if p.name not in ours)
+    if theirs:
+        shown = ", ".join(theirs[:5]) + (", ..." if len(theirs) > 5 else "")
+        raise TvmflowError(
+            f"{flag} {path} is not empty and not a tuning log (it holds {shown}); pass a new or "
+            "empty directory"
+        )
+
+
 def check_log_for_job(path: Path, identity: LogIdentity) -> dict[str, Any] | None:
-    """Refuse a log made for another model, shapes or target; returns its summary if any."""
+    """Refuse a log made for another model, shapes or target, or a folder that is no log;
+    returns its summary if any."""
+    check_new_or_log(path, "--log")
     summary = read_summary(path) if path.is_dir() else None
     if summary is None:
         if is_log_dir(path):
@@ -193,8 +302,12 @@ def check_log_for_job(path: Path, identity: LogIdentity) -> dict[str, Any] | Non
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold the log's lock for a job; a second job is refused with the holder's pid and host."""
+def locked(path: Path) -> Iterator[dict[str, Any] | None]:
+    """Hold the log's lock for a job; a second job is refused with the holder's pid and host.
+
+    Yields the note of a previous holder that was killed (it never removed its note), after
+    clearing what it left: its working copy and candidates, a summary saying "running".
+    """
     from filelock import FileLock, Timeout
 
     path.mkdir(parents=True, exist_ok=True)
@@ -207,25 +320,57 @@ def locked(path: Path) -> Iterator[None]:
             "or pass another --log directory"
         ) from None
     try:
+        killed = _clear_killed_job(path)
         note = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         write_atomic(path / HOLDER, json.dumps(note).encode())
-        yield
+        yield killed
     finally:
         (path / HOLDER).unlink(missing_ok=True)
         lock.release()
 
 
+def _clear_killed_job(path: Path) -> dict[str, Any] | None:
+    """Under the lock, a holder note means its job died without cleaning up (kill -9, power
+    loss): remove its working copy and mark its summary as killed, not running."""
+    try:
+        note = json.loads((path / HOLDER).read_text())
+    except (OSError, ValueError):
+        return None
+    unstage(path)
+    summary = read_summary(path) if (path / SUMMARY).is_file() else None
+    last = summary.get("last_job") if summary else None
+    if summary is not None and isinstance(last, dict) and last.get("stopped") == "running":
+        last["stopped"] = "killed"
+        write_summary(path, summary)
+    return note if isinstance(note, dict) else {}
+
+
 def _holder(path: Path) -> str:
+    import psutil
+
     try:
         note = json.loads((path / HOLDER).read_text())
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(note["started"])))
-        return f"pid {note['pid']} on {note['host']}, started {started}"
+        holder = f"pid {note['pid']} on {note['host']}, started {started}"
+        if note["host"] == socket.gethostname() and not psutil.pid_exists(int(note["pid"])):
+            holder += (
+                ", which has exited: a process it started still holds the lock "
+                f"(`fuser {path / LOCK}` names it)"
+            )
+        return holder
     except (OSError, ValueError, KeyError, TypeError):
         return "holder unknown"
 
 
+def candidates_dir(path: Path) -> Path:
+    """Where a job's candidate libraries are built: inside its working copy, so the next job
+    clears what a killed one left."""
+    return path / STAGING / "candidates"
+
+
 def stage(path: Path) -> Path:
     """A private working copy of the log's database for a job to append to."""
+    check_database(path)
     work = path / STAGING
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -273,6 +418,7 @@ def merge_logs(sources: Sequence[Path], out: Path, best_only: bool = False) -> M
     summaries = []
     for src in sources:
         check_log_dir(src)
+        check_database(src)
         summary = read_summary(src)
         if summary is None:
             raise TvmflowError(
@@ -288,27 +434,42 @@ def merge_logs(sources: Sequence[Path], out: Path, best_only: bool = False) -> M
         )
     if out.resolve() in {s.resolve() for s in sources}:
         raise TvmflowError(f"the output {out} is one of the inputs; merge into a new directory")
-    with locked(out):
+    check_new_or_log(out, "-o")
+    with _removed_on_failure(out), locked(out):
         if is_log_dir(out):
             raise TvmflowError(f"{out} already holds a tuning log; merge into a new directory")
         work = stage(out)
-        merged = ms.database.JSONDatabase(
-            path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
-        )
-        kept, duplicates = _union_records([open_database([s]) for s in sources], best_only)
-        for record in kept:
-            workload = merged.commit_workload(record.workload.mod)
-            merged.commit_tuning_record(
-                ms.database.TuningRecord(
-                    record.trace, workload, record.run_secs, record.target, record.args_info
-                )
+        try:
+            merged = ms.database.JSONDatabase(
+                path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
             )
-        count = len(merged)
-        publish(out)
-        unstage(out)
+            kept, duplicates = _union_records([open_database([s]) for s in sources], best_only)
+            for record in kept:
+                workload = merged.commit_workload(record.workload.mod)
+                merged.commit_tuning_record(
+                    ms.database.TuningRecord(
+                        record.trace, workload, record.run_secs, record.target, record.args_info
+                    )
+                )
+            count = len(merged)
+            publish(out)
+        finally:
+            unstage(out)
         write_summary(out, _merged_summary(summaries, sources, count))
         workloads = len((out / WORKLOADS).read_text().splitlines())
     return MergeResult(out, workloads, count, duplicates)
+
+
+@contextmanager
+def _removed_on_failure(out: Path) -> Iterator[None]:
+    """A merge that fails leaves no output directory it created (nor its lock file)."""
+    created = not out.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _union_records(
@@ -404,7 +565,7 @@ def apply_records(
         for _, f in mod.functions_items()
         if is_kernel(f) and bool(f.attrs and f.attrs.get("tirx.is_scheduled"))
     )
-    return mod, TuningInfo(logs_digest(log_dirs) if tuned else None, tuned, total)
+    return mod, TuningInfo(logs_digest(log_dirs), tuned, total)  # consulted, even if none won
 
 
 def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
@@ -413,11 +574,13 @@ def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
     A log also holds each kernel's default schedule as measured when it was tuned (trial 0:
     a deterministic trace, with no Sample* instructions). Applying that record would pin the
     default rules of that day and bypass today's (and their weight prepacking), so compile
-    applies a record only when the search found something faster than that baseline.
+    applies a record only when the search found something faster than that baseline. Where
+    the tuning job re-measured the best record and the default side by side (`checked_*` in
+    its summary), that verdict decides instead: it is the comparison under equal load.
     """
     from tvm.s_tir import meta_schedule as ms
 
-    searched: dict[str, ms.database.TuningRecord] = {}
+    searched: dict[str, tuple[ms.database.TuningRecord, Path]] = {}
     baseline: dict[str, float] = {}
     for log in log_dirs:
         for record in open_database([log]).get_all_tuning_records():
@@ -425,13 +588,19 @@ def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
                 continue
             key, secs = workload_key(record.workload), mean_secs(record.run_secs)
             if not is_baseline(record):
-                if key not in searched or secs < mean_secs(searched[key].run_secs):
-                    searched[key] = record
+                if key not in searched or secs < mean_secs(searched[key][0].run_secs):
+                    searched[key] = (record, log)
             else:
                 baseline[key] = min(secs, baseline.get(key, secs))
+    checks = {log: _checks(log) for log in log_dirs}
     db = ms.database.MemoryDatabase()
-    for key, record in searched.items():
-        if mean_secs(record.run_secs) < baseline.get(key, float("inf")):
+    for key, (record, log) in searched.items():
+        check = checks[log].get(key)
+        if check is not None:
+            better = check[1] < check[0]
+        else:
+            better = mean_secs(record.run_secs) < baseline.get(key, float("inf"))
+        if better:
             workload = db.commit_workload(record.workload.mod)
             db.commit_tuning_record(
                 ms.database.TuningRecord(
@@ -439,6 +608,19 @@ def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
                 )
             )
     return db
+
+
+def _checks(log: Path) -> dict[str, tuple[float, float]]:
+    """Per workload, the side-by-side (default µs, best µs) of the log's last tuning job."""
+    try:
+        summary = read_summary(log) or {}
+    except TvmflowError:
+        return {}
+    return {
+        str(t["workload"]): (float(t["checked_default_us"]), float(t["checked_best_us"]))
+        for t in summary.get("tasks", [])
+        if t.get("workload") and t.get("checked_default_us") and t.get("checked_best_us")
+    }
 
 
 def workload_key(workload: ms.database.Workload) -> str:

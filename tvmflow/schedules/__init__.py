@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import tvm
+    from tvm import s_tir
     from tvm.s_tir.dlight import ScheduleRule
 
 
@@ -49,18 +50,22 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
 def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Schedule every still-unscheduled kernel with the first applicable default rule.
 
-    On CPUs, rules may repack weights (parameters bound to constants) into the layout their
-    micro-kernel streams best; those repackings are split out of the kernels and folded
-    into the embedded constants here, so they cost nothing at run time.
+    On CPUs every kernel a rule schedules is checked against a reference schedule
+    (`tvmflow.kernel_check`); one that disagrees keeps the reference. Rules may repack
+    weights (parameters bound to constants) into the layout their micro-kernel streams
+    best; those repackings are split out of the kernels and folded into the embedded
+    constants here, so they cost nothing at run time.
     """
     from tvm import relax
     from tvm.s_tir import dlight
+
+    from tvmflow.kernel_check import schedule_checked
 
     with target:
         if "gpu" in target.keys:
             return dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
         mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
-        mod = dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
+        mod = schedule_checked(mod, target, default_rules(target))
         mod = relax.transform.SplitLayoutRewritePreproc()(mod)
         mod = relax.transform.FoldConstant()(mod)
         return relax.transform.DeadCodeElimination()(mod)
@@ -86,3 +91,16 @@ def kernel_rules(mod: tvm.IRModule, target: tvm.target.Target) -> dict[str, str 
                 None,
             )
     return found
+
+
+def design_spaces(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> list[s_tir.Schedule]:
+    """What tuning searches for a kernel: the design spaces of the default rule that claims it
+    (its knobs as sampling instructions, the default decisions first), or none when that rule
+    has no knobs (MetaSchedule's generic space then)."""
+    with target:
+        for rule in default_rules(target):
+            if rule.apply(func, target, False) is None:
+                continue
+            spaces = getattr(rule, "design_spaces", None)
+            return list(spaces(func, target)) if spaces else []
+    return []

@@ -160,7 +160,9 @@ def pick_vector(n: int, lanes: int) -> int:
 _NVEC_PREFERENCE = (3, 2, 4, 1)
 
 
-def pick_tile(m: int, n: int, lanes: int, registers: int) -> tuple[int, int, int]:
+def pick_tile(
+    m: int, n: int, lanes: int, registers: int, nvecs: Sequence[int] = _NVEC_PREFERENCE
+) -> tuple[int, int, int]:
     """(rows, vectors per row, vector length) of the register tile of an m x n output.
 
     Only exact divisors, so no loop needs a tail predicate that would break vectorization.
@@ -169,7 +171,7 @@ def pick_tile(m: int, n: int, lanes: int, registers: int) -> tuple[int, int, int
     """
     v = pick_vector(n, lanes)
     best: tuple[int, int, int] | None = None
-    for nvec in _NVEC_PREFERENCE:
+    for nvec in nvecs:
         if (n // v) % nvec:
             continue
         for mr in (8, 7, 6, 5, 4, 3, 2, 1):
@@ -180,11 +182,27 @@ def pick_tile(m: int, n: int, lanes: int, registers: int) -> tuple[int, int, int
     return best or (1, 1, v)
 
 
+def tile_choices(m: int, n: int, lanes: int, registers: int) -> list[tuple[int, int, int]]:
+    """The tiles a tuning search may start from: `pick_tile`'s choice first, then its best
+    tile for each other vectors-per-row count (one design space each: the weight packing
+    follows the tile width, and a sampled decision cannot change a packing on replay)."""
+    default = pick_tile(m, n, lanes, registers)
+    others = (pick_tile(m, n, lanes, registers, (nvec,)) for nvec in _NVEC_PREFERENCE)
+    return list(dict.fromkeys([default, *others]))
+
+
+# At most this many design spaces (tile widths) per kernel: len(_NVEC_PREFERENCE).
+MAX_TILE_CHOICES = 4
+# The most output rows a register tile may have (the search's bound on the sampled rows).
+MAX_TILE_ROWS = 8
+
+
 def tile_gemm(
     sch: s_tir.Schedule,
     block: s_tir.schedule.SBlockRV,
     loops: GemmLoops,
     tile: tuple[int, int, int],
+    tunable: bool = False,
 ) -> s_tir.schedule.SBlockRV:
     """Register-tiled GEMM loop nest: out[.., m, n] += a[.., m, k] * b[.., k, n].
 
@@ -193,6 +211,9 @@ def tile_gemm(
     broadcasts mr scalars of `a`. Tiles are distributed over threads; the n tile is outside
     the `rows` loops and the m tiles, so a panel of `b` stays in cache while they stream past.
     Returns the write-back block (local -> output), where epilogues get inlined.
+
+    `tunable`: the tile's rows come from a sampling instruction whose decision is `mr`, so a
+    search varies them; with that decision the schedule is exactly the untunable one.
     """
     mr, nvec, v = tile
     acc = sch.cache_write(block, 0, "local")
@@ -201,7 +222,15 @@ def tile_gemm(
         tiles = [*loops.batch, n_o, *loops.rows]
         sch.reorder(*tiles, *loops.reduce, n_i, n_v)
     else:
-        m_o, m_i = sch.split(loops.m, factors=[None, mr])
+        rows: list[Any] = [None, mr]
+        if tunable:
+            m = int(sch.get(loops.m).extent)
+            rows = list(
+                sch.sample_perfect_tile(
+                    loops.m, n=2, max_innermost_factor=MAX_TILE_ROWS, decision=[m // mr, mr]
+                )
+            )
+        m_o, m_i = sch.split(loops.m, factors=rows)
         tiles = [*loops.batch, n_o, *loops.rows, m_o]
         sch.reorder(*tiles, *loops.reduce, m_i, n_i, n_v)
         sch.unroll(m_i)
@@ -267,24 +296,22 @@ def fuse_epilogue(
     sch: s_tir.Schedule,
     writeback: s_tir.schedule.SBlockRV,
     epilogue: Sequence[s_tir.schedule.SBlockRV],
-    lanes: int = 1,
+    lanes: int,
 ) -> s_tir.schedule.SBlockRV | None:
     """Apply the injective blocks after a tiled reduction to each tile as it is written.
 
     Intermediate blocks are inlined into their consumers (a value used twice, as in
     hardswish, is recomputed: cheaper than a buffer); the blocks left (those writing kernel
-    outputs) move into the tile loop and read the accumulator directly. Returns the block
-    that now writes the tile, or None if the epilogue cannot be fused.
-
-    An output block that pads (writes a border no tile produces, as when FuseOps puts the
-    next conv's pad after a conv + relu) stays a pass of its own after the tiles: moved
-    into the tile loop it would only cover each tile's interior, leaving the border unwritten.
+    outputs) move into the tile loop and read the accumulator directly. A block left that
+    writes more values than the reduction produces (a pad, a concat, a broadcast) cannot:
+    under the tile loop `reverse_compute_at` keeps only the iterations that read the tile
+    and silently drops the rest (a pad's border was never written). Such blocks run as
+    their own pass after the tiled loop nest instead. Returns the block that now writes
+    the tile, or None if the epilogue cannot be scheduled.
     """
-    import tvm
     from tvm.error import InternalError
     from tvm.s_tir.schedule import ScheduleError
 
-    has_branch = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
     try:
         remaining = []
         for block in epilogue:
@@ -294,16 +321,28 @@ def fuse_epilogue(
                 remaining.append(block)
         if not remaining:
             return writeback
-        padding = [b for b in remaining if has_branch(sch.get(b))]
-        tiled = [b for b in remaining if not has_branch(sch.get(b))]
-        tile_loop = sch.get_loops(writeback)[0]
-        for block in tiled:
-            sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
-        if padding:  # they read the whole result: the write-back keeps its buffer
-            for block in padding:
+        produced = _elements(sch.get(writeback).writes[0].source.shape)
+        if any(_instances(sch, block) != produced for block in remaining):
+            for block in remaining:
                 schedule_spatial(sch, block, lanes)
-            return tiled[-1] if tiled else writeback
+            return writeback
+        tile_loop = sch.get_loops(writeback)[0]
+        for block in remaining:
+            sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
         sch.compute_inline(writeback)
     except (ScheduleError, InternalError):
         return None
     return remaining[-1]
+
+
+def _instances(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int | None:
+    """How many times a block runs (the product of its iter domains), None if symbolic."""
+    return _elements([iv.dom.extent for iv in sch.get(block).iter_vars])
+
+
+def _elements(shape: Sequence[Any]) -> int | None:
+    import tvm
+
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return None
+    return math.prod(int(d) for d in shape)

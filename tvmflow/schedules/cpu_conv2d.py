@@ -18,6 +18,7 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 
 from tvmflow.schedules.cpu_common import (
+    MAX_TILE_CHOICES,
     GemmLoops,
     dtype_bits_of_block,
     extents,
@@ -25,10 +26,10 @@ from tvmflow.schedules.cpu_common import (
     index_vars,
     is_layout_free,
     open_schedule,
-    pick_tile,
     prepack_weight,
     schedule_spatial,
     single_reduction,
+    tile_choices,
     tile_gemm,
     uses,
     vector_lanes,
@@ -119,10 +120,28 @@ def _dim_using(region: Any, var: Any) -> int | None:
 
 
 class Conv2d(ScheduleRule):
-    """Kernels with one GEMM-shaped convolution block; producers (pad) and epilogues injective."""
+    """Kernels with one GEMM-shaped convolution block; producers (pad) and epilogues injective.
+
+    `design_spaces`: what tuning searches, one space per register-tile width (`tile_choices`),
+    the default first, each sampling the tile's rows (`tile_gemm`).
+    """
 
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        return self._schedule(func, target, 0, False)
+
+    def design_spaces(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target
+    ) -> list[s_tir.Schedule]:
+        return [
+            sch
+            for choice in range(MAX_TILE_CHOICES)
+            if (sch := self._schedule(func, target, choice, True)) is not None
+        ]
+
+    def _schedule(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool
     ) -> s_tir.Schedule | None:
         opened = open_schedule(func, target)
         if opened is None:
@@ -135,13 +154,18 @@ class Conv2d(ScheduleRule):
         producers = _inline_weight_transforms(sch, func, infos[:index])
         roles = conv_roles(sch, main.block_rv, lambda buf: is_layout_free(func, buf))
         if roles is None:
-            return _single_channel(sch, main, infos[index + 1 :], producers, target)
+            return _single_channel(
+                sch, main, infos[index + 1 :], producers, target, choice, tunable
+            )
         loops = [it.loop_rv for it in main.iters]
         sizes = extents(sch, loops)
         if sizes is None:
             return None
         lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
-        tile = pick_tile(sizes[roles["m"]], sizes[roles["n"]], lanes, vector_registers(target))
+        tiles = tile_choices(sizes[roles["m"]], sizes[roles["n"]], lanes, vector_registers(target))
+        if choice >= len(tiles):
+            return None
+        tile = tiles[choice]
         gemm = GemmLoops(
             batch=tuple(loops[i] for i in roles["batch"]),
             rows=tuple(loops[i] for i in roles["rows"]),
@@ -159,7 +183,7 @@ class Conv2d(ScheduleRule):
                 roles["weight_n_dim"],
                 tile[1] * tile[2],
             )
-        writeback = tile_gemm(sch, main.block_rv, gemm, tile)
+        writeback = tile_gemm(sch, main.block_rv, gemm, tile, tunable)
         # accumulator with the channel innermost: whole vectors, promotable to registers
         n_dim, ndim = roles["n_dim"], roles["ndim"]
         sch.transform_layout(
@@ -167,7 +191,8 @@ class Conv2d(ScheduleRule):
             ("write", 0),
             lambda *idx: [*(idx[i] for i in range(ndim) if i != n_dim), idx[n_dim]],
         )
-        if fuse_epilogue(sch, writeback, [i.block_rv for i in infos[index + 1 :]], lanes) is None:
+        epilogue = [i.block_rv for i in infos[index + 1 :]]
+        if fuse_epilogue(sch, writeback, epilogue, lanes) is None:
             return None
         _schedule_producers(sch, producers, lanes)
         return sch
@@ -179,6 +204,8 @@ def _single_channel(
     epilogue: list[Any],
     producers: list[s_tir.schedule.SBlockRV],
     target: tvm.target.Target,
+    choice: int,
+    tunable: bool,
 ) -> s_tir.Schedule | None:
     """A conv with one output channel (a segmentation head) has no channel to vectorize:
     vectorize along the output row instead, where a stride-1 input is contiguous too, and
@@ -207,7 +234,12 @@ def _single_channel(
         return None
     position = {iv.var: i for i, iv in enumerate(iters)}
     lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
-    tile = pick_tile(sizes[position[row]], sizes[position[col]], lanes, vector_registers(target))
+    tiles = tile_choices(
+        sizes[position[row]], sizes[position[col]], lanes, vector_registers(target)
+    )
+    if choice >= len(tiles):
+        return None
+    tile = tiles[choice]
     gemm = GemmLoops(
         batch=tuple(loops[position[v]] for v in out[:-2]),
         rows=(),
@@ -215,7 +247,7 @@ def _single_channel(
         n=loops[position[col]],
         reduce=tuple(loops[i] for i in reduce),
     )
-    writeback = tile_gemm(sch, main.block_rv, gemm, tile)
+    writeback = tile_gemm(sch, main.block_rv, gemm, tile, tunable)
     if fuse_epilogue(sch, writeback, [i.block_rv for i in epilogue], lanes) is None:
         return None
     _schedule_producers(sch, producers, lanes)

@@ -15,16 +15,17 @@ from typing import TYPE_CHECKING, Any
 from tvm.s_tir.dlight import ScheduleRule
 
 from tvmflow.schedules.cpu_common import (
+    MAX_TILE_CHOICES,
     GemmLoops,
     dtype_bits_of_block,
     extents,
     fuse_epilogue,
     index_vars,
     open_schedule,
-    pick_tile,
     pick_vector,
     schedule_spatial,
     single_reduction,
+    tile_choices,
     tile_gemm,
     uses,
     vector_lanes,
@@ -78,10 +79,28 @@ def depthwise_roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> dict
 
 
 class DepthwiseConv2d(ScheduleRule):
-    """Kernels with one depthwise conv block fed by an in-kernel padding block."""
+    """Kernels with one depthwise conv block fed by an in-kernel padding block.
+
+    `design_spaces`: what tuning searches, one space per register-tile width (`tile_choices`),
+    the default first, each sampling the tile's rows (`tile_gemm`).
+    """
 
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        return self._schedule(func, target, 0, False)
+
+    def design_spaces(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target
+    ) -> list[s_tir.Schedule]:
+        return [
+            sch
+            for choice in range(MAX_TILE_CHOICES)
+            if (sch := self._schedule(func, target, choice, True)) is not None
+        ]
+
+    def _schedule(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool
     ) -> s_tir.Schedule | None:
         opened = open_schedule(func, target)
         if opened is None:
@@ -101,7 +120,10 @@ class DepthwiseConv2d(ScheduleRule):
         if sizes is None:
             return None
         lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
-        tile = pick_tile(sizes[roles["m"]], sizes[roles["n"]], lanes, vector_registers(target))
+        tiles = tile_choices(sizes[roles["m"]], sizes[roles["n"]], lanes, vector_registers(target))
+        if choice >= len(tiles):
+            return None
+        tile = tiles[choice]
         _channel_last(sch, pad.block_rv, roles["channel_dim"])
         gemm = GemmLoops(
             batch=tuple(loops[i] for i in roles["batch"]),
@@ -110,7 +132,7 @@ class DepthwiseConv2d(ScheduleRule):
             n=loops[roles["n"]],
             reduce=tuple(loops[i] for i in roles["reduce"]),
         )
-        writeback = tile_gemm(sch, main.block_rv, gemm, tile)
+        writeback = tile_gemm(sch, main.block_rv, gemm, tile, tunable)
         out_dims = len(sch.get(main.block_rv).writes[0].region)
         out_channel = next(
             d

@@ -14,6 +14,7 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 
 from tvmflow.schedules.cpu_common import (
+    MAX_TILE_CHOICES,
     GemmLoops,
     dtype_bits_of_block,
     extents,
@@ -21,9 +22,9 @@ from tvmflow.schedules.cpu_common import (
     index_vars,
     is_layout_free,
     open_schedule,
-    pick_tile,
     prepack_weight,
     single_reduction,
+    tile_choices,
     tile_gemm,
     uses,
     vector_lanes,
@@ -72,10 +73,28 @@ def matmul_roles(
 
 
 class Matmul(ScheduleRule):
-    """Kernels with exactly one matmul-shaped reduction block and injective other blocks."""
+    """Kernels with exactly one matmul-shaped reduction block and injective other blocks.
+
+    `design_spaces`: what tuning searches, one space per register-tile width (`tile_choices`),
+    the default first, each sampling the tile's rows (`tile_gemm`).
+    """
 
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        return self._schedule(func, target, 0, False)
+
+    def design_spaces(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target
+    ) -> list[s_tir.Schedule]:
+        return [
+            sch
+            for choice in range(MAX_TILE_CHOICES)
+            if (sch := self._schedule(func, target, choice, True)) is not None
+        ]
+
+    def _schedule(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool
     ) -> s_tir.Schedule | None:
         opened = open_schedule(func, target)
         if opened is None:
@@ -103,7 +122,10 @@ class Matmul(ScheduleRule):
         m_pos, n_pos, b_read, k_dim = roles
         lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
         m_size = 1 if m_pos is None else sizes[m_pos]
-        tile = pick_tile(m_size, sizes[n_pos], lanes, vector_registers(target))
+        tiles = tile_choices(m_size, sizes[n_pos], lanes, vector_registers(target))
+        if choice >= len(tiles):
+            return None
+        tile = tiles[choice]
         gemm = GemmLoops(
             batch=tuple(loop for i, loop in enumerate(loops[:-1]) if i not in (m_pos, n_pos)),
             rows=(),
@@ -115,8 +137,8 @@ class Matmul(ScheduleRule):
         if k_dim is not None and is_layout_free(func, weight.source):
             n_dim = len(weight.region) - 1
             prepack_weight(sch, main.block_rv, b_read, [k_dim], n_dim, tile[1] * tile[2])
-        writeback = tile_gemm(sch, main.block_rv, gemm, tile)
-        out = fuse_epilogue(sch, writeback, [i.block_rv for i in infos[index + 1 :]])
+        writeback = tile_gemm(sch, main.block_rv, gemm, tile, tunable)
+        out = fuse_epilogue(sch, writeback, [i.block_rv for i in infos[index + 1 :]], lanes)
         if out is None:
             return None
         wb_loops = sch.get_loops(out)
