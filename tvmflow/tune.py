@@ -595,6 +595,8 @@ class _Job:
                         space[0].trace, self.workloads[task], result.run_secs, self.target, args[k]
                     )
                 )
+                self.trials[task] += 1  # trials count the log's records
+                self.new_trials += 1
             self.trials[task] += 1
             self.new_trials += 1
             best = self.best_s[task]
