@@ -298,6 +298,8 @@ async def run(args: argparse.Namespace) -> list[Level]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers this started are stopped too
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     load_before = os.getloadavg()[0]
     try:
         levels = asyncio.run(run(args))

@@ -17,9 +17,11 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +181,19 @@ def write(name: str, content: str | bytes) -> Setup:
 
 def preset(name: str, text: str) -> Setup:
     return write(name, text)
+
+
+def scratch(name: str, age_s: float = 0.0) -> Setup:
+    """A compile's scratch folder, as old as `age_s` (an old one is a killed compile's)."""
+
+    def make(env: Env, tmp: Path) -> None:
+        path = tmp / name
+        path.mkdir(parents=True)
+        (path / "model.so").write_bytes(b"half a library")
+        when = time.time() - age_s
+        os.utime(path, (when, when))
+
+    return make
 
 
 def npz(name: str, **arrays: np.ndarray) -> Setup:
@@ -413,6 +428,9 @@ CASES = [
           (*C, "-o", "{tmp}/a", "--no-shipped-logs", "--tuning-log", "{log}"), 0, "compiled",
           setup=[artifact_copy("a", lambda m: m.update(compile_seconds=-1.0))],
           exists=("a/model.so", "a/manifest.json"), check=digest_recorded),
+    _case("output-scratch-of-killed-and-running-compiles", (*C, "-o", "{tmp}/d"), 0,
+          "compiled", setup=[scratch("d/.build-killed", age_s=86400), scratch("d/.build-live")],
+          absent=("d/.build-killed",), exists=("d/.build-live", "d/model.so")),
     _case("accuracy-failure-leaves-nothing", ("compile", "{tmp}/m.onnx", "-t", "x86", "--atol",
           "0", "--rtol", "0", "-o", "{tmp}/new/o"), 1, "beyond tolerance",
           setup=[model("m.onnx", lambda: _wide())], absent=("new",)),

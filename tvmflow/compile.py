@@ -51,6 +51,7 @@ from tvmflow.targets import Preset, check_build_tools
 log = logging.getLogger(__name__)
 
 SCRATCH_PREFIX = ".build-"  # where a compile writes before moving files into the output
+STALE_SCRATCH_S = 6 * 3600  # older scratch folders are a killed compile's, not a running one's
 
 
 @dataclass(frozen=True)
@@ -146,9 +147,11 @@ def check_output_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise TvmflowError(f"-o {out_dir} is a file; pass a directory for the artifact")
     if out_dir.is_dir():
-        for stale in out_dir.glob(f"{SCRATCH_PREFIX}*"):
-            shutil.rmtree(stale, ignore_errors=True)  # a killed compile's scratch folder
-        entries = sorted(p.name for p in out_dir.iterdir())
+        for scratch in out_dir.glob(f"{SCRATCH_PREFIX}*"):
+            # a scratch folder lives minutes (export and check); an old one is a killed compile's
+            if time.time() - scratch.stat().st_mtime > STALE_SCRATCH_S:
+                shutil.rmtree(scratch, ignore_errors=True)
+        entries = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(SCRATCH_PREFIX))
         if entries and not _is_artifact(out_dir):
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
             raise TvmflowError(

@@ -95,9 +95,11 @@ def check_tuned(
 ) -> tuple[tvm.IRModule, int]:
     """Check the kernels tuning records scheduled (`before` -> `after`); a bad one goes back
     to unscheduled, so the (checked) default rules take it. Returns the module and how many
-    records were dropped."""
+    records were dropped. CPU targets only: GPU kernels cannot run on this host's LLVM."""
     import tvm
 
+    if str(target.kind.name) != "llvm":
+        return after, 0
     kernels = [
         RuleKernel(gv.name_hint, "tuning record", before[gv.name_hint], func)
         for gv, func in after.functions_items()
@@ -348,7 +350,7 @@ class _Case:
             if unstable:
                 return (
                     f"output {index}: {unstable} of {first.size} values depend on what memory "
-                    "held before the run (read but never written)"
+                    "held before the run: never written, or read before written"
                 )
             expected = refs[0][index]
             known = np.ones(expected.shape, bool)
