@@ -7,10 +7,11 @@ default precision (when installed). Writes `benchmarks/<preset>.json`, `.md` and
 (not --quick, not --models) run also puts the table into README.md between the markers.
 
 `--check` measures the models of the committed baseline (`benchmarks/baseline.json`: the
-p50 ratio of tvmflow to its best fp32 peer per model) and fails (exit 1) when a model got
-more than 10 % slower relative to its peers; `--update-baseline` writes that file from the
-run. Ratios, not times: both engines run in the same interleaved rounds, so a busy machine
-slows both alike.
+p50 ratio of tvmflow to its best fp32 peer per model, and the thread count it was measured
+at) and fails (exit 1) when a model got more than 10 % slower relative to its peers;
+`--update-baseline` writes that file from the run. Ratios, not times: both engines run in the
+same interleaved rounds, so a busy machine slows both alike (one thread per engine is the
+robust setting on a shared machine: no engine's thread pool waits for a preempted worker).
 """
 
 from __future__ import annotations
@@ -103,8 +104,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--baseline", type=Path, default=BASELINE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.check and not args.models:
-        args.models = ",".join(n for n in names if n in read_baseline(args.baseline)["models"])
+    if args.check:  # the baseline's models at the baseline's thread count, unless told
+        baseline = read_baseline(args.baseline)
+        args.models = args.models or ",".join(n for n in names if n in baseline["models"])
+        args.threads = args.threads or baseline.get("threads")
     chosen = args.models.split(",") if args.models else names
     unknown = sorted(set(chosen) - set(names))
     if unknown:
@@ -139,10 +142,12 @@ def read_baseline(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise SystemExit(
+        print(
             f"scripts/benchmark: cannot read baseline {path} ({exc}); create it with "
-            "scripts/benchmark --update-baseline"
-        ) from None
+            "scripts/benchmark --update-baseline",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     return data
 
 
@@ -161,6 +166,7 @@ def baseline_of(reports: Sequence[bench.BenchReport], preset: str) -> dict:
     return {
         "format_version": 1,
         "preset": preset,
+        "threads": reports[0].threads if reports else None,
         "slack": SLACK,
         "machine": bench.machine_line(reports[0].machine) if reports else "",
         "models": models,

@@ -243,12 +243,46 @@ def markdown(levels: Sequence[Level], machine: dict[str, object]) -> str:
             f"{ort.p50_ms:.2f} / {ort.p99_ms:.2f} |"
         )
     versions = machine["versions"]
+    load = machine["load"]
     head = (
         f"Machine: {machine['cpu']}, {machine['cores_available']} CPUs available "
         f"({machine['physical_cores']} physical cores), {machine['memory_gb']} GB; "
-        f"{machine['date']}; versions {versions}.\n\n"
+        f"{machine['date']}; versions {versions}. Load average (1 min) at the start and the "
+        f"end of the run: {load[0]:.1f} and {load[1]:.1f} (above the CPU count: other "
+        "processes competed for the CPUs, which hits latencies and the multi-thread "
+        "settings hardest).\n\n"
     )
-    return head + "\n".join(rows) + "\n"
+    return head + "\n".join(rows) + "\n\n" + split_table(levels)
+
+
+def split_table(levels: Sequence[Level]) -> str:
+    """Which --workers gave each engine the most requests per second, per model and level."""
+    best: dict[tuple[str, str, int], Level] = {}
+    for lv in levels:
+        key = (lv.model, lv.engine, lv.clients)
+        if key not in best or lv.throughput > best[key].throughput:
+            best[key] = lv
+    splits = sorted({lv.workers for lv in levels})
+    rows = [
+        "Thread split: the `--workers` (× TVM threads) with the most req/s, and each split's "
+        "req/s.\n",
+        "| model | engine | clients | best | " + " | ".join(f"{w} workers" for w in splits) + " |",
+        "| --- | --- | ---: | --- |" + " ---: |" * len(splits),
+    ]
+    keyed = {(lv.model, lv.engine, lv.clients, lv.workers): lv for lv in levels}
+    for (model, engine, clients), top in best.items():
+        cells = [
+            f"{keyed[(model, engine, clients, w)].throughput:.1f}"
+            if (model, engine, clients, w) in keyed
+            else "-"
+            for w in splits
+        ]
+        rows.append(
+            f"| {model} | {engine} | {clients} | {top.workers} × {top.threads} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 async def run(args: argparse.Namespace) -> list[Level]:
@@ -264,12 +298,16 @@ async def run(args: argparse.Namespace) -> list[Level]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers this started are stopped too
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    load_before = os.getloadavg()[0]
     try:
         levels = asyncio.run(run(args))
     except TvmflowError as exc:
         print(f"scripts/serve-load: error: {exc}", file=sys.stderr)
         return exc.exit_code
     machine = bench.machine_info(len(os.sched_getaffinity(0)))
+    machine["load"] = (load_before, os.getloadavg()[0])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     title = "# Serving: `tvmflow serve` vs the same server on onnxruntime\n\n"
     method = (

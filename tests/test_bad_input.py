@@ -17,9 +17,11 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +109,23 @@ def _wide() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _edited(proto: onnx.ModelProto, **fields: Any) -> onnx.ModelProto:
+    for key, value in fields.items():
+        setattr(proto, key, value)
+    return proto
+
+
+def _identity(elem_type: int) -> onnx.ModelProto:
+    """y = x for an input of an element type tvmflow cannot feed."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", elem_type, [2, 4])],
+        [helper.make_tensor_value_info("y", elem_type, [2, 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def model(name: str, proto: Callable[[], onnx.ModelProto] = _tiny) -> Setup:
     def make(env: Env, tmp: Path) -> None:
         onnx.save(proto(), str(tmp / name))
@@ -162,6 +181,19 @@ def write(name: str, content: str | bytes) -> Setup:
 
 def preset(name: str, text: str) -> Setup:
     return write(name, text)
+
+
+def scratch(name: str, age_s: float = 0.0) -> Setup:
+    """A compile's scratch folder, as old as `age_s` (an old one is a killed compile's)."""
+
+    def make(env: Env, tmp: Path) -> None:
+        path = tmp / name
+        path.mkdir(parents=True)
+        (path / "model.so").write_bytes(b"half a library")
+        when = time.time() - age_s
+        os.utime(path, (when, when))
+
+    return make
 
 
 def npz(name: str, **arrays: np.ndarray) -> Setup:
@@ -311,6 +343,15 @@ CASES = [
     _case("opset-99-no-verify",
           ("compile", "{tmp}/m.onnx", "-t", "x86", "--no-verify", "-o", "{tmp}/o"), 2,
           "opset 99", setup=[model("m.onnx", lambda: _tiny(opset=99))], absent=("o",)),
+    _case("ir-version-99", ("compile", "{tmp}/m.onnx", "-t", "x86", "-o", "{tmp}/o"), 2,
+          "ir_version 99", setup=[model("m.onnx", lambda: _edited(_tiny(), ir_version=99))],
+          absent=("o",)),
+    _case("string-input", ("compile", "{tmp}/m.onnx", "-t", "x86", "-o", "{tmp}/o"), 2,
+          "m.onnx", setup=[model("m.onnx", lambda: _identity(TensorProto.STRING))],
+          absent=("o",)),
+    _case("bfloat16-input", ("compile", "{tmp}/m.onnx", "-t", "x86", "-o", "{tmp}/o"), 2,
+          "bfloat16", setup=[model("m.onnx", lambda: _identity(TensorProto.BFLOAT16))],
+          absent=("o",)),
     _case("no-outputs", ("compile", "{tmp}/m.onnx", "-t", "x86", "-o", "{tmp}/o"), 2,
           "no graph outputs", setup=[model("m.onnx", lambda: _tiny(outputs=False))],
           absent=("o",)),
@@ -387,6 +428,9 @@ CASES = [
           (*C, "-o", "{tmp}/a", "--no-shipped-logs", "--tuning-log", "{log}"), 0, "compiled",
           setup=[artifact_copy("a", lambda m: m.update(compile_seconds=-1.0))],
           exists=("a/model.so", "a/manifest.json"), check=digest_recorded),
+    _case("output-scratch-of-killed-and-running-compiles", (*C, "-o", "{tmp}/d"), 0,
+          "compiled", setup=[scratch("d/.build-killed", age_s=86400), scratch("d/.build-live")],
+          absent=("d/.build-killed",), exists=("d/.build-live", "d/model.so")),
     _case("accuracy-failure-leaves-nothing", ("compile", "{tmp}/m.onnx", "-t", "x86", "--atol",
           "0", "--rtol", "0", "-o", "{tmp}/new/o"), 1, "beyond tolerance",
           setup=[model("m.onnx", lambda: _wide())], absent=("new",)),
@@ -400,11 +444,13 @@ CASES = [
     # -- tuning logs at compile ----------------------------------------------------------------
     _case("tuning-log-not-a-log", (*C, "--tuning-log", "{tmp}", "-o", "{tmp}/o"), 2,
           "is not a tuning log directory", absent=("o",)),
+    _case("tuning-log-missing", (*C, "--tuning-log", "{tmp}/none", "-o", "{tmp}/o"), 2,
+          "is not a tuning log directory", absent=("o", "none")),
     _case("tuning-log-records-cut", (*C, "--tuning-log", "{tmp}/log", "-o", "{tmp}/o"), 2,
-          "database_tuning_record.json is damaged at line 2",
+          "database_tuning_record.json is damaged at line ",
           setup=[log_copy("log", cut("database_tuning_record.json"))], absent=("o",)),
     _case("tuning-log-workloads-cut", (*C, "--tuning-log", "{tmp}/log", "-o", "{tmp}/o"), 2,
-          "database_workload.json is damaged at line 2",
+          "database_workload.json is damaged at line ",
           setup=[log_copy("log", cut("database_workload.json"))], absent=("o",)),
     _case("tuning-log-other-target", (*C, "--tuning-log", "{tmp}/log", "-o", "{tmp}/o"), 2,
           "was tuned for target", setup=[log_copy("log", retarget)], absent=("o",)),
@@ -429,6 +475,11 @@ CASES = [
           "is an .npy file", setup=[npy("x.npy", X)]),
     _case("run-npz-given-as-npy", ("run", "{art}", "--input", "x={tmp}/in.npz"), 2,
           "is an .npz archive", setup=[npz("in.npz", x=X)]),
+    _case("run-input-given-twice", ("run", "{art}", "--input", "x={tmp}/a.npy", "--input",
+          "x={tmp}/b.npy"), 2, "given twice", setup=[npy("a.npy", X), npy("b.npy", X)]),
+    _case("run-input-in-npz-and-flag", ("run", "{art}", "--inputs", "{tmp}/in.npz", "--input",
+          "x={tmp}/a.npy"), 2, "given twice", setup=[npz("in.npz", x=X), npy("a.npy", X)]),
+    _case("run-seed-negative", ("run", "{art}", "--random", "--seed", "-1"), 2, "--seed"),
     _case("run-big-endian-npy", ("run", "{art}", "--input", "x={tmp}/be.npy", "-o",
           "{tmp}/be.npz"), 0, "wrote 2 output(s)",
           setup=[npy("be.npy", X.astype(">f4")), lambda env, tmp: _run_native(env, tmp)],
@@ -445,6 +496,8 @@ CASES = [
     _case("run-output-would-clobber", ("run", "{art}", "--random", "-o", "{tmp}/notes.txt"),
           2, "is not an .npz archive", setup=[write("notes.txt", NOTES)],
           untouched=("notes.txt",)),
+    _case("run-output-unwritable", ("run", "{art}", "--random", "-o",
+          "/sys/tvmflow-hostile/o.npz"), 2, "cannot write"),
     _case("run-not-a-directory", ("run", "{tmp}/none", "--random"), 2,
           "not a tvmflow artifact"),
     _case("run-no-manifest", ("run", "{tmp}", "--random"), 2, "manifest.json is missing"),
@@ -475,6 +528,8 @@ CASES = [
           setup=[artifact_copy("a", lambda m: m.update(arch="aarch64"))]),
     _case("run-emulate-x86-artifact", ("run", "{art}", "--random", "--emulate"), 2, "x86_64"),
     _case("inspect-not-artifact", ("inspect", "{tmp}"), 2, "not a tvmflow artifact"),
+    _case("inspect-a-file", ("inspect", "{tmp}/f"), 2, "not a tvmflow artifact",
+          setup=[write("f", NOTES)]),
     _case("demo-workdir-is-a-file", ("demo", "--workdir", "{tmp}/f"), 2, "is a file",
           setup=[write("f", NOTES)], untouched=("f",)),
     # -- tune ----------------------------------------------------------------------------------
@@ -496,13 +551,19 @@ CASES = [
           "go together", absent=("l",)),
     _case("tune-log-is-a-file", (*T, "--log", "{tmp}/f"), 2, "is a file",
           setup=[write("f", NOTES)], untouched=("f",)),
+    _case("tune-log-unwritable", (*T, "--log", "/sys/tvmflow-hostile/l"), 2, "cannot write"),
+    _case("tune-log-not-empty", (*T, "--log", "{tmp}/d"), 2,
+          "not empty and not a tuning log", setup=[write("d/notes.txt", NOTES)],
+          untouched=("d",)),
+    _case("tune-seed-negative", (*T, "--log", "{tmp}/l", "--seed", "-3"), 2, "--seed",
+          absent=("l",)),
     _case("tune-log-of-another-model",
           ("tune", "{other}", "-t", "x86", "--input-shape", "x=2,64", "--log", "{log}"), 2,
           "records are never mixed"),
     _case("tune-log-foreign-database", (*T, "--log", "{tmp}/log"), 2, "did not write",
           setup=[log_copy("log", lambda p: (p / "summary.json").unlink())]),
     _case("tune-log-damaged", (*T, "--log", "{tmp}/log", "--trials", "1"), 2,
-          "database_tuning_record.json is damaged at line 2",
+          "database_tuning_record.json is damaged at line ",
           setup=[log_copy("log", cut("database_tuning_record.json"))],
           absent=("log/.work", "log/.lock.json")),
     _case("tune-log-damaged-repaired", (*T, "--log", "{tmp}/log", "--trials", "1",
@@ -517,7 +578,7 @@ CASES = [
           "--input-shape", "x=2,64", "--log", "{tmp}/l"), 2, "--rpc-tracker", absent=("l",)),
     # -- logs merge ----------------------------------------------------------------------------
     _case("merge-damaged", ("logs", "merge", "{tmp}/log", "-o", "{tmp}/m"), 2,
-          "database_tuning_record.json is damaged at line 2",
+          "database_tuning_record.json is damaged at line ",
           setup=[log_copy("log", cut("database_tuning_record.json"))], absent=("m",)),
     _case("merge-not-a-log", ("logs", "merge", "{tmp}", "-o", "{tmp}/m"), 2,
           "is not a tuning log directory", absent=("m",)),
@@ -528,6 +589,11 @@ CASES = [
     _case("merge-over-a-log", ("logs", "merge", "{log}", "-o", "{tmp}/log"), 2,
           "already holds a tuning log", setup=[log_copy("log")],
           untouched=("log/database_tuning_record.json",)),
+    _case("merge-output-not-empty", ("logs", "merge", "{log}", "-o", "{tmp}/d"), 2,
+          "not empty and not a tuning log", setup=[write("d/notes.txt", NOTES)],
+          untouched=("d",)),
+    _case("merge-output-unwritable", ("logs", "merge", "{log}", "-o", "/sys/tvmflow-hostile/m"),
+          2, "cannot write"),
     # -- bench ---------------------------------------------------------------------------------
     _case("bench-artifact-of-other-model", ("bench", "{other}", "--artifact", "{art}",
           "--no-rss"), 2, "compiled from another file"),
@@ -542,10 +608,23 @@ CASES = [
           "--atol nan"),
     _case("bench-threads-zero", ("bench", "{model}", "--artifact", "{art}", "--threads", "0"),
           2, "--threads"),
+    _case("bench-threads-beyond-cpus", ("bench", "{model}", "--artifact", "{art}",
+          "--threads", "100000"), 2, "--threads"),
+    _case("logs-show-damaged", ("logs", "show", "{tmp}/log"), 2,
+          "database_workload.json is damaged at line ",
+          setup=[log_copy("log", cut("database_workload.json"))]),
     _case("bench-plot-unknown-format", ("bench", "{model}", "--artifact", "{art}", "--plot",
           "{tmp}/r.xyz"), 2, "cannot write .xyz", absent=("r.xyz",)),
     _case("bench-json-is-a-directory", ("bench", "{model}", "--artifact", "{art}", "--json",
           "{tmp}"), 2, "is a directory"),
+    _case("bench-json-unwritable", ("bench", "{model}", "--artifact", "{art}", "--json",
+          "/sys/tvmflow-hostile/r.json"), 2, "cannot write"),
+    _case("bench-json-over-the-model", ("bench", "{tmp}/m.onnx", "--artifact", "{art}",
+          "--json", "{tmp}/m.onnx"), 2, "is an input of this benchmark",
+          setup=[lambda env, tmp: shutil.copy(env.model, tmp / "m.onnx")],
+          untouched=("m.onnx",)),
+    _case("bench-seed-negative", ("bench", "{model}", "--artifact", "{art}", "--seed", "-1"), 2,
+          "--seed"),
     _case("bench-plot-without-suffix", ("bench", "{model}", "--artifact", "{art}", "--plot",
           "{tmp}/plot", "--no-rss", "--warmup", "0", "--rounds", "1", "--min-time", "0"), 0,
           "wrote {tmp}/plot", check=written_exactly("plot")),

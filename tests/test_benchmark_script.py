@@ -59,9 +59,21 @@ def test_check_flags_only_models_more_than_10_percent_slower_relative_to_peers(
 
 def test_check_runs_the_baseline_models(script: ModuleType, tmp_path: Path) -> None:
     path = tmp_path / "baseline.json"
-    path.write_text(json.dumps(_doc({"encoder": 1.0, "resnet18-b8": 1.0})))
+    path.write_text(json.dumps(_doc({"encoder": 1.0, "resnet18-b8": 1.0}) | {"threads": 1}))
     args = script.parse_args(["--check", "--baseline", str(path)])
     assert [m.name for m in args.models] == ["resnet18-b8", "encoder"]
+    assert args.threads == 1  # measured as the baseline was
+    args = script.parse_args(["--check", "--baseline", str(path), "--threads", "2"])
+    assert args.threads == 2
+
+
+def test_check_without_a_baseline_is_a_usage_error(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        script.parse_args(["--check", "--baseline", str(tmp_path / "none.json")])
+    assert exc.value.code == 2
+    assert "--update-baseline" in capsys.readouterr().err
 
 
 def test_committed_baseline_names_reference_models(script: ModuleType) -> None:

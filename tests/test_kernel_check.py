@@ -52,7 +52,7 @@ def test_unwritten_output_is_caught():
     func = only_kernel(*_relu_pad())
     sch = DropsBorder().apply(func, TARGET, False)
     [bad] = check([RuleKernel("k", "DropsBorder", func, sch.mod["main"])], TARGET)
-    assert bad.rule == "DropsBorder" and "differ from the reference" in bad.reason
+    assert bad.rule == "DropsBorder" and "memory held before the run" in bad.reason
 
 
 def test_unwritten_scratch_is_caught():
@@ -132,3 +132,55 @@ def test_bad_tuning_record_goes_back_to_the_default_rules(caplog):
     assert dropped == 1 and checked[name].same_as(before[name])
     [line] = [r.getMessage() for r in caplog.records]
     assert "tuning record" in line and name in line and "default rules" in line
+
+
+def _conv_relu():
+    return only_kernel(
+        {"x": ((1, 8, 10, 10), "float32")},
+        lambda x: relax.op.nn.relu(
+            relax.op.nn.conv2d(x, relax.const(np.ones((16, 8, 3, 3), "float32")), padding=1)
+        ),
+    )
+
+
+def _wrong_init(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """The same schedule with its accumulators starting at 1: deterministic, wrong."""
+    import tvm_ffi
+
+    def bump(value):
+        return tvm.tirx.FloatImm(str(value.ty), 1.0) if value.value == 0.0 else value
+
+    return func.with_body(tvm_ffi.structural_map(func.body, [(tvm.tirx.FloatImm, bump)]))
+
+
+def test_partial_reference_for_large_kernels_still_catches_wrong_values(monkeypatch):
+    """Above the work cap the reference runs part of the reduction; the values it computed
+    are still compared, and every value is still checked for reads of unwritten memory."""
+    from tvmflow.schedules.cpu_conv2d import Conv2d
+
+    monkeypatch.setattr(kernel_check, "REFERENCE_WORK_CAP", 2000)
+    func = _conv_relu()
+    sch = Conv2d().apply(func, TARGET, False)
+    assert sch is not None
+    scheduled = sch.mod["main"]
+    good = RuleKernel("k", "rule Conv2d", func, scheduled)
+    assert kernel_check._Case.of(good).partial
+    assert check([good], TARGET) == []
+    [bad] = check([RuleKernel("k", "rule Conv2d", func, _wrong_init(scheduled))], TARGET)
+    assert "differ from the reference" in bad.reason
+
+
+def test_a_passed_check_is_not_repeated_in_the_process(monkeypatch):
+    sch = Elementwise().apply(only_kernel(*_relu_pad()), TARGET, False)
+    assert sch is not None
+    kernel = RuleKernel("k", "rule Elementwise", only_kernel(*_relu_pad()), sch.mod["main"])
+    assert check([kernel], TARGET) == []
+    monkeypatch.setattr(kernel_check, "_build", None)  # would raise if a build were attempted
+    assert check([kernel], TARGET) == []
+
+
+def test_gpu_tuning_records_are_not_checked_on_the_host():
+    before = _graph(*_relu_pad())
+    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
+    checked, dropped = kernel_check.check_tuned(before, before, cuda)
+    assert dropped == 0 and checked is before

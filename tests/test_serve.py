@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -52,9 +53,10 @@ def _free_port() -> int:
 
 @dataclass
 class Server:
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[bytes]
     http: int
     grpc: int
+    log: Path  # the server's stderr (a file: a pipe nobody reads could fill and block it)
 
     @property
     def http_url(self) -> str:
@@ -66,8 +68,7 @@ class Server:
 
     def stderr(self) -> str:
         self.proc.wait(timeout=60)
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
+        return self.log.read_text()
 
 
 def _start(args: list[str], workers: int | None = None) -> Server:
@@ -76,10 +77,10 @@ def _start(args: list[str], workers: int | None = None) -> Server:
     if workers:
         cmd += ["--workers", str(workers)]
     env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-    )
-    return Server(proc, http, grpc)
+    log = Path(tempfile.mkstemp(prefix="tvmflow-serve-", suffix=".log")[1])
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    return Server(proc, http, grpc, log)
 
 
 def _wait_ready(server: Server, timeout: float = 90.0) -> None:
@@ -383,12 +384,12 @@ def test_readiness_thread_budget_and_onnxruntime_engine(mlp: Path, zoo_dir: Path
 def test_sigterm_drains_in_flight_requests_and_exits_0(
     artifacts: dict[str, Artifact], zoo_dir: Path
 ) -> None:
-    """SIGTERM once every request has reached the model and many still wait for the one
-    worker (the ResNet block runs ~1 ms): each must still be answered, and the exit be 0."""
+    """SIGTERM once every request (gRPC and REST) has reached the model and many still wait
+    for the one worker (the ResNet block runs ~1 ms): each must be answered, the exit be 0."""
     name, image = "resnet_block", np.random.default_rng(7).standard_normal((1, 3, 64, 64))
     srv = _start([f"{name}={artifacts[name].directory}"], workers=1)
     model = (("model_name", name),)
-    count = 1000
+    count, rest = 1000, 4
     feeds = {"image": image.astype(np.float32)}
     want = onnxruntime_outputs(zoo_dir / f"{name}.onnx", feeds)["probs"]
     try:
@@ -402,22 +403,36 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(
             if len(done) == count:
                 finished.set()
 
+        def over_http(_: int) -> np.ndarray:
+            tensor = httpclient.InferInput("image", [1, 3, 64, 64], "FP32")
+            tensor.set_data_from_numpy(feeds["image"])
+            client = httpclient.InferenceServerClient(srv.http_url, network_timeout=120)
+            return client.infer(name, [tensor]).as_numpy("probs")
+
         for _ in range(count):
             tensor = grpcclient.InferInput("image", [1, 3, 64, 64], "FP32")
             tensor.set_data_from_numpy(feeds["image"])
             g.async_infer(name, [tensor], callback)
-        received = in_flight = 0.0
-        deadline = time.monotonic() + 30
-        while received < count and time.monotonic() < deadline:
-            scrape = _metrics(srv)
-            received = scrape.get(("tvmflow_requests_total", (*model, ("protocol", "grpc"))), 0)
-            in_flight = scrape.get(("tvmflow_requests_in_flight", model), 0)
-        srv.proc.send_signal(signal.SIGTERM)
+        with ThreadPoolExecutor(rest) as pool:
+            http_results = pool.map(over_http, range(rest))
+            received: dict[str, float] = {}
+            in_flight = 0.0
+            deadline = time.monotonic() + 30
+            while received != {"grpc": count, "rest": rest} and time.monotonic() < deadline:
+                scrape = _metrics(srv)
+                received = {
+                    p: scrape.get(("tvmflow_requests_total", (*model, ("protocol", p))), 0)
+                    for p in ("grpc", "rest")
+                }
+                in_flight = scrape.get(("tvmflow_requests_in_flight", model), 0)
+            srv.proc.send_signal(signal.SIGTERM)
+            answered_over_http = list(http_results)
         assert finished.wait(60), f"{len(done)} of {count} answered"
         assert srv.proc.wait(timeout=60) == 0
     finally:
         _stop(srv)
-    assert received == count and in_flight >= 1, (received, in_flight)
+    assert received == {"grpc": count, "rest": rest} and in_flight >= 1, (received, in_flight)
+    assert all(_close(probs, want) for probs in answered_over_http)
     errors = [d for d in done if isinstance(d, InferenceServerException)]
     assert not errors, [(len(errors), e.status(), e.message()) for e in errors[:3]]
     assert all(_close(r.as_numpy("probs"), want) for r in done)  # type: ignore[attr-defined]

@@ -11,7 +11,15 @@ from tvm.s_tir import meta_schedule as ms
 from tvmflow.frontend import load_onnx, to_relax
 from tvmflow.lowering import fuse, kernel_names
 from tvmflow.targets import resolve_preset
-from tvmflow.tunelog import RECORDS, WORKLOADS, apply_records, improving_records, logs_digest
+from tvmflow.tunelog import (
+    RECORDS,
+    WORKLOADS,
+    apply_records,
+    improving_records,
+    logs_digest,
+    workload_key,
+    write_summary,
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +93,24 @@ def test_search_result_faster_than_baseline_is_applied(fused, tmp_path: Path) ->
     assert len(kept) == 1 and float(kept[0].run_secs[0]) == pytest.approx(1e-3)
     _, info = apply_records(mod, target, [log])
     assert info.tasks_tuned == 1 and info.log_digest is not None
+
+
+def _with_check(log: Path, kernel: tvm.IRModule, default_us: float, best_us: float) -> Path:
+    """The summary a tuning job writes after re-measuring the best record beside the default."""
+    workload = ms.database.JSONDatabase(str(log / WORKLOADS), str(log / RECORDS))
+    key = workload_key(workload.get_all_tuning_records()[0].workload)
+    task = {"name": "k", "workload": key, "checked_default_us": default_us}
+    write_summary(log, {"tasks": [task | {"checked_best_us": best_us}]})
+    return log
+
+
+def test_side_by_side_check_overrides_a_lucky_measurement(fused, tmp_path: Path) -> None:
+    """Measured alone the record beat trial 0, measured beside it it lost: not applied."""
+    mod, target = fused
+    kernel = _kernel(mod)
+    fixed, sampled = _traces(kernel)
+    records = [(fixed, 2e-3), (sampled, 1e-3)]
+    lost = _with_check(_log(tmp_path / "lost", kernel, target, records), kernel, 100.0, 110.0)
+    assert improving_records([lost]).get_all_tuning_records() == []
+    won = _with_check(_log(tmp_path / "won", kernel, target, records), kernel, 110.0, 100.0)
+    assert len(improving_records([won]).get_all_tuning_records()) == 1

@@ -56,12 +56,9 @@ def onnxruntime_outputs(
     model: Path, feeds: Mapping[str, np.ndarray], threads: int | None = None
 ) -> dict[str, np.ndarray]:
     """Run the original ONNX file on onnxruntime's CPU provider."""
-    import onnxruntime as ort
+    from tvmflow.engines import onnxruntime_session
 
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(model, threads or 0)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, dict(feeds)), strict=True))
 

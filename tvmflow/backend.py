@@ -5,7 +5,9 @@ frontend → compile path with verification off, into a build cache keyed by the
 the input shapes, the preset and tvmflow's own code, and loads the artifact with the
 production runtime. ONNX models often leave input dims symbolic; tvmflow compiles static
 shapes only, so such a model is compiled at the first `run`, for the shapes it is given (and
-again for each new shape). This is what lets ONNX's own backend test runner
+again for each new shape). Inputs that are attributes in spirit (a Reshape's shape, a
+reduction's axes: `ATTRIBUTE_INPUTS`) and empty inputs are baked in as constants the same way,
+keyed by their values. This is what lets ONNX's own backend test runner
 (`onnx.backend.test.BackendTest`) drive tvmflow.
 """
 
@@ -25,6 +27,34 @@ from onnx.backend.base import Backend, BackendRep, Device, DeviceType, namedtupl
 
 from tvmflow.errors import TvmflowError
 from tvmflow.runtime import CompiledModel
+
+_REDUCE = ("L1", "L2", "LogSum", "LogSumExp", "Max", "Mean", "Min", "Prod", "Sum", "SumSquare")
+# Input slots that carry what is an attribute in spirit (axes, shapes, pads, sizes, k, bounds).
+# TVM's importer needs them constant; exported models hold them as initializers, but ONNX's
+# node tests (and some exporters) feed them as graph inputs. The backend bakes such inputs
+# into the model it compiles, keyed by their values: other values make another build.
+ATTRIBUTE_INPUTS: dict[str, tuple[int, ...]] = {
+    **{f"Reduce{op}": (1,) for op in _REDUCE},
+    **{op: (0,) for op in ("BlackmanWindow", "HammingWindow", "HannWindow", "ConstantOfShape")},
+    **{
+        op: (1,)
+        for op in ("AffineGrid", "CastLike", "CenterCropPad", "Compress", "CumProd", "CumSum")
+    },
+    **{op: (1,) for op in ("Expand", "OneHot", "Reshape", "Split", "Squeeze", "Tile", "TopK")},
+    **{op: (1,) for op in ("Trilu", "Unsqueeze", "Upsample")},
+    "Clip": (1, 2),
+    "Col2Im": (1, 2),
+    "DFT": (1, 2),
+    "Dropout": (1, 2),
+    "MaxUnpool": (2,),
+    "MelWeightMatrix": (0, 1, 2, 3, 4),
+    "NonMaxSuppression": (2, 3, 4),
+    "Pad": (1, 2, 3),
+    "Range": (0, 1, 2),
+    "Resize": (1, 2, 3),
+    "Slice": (1, 2, 3, 4),
+    "STFT": (1, 3),
+}
 
 HOST_TARGET = "x86" if os.uname().machine in ("x86_64", "AMD64") else "arm"
 CACHE_ENV = "TVMFLOW_BACKEND_CACHE"
@@ -70,6 +100,31 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]] | None:
     return shapes
 
 
+def attribute_inputs(model: onnx.ModelProto) -> frozenset[str]:
+    """The graph inputs that some node reads at an attribute-like slot (`ATTRIBUTE_INPUTS`)."""
+    names = {i.name for i in _graph_inputs(model)}
+    found = {
+        node.input[slot]
+        for node in model.graph.node
+        for slot in ATTRIBUTE_INPUTS.get(node.op_type, ())
+        if slot < len(node.input) and node.input[slot] in names
+    }
+    return frozenset(found)
+
+
+def bake(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` with these graph inputs turned into initializers of these values."""
+    baked = onnx.ModelProto()
+    baked.CopyFrom(model)
+    kept = [i for i in baked.graph.input if i.name not in values]
+    del baked.graph.input[:]
+    baked.graph.input.extend(kept)
+    baked.graph.initializer.extend(
+        onnx.numpy_helper.from_array(np.asarray(value), name) for name, value in values.items()
+    )
+    return baked
+
+
 def compile_cached(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> CompiledModel:
     """Compile `model` for the host preset with these input shapes (cached), then load it."""
     from filelock import FileLock
@@ -100,27 +155,40 @@ def compile_cached(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) 
 
 
 class TvmflowRep(BackendRep):
-    """A prepared model: compiled per distinct set of input shapes, run on numpy arrays."""
+    """A prepared model: compiled per distinct input shapes (and attribute-input values)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self._model = model
         self._inputs = [i.name for i in _graph_inputs(model)]
         self._outputs = [o.name for o in model.graph.output]
-        self._compiled: dict[tuple[tuple[int, ...], ...], CompiledModel] = {}
+        self._baked = attribute_inputs(model)
+        self._compiled: dict[tuple[Any, ...], CompiledModel] = {}
         shapes = _static_shapes(model)
-        if shapes is not None:
-            self._get(shapes)
+        if shapes is not None and not self._baked:
+            self._get({}, shapes)
 
-    def _get(self, shapes: Mapping[str, Sequence[int]]) -> CompiledModel:
-        key = tuple(tuple(shapes[name]) for name in self._inputs)
+    def _get(
+        self, baked: Mapping[str, np.ndarray], shapes: Mapping[str, Sequence[int]]
+    ) -> CompiledModel:
+        key = (
+            tuple(tuple(shapes[name]) for name in self._inputs if name in shapes),
+            tuple(
+                (name, value.dtype.str, value.shape, value.tobytes())
+                for name, value in sorted(baked.items())
+            ),
+        )
         if key not in self._compiled:
-            self._compiled[key] = compile_cached(self._model, shapes)
+            model = bake(self._model, baked) if baked else self._model
+            self._compiled[key] = compile_cached(model, shapes)
         return self._compiled[key]
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Run on arrays in graph-input order (a list), by name (a dict), or one array."""
         feeds = self._feeds(inputs)
-        compiled = self._get({name: arr.shape for name, arr in feeds.items()})
+        # Empty tensors carry only a shape, and tvmflow compiles no zero-sized inputs: bake them.
+        names = [n for n in feeds if n in self._baked or feeds[n].size == 0]
+        baked = {name: feeds.pop(name) for name in names}
+        compiled = self._get(baked, {name: arr.shape for name, arr in feeds.items()})
         results = compiled.run(feeds)
         return namedtupledict("Outputs", self._outputs)(*[results[n] for n in self._outputs])
 
@@ -193,6 +261,7 @@ class TvmflowBackend(Backend):
         graph = onnx.helper.make_graph([node], "run_node", graph_inputs, graph_outputs)
         opset = kwargs.get("opset_version", onnx.defs.onnx_opset_version())
         model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+        model = onnx.shape_inference.infer_shapes(model)  # types the untyped outputs
         return cls.run_model(model, values, device)
 
 

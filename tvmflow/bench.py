@@ -299,18 +299,12 @@ def check_artifact_matches(model: Path, manifest: Manifest, directory: Path) -> 
 
 def check_runs_here(preset: str, device: str, arch: str, cpu_features: Sequence[str]) -> None:
     """A benchmark needs the target's hardware: say which target and what is missing."""
-    from tvmflow.targets import host_arch, host_cpu_features
+    from tvmflow.targets import host_mismatch
 
-    if arch != host_arch():
+    why = host_mismatch(arch, cpu_features)
+    if why is not None:
         raise TvmflowError(
-            f"target {preset} runs on {arch} and this machine is {host_arch()}; benchmark it "
-            "on such a machine, or use --target x86 here"
-        )
-    missing = sorted(set(cpu_features) - host_cpu_features())
-    if missing:
-        raise TvmflowError(
-            f"target {preset} needs CPU features {', '.join(missing)} that this machine lacks; "
-            "benchmark it on such a machine, or use --target x86 here"
+            f"target {preset} {why}; benchmark it on such a machine, or use --target x86 here"
         )
     if device == "cuda" and not Path("/dev/nvidiactl").exists():
         raise TvmflowError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -63,23 +64,29 @@ class NamedFileParam(click.ParamType):
         return name, Path(path)
 
 
-def _one_shape_per_input(
-    ctx: click.Context, param: click.Parameter, value: Sequence[tuple[str, tuple[int, ...]]]
-) -> dict[str, tuple[int, ...]]:
-    """Repeated --input-shape flags as a dict; naming one input twice is refused, not merged."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name, shape in value:
-        if name in shapes:
+def _one_per_input(
+    ctx: click.Context, param: click.Parameter, value: Sequence[tuple[str, Any]]
+) -> dict[str, Any]:
+    """Repeated NAME=... flags as a dict; naming one input twice is refused (the last would
+    silently win)."""
+
+    def text(v: Any) -> str:
+        return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+    given: dict[str, Any] = {}
+    for name, item in value:
+        if name in given:
             raise click.BadParameter(
-                f"input {name!r} is given twice ({','.join(map(str, shapes[name]))} and "
-                f"{','.join(map(str, shape))}); give each input's shape once",
+                f"input {name!r} is given twice ({text(given[name])} and {text(item)}); give "
+                "each input once",
                 ctx,
                 param,
             )
-        shapes[name] = shape
-    return shapes
+        given[name] = item
+    return given
 
 
+SEED = click.IntRange(0, 2**31 - 1)
 SHAPE = ShapeParam()
 NAMED_FILE = NamedFileParam()
 input_shape_option = click.option(
@@ -87,7 +94,7 @@ input_shape_option = click.option(
     "input_shapes",
     type=SHAPE,
     multiple=True,
-    callback=_one_shape_per_input,
+    callback=_one_per_input,
     help="Fix an input's shape, e.g. x=1,3,224,224; sr= for a scalar (repeatable; needed "
     "for dynamic dims).",
 )
@@ -240,7 +247,14 @@ def inspect_cmd(artifact: Path) -> None:
 
 @cli.command("run")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--input", "input_files", type=NAMED_FILE, multiple=True, help="NAME=FILE.npy")
+@click.option(
+    "--input",
+    "input_files",
+    type=NAMED_FILE,
+    multiple=True,
+    callback=_one_per_input,
+    help="NAME=FILE.npy",
+)
 @click.option(
     "--inputs",
     "npz",
@@ -248,7 +262,7 @@ def inspect_cmd(artifact: Path) -> None:
     help="An .npz file holding every input by name.",
 )
 @click.option("--random", "use_random", is_flag=True, help="Seeded random inputs.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Save outputs as .npz.")
 @click.option(
     "--emulate",
@@ -257,7 +271,7 @@ def inspect_cmd(artifact: Path) -> None:
 )
 def run_cmd(
     artifact: Path,
-    input_files: Sequence[tuple[str, Path]],
+    input_files: Mapping[str, Path],
     npz: Path | None,
     use_random: bool,
     seed: int,
@@ -380,7 +394,9 @@ def demo_cmd(workdir: Path) -> None:
     help="An .npz file holding every input by name (default: seeded random inputs).",
 )
 @click.option(
-    "--threads", type=click.IntRange(min=1), help="Threads per engine [default: physical cores]."
+    "--threads",
+    type=click.IntRange(min=1, max=os.cpu_count() or 1),  # tvmflow.load's range: checked first
+    help="Threads per engine [default: physical cores].",
 )
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option(
@@ -405,7 +421,7 @@ def demo_cmd(workdir: Path) -> None:
     "openvino-default (its default precision: bf16 on AVX512_BF16 CPUs).",
 )
 @tolerance_options
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-rss", is_flag=True, help="Skip the peak-RSS probes (one process per engine).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report.")
 @click.option("--markdown", type=click.Path(path_type=Path), help="Write a markdown table.")
@@ -437,6 +453,7 @@ def bench_cmd(
     from tvmflow import bench
     from tvmflow.accuracy import Tolerance
     from tvmflow.inputs import load_inputs
+    from tvmflow.manifest import check_writable
 
     if (artifact is None) == (target is None):
         raise TvmflowError("give exactly one of --artifact DIR or --target NAME")
@@ -453,9 +470,13 @@ def bench_cmd(
         seed=seed,
         progress=sys.stderr.isatty(),
     )
-    for report_path in (json_path, markdown, plot):
+    for flag, report_path in (("--json", json_path), ("--markdown", markdown), ("--plot", plot)):
         if report_path is not None and report_path.is_dir():
-            raise TvmflowError(f"{report_path} is a directory; pass a file name for the report")
+            raise TvmflowError(f"{flag} {report_path} is a directory; pass a file name")
+        if report_path is not None:
+            check_writable(report_path, flag)
+            if report_path.resolve() in {model.resolve(), Path(npz or model).resolve()}:
+                raise TvmflowError(f"{flag} {report_path} is an input of this benchmark")
     if plot:
         bench.plot_format(plot)
     arrays = load_inputs(npz=npz) if npz else None
@@ -558,7 +579,7 @@ class HostPortParam(click.ParamType):
 )
 @click.option("--rpc-tracker", type=HostPortParam(), help="Measure on an RPC device farm.")
 @click.option("--rpc-key", help="Device key on the tracker (with --rpc-tracker).")
-@click.option("--seed", type=int, help="Seed the search (reproducible runs).")
+@click.option("--seed", type=SEED, help="Seed the search (reproducible runs).")
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),

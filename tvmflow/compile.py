@@ -42,6 +42,7 @@ from tvmflow.manifest import (
     MANIFEST_NAME,
     Manifest,
     OutputAccuracy,
+    check_writable,
     sha256_file,
     write_manifest,
 )
@@ -50,6 +51,7 @@ from tvmflow.targets import Preset, check_build_tools
 log = logging.getLogger(__name__)
 
 SCRATCH_PREFIX = ".build-"  # where a compile writes before moving files into the output
+STALE_SCRATCH_S = 6 * 3600  # older scratch folders are a killed compile's, not a running one's
 
 
 @dataclass(frozen=True)
@@ -145,25 +147,18 @@ def check_output_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise TvmflowError(f"-o {out_dir} is a file; pass a directory for the artifact")
     if out_dir.is_dir():
-        for stale in out_dir.glob(f"{SCRATCH_PREFIX}*"):
-            shutil.rmtree(stale, ignore_errors=True)  # a killed compile's scratch folder
-        entries = sorted(p.name for p in out_dir.iterdir())
+        for scratch in out_dir.glob(f"{SCRATCH_PREFIX}*"):
+            # a scratch folder lives minutes (export and check); an old one is a killed compile's
+            if time.time() - scratch.stat().st_mtime > STALE_SCRATCH_S:
+                shutil.rmtree(scratch, ignore_errors=True)
+        entries = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(SCRATCH_PREFIX))
         if entries and not _is_artifact(out_dir):
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
             raise TvmflowError(
                 f"-o {out_dir} is not empty and not a tvmflow artifact (it holds {shown}); "
                 "pass a new or empty directory (an existing artifact is replaced)"
             )
-    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise TvmflowError(f"-o {out_dir}: {existing} is a file, not a directory")
-    try:
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as exc:
-        raise TvmflowError(
-            f"-o {out_dir}: cannot write in {existing} ({exc.strerror}); pass a directory you "
-            "can write"
-        ) from exc
+    check_writable(out_dir, "-o")
 
 
 def _is_artifact(directory: Path) -> bool:
@@ -218,8 +213,7 @@ def _verifier(preset: Preset, options: CompileOptions) -> tuple[HostRunner | Non
         return None, cuda.why_not_runnable(str(preset.target["arch"])) or "not checked"
     emulable = preset.arch == "aarch64"
     hint = " (run scripts/arm-sysroot to check it under emulation)" if emulable else ""
-    missing = ", ".join(preset.missing_host_features())
-    return None, f"not checked: this machine cannot run it (needs {missing}){hint}"
+    return None, f"not checked: this machine cannot run it (it {preset.host_mismatch()}){hint}"
 
 
 def _verify(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,21 +87,30 @@ class OnnxRuntime(Engine):
         import onnxruntime  # noqa: F401
 
     def open(self, spec: EngineSpec) -> Opened:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = spec.threads
-        opts.inter_op_num_threads = 1
-        provider = "CPUExecutionProvider"
-        if spec.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            provider = "CUDAExecutionProvider"
-        session = ort.InferenceSession(spec.path, opts, providers=[provider])
+        session = onnxruntime_session(spec.path, spec.threads, spec.device)
         names = [o.name for o in session.get_outputs()]
 
         def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             return dict(zip(names, session.run(names, dict(feeds)), strict=True))
 
-        return Opened(run, provider, "fp32")
+        return Opened(run, session.get_providers()[0], "fp32")
+
+
+def onnxruntime_session(path: str | Path, threads: int = 0, device: str = "cpu") -> Any:
+    """The onnxruntime session a user would have (default graph optimizations): the one way
+    tvmflow opens the reference, for verification, benchmarks, serving and kernel profiles.
+    `threads=0` leaves onnxruntime's default; `device="cuda"` takes the CUDA provider when
+    this onnxruntime build has it."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    provider = "CPUExecutionProvider"
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        provider = "CUDAExecutionProvider"
+    return ort.InferenceSession(str(path), opts, providers=[provider])
 
 
 def import_openvino() -> Any:

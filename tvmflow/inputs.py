@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, write_atomic
+from tvmflow.manifest import TensorSpec, check_writable, write_atomic
 
 
 def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
@@ -64,6 +64,11 @@ def load_inputs(
     if npz is not None:
         arrays.update(_read_npz(Path(npz)))
     for name, path in (files or {}).items():
+        if name in arrays:
+            raise TvmflowError(
+                f"input {name!r} is given twice: in {npz} and as --input {name}={path}; give "
+                "each input once"
+            )
         arrays[name] = _read_npy(Path(path))
     return arrays
 
@@ -126,9 +131,7 @@ def check_output_file(path: Path) -> None:
             f"-o {path} exists and is not an .npz archive; pass a new file name (only an "
             "earlier outputs file is replaced)"
         )
-    existing = next(p for p in (path.absolute().parent, *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise TvmflowError(f"-o {path}: {existing} is a file, not a directory")
+    check_writable(path, "-o")
 
 
 def save_outputs(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

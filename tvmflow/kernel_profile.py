@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tvmflow.engines import onnxruntime_session
 from tvmflow.manifest import LIBRARY_NAME
 
 if TYPE_CHECKING:
@@ -125,16 +126,6 @@ def time_side_by_side(
     return ModelTimes(
         med(wall["tvm"]), med(wall["ort"]), len(wall["tvm"]), med(cpu["tvm"]), med(cpu["ort"])
     )
-
-
-def onnxruntime_session(model: Path, threads: int) -> Any:
-    """The session a user would have: default graph optimizations, `threads` intra-op threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
 
 
 def capture_kernel_calls(

@@ -136,6 +136,22 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def check_writable(path: Path, flag: str) -> None:
+    """Before any work: `path` (to be created or replaced) can be written, i.e. its nearest
+    existing ancestor is a directory this process can create files in."""
+    target = path.absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    folder = existing if existing.is_dir() else existing.parent
+    if existing != target and not existing.is_dir():
+        raise TvmflowError(f"{flag} {path}: {existing} is a file, not a directory")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise TvmflowError(
+            f"{flag} {path}: cannot write in {folder} ({exc.strerror}); pass a place you can write"
+        ) from exc
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
     path = directory / MANIFEST_NAME
     write_atomic(path, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())

@@ -23,7 +23,7 @@ from tvmflow.cuda import check_gpu
 from tvmflow.errors import TvmflowError
 from tvmflow.inputs import check_inputs, native_byte_order
 from tvmflow.manifest import LIBRARY_NAME, Manifest, TensorSpec, read_manifest, sha256_file
-from tvmflow.targets import host_arch, host_cpu_features
+from tvmflow.targets import host_mismatch
 
 
 def _import_tvm() -> Any:
@@ -37,17 +37,11 @@ def _import_tvm() -> Any:
 
 def check_compatible(manifest: Manifest, directory: Path) -> None:
     """Refuse artifacts this machine cannot run, saying why."""
-    if manifest.arch != host_arch():
+    why = host_mismatch(manifest.arch, manifest.cpu_features)
+    if why is not None:
         raise TvmflowError(
-            f"{directory} was built for {manifest.arch} (preset {manifest.preset}); this "
-            f"machine is {host_arch()}: compile it with a {host_arch()} target"
-        )
-    missing = sorted(set(manifest.cpu_features) - host_cpu_features())
-    if missing:
-        raise TvmflowError(
-            f"{directory} was built for preset {manifest.preset}, which needs CPU features "
-            f"{', '.join(missing)} that this machine lacks: compile it with a preset this CPU "
-            "supports (e.g. --target x86)"
+            f"{directory} was built for {manifest.arch} (preset {manifest.preset}): it {why}; "
+            "compile it for a preset this machine supports (`tvmflow targets` lists them)"
         )
 
 

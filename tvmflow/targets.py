@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -41,21 +42,31 @@ class Preset:
     def is_alias(self) -> bool:
         return bool(self.select_best_of)
 
-    def missing_host_features(self) -> tuple[str, ...]:
-        """CPU features this preset's code needs that this host lacks (empty: runs here)."""
-        if self.arch != host_arch():
-            return (f"a {self.arch} machine (this host is {host_arch()})",)
-        have = host_cpu_features()
-        return tuple(f for f in self.cpu_features if f not in have)
+    def host_mismatch(self) -> str | None:
+        """Why this preset's code cannot run on this machine's CPU (None: it can)."""
+        return host_mismatch(self.arch, self.cpu_features)
 
     def runs_on_host(self) -> bool:
         """True when artifacts for this preset can be loaded and checked on this machine."""
-        return self.device == "cpu" and not self.missing_host_features()
+        return self.device == "cpu" and self.host_mismatch() is None
 
 
 def host_arch() -> str:
     machine = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def host_mismatch(arch: str, cpu_features: Iterable[str]) -> str | None:
+    """Why code for `arch` using `cpu_features` cannot run on this machine (None: it can).
+
+    The one host-compatibility check: compile (can it verify?), load and bench all ask it.
+    """
+    if arch != host_arch():
+        return f"runs on {arch} and this machine is {host_arch()}"
+    missing = sorted(set(cpu_features) - host_cpu_features())
+    if missing:
+        return f"needs CPU features {', '.join(missing)} that this machine lacks"
+    return None
 
 
 @cache

@@ -43,6 +43,7 @@ from tvmflow.tunelog import (
     candidates_dir,
     check_database,
     check_log_for_job,
+    is_baseline,
     locked,
     mean_secs,
     publish,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from tvmflow.frontend import ImportedModel
 
 DEFAULT_TRIALS_PER_TASK = 64
+CHECK_ROUNDS = 3  # side-by-side rounds of a kernel's best record vs its default schedule
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,14 @@ class TaskResult:
     best_us: float | None
     untuned_us: float | None
     workload: str | None = None  # structural hash: what records are keyed by (logs show)
+    # the best record and the default schedule re-measured side by side (default µs, best µs)
+    checked: tuple[float, float] | None = None
 
     @property
     def speedup(self) -> float | None:
+        """Over the default schedule: the side-by-side check's ratio once there is one."""
+        if self.checked is not None:
+            return self.checked[0] / self.checked[1]
         if self.best_us is None or self.untuned_us is None:
             return None
         return self.untuned_us / self.best_us
@@ -101,6 +108,8 @@ class TaskResult:
     @property
     def latency_us(self) -> float | None:
         """What this kernel costs in a build with the log: tuned if better, else the default."""
+        if self.checked is not None and self.untuned_us is not None:
+            return self.untuned_us / max(1.0, self.checked[0] / self.checked[1])
         known = [v for v in (self.best_us, self.untuned_us) if v is not None]
         return min(known) if known else None
 
@@ -113,6 +122,8 @@ class TaskResult:
             "untuned_us": _round(self.untuned_us),
             "speedup": _round(self.speedup),
             "workload": self.workload,
+            "checked_default_us": _round(self.checked[0]) if self.checked else None,
+            "checked_best_us": _round(self.checked[1]) if self.checked else None,
         }
 
     @classmethod
@@ -124,6 +135,7 @@ class TaskResult:
             _opt_float(data.get("best_us")),
             _opt_float(data.get("untuned_us")),
             data.get("workload"),
+            _checked(data),
         )
 
 
@@ -327,6 +339,7 @@ class _Job:
         self.workloads = [self.db.commit_workload(t.workload) for t in self.tasks]
         self.trials, self.best_s = self._prior_records()
         self.untuned = self._known_untuned()
+        self.checked = self._known_checks()
         if self.stop_reason_now() is None:
             with _sigint_deferred(self._on_sigint):
                 self._search()
@@ -394,6 +407,8 @@ class _Job:
                     raise KeyboardInterrupt from None
                 raise
             self.stopped = sched.stopped_because
+            if not self.interrupts and self.farm_error is None:
+                self._check_best(builder, runner)
 
     # -- MetaSchedule objects --------------------------------------------------------------
     def _cores(self) -> int:
@@ -479,6 +494,60 @@ class _Job:
         known = {t["name"]: t.get("untuned_us") for t in self.summary.get("tasks", [])}
         return [_opt_float(known.get(name)) for name in self.names]
 
+    def _known_checks(self) -> dict[int, tuple[float, float]]:
+        known = {t["name"]: _checked(t) for t in self.summary.get("tasks", [])}
+        return {i: c for i, name in enumerate(self.names) if (c := known.get(name)) is not None}
+
+    def _check_best(self, builder: ms.builder.Builder, runner: ms.runner.Runner) -> None:
+        """Re-measure each improved kernel's best record and its default schedule side by side
+        (alternating, CHECK_ROUNDS times), so both see the same machine load: measured minutes
+        apart on a shared machine the two drift by tens of percent. Compile applies a record
+        only where this check found it faster (`tunelog.improving_records`)."""
+        import shutil
+        import statistics
+
+        from tvm import s_tir
+        from tvm.s_tir import meta_schedule as ms
+
+        todo = []
+        for i, workload in enumerate(self.workloads):
+            top = self.db.get_top_k(workload, 1)
+            untuned = self.untuned[i]
+            if not top or is_baseline(top[0]) or untuned is None:
+                continue
+            if mean_secs(top[0].run_secs) * 1e6 >= untuned:
+                continue  # not faster even measured alone
+            tuned = s_tir.Schedule(self.tasks[i].workload)
+            top[0].trace.apply_to_schedule(tuned, remove_postproc=False)
+            todo.append((i, default_schedule(self.tasks[i].kernel, self.target), tuned))
+        if not todo:
+            return
+        if self.progress:
+            self.progress.message(
+                f"checking the best schedule of {len(todo)} kernel(s) against the default"
+            )
+        mods = [s.mod for _, default, tuned in todo for s in (default, tuned)]
+        built = builder.build([ms.builder.BuilderInput(m, self.target) for m in mods])
+        device = "cuda" if "gpu" in self.target.keys else "cpu"
+        inputs = [
+            (k, ms.runner.RunnerInput(b.artifact_path, device, _args_info(mods[k])))
+            for k, b in enumerate(built)
+            if b.error_msg is None and b.artifact_path
+        ]
+        times: list[list[float]] = [[] for _ in mods]
+        for _ in range(CHECK_ROUNDS):
+            for (k, _), future in zip(inputs, runner.run([r for _, r in inputs]), strict=True):
+                result = future.result()
+                if result.error_msg is None and result.run_secs:
+                    times[k].append(mean_secs(result.run_secs) * 1e6)
+        for j, (i, _, _) in enumerate(todo):
+            default_us, best_us = times[2 * j], times[2 * j + 1]
+            if default_us and best_us:
+                self.checked[i] = (statistics.median(default_us), statistics.median(best_us))
+        for b in built:
+            if b.artifact_path:
+                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+
     def _measure_untuned(
         self, indices: Sequence[int], builder: ms.builder.Builder, runner: ms.runner.Runner
     ) -> list[float | None]:
@@ -526,6 +595,8 @@ class _Job:
                         space[0].trace, self.workloads[task], result.run_secs, self.target, args[k]
                     )
                 )
+                self.trials[task] += 1  # trials count the log's records
+                self.new_trials += 1
             self.trials[task] += 1
             self.new_trials += 1
             best = self.best_s[task]
@@ -625,15 +696,18 @@ class _Job:
                 None if best is None or best >= FAILED_SECS else best * 1e6,
                 untuned,
                 str(workload.as_json()[0]),
+                self.checked.get(i),
             )
-            for name, weight, trials, best, untuned, workload in zip(
-                self.names,
-                self.weights,
-                self.trials,
-                self.best_s,
-                self.untuned,
-                self.workloads,
-                strict=True,
+            for i, (name, weight, trials, best, untuned, workload) in enumerate(
+                zip(
+                    self.names,
+                    self.weights,
+                    self.trials,
+                    self.best_s,
+                    self.untuned,
+                    self.workloads,
+                    strict=True,
+                )
             )
         )
 
@@ -757,6 +831,11 @@ def _weighted(
 
 def _round(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 3)
+
+
+def _checked(data: dict[str, Any]) -> tuple[float, float] | None:
+    default, best = data.get("checked_default_us"), data.get("checked_best_us")
+    return None if default is None or best is None else (float(default), float(best))
 
 
 def _opt_float(value: Any) -> float | None:

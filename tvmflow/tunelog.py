@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, TuningInfo, write_atomic
+from tvmflow.manifest import TensorSpec, TuningInfo, check_writable, write_atomic
 
 if TYPE_CHECKING:
     import tvm
@@ -258,8 +258,26 @@ def log_matches_target(path: Path, target: dict[str, Any]) -> bool:
     return recorded is None or _targets_match(recorded, target)
 
 
+def check_new_or_log(path: Path, flag: str) -> None:
+    """Before any work: `path` can hold a tuning log: a writable new or empty folder, or a log
+    (the user's other files are never mixed with a log's)."""
+    check_writable(path, flag)
+    if is_log_dir(path) or not path.is_dir():
+        return
+    ours = {"logs", LOCK, HOLDER, STAGING, SUMMARY, WORKLOADS, RECORDS}
+    theirs = sorted(p.name for p in path.iterdir() if p.name not in ours)
+    if theirs:
+        shown = ", ".join(theirs[:5]) + (", ..." if len(theirs) > 5 else "")
+        raise TvmflowError(
+            f"{flag} {path} is not empty and not a tuning log (it holds {shown}); pass a new or "
+            "empty directory"
+        )
+
+
 def check_log_for_job(path: Path, identity: LogIdentity) -> dict[str, Any] | None:
-    """Refuse a log made for another model, shapes or target; returns its summary if any."""
+    """Refuse a log made for another model, shapes or target, or a folder that is no log;
+    returns its summary if any."""
+    check_new_or_log(path, "--log")
     summary = read_summary(path) if path.is_dir() else None
     if summary is None:
         if is_log_dir(path):
@@ -416,6 +434,7 @@ def merge_logs(sources: Sequence[Path], out: Path, best_only: bool = False) -> M
         )
     if out.resolve() in {s.resolve() for s in sources}:
         raise TvmflowError(f"the output {out} is one of the inputs; merge into a new directory")
+    check_new_or_log(out, "-o")
     with _removed_on_failure(out), locked(out):
         if is_log_dir(out):
             raise TvmflowError(f"{out} already holds a tuning log; merge into a new directory")
@@ -555,11 +574,13 @@ def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
     A log also holds each kernel's default schedule as measured when it was tuned (trial 0:
     a deterministic trace, with no Sample* instructions). Applying that record would pin the
     default rules of that day and bypass today's (and their weight prepacking), so compile
-    applies a record only when the search found something faster than that baseline.
+    applies a record only when the search found something faster than that baseline. Where
+    the tuning job re-measured the best record and the default side by side (`checked_*` in
+    its summary), that verdict decides instead: it is the comparison under equal load.
     """
     from tvm.s_tir import meta_schedule as ms
 
-    searched: dict[str, ms.database.TuningRecord] = {}
+    searched: dict[str, tuple[ms.database.TuningRecord, Path]] = {}
     baseline: dict[str, float] = {}
     for log in log_dirs:
         for record in open_database([log]).get_all_tuning_records():
@@ -567,13 +588,19 @@ def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
                 continue
             key, secs = workload_key(record.workload), mean_secs(record.run_secs)
             if not is_baseline(record):
-                if key not in searched or secs < mean_secs(searched[key].run_secs):
-                    searched[key] = record
+                if key not in searched or secs < mean_secs(searched[key][0].run_secs):
+                    searched[key] = (record, log)
             else:
                 baseline[key] = min(secs, baseline.get(key, secs))
+    checks = {log: _checks(log) for log in log_dirs}
     db = ms.database.MemoryDatabase()
-    for key, record in searched.items():
-        if mean_secs(record.run_secs) < baseline.get(key, float("inf")):
+    for key, (record, log) in searched.items():
+        check = checks[log].get(key)
+        if check is not None:
+            better = check[1] < check[0]
+        else:
+            better = mean_secs(record.run_secs) < baseline.get(key, float("inf"))
+        if better:
             workload = db.commit_workload(record.workload.mod)
             db.commit_tuning_record(
                 ms.database.TuningRecord(
@@ -581,6 +608,19 @@ def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
                 )
             )
     return db
+
+
+def _checks(log: Path) -> dict[str, tuple[float, float]]:
+    """Per workload, the side-by-side (default µs, best µs) of the log's last tuning job."""
+    try:
+        summary = read_summary(log) or {}
+    except TvmflowError:
+        return {}
+    return {
+        str(t["workload"]): (float(t["checked_default_us"]), float(t["checked_best_us"]))
+        for t in summary.get("tasks", [])
+        if t.get("workload") and t.get("checked_default_us") and t.get("checked_best_us")
+    }
 
 
 def workload_key(workload: ms.database.Workload) -> str:

@@ -16,7 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 # One module per op (or per family sharing one implementation), in tvmflow/ops/.
-MODULES = ("lstm", "gru", "rnn")
+MODULES = (
+    "lstm",
+    "gru",
+    "rnn",
+    "nll_loss",
+    "softmax_cross_entropy_loss",
+    "layer_normalization",
+    "dropout",
+    "cumprod",
+    "elementwise",
+    "lp_normalization",
+    "attention",
+)
 
 DEFAULT_DOMAIN = ""
 

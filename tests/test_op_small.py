@@ -1,0 +1,34 @@
+"""Small converters (CumProd, Celu, Swish, LpNormalization) against onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.onnx_ops import assert_matches, one_node_model
+
+
+@pytest.fixture(autouse=True)
+def build_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TVMFLOW_BACKEND_CACHE", str(tmp_path / "builds"))
+
+
+X = np.random.default_rng(0).uniform(-2, 2, (3, 4)).astype(np.float32)
+AXIS = np.array(1, np.int64)
+
+
+@pytest.mark.parametrize(
+    ("op", "inputs", "opset", "attrs"),
+    [
+        ("CumProd", {"x": X, "axis": AXIS}, 26, {"exclusive": 1, "reverse": 1}),
+        ("Celu", {"x": X}, 12, {"alpha": 0.7}),
+        ("Swish", {"x": X}, 24, {"alpha": 1.5}),
+        ("LpNormalization", {"x": X}, 22, {"axis": 0, "p": 1}),
+    ],
+    ids=["CumProd", "Celu", "Swish", "LpNormalization"],
+)
+def test_small_op_matches_onnxruntime(op: str, inputs: dict, opset: int, attrs: dict) -> None:
+    model, feeds = one_node_model(op, inputs, ["y"], opset, **attrs)
+    assert_matches(model, feeds)
