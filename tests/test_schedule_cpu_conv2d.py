@@ -67,18 +67,24 @@ def test_depthwise_and_non_conv_are_not_claimed():
 
 
 @pytest.mark.parametrize(
-    ("cin", "cout", "groups", "stride", "batch"),
-    [(8, 8, 4, 1, 1), (8, 16, 4, 2, 1), (64, 64, 4, 1, 2), (48, 48, 3, 2, 1)],
+    ("cin", "cout", "groups", "stride", "batch", "pad", "epilogue"),
+    [
+        (8, 8, 4, 1, 1, 1, True),
+        (8, 16, 4, 2, 1, 1, True),
+        (64, 64, 4, 1, 2, 1, True),
+        (48, 48, 3, 2, 1, 1, True),
+        (8, 8, 2, 1, 1, 0, False),  # the conv reads the kernel's input, writes its output
+    ],
 )
-def test_grouped_conv_is_a_gemm_per_group(cin, cout, groups, stride, batch):
+def test_grouped_conv_is_a_gemm_per_group(cin, cout, groups, stride, batch, pad, epilogue):
     """Grouped convs (RegNet, ResNeXt) were left to DLight's Reduction rule: 1.6 GFLOP/s,
     RegNetY-800MF 21x onnxruntime. Split into groups they get the GEMM micro-kernel."""
 
     def body(x):
         y = relax.op.nn.conv2d(
-            x, const((cout, cin // groups, 3, 3)), strides=stride, padding=1, groups=groups
+            x, const((cout, cin // groups, 3, 3)), strides=stride, padding=pad, groups=groups
         )
-        return relax.op.nn.relu(relax.op.add(y, const((1, cout, 1, 1), 1)))
+        return relax.op.nn.relu(relax.op.add(y, const((1, cout, 1, 1), 1))) if epilogue else y
 
     func = only_kernel({"x": ((batch, cin, 11, 11), "float32")}, body)
     sch = Conv2d().apply(func, TARGET, False)
@@ -140,4 +146,15 @@ def test_epilogue_pad_is_written_whole():
     sch = Conv2d().apply(func, TARGET, False)
     assert sch is not None
     assert {"parallel", "vectorized"} <= loop_kinds(sch)
+    assert_schedule_matches(func, sch)
+
+
+def test_grouped_conv1d_is_claimed():
+    """wav2vec2's positional conv: conv1d, kernel 128 (here 9), 16 groups (here 4)."""
+    func = only_kernel(
+        {"x": ((1, 32, 40), "float32")},
+        lambda x: relax.op.nn.conv1d(x, const((32, 8, 9)), padding=4, groups=4),
+    )
+    sch = Conv2d().apply(func, TARGET, False)
+    assert sch is not None
     assert_schedule_matches(func, sch)

@@ -155,10 +155,13 @@ class Conv2d(ScheduleRule):
         producers = _inline_weight_transforms(sch, func, infos[:index])
         roles = conv_roles(sch, main.block_rv, lambda buf: is_layout_free(func, buf))
         loops = [it.loop_rv for it in main.iters]
+        epilogue = [i.block_rv for i in infos[index + 1 :]]
         if roles is None and _group_split(sch.get(main.block_rv)) is not None:
             lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
-            if not _split_groups(sch, func, main.block_rv, lanes):
+            added = _split_groups(sch, func, main.block_rv, lanes)
+            if added is None:
                 return None
+            epilogue += added
             roles = conv_roles(sch, main.block_rv, lambda buf: is_layout_free(func, buf))
             if roles is None:
                 return None
@@ -200,7 +203,6 @@ class Conv2d(ScheduleRule):
             ("write", 0),
             lambda *idx: [*(idx[i] for i in range(ndim) if i != n_dim), idx[n_dim]],
         )
-        epilogue = [i.block_rv for i in infos[index + 1 :]]
         if fuse_epilogue(sch, writeback, epilogue, lanes) is None:
             return None
         _schedule_producers(sch, producers, lanes)
@@ -235,17 +237,24 @@ def _group_split(block: Any) -> tuple[int, int, int, int, int] | None:
     return None
 
 
-def _split_groups(sch: s_tir.Schedule, func: tvm.tirx.PrimFunc, block: Any, lanes: int) -> bool:
-    """Give a grouped conv a group axis: its iteration, output, input channel and weight
-    are split as (group, channel in group), after which each group is a plain conv (a GEMM
-    batched over groups) the Conv2d path schedules. The weight copy in the split layout
-    (group, ..., output channel in group) is a prepacking folded at compile time."""
+def _split_groups(
+    sch: s_tir.Schedule, func: tvm.tirx.PrimFunc, block: Any, lanes: int
+) -> list[s_tir.schedule.SBlockRV] | None:
+    """Give a grouped conv a group axis: its iteration, output and weight are split as
+    (group, channel in group), the input's channel as (group, channel in group) too (a
+    copy first where the input is a parameter), after which each group is a plain conv (a
+    GEMM batched over groups) the Conv2d path schedules. The weight copy in the split
+    layout (group, ..., channel in group) is a prepacking folded at compile time. Returns
+    the blocks added after the conv (the copy to the kernel's output when the conv writes
+    it directly), None on failure."""
+    from tvm.tirx import IndexMap
+
     from tvmflow.schedules.cpu_common import PREPACK_ATTR
 
     stmt = sch.get(block)
     found = _group_split(stmt)
     if found is None or len(stmt.reads) != 2 or len(stmt.writes) != 1:
-        return False
+        return None
     oc, go, gi, data_read, data_dim = found
     oc_var = stmt.iter_vars[oc].var
     out_dims = [
@@ -255,11 +264,13 @@ def _split_groups(sch: s_tir.Schedule, func: tvm.tirx.PrimFunc, block: Any, lane
     weight = stmt.reads[weight_read]
     w_dims = [d for d, v in enumerate(index_vars(weight)) if v is not None and v.same_as(oc_var)]
     if len(out_dims) != 1 or len(w_dims) != 1:
-        return False
-    from tvm.tirx import IndexMap
-
-    w = w_dims[0]
+        return None
+    c, w, e = out_dims[0], w_dims[0], data_dim
+    ndim_out, ndim_w, ndim_data = _ndim(stmt, -1), _ndim(stmt, weight_read), _ndim(stmt, data_read)
+    added = []
     try:
+        if any(p.same_as(stmt.writes[0].source) for p in func.params):
+            added.append(sch.cache_write(block, 0, "global"))  # a parameter keeps its shape
         sch.transform_block_layout(
             block,
             IndexMap.from_func(
@@ -267,9 +278,21 @@ def _split_groups(sch: s_tir.Schedule, func: tvm.tirx.PrimFunc, block: Any, lane
                 ndim=len(stmt.iter_vars),
             ),
         )
-        sch.transform_layout(block, ("write", 0), _split_dim(out_dims[0], go, _ndim(stmt, -1)))
         sch.transform_layout(
-            block, ("read", data_read), _split_dim(data_dim, gi, _ndim(stmt, data_read))
+            block,
+            ("write", 0),
+            IndexMap.from_func(
+                lambda *i: [*i[:c], i[c] // go, i[c] % go, *i[c + 1 :]], ndim=ndim_out
+            ),
+        )
+        if any(p.same_as(stmt.reads[data_read].source) for p in func.params):
+            schedule_spatial(sch, sch.cache_read(block, data_read, "global"), lanes)
+        sch.transform_layout(
+            block,
+            ("read", data_read),
+            IndexMap.from_func(
+                lambda *i: [*i[:e], i[e] // gi, i[e] % gi, *i[e + 1 :]], ndim=ndim_data
+            ),
         )
         cache = sch.cache_read(block, weight_read, "global")
         sch.transform_layout(
@@ -277,7 +300,7 @@ def _split_groups(sch: s_tir.Schedule, func: tvm.tirx.PrimFunc, block: Any, lane
             ("write", 0),
             IndexMap.from_func(
                 lambda *i: [i[w] // go, *(x for d, x in enumerate(i) if d != w), i[w] % go],
-                ndim=_ndim(stmt, weight_read),
+                ndim=ndim_w,
             ),
         )
         if is_layout_free(func, weight.source):  # a constant: repacked at compile time
@@ -285,21 +308,13 @@ def _split_groups(sch: s_tir.Schedule, func: tvm.tirx.PrimFunc, block: Any, lane
         else:
             schedule_spatial(sch, cache, lanes)
     except (ScheduleError, InternalError, ValueError):
-        return False
-    return True
+        return None
+    return added
 
 
 def _ndim(stmt: Any, read: int) -> int:
     """Rank of a block's read `read` (-1: its write)."""
     return len((stmt.writes[0] if read < 0 else stmt.reads[read]).region)
-
-
-def _split_dim(dim: int, factor: int, ndim: int) -> Any:
-    from tvm.tirx import IndexMap
-
-    return IndexMap.from_func(
-        lambda *i: [*i[:dim], i[dim] // factor, i[dim] % factor, *i[dim + 1 :]], ndim=ndim
-    )
 
 
 def _single_channel(
