@@ -258,13 +258,16 @@ def run_onnxruntime(case: Path) -> Outcome:
     return Outcome("passed")
 
 
-def run_case(case: Path) -> CaseResult:
-    """Both engines on one case (runs in a worker process)."""
+def _case_op(case: Path) -> str:
     import onnx
 
     model = onnx.load(str(case / "model.onnx"), load_external_data=False)
-    op = op_of(case.name, [n.op_type for n in model.graph.node])
-    return CaseResult(case.name, op, run_tvmflow(case), run_onnxruntime(case))
+    return op_of(case.name, [n.op_type for n in model.graph.node])
+
+
+def run_case(case: Path) -> CaseResult:
+    """Both engines on one case (runs in a worker process)."""
+    return CaseResult(case.name, _case_op(case), run_tvmflow(case), run_onnxruntime(case))
 
 
 def _worker_init() -> None:
@@ -288,10 +291,10 @@ def run_all(cases: Sequence[Path], jobs: int, timeout: float) -> list[CaseResult
                 results.append(future.result())
             except FutureTimeout:
                 dead = Outcome("failed", f"timeout after {timeout:.0f} s")
-                results.append(CaseResult(case.name, "?", dead, run_onnxruntime(case)))
+                results.append(CaseResult(case.name, _case_op(case), dead, run_onnxruntime(case)))
             except Exception as exc:  # the worker died (segfault, out of memory)
                 dead = Outcome("failed", f"worker died: {_first_line(exc)}")
-                results.append(CaseResult(case.name, "?", dead, run_onnxruntime(case)))
+                results.append(CaseResult(case.name, _case_op(case), dead, run_onnxruntime(case)))
     return results
 
 

@@ -184,3 +184,20 @@ def test_gpu_tuning_records_are_not_checked_on_the_host():
     cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
     checked, dropped = kernel_check.check_tuned(before, before, cuda)
     assert dropped == 0 and checked is before
+
+
+@pytest.mark.parametrize("op", [relax.op.floor_divide, relax.op.floor_mod, relax.op.divide])
+def test_integer_division_by_data_is_checked_without_dividing_by_zero(op):
+    """Integer inputs are 0 (an index valid on any axis) unless the kernel divides by its
+    data: then 1, since an integer division by zero is SIGFPE, which killed the compile (the
+    ONNX node tests test_div_uint8, test_mod_* ran into it)."""
+    func = only_kernel({"a": ((4, 8), "int32"), "b": ((4, 8), "int32")}, op)
+    assert kernel_check._divides_by_data(func)
+    sch = Elementwise().apply(func, TARGET, False)
+    assert sch is not None
+    assert check([RuleKernel("k", "Elementwise", func, sch.mod["main"])], TARGET) == []
+
+
+def test_index_arithmetic_is_not_division_by_data():
+    func = only_kernel({"x": ((2, 3, 4, 4), "float32")}, lambda x: relax.op.reshape(x, (6, 16)))
+    assert not kernel_check._divides_by_data(func)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -350,7 +351,7 @@ class _Case:
             if unstable:
                 return (
                     f"output {index}: {unstable} of {first.size} values depend on what memory "
-                    "held before the run (read but never written)"
+                    "held before the run: never written, or read before written"
                 )
             expected = refs[0][index]
             known = np.ones(expected.shape, bool)
@@ -474,8 +475,10 @@ def _arguments(
     func: tvm.tirx.PrimFunc, constants: Sequence[np.ndarray | None] | None, seed: int
 ) -> list[np.ndarray]:
     """Inputs for one kernel: the model's constant where bound, else seeded random data
-    (N(0,1) floats; integers 0, which indexes any axis)."""
+    (N(0,1) floats; integers 0, which indexes any axis, or 1 where the kernel divides by
+    its data: an integer division by zero is SIGFPE, which would kill the compile)."""
     rng = np.random.default_rng(seed)
+    integer = 1 if _divides_by_data(func) else 0
     args = []
     for i, param in enumerate(func.params):
         shape = tuple(int(d) for d in param.shape)
@@ -486,8 +489,18 @@ def _arguments(
         elif dtype.kind == "f":
             args.append(np.asarray(rng.standard_normal(shape), dtype))
         else:
-            args.append(np.zeros(shape, dtype))
+            args.append(np.full(shape, integer, dtype))
     return args
+
+
+# `a // B[i]`, `a % B[i]`, or an integer division call (T.Div(a, b), T.floormod(a, b), ...) in
+# TVMScript: possibly a divisor read from a buffer (index arithmetic divides by constants, as
+# `v // 4`). Over-matching only means integer inputs of 1 instead of 0.
+_DATA_DIVISOR = re.compile(r"(//|%)\s*\w+\[|T\.(Div|Mod|truncdiv|truncmod|floordiv|floormod)\(")
+
+
+def _divides_by_data(func: tvm.tirx.PrimFunc) -> bool:
+    return _DATA_DIVISOR.search(func.script()) is not None
 
 
 def _call(

@@ -642,9 +642,13 @@ class LogKernel:
     trials: int
     default_us: float | None
     best_us: float | None
+    checked: tuple[float, float] | None = None  # (default µs, best µs) side by side
 
     @property
     def speedup(self) -> float | None:
+        """Over the default: the side-by-side check's ratio where the tuning job made one."""
+        if self.checked is not None:
+            return self.checked[0] / self.checked[1]
         if self.default_us is None or self.best_us is None:
             return None
         return self.default_us / self.best_us
@@ -681,6 +685,7 @@ def log_kernels(path: Path) -> tuple[LogKernel, ...]:
                 trials[key],
                 None if default_us is None else float(default_us),
                 best[key] * 1e6 if key in best else None,
+                _checks(path).get(key),
             )
         )
     return tuple(sorted(rows, key=lambda r: r.name))

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tvm.s_tir.dlight import ScheduleRule
+
 if TYPE_CHECKING:
     import tvm
     from tvm import s_tir
@@ -346,3 +348,29 @@ def _elements(shape: Sequence[Any]) -> int | None:
     if not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
         return None
     return math.prod(int(d) for d in shape)
+
+
+class TiledRule(ScheduleRule):
+    """A rule whose register tile is a tuning knob: `apply` takes the default choice (what
+    compile uses), `design_spaces` offers one space per tile width (`tile_choices`), the
+    default first, each sampling the tile's rows (`tile_gemm`): what tuning searches."""
+
+    def apply(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        return self._schedule(func, target, 0, False)
+
+    def design_spaces(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target
+    ) -> list[s_tir.Schedule]:
+        return [
+            sch
+            for choice in range(MAX_TILE_CHOICES)
+            if (sch := self._schedule(func, target, choice, True)) is not None
+        ]
+
+    def _schedule(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool
+    ) -> s_tir.Schedule | None:
+        """The rule's schedule with tile width `choice`, its rows sampled when `tunable`."""
+        raise NotImplementedError

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tvm.s_tir.dlight import ScheduleRule
-
 from tvmflow.schedules.cpu_common import (
-    MAX_TILE_CHOICES,
     GemmLoops,
+    TiledRule,
     dtype_bits_of_block,
     extents,
     fuse_epilogue,
@@ -78,26 +76,11 @@ def depthwise_roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> dict
     }
 
 
-class DepthwiseConv2d(ScheduleRule):
+class DepthwiseConv2d(TiledRule):
     """Kernels with one depthwise conv block fed by an in-kernel padding block.
 
-    `design_spaces`: what tuning searches, one space per register-tile width (`tile_choices`),
-    the default first, each sampling the tile's rows (`tile_gemm`).
+    Its tile is a tuning knob (`TiledRule`).
     """
-
-    def apply(
-        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
-    ) -> s_tir.Schedule | None:
-        return self._schedule(func, target, 0, False)
-
-    def design_spaces(
-        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target
-    ) -> list[s_tir.Schedule]:
-        return [
-            sch
-            for choice in range(MAX_TILE_CHOICES)
-            if (sch := self._schedule(func, target, choice, True)) is not None
-        ]
 
     def _schedule(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool

@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tvm.error import InternalError
-from tvm.s_tir.dlight import ScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 
 from tvmflow.schedules.cpu_common import (
-    MAX_TILE_CHOICES,
     GemmLoops,
+    TiledRule,
     dtype_bits_of_block,
     extents,
     fuse_epilogue,
@@ -72,26 +71,11 @@ def matmul_roles(
     return (position[m_vars[-1]] if m_vars else None), position[n_var], b_read, k_dim
 
 
-class Matmul(ScheduleRule):
+class Matmul(TiledRule):
     """Kernels with exactly one matmul-shaped reduction block and injective other blocks.
 
-    `design_spaces`: what tuning searches, one space per register-tile width (`tile_choices`),
-    the default first, each sampling the tile's rows (`tile_gemm`).
+    Its tile is a tuning knob (`TiledRule`).
     """
-
-    def apply(
-        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
-    ) -> s_tir.Schedule | None:
-        return self._schedule(func, target, 0, False)
-
-    def design_spaces(
-        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target
-    ) -> list[s_tir.Schedule]:
-        return [
-            sch
-            for choice in range(MAX_TILE_CHOICES)
-            if (sch := self._schedule(func, target, choice, True)) is not None
-        ]
 
     def _schedule(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool
