@@ -99,6 +99,18 @@ def test_other_cpus():
     lowers_for(Conv2d().apply(func, NEON, False), NEON)
 
 
+def test_grouped_conv_on_other_cpus():
+    """16 channels per group: two AVX2 vectors, four NEON vectors per group."""
+
+    def body(x):
+        return relax.op.nn.conv2d(x, const((64, 16, 3, 3)), padding=1, groups=4)
+
+    func = only_kernel({"x": ((1, 64, 9, 9), "float32")}, body, AVX2)
+    assert_schedule_matches(func, Conv2d().apply(func, AVX2, False), AVX2)
+    func = only_kernel({"x": ((1, 64, 9, 9), "float32")}, body, NEON)
+    lowers_for(Conv2d().apply(func, NEON, False), NEON)
+
+
 # (kernel == stride, no padding is a 1x1 conv + pixel shuffle by then: tests/test_upsample_conv.py)
 @pytest.mark.parametrize(("k", "stride", "pad"), [(2, 2, 1), (3, 2, 1), (4, 2, 1), (3, 1, 1)])
 def test_conv_transpose_matches_unscheduled(k, stride, pad):
