@@ -5,8 +5,9 @@ of the weight: the convolution is then a GEMM (implicit im2col) with n = output 
 m = output column, k = (input channel, kernel row, kernel column), and gets the same
 register-tiled micro-kernel as matmul. The accumulator tile is kept channel-innermost so
 it is whole vectors; the NCHW output is written from it once per tile, with the epilogue
-(bias, residual add, activation) applied on the way out. Depthwise/grouped convs, whose
-input also depends on the output channel, are left to other rules.
+(bias, residual add, activation) applied on the way out. A grouped conv (several channels
+per group) first gets a group axis, so each group is a plain conv and the groups a batch of
+GEMMs; depthwise convs (one input channel per group) are left to `DepthwiseConv2d`.
 """
 
 from __future__ import annotations
@@ -137,11 +138,22 @@ class Conv2d(TiledRule):
         main = infos[index]
         producers = _inline_weight_transforms(sch, func, infos[:index])
         roles = conv_roles(sch, main.block_rv, lambda buf: is_layout_free(func, buf))
+        loops = [it.loop_rv for it in main.iters]
+        epilogue = [i.block_rv for i in infos[index + 1 :]]
+        if roles is None and _group_split(sch.get(main.block_rv)) is not None:
+            lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
+            added = _split_groups(sch, func, main.block_rv, lanes)
+            if added is None:
+                return None
+            epilogue += added
+            roles = conv_roles(sch, main.block_rv, lambda buf: is_layout_free(func, buf))
+            if roles is None:
+                return None
+            loops = sch.get_loops(main.block_rv)
         if roles is None:
             return _single_channel(
                 sch, main, infos[index + 1 :], producers, target, choice, tunable
             )
-        loops = [it.loop_rv for it in main.iters]
         sizes = extents(sch, loops)
         if sizes is None:
             return None
@@ -175,11 +187,118 @@ class Conv2d(TiledRule):
             ("write", 0),
             lambda *idx: [*(idx[i] for i in range(ndim) if i != n_dim), idx[n_dim]],
         )
-        epilogue = [i.block_rv for i in infos[index + 1 :]]
         if fuse_epilogue(sch, writeback, epilogue, lanes) is None:
             return None
         _schedule_producers(sch, producers, lanes)
         return sch
+
+
+def _group_split(block: Any) -> tuple[int, int, int, int, int] | None:
+    """A grouped conv's data read indexes its channel as `oc // go * gi + ric` (TOPI's
+    group_conv2d): (iter position of oc, go, gi, data read, data channel dim), else None."""
+    import tvm
+
+    iters = {iv.var: i for i, iv in enumerate(block.iter_vars)}
+    for r, region in enumerate(block.reads):
+        for d, rng in enumerate(region.region):
+            e = rng.min
+            if not (isinstance(e, tvm.tirx.Add) and isinstance(e.a, tvm.tirx.Mul)):
+                continue
+            div, gi, ric = e.a.a, e.a.b, e.b
+            if not (
+                isinstance(div, tvm.tirx.FloorDiv)
+                and isinstance(div.a, tvm.tirx.Var)
+                and isinstance(div.b, tvm.tirx.IntImm)
+                and isinstance(gi, tvm.tirx.IntImm)
+                and isinstance(ric, tvm.tirx.Var)
+                and div.a in iters
+                and ric in iters
+            ):
+                continue
+            oc, go = iters[div.a], int(div.b)
+            if go > 1 and int(gi) > 1 and block.iter_vars[oc].iter_type == tvm.tirx.IterVar.DataPar:
+                return oc, go, int(gi), r, d
+    return None
+
+
+def _split_groups(
+    sch: s_tir.Schedule, func: tvm.tirx.PrimFunc, block: Any, lanes: int
+) -> list[s_tir.schedule.SBlockRV] | None:
+    """Give a grouped conv a group axis: its iteration, output and weight are split as
+    (group, channel in group), the input's channel as (group, channel in group) too (a
+    copy first where the input is a parameter), after which each group is a plain conv (a
+    GEMM batched over groups) the Conv2d path schedules. The weight copy in the split
+    layout (group, ..., channel in group) is a prepacking folded at compile time. Returns
+    the blocks added after the conv (the copy to the kernel's output when the conv writes
+    it directly), None on failure."""
+    from tvm.tirx import IndexMap
+
+    from tvmflow.schedules.cpu_common import PREPACK_ATTR
+
+    stmt = sch.get(block)
+    found = _group_split(stmt)
+    if found is None or len(stmt.reads) != 2 or len(stmt.writes) != 1:
+        return None
+    oc, go, gi, data_read, data_dim = found
+    oc_var = stmt.iter_vars[oc].var
+    out_dims = [
+        d for d, v in enumerate(index_vars(stmt.writes[0])) if v is not None and v.same_as(oc_var)
+    ]
+    weight_read = 1 - data_read
+    weight = stmt.reads[weight_read]
+    w_dims = [d for d, v in enumerate(index_vars(weight)) if v is not None and v.same_as(oc_var)]
+    if len(out_dims) != 1 or len(w_dims) != 1:
+        return None
+    c, w, e = out_dims[0], w_dims[0], data_dim
+    ndim_out, ndim_w, ndim_data = _ndim(stmt, -1), _ndim(stmt, weight_read), _ndim(stmt, data_read)
+    added = []
+    try:
+        if any(p.same_as(stmt.writes[0].source) for p in func.params):
+            added.append(sch.cache_write(block, 0, "global"))  # a parameter keeps its shape
+        sch.transform_block_layout(
+            block,
+            IndexMap.from_func(
+                lambda *i: [*i[:oc], i[oc] // go, i[oc] % go, *i[oc + 1 :]],
+                ndim=len(stmt.iter_vars),
+            ),
+        )
+        sch.transform_layout(
+            block,
+            ("write", 0),
+            IndexMap.from_func(
+                lambda *i: [*i[:c], i[c] // go, i[c] % go, *i[c + 1 :]], ndim=ndim_out
+            ),
+        )
+        if any(p.same_as(stmt.reads[data_read].source) for p in func.params):
+            schedule_spatial(sch, sch.cache_read(block, data_read, "global"), lanes)
+        sch.transform_layout(
+            block,
+            ("read", data_read),
+            IndexMap.from_func(
+                lambda *i: [*i[:e], i[e] // gi, i[e] % gi, *i[e + 1 :]], ndim=ndim_data
+            ),
+        )
+        cache = sch.cache_read(block, weight_read, "global")
+        sch.transform_layout(
+            cache,
+            ("write", 0),
+            IndexMap.from_func(
+                lambda *i: [i[w] // go, *(x for d, x in enumerate(i) if d != w), i[w] % go],
+                ndim=ndim_w,
+            ),
+        )
+        if is_layout_free(func, weight.source):  # a constant: repacked at compile time
+            sch.annotate(cache, PREPACK_ATTR, True)
+        else:
+            schedule_spatial(sch, cache, lanes)
+    except (ScheduleError, InternalError, ValueError):
+        return None
+    return added
+
+
+def _ndim(stmt: Any, read: int) -> int:
+    """Rank of a block's read `read` (-1: its write)."""
+    return len((stmt.writes[0] if read < 0 else stmt.reads[read]).region)
 
 
 def _single_channel(
