@@ -3,7 +3,7 @@ that runs a kernel scheduled and unscheduled on the same random data (tvmflow.ke
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,19 +19,28 @@ AVX2 = tvm.target.Target(resolve_preset("x86-avx2").target)  # runs on any AVX-5
 NEON = tvm.target.Target(resolve_preset("arm-neoverse-n1").target)  # compiled, not run
 
 
-def fused_kernels(
-    inputs: dict[str, tuple[tuple[int, ...], str]],
+def fused_module(
+    inputs: Mapping[str, tuple[tuple[int, ...], str]],
     body: Callable[..., relax.Expr],
     target: tvm.target.Target = TARGET,
-) -> dict[str, tvm.tirx.PrimFunc]:
-    """Kernels tvmflow's lowering makes of `body(*input_vars)` (constants are folded in)."""
+) -> tvm.IRModule:
+    """The module tvmflow's lowering makes of `body(*input_vars)`, fused and unscheduled."""
     bb = relax.BlockBuilder()
     params = [relax.Var(n, relax.TensorType(s, d)) for n, (s, d) in inputs.items()]
     with bb.function("main", params):
         with bb.dataflow():
             out = bb.emit_output(body(*params))
         bb.emit_func_output(out)
-    mod = relax.transform.AttachAttrLayoutFreeBuffers()(fuse(bb.get(), target))
+    return relax.transform.AttachAttrLayoutFreeBuffers()(fuse(bb.get(), target))
+
+
+def fused_kernels(
+    inputs: Mapping[str, tuple[tuple[int, ...], str]],
+    body: Callable[..., relax.Expr],
+    target: tvm.target.Target = TARGET,
+) -> dict[str, tvm.tirx.PrimFunc]:
+    """Kernels tvmflow's lowering makes of `body(*input_vars)` (constants are folded in)."""
+    mod = fused_module(inputs, body, target)
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 

@@ -10,7 +10,7 @@ import tvm
 from tvm import relax, s_tir
 from tvm.s_tir.dlight import ScheduleRule
 
-from tests.kernels import TARGET, fused_kernels, only_kernel
+from tests.kernels import TARGET, fused_kernels, fused_module, only_kernel
 from tvmflow import kernel_check
 from tvmflow.kernel_check import RuleKernel, check, schedule_checked
 from tvmflow.schedules import default_rules
@@ -71,22 +71,10 @@ def test_correct_schedules_pass_on_every_cpu_target():
         assert check([RuleKernel("k", "Elementwise", func, sch.mod["main"])], target) == []
 
 
-def _graph(inputs, body) -> tvm.IRModule:
-    bb = relax.BlockBuilder()
-    params = [relax.Var(n, relax.TensorType(s, d)) for n, (s, d) in inputs.items()]
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = bb.emit_output(body(*params))
-        bb.emit_func_output(out)
-    from tvmflow.lowering import fuse
-
-    return relax.transform.AttachAttrLayoutFreeBuffers()(fuse(bb.get(), TARGET))
-
-
 @pytest.mark.parametrize("rule", [DropsBorder(), Raises()], ids=["wrong", "raises"])
 def test_bad_rule_falls_back_with_one_line_and_the_model_stays_right(rule, caplog):
     inputs, body = _relu_pad()
-    mod = _graph(inputs, body)
+    mod = fused_module(inputs, body)
     with caplog.at_level(logging.WARNING, logger="tvmflow.kernel_check"), TARGET:
         mod = schedule_checked(mod, TARGET, [rule, *default_rules(TARGET)])
     [line] = [r.getMessage() for r in caplog.records]
@@ -104,7 +92,7 @@ def test_real_constants_feed_the_check():
     """Where the model binds a kernel argument to a constant, the check uses its value."""
     inputs = {"x": ((2, 8), "float32")}
     weight = np.arange(24, dtype="float32").reshape(8, 3)
-    mod = _graph(inputs, lambda x: relax.op.matmul(x, relax.const(weight)))
+    mod = fused_module(inputs, lambda x: relax.op.matmul(x, relax.const(weight)))
     constants = kernel_check.call_constants(mod)
     [(name, args)] = constants.items()
     assert any(a is not None and np.array_equal(a, weight) for a in args), name
@@ -112,7 +100,7 @@ def test_real_constants_feed_the_check():
 
 def test_kernels_already_scheduled_are_left_alone():
     kernels = fused_kernels(*_relu_pad())
-    mod = _graph(*_relu_pad())
+    mod = fused_module(*_relu_pad())
     name = next(iter(kernels))
     mod[name] = mod[name].with_attr("tirx.is_scheduled", True)
     with TARGET:
@@ -122,8 +110,8 @@ def test_kernels_already_scheduled_are_left_alone():
 
 def test_bad_tuning_record_goes_back_to_the_default_rules(caplog):
     """Records replay tvmflow's own rules with tuned knobs: they are checked the same way."""
-    before = _graph(*_relu_pad())
-    after = _graph(*_relu_pad())
+    before = fused_module(*_relu_pad())
+    after = fused_module(*_relu_pad())
     [name] = [gv.name_hint for gv, f in after.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     sch = DropsBorder().apply(after[name], TARGET, False)
     after[name] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
@@ -180,7 +168,7 @@ def test_a_passed_check_is_not_repeated_in_the_process(monkeypatch):
 
 
 def test_gpu_tuning_records_are_not_checked_on_the_host():
-    before = _graph(*_relu_pad())
+    before = fused_module(*_relu_pad())
     cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
     checked, dropped = kernel_check.check_tuned(before, before, cuda)
     assert dropped == 0 and checked is before
