@@ -9,10 +9,11 @@ from tvmflow.schedules import default_rules
 from tvmflow.schedules.cpu_fallback import Fallback
 
 
-def test_grouped_conv_gets_the_fallback_and_matches():
+def test_grouped_conv_transpose_gets_the_fallback_and_matches():
+    """A reduction no rule claims (grouped conv2d is Conv2d's now: a GEMM per group)."""
     func = only_kernel(
-        {"x": ((1, 8, 21, 21), "float32")},
-        lambda x: relax.op.nn.conv2d(x, const((12, 2, 3, 3)), padding=1, groups=4),
+        {"x": ((1, 8, 9, 9), "float32")},
+        lambda x: relax.op.nn.conv2d_transpose(x, const((8, 3, 3, 3)), strides=2, groups=4),
     )
     claimed = [type(r).__name__ for r in default_rules(TARGET) if r.apply(func, TARGET, False)]
     assert claimed[0] == "Fallback"
