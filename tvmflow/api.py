@@ -39,7 +39,7 @@ def compile(
     """Compile an ONNX model (a path, or a `load_onnx` result) for a target preset into
     `output` (model.so + manifest.json), verified against onnxruntime unless `verify=False`."""
     from tvmflow.accuracy import Tolerance
-    from tvmflow.compile import CompileOptions, compile_model
+    from tvmflow.compile import CompileOptions, check_output_dir, compile_model
 
     options = CompileOptions(
         tuning_logs=tuple(Path(p) for p in tuning_logs),
@@ -48,7 +48,9 @@ def compile(
         tolerance=tolerance or Tolerance(),
         precision=precision,
     )
-    return compile_model(_model(model, input_shapes), _preset(target), Path(output), options)
+    check_output_dir(Path(output))  # the cheap checks first: nothing is loaded yet
+    preset = _preset(target)
+    return compile_model(_model(model, input_shapes), preset, Path(output), options)
 
 
 def tune(

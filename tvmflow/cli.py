@@ -209,19 +209,20 @@ def compile_cmd(
     rtol: float,
 ) -> None:
     """Compile MODEL (.onnx) for a target into an artifact directory."""
+    from tvmflow import api
     from tvmflow.accuracy import Tolerance
-    from tvmflow.compile import CompileOptions, check_output_dir, compile_model
-    from tvmflow.frontend import load_onnx
-    from tvmflow.targets import resolve_preset
 
-    tolerance = Tolerance(atol, rtol)  # the cheap checks first: nothing is loaded yet
-    check_output_dir(output)
-    preset = resolve_preset(target)
-    imported = load_onnx(model, dict(input_shapes))
-    options = CompileOptions(
-        tuple(tuning_logs), not no_shipped_logs, not no_verify, tolerance, precision=precision
+    artifact = api.compile(
+        model,
+        target,
+        output=output,
+        input_shapes=dict(input_shapes),
+        tuning_logs=tuning_logs,
+        use_shipped_logs=not no_shipped_logs,
+        precision=precision,
+        verify=not no_verify,
+        tolerance=Tolerance(atol, rtol),
     )
-    artifact = compile_model(imported, preset, output, options)
     m = artifact.manifest
     click.echo(
         f"compiled {model} for {m.preset} in {m.compile_seconds:.1f}s -> {artifact.directory}"
