@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,16 +278,28 @@ def _check_supported(proto: onnx.ModelProto) -> None:
 
 def to_relax(model: ImportedModel) -> tvm.IRModule:
     """Import the shape-fixed graph into Relax with weights as embedded constants."""
-    from tvm.relax.frontend.onnx import from_onnx
-
     from tvmflow import ops
+    from tvmflow.narrow import store_narrow
+    from tvmflow.ops.cast import TYPES_ATTR
 
     ops.install()  # tvmflow's converters for ops TVM's importer lacks or gets wrong
+    proto = store_narrow(model.proto)  # float8/float4/int4 as 8-bit storage (tvmflow.dtypes)
+    with warnings.catch_warnings():
+        if proto is not model.proto:  # checked as the user gave it; the notes are not ONNX's
+            warnings.filterwarnings("ignore", f".*{TYPES_ATTR}", UserWarning)
+        return _import(model, proto)
+
+
+def _import(model: ImportedModel, proto: onnx.ModelProto) -> tvm.IRModule:
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from tvmflow import dtypes
+
     try:
         return from_onnx(
-            model.proto,
+            proto,
             shape_dict={s.name: list(s.shape) for s in model.inputs},
-            dtype_dict={s.name: s.dtype for s in model.inputs},
+            dtype_dict={s.name: dtypes.storage_dtype(s.dtype) for s in model.inputs},
             opset=model.opset,
             keep_params_in_input=False,
             sanitize_input_names=False,

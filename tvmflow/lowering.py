@@ -311,11 +311,14 @@ def output_specs(mod: tvm.IRModule, model: ImportedModel) -> tuple[TensorSpec, .
     """Static output signature from Relax's inferred types, named after the ONNX outputs."""
     from tvm import relax
 
+    from tvmflow.narrow import real_dtype
+
     ret = mod["main"].ret_ty
     infos = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
     names = [o.name for o in model.proto.graph.output]
+    declared = [o.type.tensor_type.elem_type for o in model.proto.graph.output]
     specs = []
-    for name, info in zip(names, infos, strict=True):
+    for name, elem_type, info in zip(names, declared, infos, strict=True):
         if not isinstance(info, relax.TensorType) or info.shape is None:
             raise TvmflowError(f"output {name!r} is not a tensor of known rank; cannot compile")
         try:
@@ -325,5 +328,5 @@ def output_specs(mod: tvm.IRModule, model: ImportedModel) -> tuple[TensorSpec, .
                 f"output {name!r} has a data-dependent shape {info.shape}; tvmflow compiles "
                 "static shapes only"
             ) from exc
-        specs.append(TensorSpec(name, shape, str(info.dtype)))
+        specs.append(TensorSpec(name, shape, real_dtype(str(info.dtype), elem_type)))
     return tuple(specs)

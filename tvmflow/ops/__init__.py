@@ -28,6 +28,10 @@ MODULES = (
     "elementwise",
     "lp_normalization",
     "attention",
+    # cast
+    "cast",
+    "quantize_linear",
+    "bitcast",
 )
 
 DEFAULT_DOMAIN = ""
