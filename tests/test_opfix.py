@@ -1,0 +1,67 @@
+"""Ops TVM's importer converts but that crashed or came out wrong, against onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.onnx_ops import assert_matches, one_node_model
+
+
+@pytest.fixture(autouse=True)
+def build_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TVMFLOW_BACKEND_CACHE", str(tmp_path / "builds"))
+
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((3, 4, 5)).astype(np.float32)
+
+
+def test_shape_output_is_an_int64_tensor() -> None:
+    """TVM returns a Shape node's result as a Relax shape value; as a model output it must be
+    a tensor (it was refused as 'not a tensor of known rank')."""
+    model, feeds = one_node_model("Shape", {"x": X}, ["y"], 21, start=1, end=-1)
+    assert_matches(model, feeds)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mul"])
+def test_scatter_elements_compiles_through_the_cpu_rules(reduction: str) -> None:
+    """TVM's scatter_elements kernel (one opaque block no rule schedules) crashed
+    SplitLayoutRewritePreproc; it is now set aside while the weight repackings are split."""
+    data = RNG.standard_normal((4, 5)).astype(np.float32)
+    indices = np.array([[1, 0, 3, 2, -1], [2, 3, 0, 1, 0]], np.int64)
+    updates = RNG.standard_normal((2, 5)).astype(np.float32)
+    model, feeds = one_node_model(
+        "ScatterElements",
+        {"data": data, "indices": indices, "updates": updates},
+        ["y"],
+        18,
+        axis=0,
+        reduction=reduction,
+    )
+    assert_matches(model, feeds)
+
+
+def test_weight_prepacks_are_split_beside_an_opaque_kernel() -> None:
+    """The unit behind the ScatterElements fix: a module holding a prepacked matmul (a rule
+    repacks its constant weight) and an opaque scatter kernel no rule schedules."""
+    import tvm
+    from tvm import relax
+
+    from tests.kernels import TARGET, const, fused_module
+    from tvmflow.schedules import apply_default_schedules, has_prepack
+
+    def body(x: relax.Expr, idx: relax.Expr) -> relax.Expr:
+        y = relax.op.matmul(x, const((64, 64)))
+        return relax.op.scatter_elements(y, idx, y, axis=0)
+
+    mod = fused_module({"x": ((64, 64), "float32"), "idx": ((64, 64), "int64")}, body)
+    out = apply_default_schedules(mod, TARGET)
+    kernels = {
+        gv.name_hint: f for gv, f in out.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    }
+    assert any("scatter" in name for name in kernels)
+    assert any(name.endswith("_prepacked") for name in kernels), sorted(kernels)
+    assert not any(has_prepack(f) for f in kernels.values())
