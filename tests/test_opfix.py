@@ -65,3 +65,47 @@ def test_weight_prepacks_are_split_beside_an_opaque_kernel() -> None:
     assert any("scatter" in name for name in kernels)
     assert any(name.endswith("_prepacked") for name in kernels), sorted(kernels)
     assert not any(has_prepack(f) for f in kernels.values())
+
+
+def test_nonzero_output_has_a_data_dependent_dim() -> None:
+    """A data-dependent output dim is DYNAMIC in the manifest and any size at run time."""
+    from tvmflow.backend import TvmflowBackend
+    from tvmflow.manifest import DYNAMIC
+
+    model, feeds = one_node_model("NonZero", {"x": X > 0}, ["y"], 13)
+    assert_matches(model, feeds)
+    rep = TvmflowBackend.prepare(model)
+    compiled = next(iter(rep._compiled.values()))
+    assert compiled.outputs[0].shape == (3, DYNAMIC)
+    assert compiled.outputs[0].describe() == "y: int64[3,?]"
+    for data in (X > 1, np.zeros_like(X, bool)):  # other counts, including none
+        want = np.stack(np.nonzero(data))
+        np.testing.assert_array_equal(rep.run([data])[0], want)
+
+
+def test_unique_outputs_match_onnxruntime() -> None:
+    x = np.array([[1, 2, 2], [3, 1, 2], [1, 2, 2]], np.float32)
+    model, feeds = one_node_model("Unique", {"x": x}, ["y", "idx", "inv", "cnt"], 11, axis=0)
+    assert_matches(model, feeds)
+
+
+@pytest.mark.parametrize("center_point_box", [0, 1])
+def test_non_max_suppression_returns_the_selected_boxes_only(center_point_box: int) -> None:
+    """TVM typed the selected indices with the padded size; the artifact returned fewer."""
+    boxes = RNG.uniform(0, 1, (2, 6, 4)).astype(np.float32)
+    boxes[..., 2:] += boxes[..., :2]  # x2 > x1, y2 > y1 (or width, height)
+    scores = RNG.uniform(0, 1, (2, 3, 6)).astype(np.float32)
+    model, feeds = one_node_model(
+        "NonMaxSuppression",
+        {
+            "boxes": boxes,
+            "scores": scores,
+            "max_out": np.array([4], np.int64),
+            "iou": np.array([0.3], np.float32),
+            "score": np.array([0.2], np.float32),
+        },
+        ["y"],
+        11,
+        center_point_box=center_point_box,
+    )
+    assert_matches(model, feeds)

@@ -28,6 +28,8 @@ MODULES = (
     "elementwise",
     "lp_normalization",
     "attention",
+    # opfix
+    "non_max_suppression",
 )
 
 DEFAULT_DOMAIN = ""
