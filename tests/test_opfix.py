@@ -109,3 +109,29 @@ def test_non_max_suppression_returns_the_selected_boxes_only(center_point_box: i
         center_point_box=center_point_box,
     )
     assert_matches(model, feeds)
+
+
+@pytest.mark.parametrize(
+    ("base", "exponent"),
+    [
+        (X, np.array([2, 3, -1, 0, 1], np.int64)),  # float ** int: exponent cast to float
+        (np.array([1, 2, 3, -3], np.int32), np.array([4.0, 5.0, 0.5, 3.0], np.float32)),
+        (np.array([[1, 2, -3, 7]], np.int64), np.array([[5], [0], [2]], np.int64)),
+        (np.array([5, -2, 1, -1], np.int32), np.array([-1, 3, -4, -3], np.int32)),
+    ],
+    ids=["float-int", "int-float", "int-int-broadcast", "int-negative-exponent"],
+)
+def test_pow_mixed_and_integer_types(base: np.ndarray, exponent: np.ndarray) -> None:
+    model, feeds = one_node_model("Pow", {"x": base, "y": exponent}, ["z"], 15)
+    assert_matches(model, feeds)
+
+
+@pytest.mark.parametrize("axis", [0, -2, 1])
+def test_rms_normalization_over_every_axis(axis: int) -> None:
+    """axis 0 (and -rank) covers the whole tensor, which TVM's rms_norm kernel failed on."""
+    x = RNG.standard_normal((4, 6)).astype(np.float32)
+    scale = RNG.standard_normal((4, 6)[axis:]).astype(np.float32)
+    model, feeds = one_node_model(
+        "RMSNormalization", {"x": x, "scale": scale}, ["y"], 23, axis=axis, epsilon=1e-3
+    )
+    assert_matches(model, feeds)

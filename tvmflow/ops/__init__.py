@@ -30,6 +30,8 @@ MODULES = (
     "attention",
     # opfix
     "non_max_suppression",
+    "rms_normalization",
+    "pow",
 )
 
 DEFAULT_DOMAIN = ""
