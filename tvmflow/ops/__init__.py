@@ -28,6 +28,8 @@ MODULES = (
     "elementwise",
     "lp_normalization",
     "attention",
+    # newops
+    "rotary_embedding",
 )
 
 DEFAULT_DOMAIN = ""
