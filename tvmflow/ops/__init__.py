@@ -30,6 +30,7 @@ MODULES = (
     "attention",
     # newops
     "rotary_embedding",
+    "causal_conv_with_state",
 )
 
 DEFAULT_DOMAIN = ""
