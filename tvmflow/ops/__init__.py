@@ -31,6 +31,7 @@ MODULES = (
     # newops
     "rotary_embedding",
     "causal_conv_with_state",
+    "linear_attention",
 )
 
 DEFAULT_DOMAIN = ""
