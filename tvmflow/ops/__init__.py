@@ -32,6 +32,7 @@ MODULES = (
     "rotary_embedding",
     "causal_conv_with_state",
     "linear_attention",
+    "signal",
 )
 
 DEFAULT_DOMAIN = ""
