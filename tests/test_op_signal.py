@@ -8,14 +8,11 @@ cases; the windows and the mel matrix against onnxruntime.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import helper, numpy_helper
 
-from tests.onnx_ops import assert_matches, one_node_model
+from tests.onnx_ops import assert_matches, constant_input_model, one_node_model
 
 
 @pytest.fixture(autouse=True)
@@ -48,29 +45,6 @@ def test_dft_matches_reference(x: np.ndarray, length: int | None, axis: int, att
     assert_matches(model, feeds, use_ort=False, atol=1e-4)
 
 
-def _model(
-    op: str,
-    inputs: dict[str, np.ndarray],
-    constants: dict[str, np.ndarray],
-    order: list[str],
-    **attrs: Any,
-) -> onnx.ModelProto:
-    """One `op` node whose `constants` are initializers (shape inference needs them)."""
-    node = helper.make_node(op, order, ["y"], **attrs)
-    graph = helper.make_graph(
-        [node],
-        op.lower(),
-        [
-            helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-            for k, v in inputs.items()
-        ],
-        [helper.make_empty_tensor_value_info("y")],
-        [numpy_helper.from_array(v, k) for k, v in constants.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
-
-
 def test_stft_with_window_matches_reference() -> None:
     inputs = {
         "signal": RNG.standard_normal((2, 40, 1)).astype(np.float32),
@@ -78,14 +52,16 @@ def test_stft_with_window_matches_reference() -> None:
     }
     constants = {"frame_step": np.array(6, np.int64), "frame_length": np.array(10, np.int64)}
     order = ["signal", "frame_step", "window", "frame_length"]
-    model = _model("STFT", inputs, constants, order, onesided=1)
+    model = constant_input_model("STFT", inputs, constants, order, onesided=1)
     assert_matches(model, inputs, use_ort=False, atol=1e-4)
 
 
 @pytest.mark.parametrize("op", ["HannWindow", "HammingWindow", "BlackmanWindow"])
 @pytest.mark.parametrize("periodic", [0, 1])
 def test_window_matches_onnxruntime(op: str, periodic: int) -> None:
-    model = _model(op, {}, {"size": np.array(12, np.int64)}, ["size"], periodic=periodic)
+    model = constant_input_model(
+        op, {}, {"size": np.array(12, np.int64)}, ["size"], periodic=periodic
+    )
     assert_matches(model, {}, atol=1e-6)
 
 
@@ -96,5 +72,5 @@ def test_mel_weight_matrix_matches_onnxruntime() -> None:
         "lower_edge_hertz": np.array(20.0, np.float32),
         "upper_edge_hertz": np.array(7600.0, np.float32),
     }
-    model = _model("MelWeightMatrix", {}, constants, list(constants))
+    model = constant_input_model("MelWeightMatrix", {}, constants, list(constants))
     assert_matches(model, {})

@@ -34,6 +34,9 @@ MODULES = (
     "linear_attention",
     "signal",
     "training",
+    "center_crop_pad",
+    "reverse_sequence",
+    "tensor_scatter",
 )
 
 DEFAULT_DOMAIN = ""

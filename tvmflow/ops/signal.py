@@ -12,38 +12,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-import tvm
 from tvm import relax
-from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter, get_constant
+from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
 from tvmflow.ops import Converter
+from tvmflow.ops.common import constant, optional, required, shape
 
 Expr = Any
-
-
-def _shape(x: Expr) -> list[int]:
-    return [int(v) for v in x.ty.shape.values]
-
-
-def _constant(expr: Expr | None, params: Any, what: str) -> np.ndarray | None:
-    """The value of a constant input (None when absent); refuses a computed one."""
-    if expr is None:
-        return None
-    value = get_constant(expr, params)
-    if not isinstance(value, tvm.ir.GenericConst):
-        raise ValueError(f"{what} must be a constant (an initializer), not computed")
-    return np.asarray(value.value.numpy())
-
-
-def _required(expr: Expr, params: Any, what: str) -> np.ndarray:
-    value = _constant(expr, params, what)
-    if value is None:
-        raise ValueError(f"{what} is required")
-    return value
-
-
-def _input(inputs: Any, index: int) -> Expr | None:
-    return inputs[index] if len(inputs) > index else None
 
 
 def _out_dtype(attr: dict[str, Any]) -> str:
@@ -53,10 +28,10 @@ def _out_dtype(attr: dict[str, Any]) -> str:
 def dft(bb: Any, x: Expr, axis: int, length: int | None, inverse: bool, onesided: bool) -> Expr:
     """DFT of `x` ([..., n, ..., 1 or 2]: real or complex) along `axis`, as matmuls."""
     op = relax.op
-    shape = _shape(x)
-    rank, parts = len(shape), shape[-1]
+    dims = shape(x)
+    rank, parts = len(dims), dims[-1]
     axis %= rank
-    n_in = shape[axis]
+    n_in = dims[axis]
     irfft = inverse and onesided
     n = length or (2 * (n_in - 1) if irfft else n_in)
     dtype = str(x.ty.dtype)
@@ -104,12 +79,12 @@ class DFT(OnnxOpConverter):
 
     @classmethod
     def _impl_v20(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Expr:
-        axis = _constant(_input(inputs, 2), params, "DFT axis")
+        axis = constant(optional(inputs, 2), params, "DFT axis")
         return cls._run(bb, inputs, attr, params, -2 if axis is None else int(axis))
 
     @classmethod
     def _run(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any, axis: int) -> Expr:
-        length = _constant(_input(inputs, 1), params, "DFT dft_length")
+        length = constant(optional(inputs, 1), params, "DFT dft_length")
         return dft(
             bb,
             inputs[0],
@@ -126,14 +101,14 @@ class STFT(OnnxOpConverter):
     @classmethod
     def _impl_v17(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Expr:
         op = relax.op
-        signal, window = inputs[0], _input(inputs, 2)
-        step = int(_required(inputs[1], params, "STFT frame_step"))
-        given = _constant(_input(inputs, 3), params, "STFT frame_length")
-        length = _shape(signal)[1]
+        signal, window = inputs[0], optional(inputs, 2)
+        step = int(required(inputs[1], params, "STFT frame_step"))
+        given = constant(optional(inputs, 3), params, "STFT frame_length")
+        length = shape(signal)[1]
         if given is not None:
             frame = int(given)
         else:
-            frame = _shape(window)[0] if window is not None else length
+            frame = shape(window)[0] if window is not None else length
         frames = 1 + (length - frame) // step
         index = np.arange(frames)[:, None] * step + np.arange(frame)[None, :]
         x = bb.emit(op.take(signal, relax.const(index.astype("int64")), axis=1))
@@ -146,7 +121,7 @@ def _window_converter(name: str, formula: Any) -> type:
     """A converter class for a window of constant size: `formula(n, N)` with N = size or size-1."""
 
     def impl(cls: type, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Expr:
-        size = int(_required(inputs[0], params, f"{name} size"))
+        size = int(required(inputs[0], params, f"{name} size"))
         periodic = int(attr.get("periodic", 1))
         n = np.arange(size, dtype=np.float64)
         window = formula(n, size if periodic else size - 1)
@@ -172,7 +147,7 @@ class MelWeightMatrix(OnnxOpConverter):
     def _impl_v17(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Expr:
         names = ("num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz", "upper_edge")
         values = [
-            _required(e, params, f"MelWeightMatrix {w}") for e, w in zip(inputs, names, strict=True)
+            required(e, params, f"MelWeightMatrix {w}") for e, w in zip(inputs, names, strict=True)
         ]
         bins, length, rate = (int(v) for v in values[:3])
         low, high = (float(v) for v in values[3:])
