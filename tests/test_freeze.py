@@ -5,6 +5,8 @@ both branches) and on silero-vad-v6 (an `If` on its sample rate `sr`)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +152,41 @@ def test_silero_vad_v6_compiles_with_its_sample_rate_frozen(tmp_path: Path) -> N
     want = onnxruntime_outputs(model, {**feeds, "sr": np.array(16000, np.int64)})
     got = compiled.run(feeds)
     np.testing.assert_allclose(got["output"], want["output"], rtol=1e-4, atol=1e-5)
+
+
+SERVE_PROBE = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import kserve, numpy as np
+import tvmflow
+from tvmflow.serve import ServedModel
+
+def request(**arrays):
+    inputs = []
+    for name, array in arrays.items():
+        kind = "FP32" if array.dtype.kind == "f" else "INT64"
+        tensor = kserve.InferInput(name, list(array.shape), kind)
+        tensor.set_data_from_numpy(array, binary_data=False)
+        inputs.append(tensor)
+    return kserve.InferRequest("m", infer_inputs=inputs)
+
+with ThreadPoolExecutor(1) as pool:
+    served = ServedModel("m", tvmflow.load(sys.argv[1]), pool)
+    x = np.zeros((1, 8), np.float32)
+    assert list(served._arrays(request(x=x))) == ["x"]
+    try:
+        served._arrays(request(x=x, width=np.array([8], np.int64)))
+    except Exception as exc:
+        print(exc)
+"""
+
+
+def test_serve_refuses_a_frozen_input(tmp_path: Path) -> None:
+    pytest.importorskip("kserve")
+    model = branch_model(tmp_path / "branchy.onnx")
+    out = tmp_path / "art"
+    tvmflow.compile(model, "x86", output=out, input_shapes={"x": [1, 8]}, freeze={"width": 8})
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVE_PROBE, str(out)], capture_output=True, text=True, check=True
+    )
+    assert "width was frozen at compile time (--freeze width=8)" in proc.stdout
