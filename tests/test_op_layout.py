@@ -1,4 +1,4 @@
-"""CenterCropPad, ReverseSequence and TensorScatter against onnxruntime."""
+"""CenterCropPad, ReverseSequence, TensorScatter and Col2Im against onnxruntime."""
 
 from __future__ import annotations
 
@@ -47,3 +47,23 @@ def test_tensor_scatter(mode: str) -> None:
     }
     model, feeds = one_node_model("TensorScatter", inputs, ["present_cache"], 24, mode=mode)
     assert_matches(model, feeds)
+
+
+def test_col2im_with_strides_pads_and_dilations() -> None:
+    # image 7x6, block 2x3, strides (2, 1), dilations (1, 2), pads (1, 0, 0, 1): 4 x 3 blocks
+    inputs = {"input": RNG.standard_normal((2, 3 * 6, 4 * 3)).astype(np.float32)}
+    constants = {
+        "image_shape": np.array([7, 6], np.int64),
+        "block_shape": np.array([2, 3], np.int64),
+    }
+    model = constant_input_model(
+        "Col2Im",
+        inputs,
+        constants,
+        ["input", "image_shape", "block_shape"],
+        18,
+        strides=[2, 1],
+        dilations=[1, 2],
+        pads=[1, 0, 0, 1],
+    )
+    assert_matches(model, inputs)

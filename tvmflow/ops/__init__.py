@@ -37,6 +37,7 @@ MODULES = (
     "center_crop_pad",
     "reverse_sequence",
     "tensor_scatter",
+    "col2im",
 )
 
 DEFAULT_DOMAIN = ""
