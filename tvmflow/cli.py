@@ -193,7 +193,9 @@ def targets_cmd(as_json: bool) -> None:
     type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
-    help="fp16: fp16 compute with fp32 accumulation (CUDA targets only).",
+    help="fp16: fp16 compute with fp32 accumulation (CUDA targets only). bf16: conv2d/matmul "
+    "in bf16 with fp32 accumulation (--target x86-avx512-bf16: CPUs with AVX512_BF16); "
+    "checked at atol 2e-2, rtol 3e-2 or looser.",
 )
 @tolerance_options
 def compile_cmd(
