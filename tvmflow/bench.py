@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tvmflow.accuracy import Tolerance, compare, output_scales
+from tvmflow.accuracy import Tolerance, compare, output_scales, tolerance_for
 from tvmflow.engines import (
     COMPARATORS,
     ENGINES,
@@ -480,7 +480,9 @@ def run_bench(
         for k in comparators
     )
     accuracy = tuple(
-        _accuracy(k, e.outputs, loaded[REFERENCE].outputs, options.tolerance)
+        _accuracy(
+            k, e.outputs, loaded[REFERENCE].outputs, tolerance_for(e.precision, options.tolerance)
+        )
         for k, e in loaded.items()
         if k != REFERENCE
     )
@@ -646,7 +648,8 @@ def check_accuracy(report: BenchReport) -> None:
     """Raise (exit code 3) when tvmflow's outputs disagree with onnxruntime beyond tolerance."""
     if report.passed:
         return
-    tol = report.options.tolerance
+    precision = next((e.precision for e in report.engines if e.name == TVMFLOW), "fp32")
+    tol = tolerance_for(precision, report.options.tolerance)
     bad = [
         f"{o.name}: max abs err {o.max_abs_err:.3g} (rel {o.max_rel_err:.3g})"
         for a in report.accuracy

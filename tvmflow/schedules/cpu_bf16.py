@@ -5,15 +5,16 @@ over u16 storage, so a plainly scheduled bf16 kernel is an fp32 kernel plus conv
 This rule tensorizes the inner product with AVX512_BF16's `vdpbf16ps` instead: 16 fp32
 accumulators, each adding the dot product of a bf16 pair (`acc[i] += a0*b[i,0] + a1*b[i,1]`).
 LLVM only accepts that intrinsic on `<32 x bfloat>`, which TIR cannot spell (and TIR's BF16
-legalization would turn any bf16 value into fp32), so the intrinsic passes pointers to a
-small LLVM IR helper (`_DPBF16_IR`) that loads the operands itself; the helper is linked
-into the kernel through the `pragma_import_llvm` loop annotation and inlined by LLVM.
+legalization turns bf16 values into fp32), so the intrinsic loads the operands as u16 and
+passes them to a small LLVM IR helper (`_DPBF16_IR`) that bitcasts them; the helper is
+linked into the kernel through the `pragma_import_llvm` loop annotation and inlined by LLVM.
 
 The kernel is the matmul/conv register tile (`cpu_common.pick_tile`, 16-lane vectors):
 rows of the output (m) x whole vectors of output channels / columns (n), reduced over a pair
 dim (input channel / K, split as pairs) and any other reduction dims (kernel taps). The
-constant weight is repacked at compile time as [n / 16, other dims, pair / 2, 16, 2] (each
-dpbf16 operand one contiguous 64-byte load); an activation pair is two loads, broadcast.
+constant weight is repacked at compile time as [n / tile width, other dims, pair / 2, tile
+width, 2] (each dpbf16 operand one contiguous 64-byte load, a tile's operands of a reduction
+step one stream); the activation is laid out pair-innermost (a pair: one 32-bit broadcast).
 """
 
 from __future__ import annotations
@@ -53,18 +54,17 @@ BF16_CPUS = frozenset(
 )
 # acc (16 x f32) += pairs of a (16 x i32 = 32 x bf16) and b, as LLVM's dpbf16ps wants them.
 _DPBF16_IR = f"""
-define internal <16 x float> @{HELPER}(<16 x float> %c, ptr %a, ptr %b) #0 {{
-  %pair = load i32, ptr %a, align 2
-  %ins = insertelement <16 x i32> poison, i32 %pair, i64 0
+define internal <16 x float> @{HELPER}(<16 x float> %c, i32 %a, <32 x i16> %b) #0 {{
+  %ins = insertelement <16 x i32> poison, i32 %a, i64 0
   %bcast = shufflevector <16 x i32> %ins, <16 x i32> poison, <16 x i32> zeroinitializer
   %av = bitcast <16 x i32> %bcast to <32 x bfloat>
-  %bv = load <32 x bfloat>, ptr %b, align 2
+  %bv = bitcast <32 x i16> %b to <32 x bfloat>
   %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %c, <32 x bfloat> %av,
                                                          <32 x bfloat> %bv)
   ret <16 x float> %r
 }}
 declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
-attributes #0 = {{ alwaysinline nounwind readonly "target-features"="+avx512bf16" }}
+attributes #0 = {{ alwaysinline nounwind readnone "target-features"="+avx512bf16" }}
 """
 
 
@@ -101,13 +101,16 @@ def register_intrin() -> str:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:2], B[0:16, 0:2])
             T.writes(C[0:16])
+            # u16 views of the operands (their storage type after BF16 legalization, which
+            # would turn bf16 loads into fp32 values)
+            Au = T.decl_buffer((2,), "uint16", data=A.data, elem_offset=A.elem_offset)
+            Bu = T.decl_buffer((32,), "uint16", data=B.data, elem_offset=B.elem_offset)
             C[T.ramp(T.int32(0), 1, 16)] = T.call_extern(
                 "float32x16",
                 HELPER,
                 C.vload([0], "float32x16"),
-                # typed u16: the storage type BF16 legalization gives these buffers
-                T.tvm_access_ptr(T.type_annotation("uint16"), A.data, A.elem_offset, 2, 1),
-                T.tvm_access_ptr(T.type_annotation("uint16"), B.data, B.elem_offset, 32, 1),
+                T.reinterpret("int32", Au.vload([0], "uint16x2")),
+                Bu.vload([0], "uint16x32"),
             )
 
     TensorIntrin.register(INTRIN, desc, impl, override=True)
@@ -221,7 +224,7 @@ def _schedule(
     index: int,
 ) -> s_tir.Schedule | None:
     mr, nvec, _ = pick_tile(sizes[roles.m], sizes[roles.n], LANES, REGISTERS)
-    _prepack(sch, main, roles)
+    _prepack(sch, main, roles, nvec * LANES)
     copy = _pair_innermost(sch, func, main, roles)
     acc = sch.cache_write(main, 0, "local")
     ndim = len(sch.get(main).writes[0].region)
@@ -274,16 +277,17 @@ def _pair_innermost(
     return added
 
 
-def _prepack(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, roles: Roles) -> None:
-    """Repack the constant weight as [n/16, other dims, pair/2, 16, 2] (folded at compile
-    time): each dpbf16 weight operand is one contiguous 32 x bf16 load."""
+def _prepack(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, roles: Roles, nr: int) -> None:
+    """Repack the constant weight as [n/nr, other dims, pair/2, nr, 2] (folded at compile
+    time; nr = the tile's width): each dpbf16 weight operand is one contiguous 32 x bf16
+    load, and a tile's operands of one reduction step are one contiguous stream."""
     cache = sch.cache_read(main, roles.weight_read, "global")
     ndim = len(sch.get(cache).writes[0].region)
     n, p = roles.w_n_dim, roles.w_pair_dim
 
     def index_map(*i: Any) -> list[Any]:
         rest = [i[d] for d in range(ndim) if d not in (n, p)]
-        return [i[n] // LANES, *rest, i[p] // 2, i[n] % LANES, i[p] % 2]
+        return [i[n] // nr, *rest, i[p] // 2, i[n] % nr, i[p] % 2]
 
     sch.transform_layout(cache, ("write", 0), index_map)
     sch.annotate(cache, PREPACK_ATTR, True)
