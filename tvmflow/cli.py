@@ -212,7 +212,7 @@ def compile_cmd(
 ) -> None:
     """Compile MODEL (.onnx) for a target into an artifact directory."""
     from tvmflow import api
-    from tvmflow.accuracy import Tolerance
+    from tvmflow.accuracy import Tolerance, tolerance_for
 
     artifact = api.compile(
         model,
@@ -236,7 +236,11 @@ def compile_cmd(
         note = m.extra.get("accuracy_note", "not checked")
         click.echo(f"  accuracy: {note}")
     elif "verified_with" in m.extra:
-        click.echo(f"  accuracy checked: {m.extra['verified_with']}")
+        tol = tolerance_for(m.precision, Tolerance(atol, rtol))
+        click.echo(
+            f"  accuracy checked: {m.extra['verified_with']} ({m.precision}: atol {tol.atol:g}, "
+            f"rtol {tol.rtol:g})"
+        )
 
 
 @cli.command("inspect")

@@ -152,8 +152,9 @@ def bf16_roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, func: Any) -
     w_read = free.index(True)
     data, weight = stmt.reads[1 - w_read], stmt.reads[w_read]
     w_index, d_index = index_vars(weight), index_vars(data)
-    if None in w_index:
-        return None  # the repacking below maps weight dims one to one
+    w_shape = [int(d) for d in weight.source.shape]
+    if any(v is None and w_shape[d] != 1 for d, v in enumerate(w_index)):
+        return None  # the repacking below maps weight dims one to one (unit dims aside)
     iters = list(stmt.iter_vars)
     position = {iv.var: i for i, iv in enumerate(iters)}
     out_index = index_vars(stmt.writes[0])
@@ -169,7 +170,7 @@ def bf16_roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, func: Any) -
         if any(x is not None and x.same_as(r) for x in d_index)
         and int(iters[position[r]].dom.extent) % 2 == 0
     ]
-    if not pairs or len(reduce) + 1 != len(w_index):
+    if not pairs or len(reduce) + 1 != sum(v is not None for v in w_index):
         return None
     n_var, m_var, pair = channels[0], rows[-1], pairs[-1]
     return Roles(
@@ -177,11 +178,15 @@ def bf16_roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, func: Any) -
         m=position[m_var],
         pair=position[pair],
         weight_read=w_read,
-        out_n_dim=next(d for d, v in enumerate(out_index) if v is not None and v.same_as(n_var)),
-        data_pair_dim=next(d for d, v in enumerate(d_index) if v is not None and v.same_as(pair)),
-        w_n_dim=next(d for d, v in enumerate(w_index) if v.same_as(n_var)),
-        w_pair_dim=next(d for d, v in enumerate(w_index) if v.same_as(pair)),
+        out_n_dim=_dim_of(out_index, n_var),
+        data_pair_dim=_dim_of(d_index, pair),
+        w_n_dim=_dim_of(w_index, n_var),
+        w_pair_dim=_dim_of(w_index, pair),
     )
+
+
+def _dim_of(index: list[Any], var: Any) -> int:
+    return next(d for d, v in enumerate(index) if v is not None and v.same_as(var))
 
 
 class Bf16Gemm(ScheduleRule):
