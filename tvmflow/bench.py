@@ -51,6 +51,7 @@ from tvmflow.engines import (
     Runner,
     engine,
     import_openvino,
+    open_engine,
 )
 from tvmflow.errors import BenchAccuracyError, TvmflowError
 from tvmflow.inputs import check_inputs, random_inputs
@@ -277,6 +278,8 @@ def check_artifact_matches(model: Path, manifest: Manifest, directory: Path) -> 
     ranks, static dims) or the same signature with another sha256 (other weights would
     compare two different networks and blame the compiler); returns no warnings."""
     inputs, outputs = _onnx_signature(model)
+    frozen = {f.spec.name for f in manifest.frozen}
+    inputs = [i for i in inputs if i.name not in frozen]  # constants in the artifact
     same = all(
         len(declared) == len(built) and all(map(_matches, declared, built))
         for declared, built in ((inputs, manifest.inputs), (outputs, manifest.outputs))
@@ -333,13 +336,13 @@ def check_input_shapes(
 
 
 def bench_inputs(
-    specs: Sequence[TensorSpec], arrays: Mapping[str, np.ndarray] | None, source: str, seed: int
+    manifest: Manifest, arrays: Mapping[str, np.ndarray] | None, source: str, seed: int
 ) -> dict[str, np.ndarray]:
     """The user's arrays checked against the artifact's signature, or seeded random ones."""
     if arrays is None:
-        return random_inputs(specs, seed)
+        return random_inputs(manifest.inputs, seed)
     try:
-        check_inputs(arrays, specs)
+        check_inputs(arrays, manifest.inputs, manifest.frozen)
     except TvmflowError as exc:
         raise TvmflowError(f"{source}: {exc}") from exc
     return dict(arrays)
@@ -381,7 +384,7 @@ def probe_main() -> None:
     with np.load(request["feeds"], allow_pickle=False) as data:
         feeds = {k: data[k] for k in data.files}
     base = psutil.Process().memory_info().rss / 2**20
-    chosen.open(spec).run(feeds)
+    open_engine(spec).run(feeds)
     print(json.dumps({"base_rss_mb": base, "peak_rss_mb": _peak_rss_mb()}))
 
 
@@ -407,6 +410,7 @@ def compile_for_bench(
     input_shapes: Mapping[str, Sequence[int]],
     tuning_logs: Sequence[Path] = (),
     use_shipped_logs: bool = True,
+    freeze: Mapping[str, Any] | None = None,
 ) -> tuple[Path, float]:
     """Compile MODEL for a target that runs here; returns the artifact and the seconds it took.
 
@@ -419,7 +423,7 @@ def compile_for_bench(
     preset = resolve_preset(target)
     check_runs_here(preset.name, preset.device, preset.arch, preset.cpu_features)
     start = time.perf_counter()
-    imported = load_onnx(model, input_shapes)
+    imported = load_onnx(model, input_shapes, freeze)
     options = CompileOptions(tuple(tuning_logs), use_shipped_logs, verify=False)
     artifact = compile_model(imported, preset, out_dir, options)
     return artifact.directory, time.perf_counter() - start
@@ -450,12 +454,14 @@ def run_bench(
     check_runs_here(manifest.preset, manifest.device, manifest.arch, manifest.cpu_features)
     warnings = check_artifact_matches(model, manifest, artifact)
     check_input_shapes(manifest, artifact, input_shapes or {})
-    feeds = bench_inputs(manifest.inputs, inputs, inputs_source, options.seed)
+    feeds = bench_inputs(manifest, inputs, inputs_source, options.seed)
     threads = options.threads or host_cores()
     machine = machine_info(threads, comparators)
     shapes = {s.name: list(s.shape) for s in manifest.inputs}
+    frozen = [f.to_json() for f in manifest.frozen]
     specs = [EngineSpec(TVMFLOW, str(artifact), threads, manifest.device, shapes)] + [
-        EngineSpec(kind, str(model), threads, manifest.device, shapes) for kind in comparators
+        EngineSpec(kind, str(model), threads, manifest.device, shapes, frozen)
+        for kind in comparators
     ]
 
     memory = _probe_all(specs, feeds) if options.measure_rss else {}
@@ -535,7 +541,7 @@ def _load(spec: EngineSpec, feeds: Mapping[str, np.ndarray]) -> _Loaded:
     chosen = engine(spec.kind)
     chosen.import_package()
     start = time.perf_counter()
-    opened = chosen.open(spec)
+    opened = open_engine(spec)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     outputs = opened.run(feeds)

@@ -117,11 +117,15 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # Conv weights to HWIO: see `conv_weights_hwio`. GPU rules want neither.
     # Upsampling conv2d_transposes (kernel == stride) become a 1x1 conv + pixel shuffle
     # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
+    # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM.
+    from tvmflow.conv1d import Conv1dAsConv2d
+    from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
 
     cpu_only = (
         [
             SplitUpsamplingConvTranspose(),
+            Conv1dAsConv2d(vector_lanes(target)),
             conv_weights_hwio(),
             relax.transform.FastMathTransform(),
         ]
