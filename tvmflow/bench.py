@@ -411,6 +411,7 @@ def compile_for_bench(
     tuning_logs: Sequence[Path] = (),
     use_shipped_logs: bool = True,
     freeze: Mapping[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> tuple[Path, float]:
     """Compile MODEL for a target that runs here; returns the artifact and the seconds it took.
 
@@ -424,7 +425,9 @@ def compile_for_bench(
     check_runs_here(preset.name, preset.device, preset.arch, preset.cpu_features)
     start = time.perf_counter()
     imported = load_onnx(model, input_shapes, freeze)
-    options = CompileOptions(tuple(tuning_logs), use_shipped_logs, verify=False)
+    options = CompileOptions(
+        tuple(tuning_logs), use_shipped_logs, verify=False, precision=precision
+    )
     artifact = compile_model(imported, preset, out_dir, options)
     return artifact.directory, time.perf_counter() - start
 
