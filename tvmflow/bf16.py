@@ -14,6 +14,8 @@ else stays fp32: bf16 math without the kernel is fp32 math plus conversions, i.e
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tvmflow.upsample_conv import _shape
@@ -25,24 +27,29 @@ if TYPE_CHECKING:
 LANES = 16  # fp32 accumulators per vdpbf16ps
 
 
-def _is_constant(expr: relax.Expr) -> bool:
-    """A weight: a constant, possibly behind the transposes the importer adds (Gemm transB)."""
+def _is_constant(expr: relax.Expr, bound: Mapping[relax.Var, relax.Expr]) -> bool:
+    """A weight: computed from constants only (a constant, or one transposed (Gemm's transB),
+    dequantized, reshaped...): FoldConstant turns it into a bf16 constant."""
     import tvm
     from tvm import relax
 
-    while isinstance(expr, relax.Call) and expr.op.name == "relax.permute_dims":
-        expr = expr.args[0]
-    return isinstance(expr, tvm.ir.GenericConst)
+    if isinstance(expr, relax.Var):
+        return expr in bound and _is_constant(bound[expr], bound)
+    if isinstance(expr, relax.Call):
+        return isinstance(expr.op, tvm.ir.Op) and all(_is_constant(a, bound) for a in expr.args)
+    if isinstance(expr, relax.Tuple):
+        return all(_is_constant(f, bound) for f in expr.fields)
+    return not relax.analysis.free_vars(expr)  # constants, shapes, prim values
 
 
-def _conv_fits(call: relax.Call) -> bool:
+def _conv_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> bool:
     attrs = call.attrs
     x, w = call.args
     w_shape = _shape(w)
     return (
         x.ty.dtype == "float32"
         and w.ty.dtype == "float32"
-        and _is_constant(w)
+        and _is_constant(w, bound)
         and w_shape is not None
         and (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
         and int(attrs.groups) == 1
@@ -51,13 +58,13 @@ def _conv_fits(call: relax.Call) -> bool:
     )
 
 
-def _matmul_fits(call: relax.Call) -> bool:
+def _matmul_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> bool:
     a, b = call.args
     b_shape = _shape(b)
     return (
         a.ty.dtype == "float32"
         and b.ty.dtype == "float32"
-        and _is_constant(b)
+        and _is_constant(b, bound)
         and b_shape is not None
         and len(b_shape) == 2
         and b_shape[0] % 2 == 0
@@ -65,11 +72,11 @@ def _matmul_fits(call: relax.Call) -> bool:
     )
 
 
-def _rewrite(call: relax.Call, _: Any) -> relax.Expr:
+def _rewrite(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> relax.Expr:
     from tvm import relax
 
     name = call.op.name
-    if name == "relax.nn.conv2d" and _conv_fits(call):
+    if name == "relax.nn.conv2d" and _conv_fits(call, bound):
         a = call.attrs
         x, w = (relax.op.astype(arg, "bfloat16") for arg in call.args)
         return relax.op.nn.conv2d(
@@ -84,7 +91,7 @@ def _rewrite(call: relax.Call, _: Any) -> relax.Expr:
             out_layout=a.out_layout,
             out_dtype="float32",
         )
-    if name == "relax.matmul" and _matmul_fits(call):
+    if name == "relax.matmul" and _matmul_fits(call, bound):
         a, b = (relax.op.astype(arg, "bfloat16") for arg in call.args)
         return relax.op.matmul(a, b, out_dtype="float32")
     return call
@@ -103,7 +110,8 @@ def Bf16Compute() -> tvm.transform.Pass:
     def transform(mod: tvm.IRModule, _: Any) -> tvm.IRModule:
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
-                mod[gv] = rewrite_call(pattern, _rewrite, func)
+                rewrite = functools.partial(_rewrite, bound=relax.analysis.get_var2val(func))
+                mod[gv] = rewrite_call(pattern, lambda call, _, r=rewrite: r(call), func)
         return mod
 
     return tvm.transform.module_pass(transform, opt_level=0, name="Bf16Compute")
