@@ -28,6 +28,8 @@ MODULES = (
     "elementwise",
     "lp_normalization",
     "attention",
+    # int8
+    "quantized",
 )
 
 DEFAULT_DOMAIN = ""
