@@ -33,6 +33,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_depthwise_conv2d import DepthwiseConv2d
     from tvmflow.schedules.cpu_elementwise import Elementwise
     from tvmflow.schedules.cpu_fallback import Fallback
+    from tvmflow.schedules.cpu_full_reduction import FullReduction
     from tvmflow.schedules.cpu_int8_matmul import Int8Matmul
     from tvmflow.schedules.cpu_matmul import Matmul
 
@@ -44,6 +45,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),
+        FullReduction(),
         Elementwise(),
         Fallback(),
     ]
