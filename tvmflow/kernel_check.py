@@ -211,6 +211,7 @@ def runnable_target(target: tvm.target.Target) -> tvm.target.Target:
     import tvm
 
     from tvmflow.schedules.cpu_common import vector_bits
+    from tvmflow.schedules.cpu_int8_matmul import has_vnni
     from tvmflow.targets import host_arch, host_cpu_features
 
     triple = str(target.attrs.get("mtriple", ""))
@@ -220,6 +221,7 @@ def runnable_target(target: tvm.target.Target) -> tvm.target.Target:
         (not triple or triple.startswith(host_arch()))
         and (bits < 512 or "avx512f" in features)
         and (bits < 256 or "avx2" in features or host_arch() != "x86_64")
+        and (not has_vnni(target) or "avx512_vnni" in features)
     )
     base = dict(target.export()) if runs else {"kind": "llvm"}
     return tvm.target.Target({**base, "opt-level": 0})
@@ -483,8 +485,10 @@ def _arguments(
     func: tvm.tirx.PrimFunc, constants: Sequence[np.ndarray | None] | None, seed: int
 ) -> list[np.ndarray]:
     """Inputs for one kernel: the model's constant where bound, else seeded random data
-    (N(0,1) floats; integers 0, which indexes any axis, or 1 where the kernel divides by
-    its data: an integer division by zero is SIGFPE, which would kill the compile)."""
+    (N(0,1) floats; 8-bit integers uniform over their range: quantized data, which integer
+    matmuls must be checked on; wider integers 0, which indexes any axis, or 1 where the
+    kernel divides by its data: an integer division by zero is SIGFPE, which would kill the
+    compile)."""
     rng = np.random.default_rng(seed)
     integer = 1 if _divides_by_data(func) else 0
     args = []
@@ -496,6 +500,9 @@ def _arguments(
             args.append(given)
         elif _is_float(dtype):
             args.append(np.asarray(rng.standard_normal(shape)).astype(dtype))
+        elif dtype.kind in "iu" and dtype.itemsize == 1 and not integer:
+            info = np.iinfo(dtype)
+            args.append(rng.integers(info.min, info.max, shape, dtype, endpoint=True))
         else:
             args.append(np.full(shape, integer, dtype))
     return args
@@ -534,7 +541,11 @@ def _poisoned(shape: tuple[int, ...], dtype: np.dtype, poison: float) -> np.ndar
     if _is_float(dtype):
         return np.full(shape, poison, np.float32).astype(dtype)
     if dtype.kind in "iu":
-        return np.full(shape, np.iinfo(dtype).max // 3, dtype)
+        # distinct per poison, as the float ones are: a partial reference is told apart
+        # from its poison by two runs with different ones
+        info = np.iinfo(dtype)
+        value = info.max // 3 if np.isnan(poison) else int(np.clip(poison, info.min, info.max))
+        return np.full(shape, value, dtype)
     return np.ones(shape, dtype)
 
 

@@ -38,6 +38,8 @@ MODULES = (
     "reverse_sequence",
     "tensor_scatter",
     "col2im",
+    # int8
+    "quantized",
 )
 
 DEFAULT_DOMAIN = ""
