@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from tests.onnx_ops import assert_matches, one_node_model
@@ -135,3 +136,95 @@ def test_rms_normalization_over_every_axis(axis: int) -> None:
         "RMSNormalization", {"x": x, "scale": scale}, ["y"], 23, axis=axis, epsilon=1e-3
     )
     assert_matches(model, feeds)
+
+
+IMAGE = RNG.standard_normal((1, 2, 7, 9)).astype(np.float32)
+
+
+def _resize(x: np.ndarray, opset: int = 19, **attrs: object) -> tuple:
+    inputs: dict[str, np.ndarray | None] = {"x": x, "roi": None, "scales": None, "sizes": None}
+    for key in ("roi", "scales", "sizes"):
+        if key in attrs:
+            inputs[key] = np.asarray(attrs.pop(key), np.int64 if key == "sizes" else np.float32)
+    return one_node_model("Resize", inputs, ["y"], opset, **attrs)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"mode": "linear", "scales": [1, 1, 0.6, 0.8]},  # in * scale not whole: TVM used in/out
+        {"mode": "cubic", "scales": [1, 1, 0.6, 0.6], "antialias": 1},
+        {"mode": "linear", "sizes": [1, 2, 4, 4], "antialias": 1},
+        {
+            "mode": "cubic",
+            "scales": [1, 1, 0.8, 0.8],
+            "coordinate_transformation_mode": "align_corners",
+        },
+        {
+            "mode": "linear",
+            "scales": [1, 1, 1.5, 0.7],
+            "coordinate_transformation_mode": "half_pixel_symmetric",
+        },
+        {"mode": "nearest", "sizes": [5, 4], "axes": [3, 2]},
+        {"mode": "nearest", "sizes": [1, 2, 14, 12], "keep_aspect_ratio_policy": "not_smaller"},
+        {
+            "mode": "linear",
+            "scales": [1, 1, 0.2, 0.5],
+            "coordinate_transformation_mode": "align_corners",
+        },
+        {
+            "mode": "linear",
+            "roi": [0.2, 0.6, 1.2, 0.9],
+            "sizes": [4, 5],
+            "axes": [2, 3],
+            "coordinate_transformation_mode": "tf_crop_and_resize",
+            "extrapolation_value": 7.0,
+        },
+    ],
+    ids=[
+        "downsample-linear",
+        "cubic-antialias",
+        "linear-antialias-sizes",
+        "cubic-align-corners",
+        "half-pixel-symmetric",
+        "axes",
+        "keep-aspect",
+        "align-corners-to-one",
+        "crop-extrapolate",
+    ],
+)
+def test_resize_matches_onnxruntime(attrs: dict) -> None:
+    # align_corners on a non-whole in * scale: ONNX maps back with that product, onnxruntime
+    # with the rounded size; ONNX's own reference (its node tests' data) decides.
+    use_ort = attrs.get("coordinate_transformation_mode") != "align_corners"
+    model, feeds = _resize(IMAGE, **attrs)
+    assert_matches(model, feeds, use_ort=use_ort)
+
+
+def test_resize_of_integers_and_opset_10() -> None:
+    pixels = RNG.integers(0, 255, (1, 3, 5, 6)).astype(np.uint8)
+    model, feeds = _resize(pixels, mode="linear", scales=[1, 1, 1.7, 0.5])
+    assert_matches(model, feeds, atol=1)  # a rounding tie may land on either integer
+    model, feeds = one_node_model(
+        "Resize", {"x": IMAGE, "scales": np.array([1, 1, 2, 1.5], np.float32)}, ["y"], 10
+    )
+    assert_matches(model, feeds)
+
+
+def test_resize_keeps_tvms_kernel_where_it_is_right(tmp_path: Path) -> None:
+    """An integer upsample stays one fused resize2d kernel (the taps path is for the rest)."""
+    from onnx import helper, numpy_helper
+
+    from tvmflow.frontend import load_onnx, to_relax
+
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")],
+        "resize",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, IMAGE.shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, (1, 2, 14, 18))],
+        [scales],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert "resize2d" in to_relax(load_onnx(tmp_path / "m.onnx", None)).script()

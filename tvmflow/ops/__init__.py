@@ -44,6 +44,7 @@ MODULES = (
     "non_max_suppression",
     "rms_normalization",
     "pow",
+    "resize",
 )
 
 DEFAULT_DOMAIN = ""
