@@ -228,3 +228,84 @@ def test_resize_keeps_tvms_kernel_where_it_is_right(tmp_path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     onnx.save(model, str(tmp_path / "m.onnx"))
     assert "resize2d" in to_relax(load_onnx(tmp_path / "m.onnx", None)).script()
+
+
+def test_resize_of_float64() -> None:
+    """Weights in the input's float type (relax.const makes float64 data float32 unasked)."""
+    model, feeds = _resize(IMAGE.astype(np.float64), mode="linear", scales=[1, 1, 0.6, 0.8])
+    assert_matches(model, feeds, use_ort=False)  # onnxruntime has no float64 Resize
+
+
+SPECIALS = np.array([[np.inf, -np.inf, 1.0], [np.nan, -2.0, np.inf]], np.float32)
+
+
+@pytest.mark.parametrize(
+    ("op", "inputs", "outputs", "opset", "attrs"),
+    [
+        ("IsInf", {"x": SPECIALS}, ["y"], 20, {"detect_positive": 0}),
+        ("IsInf", {"x": SPECIALS}, ["y"], 20, {"detect_negative": 0}),
+        ("EyeLike", {"x": np.zeros((3, 5), np.int32)}, ["y"], 22, {"dtype": 11, "k": 1}),
+        (
+            "OneHot",
+            {
+                "indices": np.array([[0, -1, 3], [2, 1, -4]], np.int64),
+                "depth": np.array(4, np.int64),
+                "values": np.array([-2.0, 5.0], np.float32),
+            },
+            ["y"],
+            11,
+            {"axis": 1},
+        ),
+        ("ReduceMax", {"x": SPECIALS > 0}, ["y"], 20, {}),
+        ("ReduceMin", {"x": SPECIALS > 0}, ["y"], 20, {"keepdims": 0}),
+        ("ReduceMax", {"x": np.zeros((2, 0, 3), np.float32)}, ["y"], 13, {"axes": [1]}),
+        (
+            "ReduceMin",
+            {"x": np.zeros((2, 0, 3), np.int32)},
+            ["y"],
+            13,
+            {"axes": [1], "keepdims": 0},
+        ),
+        ("Split", {"x": X}, ["a", "b", "c"], 11, {"axis": 2, "split": [2, 0, 3]}),
+        ("Trilu", {"x": np.zeros((3, 0, 5), np.float32)}, ["y"], 14, {}),
+    ],
+    ids=[
+        "isinf-negative",
+        "isinf-positive",
+        "eyelike-dtype",
+        "onehot-runtime-values",
+        "reducemax-bool",
+        "reducemin-bool",
+        "reducemax-empty",
+        "reducemin-empty-int",
+        "split-zero-part",
+        "empty-constant",
+    ],
+)
+def test_converter_fix_matches_onnxruntime(
+    op: str, inputs: dict, outputs: list[str], opset: int, attrs: dict
+) -> None:
+    model, feeds = one_node_model(op, inputs, outputs, opset, **attrs)
+    assert_matches(model, feeds)
+
+
+def test_batch_normalization_training_mode() -> None:
+    """training_mode=1: batch statistics, and the running ones updated (ONNX's reference:
+    onnxruntime's CPU provider implements inference mode only)."""
+    c = 3
+    inputs = {
+        "x": RNG.standard_normal((2, c, 4, 5)).astype(np.float32),
+        "scale": RNG.uniform(0.5, 1.5, c).astype(np.float32),
+        "bias": RNG.standard_normal(c).astype(np.float32),
+        "mean": RNG.standard_normal(c).astype(np.float32),
+        "var": RNG.uniform(0.5, 1.5, c).astype(np.float32),
+    }
+    model, feeds = one_node_model(
+        "BatchNormalization",
+        inputs,
+        ["y", "mean_out", "var_out"],
+        15,
+        training_mode=1,
+        epsilon=1e-3,
+    )
+    assert_matches(model, feeds, use_ort=False)

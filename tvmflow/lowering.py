@@ -10,6 +10,7 @@ sequence lives, in stages: `fuse` (Relax passes down to fused TIR kernels), then
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -223,7 +224,28 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     from tvmflow.export import codegen_scope
 
     with codegen_scope(target):
-        return relax.build(mod, target=target)
+        return relax.build(empty_constants_allocated(mod), target=target)
+
+
+def empty_constants_allocated(mod: tvm.IRModule) -> tvm.IRModule:
+    """Zero-sized constants (an empty input the backend baked, a fold to an empty tensor)
+    become allocations: TVM writes them into the executable but cannot read them back
+    ("Invalid DLTensor file format" when the artifact loads)."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Allocate(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_generic_const_(self, op: Any) -> relax.Expr:
+            value = op.value
+            if not hasattr(value, "shape") or math.prod(value.shape):
+                return op
+            shape = relax.ShapeExpr([int(d) for d in value.shape])
+            return relax.op.builtin.alloc_tensor(shape, str(value.dtype), 0)
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = Allocate().visit_expr(func)
+    return mod
 
 
 def log_dirs(preset: Preset, options: LoweringOptions) -> list[Path]:

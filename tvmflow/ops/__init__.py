@@ -45,6 +45,12 @@ MODULES = (
     "rms_normalization",
     "pow",
     "resize",
+    "is_inf",
+    "eye_like",
+    "one_hot",
+    "reduce_extremes",
+    "split",
+    "batch_normalization",
 )
 
 DEFAULT_DOMAIN = ""

@@ -212,14 +212,14 @@ def _resize_axis(bb: Any, x: Expr, p: _Params, dim: int, dtype: str) -> Expr:
             if p.mode == "nearest" and taps == 1 and np.all(picked[:, 0] == 1):
                 out = gathered
                 break
-            w = relax.const(picked[:, k].reshape(broadcast).astype(dtype))
+            w = relax.const(picked[:, k].reshape(broadcast).astype(dtype), dtype)
             term = bb.emit(op.multiply(gathered, w))
             out = term if out is None else bb.emit(op.add(out, term))
     else:  # dense: move the axis last, multiply by [in, out]
         perm = [d for d in range(len(shape)) if d != dim] + [dim]
         back = list(np.argsort(perm))
         moved = op.permute_dims(x, perm)
-        mixed = op.matmul(moved, relax.const(weights.T.astype(dtype)))
+        mixed = op.matmul(moved, relax.const(weights.T.astype(dtype), dtype))
         out = op.permute_dims(mixed, [int(i) for i in back])
     out = bb.emit(out)
     if outside.any():
