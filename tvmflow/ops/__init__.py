@@ -40,6 +40,17 @@ MODULES = (
     "col2im",
     # int8
     "quantized",
+    # opfix
+    "non_max_suppression",
+    "rms_normalization",
+    "pow",
+    "resize",
+    "is_inf",
+    "eye_like",
+    "one_hot",
+    "reduce_extremes",
+    "split",
+    "batch_normalization",
 )
 
 DEFAULT_DOMAIN = ""

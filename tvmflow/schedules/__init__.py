@@ -74,9 +74,46 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
             return dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
         mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         mod = schedule_checked(mod, target, default_rules(target))
-        mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+        mod = split_prepacks(mod)
         mod = relax.transform.FoldConstant()(mod)
         return relax.transform.DeadCodeElimination()(mod)
+
+
+def split_prepacks(mod: tvm.IRModule) -> tvm.IRModule:
+    """`relax.transform.SplitLayoutRewritePreproc` over the kernels that hold a weight
+    repacking block, the others set aside meanwhile: the pass walks every kernel and asserts
+    a root shape that opaque kernels no rule schedules (TVM's scatter_elements: one opaque
+    block of plain loops) lack, which crashed the whole compile."""
+    import tvm
+    from tvm import relax
+
+    aside = {
+        gv: func
+        for gv, func in mod.functions_items()
+        if isinstance(func, tvm.tirx.PrimFunc) and not has_prepack(func)
+    }
+    kept = {gv: func for gv, func in mod.functions_items() if gv not in aside}
+    split = relax.transform.SplitLayoutRewritePreproc()(tvm.IRModule(kept, attrs=mod.attrs))
+    for gv, func in aside.items():
+        split[gv] = func
+    return split
+
+
+def has_prepack(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether a kernel holds a block a rule marked as a weight repacking (`PREPACK_ATTR`)."""
+    import tvm_ffi
+    from tvm import s_tir
+
+    from tvmflow.schedules.cpu_common import PREPACK_ATTR
+
+    found: list[bool] = []
+
+    def visit(block: s_tir.stmt.SBlock) -> None:
+        if PREPACK_ATTR in block.annotations:
+            found.append(True)
+
+    tvm_ffi.structural_walk(func.body, [(s_tir.stmt.SBlock, visit)], order="pre")
+    return bool(found)
 
 
 def kernel_rules(mod: tvm.IRModule, target: tvm.target.Target) -> dict[str, str | None]:
