@@ -3,8 +3,9 @@
 An ordered rule list per device, DLight style: the first rule that applies to a kernel wins,
 kernels already scheduled (by a tuning record) are skipped. TVM ships GPU rules; for CPUs it
 ships only GEMV and reduction rules, so tvmflow adds its own rules in this package, one per
-file (`cpu_*.py`): register-tiled conv2d / depthwise conv2d / matmul micro-kernels, vectorized
-elementwise kernels, and a parallelizing fallback, all sized from the target's vector width.
+file (`cpu_*.py`): register-tiled conv2d / depthwise conv2d / matmul micro-kernels, pooling,
+vectorized elementwise kernels, and a parallelizing fallback, all sized from the target's
+vector width.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_elementwise import Elementwise
     from tvmflow.schedules.cpu_fallback import Fallback
     from tvmflow.schedules.cpu_matmul import Matmul
+    from tvmflow.schedules.cpu_pool import Pool
 
     return [
         Conv2d(),
         DepthwiseConv2d(),
         Matmul(),
+        Pool(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),
