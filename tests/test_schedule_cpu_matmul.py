@@ -124,3 +124,12 @@ def test_attention_matmuls_are_padded_to_full_tiles(a, b, epilogue):
     assert "vectorized" in loop_kinds(sch)
     assert_schedule_matches(func, sch)
     lowers_for(sch, TARGET)
+
+
+def test_dense_over_a_prime_token_count_pads_rows_and_keeps_the_prepacked_weight():
+    func = _dense(197, 64, 192)  # a ViT MLP: 197 tokens
+    sch = Matmul().apply(func, TARGET, False)
+    assert sch is not None
+    script = sch.mod["main"].script()
+    assert "_pad" in script and "layout_rewrite_preproc" in script
+    assert_schedule_matches(func, sch)

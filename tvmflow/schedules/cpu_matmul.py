@@ -108,10 +108,11 @@ class Matmul(TiledRule):
         lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
         epilogue = [i.block_rv for i in infos[index + 1 :]]
         weight = sch.get(main.block_rv).reads[b_read]
-        if not is_layout_free(func, weight.source):
-            padded = _pad_awkward_dims(sch, main.block_rv, sizes, m_pos, n_pos, lanes)
-            if padded is None:
-                return None
+        free = is_layout_free(func, weight.source)  # a constant weight, repacked below
+        padded = _pad_awkward_dims(sch, main.block_rv, sizes, m_pos, n_pos, lanes, free)
+        if padded is None:
+            return None
+        if padded:
             epilogue = padded + epilogue
             loops = sch.get_loops(main.block_rv)[-len(sizes) :]
             sizes = extents(sch, loops)
@@ -129,7 +130,8 @@ class Matmul(TiledRule):
             n=loops[n_pos],
             reduce=(loops[-1],),
         )
-        if k_dim is not None and is_layout_free(func, weight.source):
+        weight = sch.get(main.block_rv).reads[b_read]
+        if k_dim is not None and free:
             n_dim = len(weight.region) - 1
             prepack_weight(sch, main.block_rv, b_read, [k_dim], n_dim, tile[1] * tile[2])
         writeback = tile_gemm(sch, main.block_rv, gemm, tile, tunable)
@@ -150,15 +152,17 @@ def _pad_awkward_dims(
     m_pos: int | None,
     n_pos: int,
     lanes: int,
+    weight_is_constant: bool,
 ) -> list[s_tir.schedule.SBlockRV] | None:
-    """Pad an activation x activation matmul (attention) whose n the vector width does not
-    divide, or whose m has no divisor from 4 to 8, to sizes the register tile divides: the
-    tile sizes must divide m and n exactly, so ViT attention over 197 tokens (a prime) ran
-    with scalar 1x1 tiles. The operands are copied into padded buffers (scheduled here) and
-    the result cropped; returns the crop block(s), the epilogue's new head ([] if no padding).
-    A constant operand is left alone: its padding would be a copy per call."""
+    """Pad a matmul whose n the vector width does not divide, or whose m has no divisor from
+    4 to 8, to sizes the register tile divides: the tile sizes must divide m and n exactly,
+    so ViT attention over 197 tokens (a prime) ran with scalar 1x1 tiles, and its MLPs with
+    one-row tiles. The activations are copied into padded buffers (scheduled here) and the
+    result cropped; returns the crop block(s), the epilogue's new head ([] if no padding;
+    None if the block cannot be padded). A constant weight's n is left alone: its padding
+    would be a copy per call."""
     factors = [1] * len(sizes)
-    if sizes[n_pos] > lanes and sizes[n_pos] % lanes:
+    if not weight_is_constant and sizes[n_pos] > lanes and sizes[n_pos] % lanes:
         factors[n_pos] = lanes
     if (
         m_pos is not None
