@@ -3,8 +3,9 @@
 An ordered rule list per device, DLight style: the first rule that applies to a kernel wins,
 kernels already scheduled (by a tuning record) are skipped. TVM ships GPU rules; for CPUs it
 ships only GEMV and reduction rules, so tvmflow adds its own rules in this package, one per
-file (`cpu_*.py`): register-tiled conv2d / depthwise conv2d / matmul micro-kernels, vectorized
-elementwise kernels, and a parallelizing fallback, all sized from the target's vector width.
+file (`cpu_*.py`): register-tiled pointwise / general / depthwise conv2d and matmul
+micro-kernels, vectorized elementwise kernels, and a parallelizing fallback, all sized from
+the target's vector width.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_elementwise import Elementwise
     from tvmflow.schedules.cpu_fallback import Fallback
     from tvmflow.schedules.cpu_matmul import Matmul
+    from tvmflow.schedules.cpu_pointwise_conv2d import PointwiseConv2d
 
     return [
+        PointwiseConv2d(),
         Conv2d(),
         DepthwiseConv2d(),
         Matmul(),
