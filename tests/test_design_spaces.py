@@ -50,6 +50,7 @@ KERNELS = {
     "dense 56x64x96": lambda: _dense(56, 64, 96),
     "depthwise 96 28x28 s2": lambda: _depthwise(96, 28, stride=2),
     "pointwise 16->48 28x28": lambda: _pointwise(16, 48, 28),
+    "depthwise rows 32 32x32": lambda: _depthwise(32, 32),
 }
 
 

@@ -32,6 +32,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         ]
     from tvmflow.schedules.cpu_conv2d import Conv2d
     from tvmflow.schedules.cpu_depthwise_conv2d import DepthwiseConv2d
+    from tvmflow.schedules.cpu_depthwise_conv2d_rows import DepthwiseConv2dRows
     from tvmflow.schedules.cpu_elementwise import Elementwise
     from tvmflow.schedules.cpu_fallback import Fallback
     from tvmflow.schedules.cpu_matmul import Matmul
@@ -40,6 +41,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     return [
         PointwiseConv2d(),
         Conv2d(),
+        DepthwiseConv2dRows(),
         DepthwiseConv2d(),
         Matmul(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its

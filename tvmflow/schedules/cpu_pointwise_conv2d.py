@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 
 # Vectors of p per tile row, most preferred first: the first that divides the plane wins
 # (measured on AVX-512, 1 thread: 2x7 beat 3x7, 6x4, 8x2 and 2x8 on MobileNetV2's maps; 7
-# divides every 7*2^k-wide map, which ImageNet-sized inputs have).
-_NVECS = (7, 4, 2, 1)
+# divides every 7*2^k-wide map, which ImageNet-sized inputs have; 5 and 3 serve maps such as
+# 60x60, 225 vectors). Even 8x1 tiles beat `Conv2d` on the maps measured.
+_NVECS = (7, 4, 5, 3, 2, 1)
 # Register budget of a tile (accumulators + row loads) per register file size: wider tiles
 # spilled in LLVM's allocation (3x7 and 6x4 ran 2-5x slower than 2x7 and 4x4 on AVX-512).
 _TILE_REGISTERS = {16: 12, 32: 22}
