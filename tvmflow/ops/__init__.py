@@ -38,6 +38,7 @@ MODULES = (
     "reverse_sequence",
     "tensor_scatter",
     "col2im",
+    "tfidf_vectorizer",
 )
 
 DEFAULT_DOMAIN = ""
