@@ -39,6 +39,7 @@ MODULES = (
     "tensor_scatter",
     "col2im",
     "tfidf_vectorizer",
+    "scan",
 )
 
 DEFAULT_DOMAIN = ""
