@@ -216,7 +216,9 @@ def targets_cmd(as_json: bool) -> None:
     type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
-    help="fp16: fp16 compute with fp32 accumulation (CUDA targets only).",
+    help="fp16: fp16 compute with fp32 accumulation (CUDA targets only). bf16: conv2d/matmul "
+    "in bf16 with fp32 accumulation (--target x86-avx512-bf16: CPUs with AVX512_BF16); "
+    "checked at atol 2e-2, rtol 3e-2 or looser.",
 )
 @tolerance_options
 def compile_cmd(
@@ -234,7 +236,7 @@ def compile_cmd(
 ) -> None:
     """Compile MODEL (.onnx) for a target into an artifact directory."""
     from tvmflow import api
-    from tvmflow.accuracy import Tolerance
+    from tvmflow.accuracy import Tolerance, tolerance_for
 
     artifact = api.compile(
         model,
@@ -261,7 +263,11 @@ def compile_cmd(
         note = m.extra.get("accuracy_note", "not checked")
         click.echo(f"  accuracy: {note}")
     elif "verified_with" in m.extra:
-        click.echo(f"  accuracy checked: {m.extra['verified_with']}")
+        tol = tolerance_for(m.precision, Tolerance(atol, rtol))
+        click.echo(
+            f"  accuracy checked: {m.extra['verified_with']} ({m.precision}: atol {tol.atol:g}, "
+            f"rtol {tol.rtol:g})"
+        )
 
 
 @cli.command("inspect")

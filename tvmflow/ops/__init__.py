@@ -40,6 +40,8 @@ MODULES = (
     "col2im",
     "tfidf_vectorizer",
     "scan",
+    # int8
+    "quantized",
 )
 
 DEFAULT_DOMAIN = ""
