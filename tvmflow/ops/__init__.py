@@ -40,6 +40,7 @@ MODULES = (
     "col2im",
     "tfidf_vectorizer",
     "scan",
+    "det",
     # int8
     "quantized",
 )
