@@ -39,8 +39,8 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_full_reduction import FullReduction
     from tvmflow.schedules.cpu_int8_matmul import Int8Matmul
     from tvmflow.schedules.cpu_matmul import Matmul
-    from tvmflow.schedules.cpu_pool import Pool
     from tvmflow.schedules.cpu_pointwise_conv2d import PointwiseConv2d
+    from tvmflow.schedules.cpu_pool import Pool
 
     # bf16 kernels (`--precision bf16`) exist only where the target has AVX512_BF16
     bf16 = [Bf16Gemm()] if has_bf16(target) else []
