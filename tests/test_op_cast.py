@@ -155,10 +155,14 @@ def test_float8_round_trip_matches_onnxruntime() -> None:
 
 
 def test_string_tensors_are_refused_as_unsupported() -> None:
+    x = np.zeros(2, np.float32)
     model = _model(
-        {"a": (TensorProto.STRING, (2,)), "b": (TensorProto.STRING, (2,))},
-        [helper.make_node("Equal", ["a", "b"], ["y"])],
+        {"x": (TensorProto.FLOAT, x.shape)},
+        [
+            helper.make_node("Cast", ["x"], ["s"], to=TensorProto.STRING),
+            helper.make_node("Cast", ["s"], ["y"], to=TensorProto.FLOAT),
+        ],
         ["y"],
     )
-    with pytest.raises(TvmflowError, match=r"^unsupported operators: Equal on string tensors"):
-        TvmflowBackend.prepare(model)
+    with pytest.raises(TvmflowError, match=r"^unsupported dtype: Cast on string tensors \('s'\)"):
+        TvmflowBackend.run_model(model, {"x": x})

@@ -10,12 +10,13 @@ sequence lives, in stages: `fuse` (Relax passes down to fused TIR kernels), then
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, TuningInfo
+from tvmflow.manifest import DYNAMIC, TensorSpec, TuningInfo
 from tvmflow.targets import Preset
 from tvmflow.tunelog import (
     apply_records,
@@ -31,15 +32,19 @@ if TYPE_CHECKING:
 
     from tvmflow.frontend import ImportedModel
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")
+BF16_FEATURE = "avx512_bf16"  # the CPU flag (/proc/cpuinfo) of vdpbf16ps
+BF16_PRESET = "x86-avx512-bf16"
 
 
 @dataclass(frozen=True)
 class LoweringOptions:
     """What decides the kernels and their schedules (the target comes with the preset).
 
-    `precision="fp16"` (CUDA presets only) computes in fp16 with fp32 accumulation; inputs
-    and outputs stay fp32. It changes the kernels, so tune and compile must agree on it.
+    `precision="fp16"` (CUDA presets only) computes in fp16 with fp32 accumulation;
+    `"bf16"` (CPU presets with AVX512_BF16) runs conv2d / matmul in bf16 with fp32
+    accumulation (`tvmflow.bf16`). Inputs and outputs stay fp32. It changes the kernels, so
+    tune and compile must agree on it.
     """
 
     precision: str = "fp32"
@@ -57,15 +62,22 @@ class Lowered:
 
 
 def check_precision(preset: Preset, precision: str) -> None:
-    """The one check of which precisions a preset accepts (compile and tune both ask it)."""
+    """The one check of which precisions a preset accepts (compile and tune both ask it):
+    fp16 on CUDA presets, bf16 on CPU presets whose features include AVX512_BF16."""
     if precision not in PRECISIONS:
         raise TvmflowError(
             f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}"
         )
-    if precision != "fp32" and preset.device != "cuda":
+    if precision == "fp16" and preset.device != "cuda":
         raise TvmflowError(
-            f"--precision {precision} is for CUDA targets; {preset.name} is a {preset.device} "
-            "target, where fp16 arithmetic is emulated and slower: use --precision fp32"
+            f"--precision fp16 is for CUDA targets; {preset.name} is a {preset.device} "
+            "target, where fp16 arithmetic is emulated and slower: use --precision fp32 "
+            f"(or bf16 with --target {BF16_PRESET} on CPUs with AVX512_BF16)"
+        )
+    if precision == "bf16" and (preset.device != "cpu" or BF16_FEATURE not in preset.cpu_features):
+        raise TvmflowError(
+            f"--precision bf16 needs a CPU preset with {BF16_FEATURE} (bf16 dot products); "
+            f"{preset.name} has none: use --target {BF16_PRESET} (or --precision fp32)"
         )
 
 
@@ -95,7 +107,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     """Legalize Relax ops to TIR and fuse them into the kernels tuning and codegen see.
 
     `precision="fp16"` first runs Relax's ToMixedPrecision (fp16 compute, fp32 accumulation;
-    inputs and outputs stay fp32), which changes the kernels, so tuning must use it too.
+    inputs and outputs stay fp32), `"bf16"` tvmflow's `Bf16Compute` (conv2d / matmul in
+    bf16); both change the kernels, so tuning must use them too.
     """
     import tvm
     from tvm import relax
@@ -105,11 +118,18 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # Conv weights to HWIO: see `conv_weights_hwio`. GPU rules want neither.
     # Upsampling conv2d_transposes (kernel == stride) become a 1x1 conv + pixel shuffle
     # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
+    # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM; conv2ds
+    # get output channels and columns the register tile divides (padded, then sliced off).
+    from tvmflow.conv1d import Conv1dAsConv2d
+    from tvmflow.conv_tiles import PadConvForTiles
+    from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
 
     cpu_only = (
         [
             SplitUpsamplingConvTranspose(),
+            Conv1dAsConv2d(),
+            PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
             relax.transform.FastMathTransform(),
         ]
@@ -118,7 +138,12 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     )
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    mixed = [relax.transform.ToMixedPrecision(out_dtype="float32")] if precision == "fp16" else []
+    from tvmflow.bf16 import Bf16Compute
+
+    mixed = {
+        "fp16": [relax.transform.ToMixedPrecision(out_dtype="float32")],
+        "bf16": [Bf16Compute()],
+    }.get(precision, [])
     with target:
         return tvm.transform.Sequential(
             [
@@ -202,7 +227,28 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     from tvmflow.export import codegen_scope
 
     with codegen_scope(target):
-        return relax.build(mod, target=target)
+        return relax.build(empty_constants_allocated(mod), target=target)
+
+
+def empty_constants_allocated(mod: tvm.IRModule) -> tvm.IRModule:
+    """Zero-sized constants (an empty input the backend baked, a fold to an empty tensor)
+    become allocations: TVM writes them into the executable but cannot read them back
+    ("Invalid DLTensor file format" when the artifact loads)."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Allocate(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_generic_const_(self, op: Any) -> relax.Expr:
+            value = op.value
+            if not hasattr(value, "shape") or math.prod(value.shape):
+                return op
+            shape = relax.ShapeExpr([int(d) for d in value.shape])
+            return relax.op.builtin.alloc_tensor(shape, str(value.dtype), 0)
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = Allocate().visit_expr(func)
+    return mod
 
 
 def log_dirs(preset: Preset, options: LoweringOptions) -> list[Path]:
@@ -308,25 +354,25 @@ def kernel_names(mod: tvm.IRModule) -> list[str]:
 
 
 def output_specs(mod: tvm.IRModule, model: ImportedModel) -> tuple[TensorSpec, ...]:
-    """Static output signature from Relax's inferred types, named after the ONNX outputs."""
+    """Output signature from Relax's inferred types, named after the ONNX outputs."""
+    import tvm
     from tvm import relax
 
     from tvmflow.narrow import real_dtype
 
-    ret = mod["main"].ret_ty
+    func = mod["main"]
+    # The returned value's type names dims main's declared return type leaves unknown (the
+    # symbolic sizes a NonZero or Unique binds inside the body).
+    ret = func.body.body.ty if isinstance(func.body, relax.SeqExpr) else func.ret_ty
     infos = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
     names = [o.name for o in model.proto.graph.output]
     declared = [o.type.tensor_type.elem_type for o in model.proto.graph.output]
     specs = []
     for name, elem_type, info in zip(names, declared, infos, strict=True):
-        if not isinstance(info, relax.TensorType) or info.shape is None:
+        if not isinstance(info, relax.TensorType) or info.ndim < 0:
             raise TvmflowError(f"output {name!r} is not a tensor of known rank; cannot compile")
-        try:
-            shape = tuple(int(d) for d in info.shape.values)
-        except TypeError as exc:
-            raise TvmflowError(
-                f"output {name!r} has a data-dependent shape {info.shape}; tvmflow compiles "
-                "static shapes only"
-            ) from exc
+        # Inputs are static, so a symbolic output dim is one the data decides.
+        dims = info.shape.values if info.shape is not None else [None] * info.ndim
+        shape = tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else DYNAMIC for d in dims)
         specs.append(TensorSpec(name, shape, real_dtype(str(info.dtype), elem_type)))
     return tuple(specs)

@@ -18,22 +18,58 @@ from tvmflow.errors import TvmflowError
 FORMAT_VERSION = 1
 LIBRARY_NAME = "model.so"
 MANIFEST_NAME = "manifest.json"
+DYNAMIC = -1  # an output dim only the data decides (KServe's Open Inference Protocol's -1 too)
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, static shape and numpy dtype name of one model input or output."""
+    """Name, shape and numpy dtype name of one model input or output. Inputs are static; an
+    output dim the data decides (NonZero's count, NonMaxSuppression's boxes) is `DYNAMIC`."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
 
     def describe(self) -> str:
-        return f"{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
+        dims = ("?" if d == DYNAMIC else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{','.join(dims)}]"
+
+    def accepts(self, shape: tuple[int, ...], dtype: str) -> bool:
+        """Whether an array of this shape and dtype fits the spec (any size at a dynamic dim)."""
+        return (
+            dtype == self.dtype
+            and len(shape) == len(self.shape)
+            and all(d == want or want == DYNAMIC for d, want in zip(shape, self.shape, strict=True))
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TensorSpec:
         return cls(str(data["name"]), tuple(int(d) for d in data["shape"]), str(data["dtype"]))
+
+
+@dataclass(frozen=True)
+class FrozenInput:
+    """A model input fixed to a constant at compile time (`--freeze NAME=VALUE`): the library
+    no longer takes it, and onnxruntime (which runs the original file) is fed `values`."""
+
+    spec: TensorSpec
+    values: tuple[float | int | bool, ...]  # flat, C order
+
+    def array(self) -> Any:
+        import numpy as np
+
+        return np.asarray(self.values, dtype=self.spec.dtype).reshape(self.spec.shape)
+
+    def describe(self) -> str:
+        shown = ",".join(map(str, self.values[:8])) + ("..." if len(self.values) > 8 else "")
+        return f"{self.spec.name}={shown}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self.spec) | {"shape": list(self.spec.shape), "values": list(self.values)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FrozenInput:
+        return cls(TensorSpec.from_json(data), tuple(data["values"]))
 
 
 @dataclass(frozen=True)
@@ -75,6 +111,7 @@ class Manifest:
     compile_seconds: float
     accuracy: tuple[OutputAccuracy, ...] | None = None
     precision: str = "fp32"  # "fp16": fp16 compute, fp32 inputs and outputs
+    frozen: tuple[FrozenInput, ...] = ()  # inputs baked in at compile time (not in `inputs`)
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -83,6 +120,7 @@ class Manifest:
         data["inputs"] = [asdict(t) | {"shape": list(t.shape)} for t in self.inputs]
         data["outputs"] = [asdict(t) | {"shape": list(t.shape)} for t in self.outputs]
         data["cpu_features"] = list(self.cpu_features)
+        data["frozen"] = [f.to_json() for f in self.frozen]
         if self.accuracy is not None:
             data["accuracy"] = {a.name: asdict(a) for a in self.accuracy}
         return data
@@ -106,6 +144,7 @@ class Manifest:
             compile_seconds=float(data["compile_seconds"]),
             accuracy=None if acc is None else tuple(OutputAccuracy(**a) for a in acc.values()),
             precision=str(data.get("precision", "fp32")),
+            frozen=tuple(FrozenInput.from_json(f) for f in data.get("frozen", ())),
             format_version=int(data["format_version"]),
             extra=dict(data.get("extra", {})),
         )

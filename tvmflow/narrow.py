@@ -66,7 +66,7 @@ def _check_no_strings(proto: onnx.ModelProto, types: dict[str, int]) -> None:
         strings = [n for n in names if types.get(n) == onnx.TensorProto.STRING]
         if strings:
             raise TvmflowError(
-                f"unsupported operators: {node.op_type} on string tensors ({strings[0]!r}); "
+                f"unsupported dtype: {node.op_type} on string tensors ({strings[0]!r}); "
                 "compiled code holds numbers only: do string work outside the model"
             )
 

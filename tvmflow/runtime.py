@@ -23,7 +23,14 @@ from tvmflow.cuda import check_gpu
 from tvmflow.dtypes import from_storage, to_storage
 from tvmflow.errors import TvmflowError
 from tvmflow.inputs import check_inputs, native_byte_order
-from tvmflow.manifest import LIBRARY_NAME, Manifest, TensorSpec, read_manifest, sha256_file
+from tvmflow.manifest import (
+    LIBRARY_NAME,
+    FrozenInput,
+    Manifest,
+    TensorSpec,
+    read_manifest,
+    sha256_file,
+)
 from tvmflow.targets import host_mismatch
 
 
@@ -93,6 +100,11 @@ class CompiledModel:
     def outputs(self) -> tuple[TensorSpec, ...]:
         return self.manifest.outputs
 
+    @property
+    def frozen(self) -> tuple[FrozenInput, ...]:
+        """Inputs compiled in as constants (`--freeze`): `run` refuses them."""
+        return self.manifest.frozen
+
     def _vm(self) -> Any:
         """One VM per calling thread: a VM holds per-call registers and is not reentrant."""
         vm = getattr(self._local, "vm", None)
@@ -107,7 +119,7 @@ class CompiledModel:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on named numpy arrays; returns named numpy arrays."""
-        check_inputs(inputs, self.inputs)
+        check_inputs(inputs, self.inputs, self.manifest.frozen)
         tvm = _import_tvm()
         args = [
             # np.asarray keeps a rank-0 input 0-d (ascontiguousarray would make it shape (1,))
@@ -128,7 +140,10 @@ class CompiledModel:
             from_storage(v.numpy(), s.dtype) for v, s in zip(values, self.outputs, strict=False)
         ]
         got = tuple((tuple(o.shape), o.dtype.name) for o in outputs)
-        if got != tuple((s.shape, s.dtype) for s in self.outputs):
+        fits = [
+            s.accepts(shape, dtype) for s, (shape, dtype) in zip(self.outputs, got, strict=False)
+        ]
+        if len(got) != len(self.outputs) or not all(fits):
             shown = ", ".join(f"{dtype}{list(shape)}" for shape, dtype in got)
             raise self._signature_mismatch(f"it returned {shown}")
         return {s.name: o for s, o in zip(self.outputs, outputs, strict=True)}

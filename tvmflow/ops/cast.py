@@ -214,7 +214,7 @@ def cast(bb: Any, x: Expr, src: str, dst: str, attr: dict[str, Any], params: Any
 def _check_not_string(dtype: str | None, op: str) -> None:
     if dtype is not None and dtype in ("object", "str"):
         raise TvmflowError(
-            f"unsupported operators: {op} to or from string (compiled code holds no strings); "
+            f"unsupported dtype: {op} to or from string (compiled code holds no strings); "
             "do string conversions outside the model"
         )
 
