@@ -166,3 +166,32 @@ def test_string_tensors_are_refused_as_unsupported() -> None:
     )
     with pytest.raises(TvmflowError, match=r"^unsupported dtype: Cast on string tensors \('s'\)"):
         TvmflowBackend.run_model(model, {"x": x})
+
+
+def test_float8_input_artifact_runs_on_ml_dtypes_arrays(tmp_path: Path) -> None:
+    """tvmflow.compile + tvmflow.load with a float8 input and an int4 output: the manifest
+    names the real dtypes and the runtime converts at the edges. onnxruntime cannot be fed
+    float8, so verifying is refused in one line and the artifact is built with verify=False."""
+    import tvmflow
+
+    model = _model(
+        {"x": (TensorProto.FLOAT8E4M3FN, (16,))},
+        [
+            helper.make_node("Cast", ["x"], ["wide"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["wide"], ["y"], to=TensorProto.INT4),
+        ],
+        ["y"],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    with pytest.raises(TvmflowError, match="cannot take input 'x' of float8_e4m3fn.*--no-verify"):
+        tvmflow.compile(path, "x86", output=tmp_path / "verified", use_shipped_logs=False)
+    tvmflow.compile(path, "x86", output=tmp_path / "out", use_shipped_logs=False, verify=False)
+    compiled = tvmflow.load(tmp_path / "out")
+    assert [(s.dtype, s.shape) for s in compiled.inputs] == [("float8_e4m3fn", (16,))]
+    assert [(s.dtype, s.shape) for s in compiled.outputs] == [("int4", (16,))]
+    x = np.linspace(-20, 20, 16).astype(ml_dtypes.float8_e4m3fn)
+    (want,) = reference_outputs(model, {"x": x}, use_ort=False)
+    got = compiled.run({"x": x})["y"]
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got.astype(np.int8), want.astype(np.int8))
