@@ -195,3 +195,34 @@ def test_float8_input_artifact_runs_on_ml_dtypes_arrays(tmp_path: Path) -> None:
     got = compiled.run({"x": x})["y"]
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got.astype(np.int8), want.astype(np.int8))
+
+
+def test_narrow_dtypes_inside_an_if_branch() -> None:
+    """Subgraphs are retyped too: an If whose branch rounds through float8 and int4."""
+    x = _float_sweep()[::97]
+    then_graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["f8"], to=TensorProto.FLOAT8E5M2),
+            helper.make_node("Cast", ["f8"], ["i4"], to=TensorProto.INT4),
+            helper.make_node("Cast", ["i4"], ["then_y"], to=TensorProto.FLOAT),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, x.shape)],
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["else_y"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, x.shape)],
+    )
+    model = _model(
+        {"x": (TensorProto.FLOAT, x.shape), "cond": (TensorProto.BOOL, ())},
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph)],
+        ["y"],
+    )
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        (want,) = reference_outputs(model, feeds, use_ort=False)
+        (got,) = TvmflowBackend.run_model(model, feeds)
+        np.testing.assert_array_equal(got, want)

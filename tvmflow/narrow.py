@@ -41,6 +41,19 @@ def _storage_elem(elem_type: int) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(storage))
 
 
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """`graph` and every subgraph (If branches, Loop and Scan bodies), outermost first."""
+    found = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                found += _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    found += _graphs(sub)
+    return found
+
+
 def value_types(proto: onnx.ModelProto) -> dict[str, int]:
     """Every named tensor's ONNX elem type, from the graph and ONNX's type inference."""
     try:
@@ -48,27 +61,29 @@ def value_types(proto: onnx.ModelProto) -> dict[str, int]:
     except Exception as exc:  # inference gaps only lose notes on values it could not type
         log.debug("type inference failed (%s); using declared types", exc)
         inferred = proto
-    graph = inferred.graph
-    types = {init.name: init.data_type for init in graph.initializer}
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        if value.type.HasField("tensor_type"):
-            types[value.name] = value.type.tensor_type.elem_type
-    for node in graph.node:
-        for attr in node.attribute:
-            if node.op_type == "Constant" and attr.type == onnx.AttributeProto.TENSOR:
-                types[node.output[0]] = attr.t.data_type
+    types: dict[str, int] = {}
+    for graph in _graphs(inferred.graph):
+        types.update({init.name: init.data_type for init in graph.initializer})
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            if value.type.HasField("tensor_type"):
+                types[value.name] = value.type.tensor_type.elem_type
+        for node in graph.node:
+            for attr in node.attribute:
+                if node.op_type == "Constant" and attr.type == onnx.AttributeProto.TENSOR:
+                    types[node.output[0]] = attr.t.data_type
     return types
 
 
 def _check_no_strings(proto: onnx.ModelProto, types: dict[str, int]) -> None:
-    for node in proto.graph.node:
-        names = [n for n in [*node.input, *node.output] if n]
-        strings = [n for n in names if types.get(n) == onnx.TensorProto.STRING]
-        if strings:
-            raise TvmflowError(
-                f"unsupported dtype: {node.op_type} on string tensors ({strings[0]!r}); "
-                "compiled code holds numbers only: do string work outside the model"
-            )
+    for graph in _graphs(proto.graph):
+        for node in graph.node:
+            names = [n for n in [*node.input, *node.output] if n]
+            strings = [n for n in names if types.get(n) == onnx.TensorProto.STRING]
+            if strings:
+                raise TvmflowError(
+                    f"unsupported dtype: {node.op_type} on string tensors ({strings[0]!r}); "
+                    "compiled code holds numbers only: do string work outside the model"
+                )
 
 
 def _stored(tensor: onnx.TensorProto) -> onnx.TensorProto:
@@ -79,31 +94,22 @@ def _stored(tensor: onnx.TensorProto) -> onnx.TensorProto:
 def _declared_types(proto: onnx.ModelProto) -> set[int]:
     """Every elem type the graph names without inference: where narrow or string values start
     (inputs, initializers, constants, a Cast's `to`, a QuantizeLinear's `output_dtype`)."""
-    graph = proto.graph
-    found = {init.data_type for init in graph.initializer}
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        found.add(value.type.tensor_type.elem_type)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                found.add(attr.t.data_type)
-            elif attr.type == onnx.AttributeProto.INT and attr.name in ("to", "output_dtype"):
-                found.add(attr.i)
+    found: set[int] = set()
+    for graph in _graphs(proto.graph):
+        found.update(init.data_type for init in graph.initializer)
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            found.add(value.type.tensor_type.elem_type)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    found.add(attr.t.data_type)
+                elif attr.type == onnx.AttributeProto.INT and attr.name in ("to", "output_dtype"):
+                    found.add(attr.i)
     return found
 
 
-def store_narrow(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `proto` with narrow dtypes in storage and notes on converting nodes."""
-    declared = _declared_types(proto)
-    if not any(_is_narrow(t) or t == onnx.TensorProto.STRING for t in declared):
-        return proto  # the usual model: no type inference, no copy
-    types = value_types(proto)
-    _check_no_strings(proto, types)
-    if not any(_is_narrow(t) for t in types.values()):
-        return proto
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    graph = out.graph
+def _store_graph(graph: onnx.GraphProto, types: dict[str, int]) -> None:
+    """Retype one graph (not its subgraphs) in place, noting converting nodes' input dtypes."""
     for node in graph.node:
         if node.op_type in NOTED_OPS:
             noted = [types.get(name, 0) if name else 0 for name in node.input]
@@ -120,6 +126,21 @@ def store_narrow(proto: onnx.ModelProto) -> onnx.ModelProto:
     for init in graph.initializer:
         if _is_narrow(init.data_type):
             init.CopyFrom(_stored(init))
+
+
+def store_narrow(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` with narrow dtypes in storage and notes on converting nodes."""
+    declared = _declared_types(proto)
+    if not any(_is_narrow(t) or t == onnx.TensorProto.STRING for t in declared):
+        return proto  # the usual model: no type inference, no copy
+    types = value_types(proto)
+    _check_no_strings(proto, types)
+    if not any(_is_narrow(t) for t in types.values()):
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for graph in _graphs(out.graph):
+        _store_graph(graph, types)
     return out
 
 
