@@ -358,18 +358,21 @@ def output_specs(mod: tvm.IRModule, model: ImportedModel) -> tuple[TensorSpec, .
     import tvm
     from tvm import relax
 
+    from tvmflow.narrow import real_dtype
+
     func = mod["main"]
     # The returned value's type names dims main's declared return type leaves unknown (the
     # symbolic sizes a NonZero or Unique binds inside the body).
     ret = func.body.body.ty if isinstance(func.body, relax.SeqExpr) else func.ret_ty
     infos = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
     names = [o.name for o in model.proto.graph.output]
+    declared = [o.type.tensor_type.elem_type for o in model.proto.graph.output]
     specs = []
-    for name, info in zip(names, infos, strict=True):
+    for name, elem_type, info in zip(names, declared, infos, strict=True):
         if not isinstance(info, relax.TensorType) or info.ndim < 0:
             raise TvmflowError(f"output {name!r} is not a tensor of known rank; cannot compile")
         # Inputs are static, so a symbolic output dim is one the data decides.
         dims = info.shape.values if info.shape is not None else [None] * info.ndim
         shape = tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else DYNAMIC for d in dims)
-        specs.append(TensorSpec(name, shape, str(info.dtype)))
+        specs.append(TensorSpec(name, shape, real_dtype(str(info.dtype), elem_type)))
     return tuple(specs)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tvmflow.cuda import check_gpu
+from tvmflow.dtypes import from_storage, to_storage
 from tvmflow.errors import TvmflowError
 from tvmflow.inputs import check_inputs, native_byte_order
 from tvmflow.manifest import (
@@ -123,7 +124,7 @@ class CompiledModel:
         args = [
             # np.asarray keeps a rank-0 input 0-d (ascontiguousarray would make it shape (1,))
             tvm.runtime.tensor(
-                np.asarray(native_byte_order(np.asarray(inputs[s.name])), order="C"),
+                np.asarray(to_storage(native_byte_order(np.asarray(inputs[s.name]))), order="C"),
                 self._device,
             )
             for s in self.inputs
@@ -135,7 +136,9 @@ class CompiledModel:
                 raise
             raise self._signature_mismatch(str(exc).strip().splitlines()[-1]) from exc
         values = [result] if hasattr(result, "numpy") else list(result)
-        outputs = [v.numpy() for v in values]
+        outputs = [
+            from_storage(v.numpy(), s.dtype) for v, s in zip(values, self.outputs, strict=False)
+        ]
         got = tuple((tuple(o.shape), o.dtype.name) for o in outputs)
         fits = [
             s.accepts(shape, dtype) for s, (shape, dtype) in zip(self.outputs, got, strict=False)

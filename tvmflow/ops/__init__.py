@@ -54,6 +54,10 @@ MODULES = (
     "reduce_extremes",
     "split",
     "batch_normalization",
+    # cast
+    "cast",
+    "quantize_linear",
+    "bitcast",
 )
 
 DEFAULT_DOMAIN = ""
