@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
@@ -37,11 +38,16 @@ def _shifted(bb: Any, x: Expr, to: str) -> Expr:
     return bb.emit(op.astype(op.add(op.astype(x, "int16"), relax.const(delta, "int16")), to))
 
 
+def _is_zero(x: Expr) -> bool:
+    """A constant all-zero zero point (symmetric weights): its terms are left out."""
+    return isinstance(x, tvm.ir.GenericConst) and not x.value.numpy().any()
+
+
 def _zero_point(bb: Any, zp: Expr | None, shift: int, row: bool) -> Expr | None:
     """A zero point as int32, moved by `shift`, shaped to broadcast against [.., M, N]: per
     row ([M] -> [M, 1]) for `a`, per column ([N] -> [1, N]) for `b`. None: it is 0."""
     op = relax.op
-    if zp is None:
+    if zp is None or _is_zero(zp):
         return relax.const(shift, "int32") if shift else None
     z = bb.normalize(op.astype(zp, "int32"))
     if shift:
