@@ -123,6 +123,7 @@ def compile_model(
             tuning=lowered.tuning,
             compile_seconds=round(time.perf_counter() - start, 3),
             precision=options.precision,
+            frozen=model.frozen,
             extra=_device_code_info(library, preset),
         )
         write_manifest(Path(scratch), manifest)
@@ -226,7 +227,7 @@ def _verify(
     pages and matches by luck)."""
     tolerance = tolerance_for(options.precision, options.tolerance)
     feeds = random_inputs(model.inputs, options.seed)
-    expected = onnxruntime_outputs(model.path, feeds)
+    expected = onnxruntime_outputs(model.path, model.reference_feeds(feeds))
     first = runner.run(directory, feeds)
     actual = runner.run(directory, feeds)
     unstable = [

@@ -9,6 +9,7 @@ user who changes nothing runs it (on CPUs with AVX512_BF16 or AMX its default is
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ class EngineSpec:
     threads: int
     device: str = "cpu"
     shapes: dict[str, list[int]] = field(default_factory=dict)
+    frozen: list[dict[str, Any]] = field(default_factory=list)  # FrozenInput.to_json()s
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,23 @@ ENGINES: dict[str, Engine] = {
     e.name: e for e in (Tvmflow(), OnnxRuntime(), OpenVino(), OpenVinoDefault())
 }
 COMPARATORS = tuple(name for name in ENGINES if name != TVMFLOW)
+
+
+def open_engine(spec: EngineSpec) -> Opened:
+    """Open `spec`'s engine; a peer running the original ONNX file is also fed the inputs
+    the artifact was compiled with frozen (`--freeze`), so both compute the same thing."""
+    opened = engine(spec.kind).open(spec)
+    if spec.kind == TVMFLOW or not spec.frozen:
+        return opened
+    from tvmflow.manifest import FrozenInput
+
+    constants = {f.spec.name: f.array() for f in map(FrozenInput.from_json, spec.frozen)}
+    inner = opened.run
+
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return inner({**feeds, **constants})
+
+    return dataclasses.replace(opened, run=run)
 
 
 def engine(name: str) -> Engine:

@@ -29,6 +29,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
             dlight.gpu.GeneralReduction(),
             dlight.gpu.Fallback(),
         ]
+    from tvmflow.schedules.cpu_bf16 import Bf16Gemm, has_bf16
     from tvmflow.schedules.cpu_conv2d import Conv2d
     from tvmflow.schedules.cpu_depthwise_conv2d import DepthwiseConv2d
     from tvmflow.schedules.cpu_elementwise import Elementwise
@@ -37,7 +38,10 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_int8_matmul import Int8Matmul
     from tvmflow.schedules.cpu_matmul import Matmul
 
+    # bf16 kernels (`--precision bf16`) exist only where the target has AVX512_BF16
+    bf16 = [Bf16Gemm()] if has_bf16(target) else []
     return [
+        *bf16,
         Conv2d(),
         DepthwiseConv2d(),
         Int8Matmul(),
