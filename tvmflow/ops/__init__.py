@@ -38,8 +38,22 @@ MODULES = (
     "reverse_sequence",
     "tensor_scatter",
     "col2im",
+    "tfidf_vectorizer",
+    "scan",
+    "det",
     # int8
     "quantized",
+    # opfix
+    "non_max_suppression",
+    "rms_normalization",
+    "pow",
+    "resize",
+    "is_inf",
+    "eye_like",
+    "one_hot",
+    "reduce_extremes",
+    "split",
+    "batch_normalization",
 )
 
 DEFAULT_DOMAIN = ""
