@@ -40,9 +40,10 @@ def _edit_manifest(directory: Path, **changes: object) -> None:
 
 def _shipped_digest(preset: str) -> str | None:
     """Compile consults the logs shipped for the preset: the manifest names them by digest."""
+    from tvmflow.targets import resolve_preset
     from tvmflow.tunelog import logs_digest, shipped_log_dirs
 
-    dirs = shipped_log_dirs(preset)
+    dirs = shipped_log_dirs(preset, resolve_preset(preset).target)
     return logs_digest(dirs) if dirs else None
 
 

@@ -265,7 +265,7 @@ def log_dirs(preset: Preset, options: LoweringOptions) -> list[Path]:
     if options.use_shipped_logs:
         dirs += [
             d
-            for d in shipped_log_dirs(preset.name)
+            for d in shipped_log_dirs(preset.name, preset.target)
             if d not in dirs and log_matches_target(d, preset.target)
         ]
     return dirs
