@@ -309,3 +309,38 @@ def test_batch_normalization_training_mode() -> None:
         epsilon=1e-3,
     )
     assert_matches(model, feeds, use_ort=False)
+
+
+def test_rules_leave_kernels_with_undeclared_writes_alone() -> None:
+    """TVM's NMS kernel overwrites, in a block declaring no writes, the scores a gather block
+    produced; the Fallback and Elementwise rules inlined that gather (the kernel check then
+    caught the result failing to build). Such kernels are now left to the reference."""
+    from tvm import relax
+
+    from tests.kernels import TARGET, fused_kernels
+    from tvmflow.schedules.cpu_common import hides_writes
+    from tvmflow.schedules.cpu_elementwise import Elementwise
+    from tvmflow.schedules.cpu_fallback import Fallback
+
+    def nms(boxes: relax.Expr, scores: relax.Expr) -> relax.Expr:
+        out = relax.op.vision.all_class_non_max_suppression(
+            boxes,
+            scores,
+            relax.const(2, "int64"),
+            relax.const(0.5, "float32"),
+            relax.const(0.0, "float32"),
+            output_format="onnx",
+        )
+        return relax.TupleGetItem(out, 0)
+
+    kernels = fused_kernels(
+        {"boxes": ((1, 6, 4), "float32"), "scores": ((1, 2, 6), "float32")}, nms
+    )
+    nms_kernel = next(f for name, f in kernels.items() if "non_max_suppression" in name)
+    assert hides_writes(nms_kernel)
+    assert Fallback().apply(nms_kernel, TARGET, False) is None
+    assert Elementwise().apply(nms_kernel, TARGET, False) is None
+    gather = fused_kernels(
+        {"x": ((4, 6), "float32")}, lambda x: relax.op.take(x, relax.const([2, 0]), 0)
+    )
+    assert not any(hides_writes(f) for f in gather.values())
