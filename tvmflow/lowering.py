@@ -118,15 +118,18 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # Conv weights to HWIO: see `conv_weights_hwio`. GPU rules want neither.
     # Upsampling conv2d_transposes (kernel == stride) become a 1x1 conv + pixel shuffle
     # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
-    # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM.
+    # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM; conv2ds
+    # get output channels and columns the register tile divides (padded, then sliced off).
     from tvmflow.conv1d import Conv1dAsConv2d
+    from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
 
     cpu_only = (
         [
             SplitUpsamplingConvTranspose(),
-            Conv1dAsConv2d(vector_lanes(target)),
+            Conv1dAsConv2d(),
+            PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
             relax.transform.FastMathTransform(),
         ]

@@ -38,6 +38,9 @@ MODULES = (
     "reverse_sequence",
     "tensor_scatter",
     "col2im",
+    "tfidf_vectorizer",
+    "scan",
+    "det",
     # int8
     "quantized",
     # opfix

@@ -3,8 +3,9 @@
 An ordered rule list per device, DLight style: the first rule that applies to a kernel wins,
 kernels already scheduled (by a tuning record) are skipped. TVM ships GPU rules; for CPUs it
 ships only GEMV and reduction rules, so tvmflow adds its own rules in this package, one per
-file (`cpu_*.py`): register-tiled conv2d / depthwise conv2d / matmul micro-kernels, vectorized
-elementwise kernels, and a parallelizing fallback, all sized from the target's vector width.
+file (`cpu_*.py`): register-tiled pointwise / general / depthwise conv2d and matmul
+micro-kernels, pooling, vectorized elementwise kernels, and a parallelizing fallback, all sized
+from the target's vector width.
 """
 
 from __future__ import annotations
@@ -32,20 +33,26 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_bf16 import Bf16Gemm, has_bf16
     from tvmflow.schedules.cpu_conv2d import Conv2d
     from tvmflow.schedules.cpu_depthwise_conv2d import DepthwiseConv2d
+    from tvmflow.schedules.cpu_depthwise_conv2d_rows import DepthwiseConv2dRows
     from tvmflow.schedules.cpu_elementwise import Elementwise
     from tvmflow.schedules.cpu_fallback import Fallback
     from tvmflow.schedules.cpu_full_reduction import FullReduction
     from tvmflow.schedules.cpu_int8_matmul import Int8Matmul
     from tvmflow.schedules.cpu_matmul import Matmul
+    from tvmflow.schedules.cpu_pointwise_conv2d import PointwiseConv2d
+    from tvmflow.schedules.cpu_pool import Pool
 
     # bf16 kernels (`--precision bf16`) exist only where the target has AVX512_BF16
     bf16 = [Bf16Gemm()] if has_bf16(target) else []
     return [
         *bf16,
+        PointwiseConv2d(),
         Conv2d(),
+        DepthwiseConv2dRows(),
         DepthwiseConv2d(),
         Int8Matmul(),
         Matmul(),
+        Pool(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),
