@@ -344,3 +344,35 @@ def test_rules_leave_kernels_with_undeclared_writes_alone() -> None:
         {"x": ((4, 6), "float32")}, lambda x: relax.op.take(x, relax.const([2, 0]), 0)
     )
     assert not any(hides_writes(f) for f in gather.values())
+
+
+def test_max_unpool_into_a_larger_output_shape() -> None:
+    """Indices address the shape the pooling inverts; output_shape only pads it (ONNX's
+    reference: onnxruntime's CPU provider scatters into output_shape, like TVM did)."""
+    from onnx import helper, numpy_helper
+
+    from tvmflow.backend import TvmflowBackend
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "MaxUnpool", ["x", "i", "shape"], ["y"], kernel_shape=[2, 2], strides=[2, 2]
+            )
+        ],
+        "unpool",
+        [
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, (1, 2, 2, 2)),
+            helper.make_tensor_value_info("i", onnx.TensorProto.INT64, (1, 2, 2, 2)),
+        ],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, (1, 2, 5, 6))],
+        [numpy_helper.from_array(np.array([1, 2, 5, 6], np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    x = RNG.standard_normal((1, 2, 2, 2)).astype(np.float32)
+    i = np.array([[[[0, 3], [9, 14]]], [[[16 + 1, 16 + 2], [16 + 8, 16 + 15]]]]).reshape(1, 2, 2, 2)
+    feeds = {"x": x, "i": i.astype(np.int64)}
+    from onnx.reference import ReferenceEvaluator
+
+    want = ReferenceEvaluator(model).run(None, feeds)[0]
+    got = TvmflowBackend.run_model(model, feeds)[0]
+    np.testing.assert_array_equal(got, want)

@@ -54,6 +54,7 @@ MODULES = (
     "reduce_extremes",
     "split",
     "batch_normalization",
+    "max_unpool",
 )
 
 DEFAULT_DOMAIN = ""
