@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.onnx_ops import assert_matches, one_node_model
+from tests.onnx_ops import assert_matches, one_node_model, reference_outputs
 
 
 @pytest.fixture(autouse=True)
@@ -370,9 +370,7 @@ def test_max_unpool_into_a_larger_output_shape() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
     x = RNG.standard_normal((1, 2, 2, 2)).astype(np.float32)
     i = np.array([[[[0, 3], [9, 14]]], [[[16 + 1, 16 + 2], [16 + 8, 16 + 15]]]]).reshape(1, 2, 2, 2)
-    feeds = {"x": x, "i": i.astype(np.int64)}
-    from onnx.reference import ReferenceEvaluator
-
-    want = ReferenceEvaluator(model).run(None, feeds)[0]
+    feeds: dict[str, np.ndarray] = {"x": x, "i": i.astype(np.int64)}
+    want = reference_outputs(model, feeds, use_ort=False)[0]
     got = TvmflowBackend.run_model(model, feeds)[0]
     np.testing.assert_array_equal(got, want)
