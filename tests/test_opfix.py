@@ -90,20 +90,34 @@ def test_unique_outputs_match_onnxruntime() -> None:
     assert_matches(model, feeds)
 
 
-@pytest.mark.parametrize("center_point_box", [0, 1])
-def test_non_max_suppression_returns_the_selected_boxes_only(center_point_box: int) -> None:
-    """TVM typed the selected indices with the padded size; the artifact returned fewer."""
+@pytest.mark.parametrize(
+    ("center_point_box", "iou", "score"),
+    [(0, 0.3, 0.2), (1, 0.3, 0.2), (0, 0.0, None), (0, None, None), (0, 1 / 7, 0.0)],
+    ids=["corners", "center", "iou-zero", "no-thresholds", "iou-tie"],
+)
+def test_non_max_suppression_matches_onnxruntime(
+    center_point_box: int, iou: float | None, score: float | None
+) -> None:
+    """TVM typed the selected indices with the padded size, suppressed at IoU == threshold,
+    never at threshold 0, and took 0.5 for an absent threshold (ONNX: 0)."""
     boxes = RNG.uniform(0, 1, (2, 6, 4)).astype(np.float32)
     boxes[..., 2:] += boxes[..., :2]  # x2 > x1, y2 > y1 (or width, height)
-    scores = RNG.uniform(0, 1, (2, 3, 6)).astype(np.float32)
+    boxes[0, :2] = [[0, 0, 1, 1], [0.5, 0.5, 1.5, 1.5]]  # IoU exactly 1/7
+    if center_point_box:
+        boxes[0, :2] = [[0.5, 0.5, 1, 1], [1, 1, 1, 1]]
+    scores = RNG.uniform(0, 1, (2, 3, 6)).astype(np.float32)  # TVM: negative = suppressed
+
+    def scalar(value: float | None) -> np.ndarray | None:
+        return None if value is None else np.array([value], np.float32)
+
     model, feeds = one_node_model(
         "NonMaxSuppression",
         {
             "boxes": boxes,
             "scores": scores,
             "max_out": np.array([4], np.int64),
-            "iou": np.array([0.3], np.float32),
-            "score": np.array([0.2], np.float32),
+            "iou": scalar(iou),
+            "score": scalar(score),
         },
         ["y"],
         11,
