@@ -102,9 +102,9 @@ def test_non_max_suppression_matches_onnxruntime(
     never at threshold 0, and took 0.5 for an absent threshold (ONNX: 0)."""
     boxes = RNG.uniform(0, 1, (2, 6, 4)).astype(np.float32)
     boxes[..., 2:] += boxes[..., :2]  # x2 > x1, y2 > y1 (or width, height)
-    boxes[0, :2] = [[0, 0, 1, 1], [0.5, 0.5, 1.5, 1.5]]  # IoU exactly 1/7
+    boxes[0, :2] = np.array([[0, 0, 1, 1], [0.5, 0.5, 1.5, 1.5]])  # IoU exactly 1/7
     if center_point_box:
-        boxes[0, :2] = [[0.5, 0.5, 1, 1], [1, 1, 1, 1]]
+        boxes[0, :2] = np.array([[0.5, 0.5, 1, 1], [1, 1, 1, 1]])
     scores = RNG.uniform(0, 1, (2, 3, 6)).astype(np.float32)  # TVM: negative = suppressed
 
     def scalar(value: float | None) -> np.ndarray | None:
