@@ -388,3 +388,19 @@ def test_max_unpool_into_a_larger_output_shape() -> None:
     want = reference_outputs(model, feeds, use_ort=False)[0]
     got = TvmflowBackend.run_model(model, feeds)[0]
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+        {"kernel_shape": [2, 3], "dilations": [2, 1], "storage_order": 1},
+        {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+        {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
+    ],
+    ids=["pads", "dilated-column-major", "same-upper", "ceil"],
+)
+def test_max_pool_indices_match_onnxruntime(attrs: dict) -> None:
+    x = RNG.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    model, feeds = one_node_model("MaxPool", {"x": x}, ["y", "indices"], 12, **attrs)
+    assert_matches(model, feeds)

@@ -55,6 +55,7 @@ MODULES = (
     "split",
     "batch_normalization",
     "max_unpool",
+    "max_pool",
 )
 
 DEFAULT_DOMAIN = ""
