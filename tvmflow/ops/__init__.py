@@ -54,6 +54,8 @@ MODULES = (
     "reduce_extremes",
     "split",
     "batch_normalization",
+    "max_unpool",
+    "max_pool",
     # cast
     "cast",
     "quantize_linear",
