@@ -41,6 +41,7 @@ MODULES = (
     "tfidf_vectorizer",
     "scan",
     "det",
+    "flex_attention",
     # int8
     "quantized",
 )

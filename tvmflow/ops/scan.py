@@ -17,41 +17,12 @@ from typing import Any
 import numpy as np
 import onnx
 from tvm import relax
-from tvm.relax.frontend.onnx import onnx_frontend
-from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter, onnx_input
+from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
 from tvmflow.ops import Converter
-from tvmflow.ops.common import shape
+from tvmflow.ops.common import run_graph, shape
 
 Expr = Any
-
-
-def run_graph(
-    bb: Any, graph: onnx.GraphProto, feeds: dict[str, Expr], params: Any, opset: int
-) -> list[Expr]:
-    """Convert `graph`'s nodes into `bb` with its inputs bound to `feeds`; its outputs."""
-    outer, weights = params
-    values: dict[str, Expr] = {**outer, **feeds}
-    for init in graph.initializer:
-        values[init.name] = relax.const(onnx.numpy_helper.to_array(init))
-    table = onnx_frontend._get_convert_map()
-    for node in graph.node:
-        if node.op_type not in table:
-            raise ValueError(f"Scan body: operator {node.op_type} has no converter")
-        attr = onnx_frontend.ONNXGraphImporter._parse_attr(None, node.attribute)  # type: ignore[arg-type]
-        attr["tvm_custom"] = {"name": node.name, "num_outputs": len(node.output)}
-        inputs = onnx_input(values[name] if name else None for name in node.input)
-        out = table[node.op_type].get_converter(opset)(bb, inputs, attr, [values, weights])
-        if isinstance(out, relax.Expr) and not isinstance(out, relax.Tuple):
-            out = bb.normalize(out)
-            if isinstance(out.ty, relax.TupleType):
-                out = relax.Tuple([relax.TupleGetItem(out, i) for i in range(len(out.ty.fields))])
-        if isinstance(out, relax.Tuple):
-            for name, item in zip(node.output, out.fields, strict=False):
-                values[name] = bb.emit(item)
-        else:
-            values[node.output[0]] = out
-    return [values[o.name] for o in graph.output]
 
 
 def _step(bb: Any, x: Expr, axis: int, index: int) -> Expr:
