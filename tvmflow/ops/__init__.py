@@ -42,6 +42,7 @@ MODULES = (
     "scan",
     "det",
     "flex_attention",
+    "deform_conv",
     # int8
     "quantized",
 )
