@@ -43,6 +43,7 @@ MODULES = (
     "det",
     "flex_attention",
     "deform_conv",
+    "loop",
     # int8
     "quantized",
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -58,9 +59,8 @@ def run_graph(
     graph's values (`params`, as converters receive them).
     """
     outer, weights = params
-    graph = static_graph(
-        _with_outer_constants(graph, outer), {name: shape(x) for name, x in feeds.items()}, opset
-    )
+    graph = _with_constants(graph, outer, feeds)
+    graph = static_graph(graph, {i.name: shape(feeds[i.name]) for i in graph.input}, opset)
     values: dict[str, Expr] = {**outer, **feeds}
     for init in graph.initializer:
         array = onnx.numpy_helper.to_array(init)
@@ -85,9 +85,12 @@ def run_graph(
     return [values[o.name] for o in graph.output]
 
 
-def _with_outer_constants(graph: onnx.GraphProto, outer: dict[str, Expr]) -> onnx.GraphProto:
-    """`graph` with the outer-scope constants it reads copied in as initializers (the
-    frontend's onnxslim hoists a subgraph's constants into the main graph)."""
+def _with_constants(
+    graph: onnx.GraphProto, outer: dict[str, Expr], feeds: dict[str, Expr]
+) -> onnx.GraphProto:
+    """`graph` with the constants it reads as initializers, so onnxslim can fold them: the
+    outer-scope ones (the frontend's onnxslim hoists a subgraph's constants into the main
+    graph) and the constant feeds (a Loop's iteration number), whose inputs go."""
     defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
     defined |= {name for node in graph.node for name in node.output}
     used = {name for node in graph.node for name in node.input if name}
@@ -96,10 +99,16 @@ def _with_outer_constants(graph: onnx.GraphProto, outer: dict[str, Expr]) -> onn
         for name in sorted(used - defined)
         if isinstance(outer.get(name), tvm.ir.GenericConst)
     }
+    constants |= {
+        name: value for name, value in feeds.items() if isinstance(value, tvm.ir.GenericConst)
+    }
     if not constants:
         return graph
     copy = onnx.GraphProto()
     copy.CopyFrom(graph)
+    kept = [i for i in copy.input if i.name not in constants]
+    del copy.input[:]
+    copy.input.extend(kept)
     copy.initializer.extend(
         onnx.numpy_helper.from_array(np.asarray(value.value.numpy()), name)
         for name, value in constants.items()
@@ -141,3 +150,54 @@ def _slimmed(
     except Exception:  # outer-scope names, or onnxslim's own limits: convert it unfolded
         return None
     return slimmed.graph if isinstance(slimmed, onnx.ModelProto) else None
+
+
+_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relax.ceil": np.ceil,
+    "relax.floor": np.floor,
+    "relax.negative": np.negative,
+    "relax.abs": np.abs,
+    "relax.sqrt": np.sqrt,
+    "relax.nn.relu": lambda a: np.maximum(a, 0),
+    "relax.logical_not": np.logical_not,
+}
+_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "relax.add": np.add,
+    "relax.subtract": np.subtract,
+    "relax.multiply": np.multiply,
+    "relax.maximum": np.maximum,
+    "relax.minimum": np.minimum,
+    "relax.floor_divide": np.floor_divide,
+    "relax.less": np.less,
+    "relax.greater": np.greater,
+    "relax.equal": np.equal,
+    "relax.logical_and": np.logical_and,
+    "relax.logical_or": np.logical_or,
+}
+
+
+def fold(bb: Any, expr: Expr) -> np.ndarray | None:
+    """The value of `expr` when it is small arithmetic on constants (a Loop's trip count
+    computed from a Range's baked bounds), evaluated in numpy; None when it is not."""
+    if isinstance(expr, tvm.ir.GenericConst):
+        return np.asarray(expr.value.numpy())
+    if isinstance(expr, relax.Var):
+        bound = bb.lookup_binding(expr)
+        return None if bound is None else fold(bb, bound)
+    if not isinstance(expr, relax.Call) or not hasattr(expr.op, "name"):
+        return None
+    folded = [fold(bb, a) for a in expr.args]
+    args = [a for a in folded if a is not None]
+    if len(args) != len(folded):
+        return None
+    name, dtype = expr.op.name, str(expr.ty.dtype)
+    if name == "relax.astype":
+        return np.asarray(args[0]).astype(dtype)
+    if name in _UNARY:
+        return np.asarray(_UNARY[name](args[0])).astype(dtype)
+    if name == "relax.divide":
+        quotient = np.true_divide(args[0], args[1])
+        return np.asarray(quotient if "float" in dtype else np.trunc(quotient)).astype(dtype)
+    if name in _BINARY:
+        return np.asarray(_BINARY[name](args[0], args[1])).astype(dtype)
+    return None
