@@ -46,6 +46,17 @@ MODULES = (
     "loop",
     # int8
     "quantized",
+    # opfix
+    "non_max_suppression",
+    "rms_normalization",
+    "pow",
+    "resize",
+    "is_inf",
+    "eye_like",
+    "one_hot",
+    "reduce_extremes",
+    "split",
+    "batch_normalization",
 )
 
 DEFAULT_DOMAIN = ""
