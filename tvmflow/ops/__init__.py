@@ -41,6 +41,9 @@ MODULES = (
     "tfidf_vectorizer",
     "scan",
     "det",
+    "flex_attention",
+    "deform_conv",
+    "loop",
     # int8
     "quantized",
     # opfix
