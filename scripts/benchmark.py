@@ -29,6 +29,7 @@ from pathlib import Path
 import tvmflow.compile  # noqa: F401  (compile-capable TVM first; bench loads the runtime later)
 from tvmflow import bench, zoo
 from tvmflow.errors import TvmflowError
+from tvmflow.lowering import BF16_PRESET
 from tvmflow.targets import resolve_preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +86,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--models", help=f"comma-separated subset of {','.join(names)} (default: all)"
     )
     parser.add_argument("--quick", action="store_true", help="few short rounds (a smoke run)")
-    parser.add_argument("--target", default="x86", help="target preset (default: x86)")
+    parser.add_argument(
+        "--target", help=f"target preset (default: x86; {BF16_PRESET} with --precision bf16)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="tvmflow's precision (bf16: compare with openvino-default, which runs bf16 too; "
+        "tables go to <preset>-bf16.*, the README table stays fp32's)",
+    )
     parser.add_argument("--threads", type=int, help="threads per engine (default: physical cores)")
     parser.add_argument(
         "--compare",
@@ -114,6 +124,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(names)}")
     args.models = [r for r in REFERENCE_SET if r.name in chosen]
+    args.target = args.target or (BF16_PRESET if args.precision == "bf16" else "x86")
     return args
 
 
@@ -129,10 +140,16 @@ def options(args: argparse.Namespace) -> bench.BenchOptions:
     return bench.BenchOptions(args.threads, 3, 10, 4.0, comparators, progress=True)
 
 
-def measure(ref: Reference, preset: str, opts: bench.BenchOptions) -> bench.BenchReport:
+def measure(
+    ref: Reference, preset: str, opts: bench.BenchOptions, precision: str = "fp32"
+) -> bench.BenchReport:
     model = ref.path()
     artifact, compile_s = bench.compile_for_bench(
-        model, preset, CACHE / "bench" / preset / ref.name, ref.shapes
+        model,
+        preset,
+        CACHE / "bench" / (preset if precision == "fp32" else f"{preset}-{precision}") / ref.name,
+        ref.shapes,
+        precision=precision,
     )
     return bench.run_bench(
         model, artifact, opts, input_shapes=ref.shapes, compile_s=compile_s, name=ref.name
@@ -251,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reports = []
         for ref in args.models:
             print(f"== {ref.name}: compiling for {preset}, then measuring", flush=True)
-            report = measure(ref, preset, opts)
+            report = measure(ref, preset, opts, args.precision)
             print(bench.format_table(report), flush=True)
             reports.append(report)
     except TvmflowError as exc:
@@ -266,12 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.baseline.write_text(json.dumps(baseline_of(reports, preset), indent=2) + "\n")
         print(f"wrote {args.baseline}")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / (preset + ("-quick" if args.quick else ""))
+    low = "" if args.precision == "fp32" else f"-{args.precision}"
+    stem = args.out / (preset + low + ("-quick" if args.quick else ""))
     bench.write_json(reports, stem.with_suffix(".json"))
     bench.write_markdown(reports, stem.with_suffix(".md"))
     bench.plot(reports, stem.with_suffix(".png"))
     print(f"wrote {stem}.json, .md and .png")
-    full = not args.quick and len(reports) == len(REFERENCE_SET)
+    full = not args.quick and len(reports) == len(REFERENCE_SET) and not low
     if full and args.out == ROOT / "benchmarks":
         source = f"`scripts/benchmark`, [benchmarks/{preset}.md](benchmarks/{preset}.md)"
         if update_readme(ROOT / "README.md", bench.to_markdown(reports), source):

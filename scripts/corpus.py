@@ -57,6 +57,7 @@ class Entry:
     member: str | None = None  # its path inside that wheel
     export: str | None = None  # a name in scripts/corpus_export.py
     quick: bool = False
+    freeze: dict[str, int | float] = field(default_factory=dict)  # --freeze NAME=VALUE
 
     @property
     def path(self) -> Path:
@@ -69,12 +70,13 @@ class Entry:
         return f"torch export `{self.export}` (random weights)"
 
     def shape_flags(self) -> list[str]:
-        """`--input-shape` flags; a scalar has no dims to fix, so it needs none."""
+        """`--input-shape` flags (a scalar has no dims to fix, so it needs none) and the
+        `--freeze` flags of inputs the model branches on."""
         return [
             f"--input-shape={name}={','.join(map(str, dims))}"
             for name, dims in self.shapes.items()
-            if dims
-        ]
+            if dims and name not in self.freeze
+        ] + [f"--freeze={name}={value}" for name, value in self.freeze.items()]
 
 
 def load_list() -> tuple[list[Entry], list[str]]:
@@ -177,6 +179,8 @@ def classify(rc: int | None, message: str) -> str:
         return "timeout"
     if "unsupported operator" in message:
         return "unsupported op"
+    if message.startswith("TVM's ONNX importer failed"):
+        return "importer failure"  # a valid model tvmflow cannot import: tvmflow's failure
     if "disagrees with onnxruntime" in message:
         return "wrong numbers"
     if message.startswith("internal error"):

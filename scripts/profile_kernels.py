@@ -53,6 +53,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, help="default: the preset's num-cores")
     parser.add_argument("--tuning-log", action="append", type=Path, default=[])
     parser.add_argument("--no-shipped-logs", action="store_true")
+    parser.add_argument("--precision", default="fp32", help="as tvmflow compile --precision")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
@@ -66,7 +67,9 @@ def main(argv: list[str]) -> int:
         scratch = Path(tmp)
         model = _load(args.model, dict(args.input_shape), scratch)
         options = CompileOptions(
-            tuning_logs=tuple(args.tuning_log), use_shipped_logs=not args.no_shipped_logs
+            tuning_logs=tuple(args.tuning_log),
+            use_shipped_logs=not args.no_shipped_logs,
+            precision=args.precision,
         )
         artifact = compile_model(model, preset, args.out or scratch / "artifact", options)
         flops = kernel_flops(lower(model, preset, options.lowering).mod)

@@ -40,8 +40,10 @@ def _compile_and_verify(entry: dict[str, Any], tmp_path: Path) -> None:
         if entry.get("quick") and os.environ.get("TVMFLOW_REQUIRE_MODELS") == "1":
             pytest.fail(f"{path} is missing: run {hint}")
         pytest.skip(f"{path} is missing: run {hint}")
-    shapes = {name: tuple(dims) for name, dims in entry.get("shapes", {}).items() if dims}
-    artifact = compile_model(load_onnx(path, shapes), resolve_preset("x86"), tmp_path / "art")
+    freeze = entry.get("freeze", {})
+    shapes = {n: tuple(d) for n, d in entry.get("shapes", {}).items() if d and n not in freeze}
+    imported = load_onnx(path, shapes, freeze)
+    artifact = compile_model(imported, resolve_preset("x86"), tmp_path / "art")
     # compile verified the artifact against onnxruntime (it raises AccuracyError otherwise)
     assert artifact.manifest.accuracy, "compile did not verify the artifact"
 

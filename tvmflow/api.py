@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from tvmflow.tune import ProgressSink, TuningResult
 
 Shapes = Mapping[str, Sequence[int]]
+Freeze = Mapping[str, Any]  # input name -> value (a number, a list, an array or "1,2,3")
 
 
 def compile(
@@ -30,6 +31,7 @@ def compile(
     *,
     output: str | Path,
     input_shapes: Shapes | None = None,
+    freeze: Freeze | None = None,
     tuning_logs: Sequence[str | Path] = (),
     use_shipped_logs: bool = True,
     precision: str = "fp32",
@@ -38,7 +40,7 @@ def compile(
 ) -> Artifact:
     """Compile an ONNX model (a path, or a `load_onnx` result) for a target preset into
     `output` (model.so, weights.npz, manifest.json), verified against onnxruntime unless
-    `verify=False`."""
+    `verify=False`. `freeze` bakes inputs in as constants (the artifact no longer takes them)."""
     from tvmflow.accuracy import Tolerance
     from tvmflow.compile import CompileOptions, check_output_dir, compile_model
 
@@ -51,7 +53,7 @@ def compile(
     )
     check_output_dir(Path(output))  # the cheap checks first: nothing is loaded yet
     preset = _preset(target)
-    return compile_model(_model(model, input_shapes), preset, Path(output), options)
+    return compile_model(_model(model, input_shapes, freeze), preset, Path(output), options)
 
 
 def tune(
@@ -60,6 +62,7 @@ def tune(
     *,
     log: str | Path,
     input_shapes: Shapes | None = None,
+    freeze: Freeze | None = None,
     trials: int | None = None,
     trials_per_task: int | None = None,
     time_limit_s: float | None = None,
@@ -100,17 +103,22 @@ def tune(
         population=population,
         repair_log=repair_log,
     )
-    return tune_model(_model(model, input_shapes), _preset(target), Path(log), options, progress)
+    imported = _model(model, input_shapes, freeze)
+    return tune_model(imported, _preset(target), Path(log), options, progress)
 
 
-def _model(model: str | Path | ImportedModel, input_shapes: Shapes | None) -> ImportedModel:
+def _model(
+    model: str | Path | ImportedModel, input_shapes: Shapes | None, freeze: Freeze | None
+) -> ImportedModel:
     from tvmflow.frontend import ImportedModel, load_onnx
 
     if isinstance(model, ImportedModel):
-        if input_shapes:
-            raise TypeError("input_shapes is for a model path; this model is already loaded")
+        if input_shapes or freeze:
+            raise TypeError(
+                "input_shapes and freeze are for a model path; this model is already loaded"
+            )
         return model
-    return load_onnx(Path(model), input_shapes)
+    return load_onnx(Path(model), input_shapes, freeze)
 
 
 def _preset(target: str | Preset) -> Preset:

@@ -16,7 +16,8 @@ What each number means (every engine gets the same inputs and the same thread co
   model and runs it once (`VmHWM`); `base_rss_mb` is that process's RSS after the imports,
   before loading. Each engine is probed in its own child process, since RSS is per process.
 - ratio: p50(tvmflow) / p50(other) with a 95 % percentile-bootstrap interval (seeded).
-- accuracy: each engine's outputs against onnxruntime's (max abs, max rel, cosine); the
+- accuracy: each engine's outputs against onnxruntime's with the ops as written (basic graph
+  optimizations: its extended fusions of quantized ops round differently); the
   tolerance decides pass/fail for tvmflow, whose failure is exit code 3.
 """
 
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tvmflow.accuracy import Tolerance, compare, output_scales
+from tvmflow.accuracy import Tolerance, compare, onnxruntime_outputs, output_scales, tolerance_for
 from tvmflow.engines import (
     COMPARATORS,
     ENGINES,
@@ -51,6 +52,7 @@ from tvmflow.engines import (
     Runner,
     engine,
     import_openvino,
+    open_engine,
 )
 from tvmflow.errors import BenchAccuracyError, TvmflowError
 from tvmflow.inputs import check_inputs, random_inputs
@@ -156,9 +158,23 @@ class BenchReport:
 
     @property
     def best_peer(self) -> RatioCI | None:
-        """tvmflow against the fastest fp32 peer (onnxruntime, OpenVINO at f32) of this run."""
-        peers = [r for r in self.ratios if ENGINES[r.baseline].peer]
+        """tvmflow against the fastest fp32 peer (onnxruntime, OpenVINO at f32) of this run;
+        a tvmflow artifact of lower precision (bf16) also against engines of its precision
+        (OpenVINO's default is bf16 on AVX512_BF16 CPUs)."""
+        mine = self.engine(TVMFLOW).precision
+        peers = [
+            r
+            for r in self.ratios
+            if ENGINES[r.baseline].peer
+            or (mine != "fp32" and self.engine(r.baseline).precision == mine)
+        ]
         return min(peers, key=lambda r: self.engine(r.baseline).p50_ms, default=None)
+
+    @property
+    def peer_label(self) -> str:
+        """What `best_peer` compares with, for table headings."""
+        mine = self.engine(TVMFLOW).precision
+        return "best fp32 peer" if mine == "fp32" else f"best fp32 or {mine} peer"
 
     @property
     def passed(self) -> bool:
@@ -277,6 +293,8 @@ def check_artifact_matches(model: Path, manifest: Manifest, directory: Path) -> 
     ranks, static dims) or the same signature with another sha256 (other weights would
     compare two different networks and blame the compiler); returns no warnings."""
     inputs, outputs = _onnx_signature(model)
+    frozen = {f.spec.name for f in manifest.frozen}
+    inputs = [i for i in inputs if i.name not in frozen]  # constants in the artifact
     same = all(
         len(declared) == len(built) and all(map(_matches, declared, built))
         for declared, built in ((inputs, manifest.inputs), (outputs, manifest.outputs))
@@ -333,13 +351,13 @@ def check_input_shapes(
 
 
 def bench_inputs(
-    specs: Sequence[TensorSpec], arrays: Mapping[str, np.ndarray] | None, source: str, seed: int
+    manifest: Manifest, arrays: Mapping[str, np.ndarray] | None, source: str, seed: int
 ) -> dict[str, np.ndarray]:
     """The user's arrays checked against the artifact's signature, or seeded random ones."""
     if arrays is None:
-        return random_inputs(specs, seed)
+        return random_inputs(manifest.inputs, seed)
     try:
-        check_inputs(arrays, specs)
+        check_inputs(arrays, manifest.inputs, manifest.frozen)
     except TvmflowError as exc:
         raise TvmflowError(f"{source}: {exc}") from exc
     return dict(arrays)
@@ -381,7 +399,7 @@ def probe_main() -> None:
     with np.load(request["feeds"], allow_pickle=False) as data:
         feeds = {k: data[k] for k in data.files}
     base = psutil.Process().memory_info().rss / 2**20
-    chosen.open(spec).run(feeds)
+    open_engine(spec).run(feeds)
     print(json.dumps({"base_rss_mb": base, "peak_rss_mb": _peak_rss_mb()}))
 
 
@@ -407,6 +425,8 @@ def compile_for_bench(
     input_shapes: Mapping[str, Sequence[int]],
     tuning_logs: Sequence[Path] = (),
     use_shipped_logs: bool = True,
+    freeze: Mapping[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> tuple[Path, float]:
     """Compile MODEL for a target that runs here; returns the artifact and the seconds it took.
 
@@ -419,8 +439,10 @@ def compile_for_bench(
     preset = resolve_preset(target)
     check_runs_here(preset.name, preset.device, preset.arch, preset.cpu_features)
     start = time.perf_counter()
-    imported = load_onnx(model, input_shapes)
-    options = CompileOptions(tuple(tuning_logs), use_shipped_logs, verify=False)
+    imported = load_onnx(model, input_shapes, freeze)
+    options = CompileOptions(
+        tuple(tuning_logs), use_shipped_logs, verify=False, precision=precision
+    )
     artifact = compile_model(imported, preset, out_dir, options)
     return artifact.directory, time.perf_counter() - start
 
@@ -450,12 +472,14 @@ def run_bench(
     check_runs_here(manifest.preset, manifest.device, manifest.arch, manifest.cpu_features)
     warnings = check_artifact_matches(model, manifest, artifact)
     check_input_shapes(manifest, artifact, input_shapes or {})
-    feeds = bench_inputs(manifest.inputs, inputs, inputs_source, options.seed)
+    feeds = bench_inputs(manifest, inputs, inputs_source, options.seed)
     threads = options.threads or host_cores()
     machine = machine_info(threads, comparators)
     shapes = {s.name: list(s.shape) for s in manifest.inputs}
+    frozen = [f.to_json() for f in manifest.frozen]
     specs = [EngineSpec(TVMFLOW, str(artifact), threads, manifest.device, shapes)] + [
-        EngineSpec(kind, str(model), threads, manifest.device, shapes) for kind in comparators
+        EngineSpec(kind, str(model), threads, manifest.device, shapes, frozen)
+        for kind in comparators
     ]
 
     memory = _probe_all(specs, feeds) if options.measure_rss else {}
@@ -479,8 +503,10 @@ def run_bench(
         _ratio(TVMFLOW, k, samples[TVMFLOW], samples[k], options.bootstrap, rng)
         for k in comparators
     )
+    # the reference computes the ops as written; the timed onnxruntime runs them as users do
+    expected = onnxruntime_outputs(model, feeds, threads)
     accuracy = tuple(
-        _accuracy(k, e.outputs, loaded[REFERENCE].outputs, options.tolerance)
+        _accuracy(k, e.outputs, expected, tolerance_for(e.precision, options.tolerance))
         for k, e in loaded.items()
         if k != REFERENCE
     )
@@ -533,7 +559,7 @@ def _load(spec: EngineSpec, feeds: Mapping[str, np.ndarray]) -> _Loaded:
     chosen = engine(spec.kind)
     chosen.import_package()
     start = time.perf_counter()
-    opened = chosen.open(spec)
+    opened = open_engine(spec)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     outputs = opened.run(feeds)
@@ -646,7 +672,8 @@ def check_accuracy(report: BenchReport) -> None:
     """Raise (exit code 3) when tvmflow's outputs disagree with onnxruntime beyond tolerance."""
     if report.passed:
         return
-    tol = report.options.tolerance
+    precision = next((e.precision for e in report.engines if e.name == TVMFLOW), "fp32")
+    tol = tolerance_for(precision, report.options.tolerance)
     bad = [
         f"{o.name}: max abs err {o.max_abs_err:.3g} (rel {o.max_rel_err:.3g})"
         for a in report.accuracy
@@ -786,7 +813,7 @@ def format_table(report: BenchReport) -> str:
         lines.append(f"p50 {r.engine}/{r.baseline}: {_ratio_text(r)} (95% bootstrap CI)")
     best = report.best_peer
     if best is not None:
-        lines.append(f"p50 tvmflow/best fp32 peer ({best.baseline}): {_ratio_text(best)}")
+        lines.append(f"p50 tvmflow/{report.peer_label} ({best.baseline}): {_ratio_text(best)}")
     for a in report.accuracy:
         lines.append(f"accuracy {a.engine} vs {REFERENCE}: {_accuracy_text(a)}")
     lines += [f"warning: {w}" for w in report.warnings]
@@ -803,7 +830,7 @@ def to_markdown(reports: Sequence[BenchReport]) -> str:
         summary_head += [f"{b} p50 ms", f"tvmflow/{b} p50 [95% CI]"]
     has_peer = any(rep.best_peer for rep in reports)
     if has_peer:
-        summary_head.append("tvmflow/best fp32 peer")
+        summary_head.append(f"tvmflow/{reports[0].peer_label}")
     summary_head.append("tvmflow accuracy vs onnxruntime")
     rows = []
     for rep in reports:

@@ -86,6 +86,20 @@ def _one_per_input(
     return given
 
 
+class FreezeParam(click.ParamType):
+    """`NAME=VALUE[,VALUE...]` → (name, text); the model's dtype parses the values later."""
+
+    name = "NAME=VALUE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        name, sep, text = str(value).partition("=")
+        if not sep or not name or not text.strip():
+            self.fail(f"{value!r} is not NAME=VALUE (e.g. sr=16000)", param, ctx)
+        return name, text
+
+
 SEED = click.IntRange(0, 2**31 - 1)
 SHAPE = ShapeParam()
 NAMED_FILE = NamedFileParam()
@@ -97,6 +111,14 @@ input_shape_option = click.option(
     callback=_one_per_input,
     help="Fix an input's shape, e.g. x=1,3,224,224; sr= for a scalar (repeatable; needed "
     "for dynamic dims).",
+)
+freeze_option = click.option(
+    "--freeze",
+    type=FreezeParam(),
+    multiple=True,
+    callback=_one_per_input,
+    help="Bake an input in as a constant, e.g. sr=16000 (comma-separated for a vector; "
+    "repeatable): branches on it fold away and the artifact no longer takes it.",
 )
 target_option = click.option(
     "--target", "-t", required=True, help="Preset name (see `tvmflow targets`) or a .toml path."
@@ -177,6 +199,7 @@ def targets_cmd(as_json: bool) -> None:
     help="Artifact directory to write (model.so, weights.npz, manifest.json).",
 )
 @input_shape_option
+@freeze_option
 @click.option(
     "--tuning-log",
     "tuning_logs",
@@ -193,7 +216,9 @@ def targets_cmd(as_json: bool) -> None:
     type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
-    help="fp16: fp16 compute with fp32 accumulation (CUDA targets only).",
+    help="fp16: fp16 compute with fp32 accumulation (CUDA targets only). bf16: conv2d/matmul "
+    "in bf16 with fp32 accumulation (--target x86-avx512-bf16: CPUs with AVX512_BF16); "
+    "checked at atol 2e-2, rtol 3e-2 or looser.",
 )
 @tolerance_options
 def compile_cmd(
@@ -201,6 +226,7 @@ def compile_cmd(
     target: str,
     output: Path,
     input_shapes: Mapping[str, tuple[int, ...]],
+    freeze: Mapping[str, str],
     tuning_logs: Sequence[Path],
     no_shipped_logs: bool,
     no_verify: bool,
@@ -210,13 +236,14 @@ def compile_cmd(
 ) -> None:
     """Compile MODEL (.onnx) for a target into an artifact directory."""
     from tvmflow import api
-    from tvmflow.accuracy import Tolerance
+    from tvmflow.accuracy import Tolerance, tolerance_for
 
     artifact = api.compile(
         model,
         target,
         output=output,
         input_shapes=dict(input_shapes),
+        freeze=dict(freeze),
         tuning_logs=tuning_logs,
         use_shipped_logs=not no_shipped_logs,
         precision=precision,
@@ -228,13 +255,19 @@ def compile_cmd(
         f"compiled {model} for {m.preset} in {m.compile_seconds:.1f}s -> {artifact.directory}"
     )
     click.echo(f"  tuned kernels: {m.tuning.tasks_tuned}/{m.tuning.tasks_total}")
+    if m.frozen:
+        click.echo(f"  frozen inputs: {' '.join(f.describe() for f in m.frozen)}")
     for acc in m.accuracy or ():
         click.echo(f"  {acc.name}: max abs err {acc.max_abs_err:.2e}, rel {acc.max_rel_err:.2e}")
     if m.accuracy is None:
         note = m.extra.get("accuracy_note", "not checked")
         click.echo(f"  accuracy: {note}")
     elif "verified_with" in m.extra:
-        click.echo(f"  accuracy checked: {m.extra['verified_with']}")
+        tol = tolerance_for(m.precision, Tolerance(atol, rtol))
+        click.echo(
+            f"  accuracy checked: {m.extra['verified_with']} ({m.precision}: atol {tol.atol:g}, "
+            f"rtol {tol.rtol:g})"
+        )
 
 
 @cli.command("inspect")
@@ -388,6 +421,7 @@ def demo_cmd(workdir: Path) -> None:
 )
 @click.option("--no-shipped-logs", is_flag=True, help="With --target: ignore tuning_logs/.")
 @input_shape_option
+@freeze_option
 @click.option(
     "--inputs",
     "npz",
@@ -434,6 +468,7 @@ def bench_cmd(
     tuning_logs: Sequence[Path],
     no_shipped_logs: bool,
     input_shapes: Mapping[str, tuple[int, ...]],
+    freeze: Mapping[str, str],
     npz: Path | None,
     threads: int | None,
     warmup: int,
@@ -460,6 +495,10 @@ def bench_cmd(
         raise TvmflowError("give exactly one of --artifact DIR or --target NAME")
     if tuning_logs and target is None:
         raise TvmflowError("--tuning-log applies to --target only (an artifact is already built)")
+    if freeze and target is None:
+        raise TvmflowError(
+            "--freeze applies to --target only (an artifact keeps the values it was compiled with)"
+        )
     options = bench.BenchOptions(
         threads=threads,
         warmup=warmup,
@@ -492,6 +531,7 @@ def bench_cmd(
                 dict(input_shapes),
                 tuning_logs,
                 not no_shipped_logs,
+                dict(freeze),
             )
         report = bench.run_bench(
             model, artifact, options, arrays, str(npz), dict(input_shapes), compile_s
@@ -566,6 +606,7 @@ class HostPortParam(click.ParamType):
     help="Tuning log directory (created; an existing one for this model and target resumes).",
 )
 @input_shape_option
+@freeze_option
 @click.option("--trials", type=int, help="Trial budget, counting trials already in the log.")
 @click.option("--trials-per-task", type=int, help="Budget per kernel, counting the log's trials.")
 @click.option(
@@ -599,6 +640,7 @@ def tune_cmd(
     target: str,
     log_dir: Path,
     input_shapes: Mapping[str, tuple[int, ...]],
+    freeze: Mapping[str, str],
     trials: int | None,
     trials_per_task: int | None,
     time_limit: float | None,
@@ -622,6 +664,7 @@ def tune_cmd(
         target,
         log=log_dir,
         input_shapes=dict(input_shapes),
+        freeze=dict(freeze),
         trials=trials,
         trials_per_task=trials_per_task,
         time_limit_s=time_limit,

@@ -133,6 +133,7 @@ def compile_model(
                 count=len(lowered.weights),
                 bytes=sum(w.nbytes for w in lowered.weights),
             ),
+            frozen=model.frozen,
             extra=_device_code_info(library, preset),
         )
         write_manifest(Path(scratch), manifest)
@@ -237,7 +238,7 @@ def _verify(
     pages and matches by luck)."""
     tolerance = tolerance_for(options.precision, options.tolerance)
     feeds = random_inputs(model.inputs, options.seed)
-    expected = onnxruntime_outputs(model.path, feeds)
+    expected = onnxruntime_outputs(model.path, model.reference_feeds(feeds))
     first = runner.run(directory, feeds)
     actual = runner.run(directory, feeds)
     unstable = [

@@ -108,7 +108,7 @@ def run_emulated(
             f"{manifest.preset}); emulation runs {EMULATED_ARCH} CPU artifacts only: run it "
             "without --emulate on a machine it was built for"
         )
-    check_inputs(inputs, manifest.inputs)
+    check_inputs(inputs, manifest.inputs, manifest.frozen)
     python = require_emulator()
     with tempfile.TemporaryDirectory(prefix="tvmflow-emulate-") as tmp:
         work = Path(tmp)

@@ -9,6 +9,7 @@ user who changes nothing runs it (on CPUs with AVX512_BF16 or AMX its default is
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ class EngineSpec:
     threads: int
     device: str = "cpu"
     shapes: dict[str, list[int]] = field(default_factory=dict)
+    frozen: list[dict[str, Any]] = field(default_factory=list)  # FrozenInput.to_json()s
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,23 @@ class OnnxRuntime(Engine):
         return Opened(run, session.get_providers()[0], "fp32")
 
 
-def onnxruntime_session(path: str | Path, threads: int = 0, device: str = "cpu") -> Any:
+def onnxruntime_session(
+    path: str | Path, threads: int = 0, device: str = "cpu", as_written: bool = False
+) -> Any:
     """The onnxruntime session a user would have (default graph optimizations): the one way
-    tvmflow opens the reference, for verification, benchmarks, serving and kernel profiles.
-    `threads=0` leaves onnxruntime's default; `device="cuda"` takes the CUDA provider when
-    this onnxruntime build has it."""
+    tvmflow opens onnxruntime, for benchmarks, serving, kernel profiles and, `as_written`,
+    as the accuracy reference. `threads=0` leaves onnxruntime's default; `device="cuda"`
+    takes the CUDA provider when this onnxruntime build has it.
+
+    `as_written`: basic graph optimizations only (constant folding, no-op removal), which
+    keep every value. The extended ones fuse quantized ops into kernels that round
+    differently (DynamicQuantizeLinear + MatMulInteger -> DynamicQuantizeMatMul moved a
+    dynamically quantized encoder's output by 0.067): a reference must compute the model."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if as_written:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -175,6 +186,23 @@ ENGINES: dict[str, Engine] = {
     e.name: e for e in (Tvmflow(), OnnxRuntime(), OpenVino(), OpenVinoDefault())
 }
 COMPARATORS = tuple(name for name in ENGINES if name != TVMFLOW)
+
+
+def open_engine(spec: EngineSpec) -> Opened:
+    """Open `spec`'s engine; a peer running the original ONNX file is also fed the inputs
+    the artifact was compiled with frozen (`--freeze`), so both compute the same thing."""
+    opened = engine(spec.kind).open(spec)
+    if spec.kind == TVMFLOW or not spec.frozen:
+        return opened
+    from tvmflow.manifest import FrozenInput
+
+    constants = {f.spec.name: f.array() for f in map(FrozenInput.from_json, spec.frozen)}
+    inner = opened.run
+
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return inner({**feeds, **constants})
+
+    return dataclasses.replace(opened, run=run)
 
 
 def engine(name: str) -> Engine:

@@ -29,3 +29,12 @@ class EmulationError(TvmflowError):
     """An artifact crashed or hung under emulation (not a user mistake): exit code 1."""
 
     exit_code = 1
+
+
+class ImporterError(TvmflowError):
+    """TVM's importer failed on a valid model: tvmflow's failure, not the user's (exit 1)."""
+
+    exit_code = 1
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} (a tvmflow limitation; rerun with --debug for the traceback)"

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
-from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, sha256_file
+from tvmflow.errors import ImporterError, TvmflowError
+from tvmflow.manifest import FrozenInput, TensorSpec, sha256_file
 
 if TYPE_CHECKING:
     import tvm
@@ -32,27 +32,140 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 @dataclass(frozen=True)
 class ImportedModel:
-    """An ONNX model with every input shape fixed and shape computations folded."""
+    """An ONNX model with every input shape fixed and shape computations folded; `frozen`
+    inputs are constants in `proto` (not in `inputs`), fed to onnxruntime when it checks."""
 
     path: Path
     sha256: str
     proto: onnx.ModelProto
     inputs: tuple[TensorSpec, ...]
     opset: int
+    frozen: tuple[FrozenInput, ...] = ()
+
+    def reference_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`feeds` plus the frozen inputs: what the original ONNX file takes."""
+        return {**feeds, **{f.spec.name: f.array() for f in self.frozen}}
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return {spec.name: spec.shape for spec in self.inputs}
 
 
-def load_onnx(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ImportedModel:
-    """Read, check and shape-fix an ONNX model; every problem is a one-line TvmflowError."""
+FreezeValue = str | float | int | bool | Sequence[float] | np.ndarray
+
+
+def load_onnx(
+    path: Path,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    freeze: Mapping[str, FreezeValue] | None = None,
+) -> ImportedModel:
+    """Read, check and shape-fix an ONNX model; every problem is a one-line TvmflowError.
+
+    `freeze` makes inputs constants before folding (`--freeze sr=16000`), so that branches on
+    them (an `If` on a sample rate) fold away instead of reaching TVM's importer."""
     path = Path(path)
     proto = _read(path)
-    inputs = _fix_input_shapes(proto, dict(input_shapes or {}))
+    shapes = dict(input_shapes or {})
+    frozen = _freeze_inputs(proto, dict(freeze or {}), shapes)
+    inputs = _fix_input_shapes(
+        proto, {k: v for k, v in shapes.items() if k not in freeze_names(frozen)}
+    )
     proto = _fold_shapes(proto, inputs)
     _check_supported(proto)
-    return ImportedModel(path, sha256_file(path), proto, inputs, _default_opset(proto))
+    return ImportedModel(path, sha256_file(path), proto, inputs, _default_opset(proto), frozen)
+
+
+def freeze_names(frozen: Sequence[FrozenInput]) -> set[str]:
+    return {f.spec.name for f in frozen}
+
+
+def _freeze_inputs(
+    proto: onnx.ModelProto, freeze: dict[str, FreezeValue], shapes: Mapping[str, Sequence[int]]
+) -> tuple[FrozenInput, ...]:
+    """Turn each frozen graph input into an initializer holding its value (in place)."""
+    by_name = {i.name: i for i in _graph_inputs(proto)}
+    unknown = sorted(set(freeze) - set(by_name))
+    if unknown:
+        raise TvmflowError(
+            f"--freeze names unknown input(s) {', '.join(unknown)}; "
+            f"the model's inputs are {', '.join(by_name)}"
+        )
+    frozen = []
+    for name, value in freeze.items():
+        spec = _frozen_spec(by_name[name], value, shapes.get(name))
+        frozen.append(FrozenInput(spec, _frozen_values(spec, value)))
+        proto.graph.input.remove(by_name[name])
+        tensor = numpy_helper.from_array(frozen[-1].array(), name)
+        proto.graph.initializer.append(tensor)
+    return tuple(frozen)
+
+
+def _value_text(value: FreezeValue) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",")] if value.strip() else []
+    return [str(v) for v in np.asarray(value).reshape(-1).tolist()]
+
+
+def _frozen_spec(
+    value_info: onnx.ValueInfoProto, value: FreezeValue, given: Sequence[int] | None
+) -> TensorSpec:
+    """The frozen input's dtype and shape: --input-shape, else the declared static shape, else
+    (rank 1, dynamic) as many elements as the value has."""
+    name = value_info.name
+    tensor_type = value_info.type.tensor_type
+    if not value_info.type.HasField("tensor_type"):
+        raise TvmflowError(f"--freeze {name}: the input is not a tensor; tvmflow freezes tensors")
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+    count = len(_value_text(value))
+    dims = list(tensor_type.shape.dim) if tensor_type.HasField("shape") else None
+    if given is not None:
+        shape = tuple(int(d) for d in given)
+    elif dims is not None and all(d.dim_value > 0 for d in dims):
+        shape = tuple(int(d.dim_value) for d in dims)
+    elif dims is not None and len(dims) == 1:
+        shape = (count,)
+    else:
+        raise TvmflowError(
+            f"--freeze {name}: the input's shape is not fixed; give it with --input-shape "
+            f"{name}=D1,D2,..."
+        )
+    if count != math.prod(shape):
+        raise TvmflowError(
+            f"--freeze {name}: {count} value(s) given, the input "
+            f"{TensorSpec(name, shape, dtype).describe()} holds {math.prod(shape)}; give "
+            f"them comma-separated (e.g. --freeze {name}=16000)"
+        )
+    return TensorSpec(name, shape, dtype)
+
+
+def _frozen_values(spec: TensorSpec, value: FreezeValue) -> tuple[float | int | bool, ...]:
+    """Parse each element in the input's dtype, refusing what the dtype cannot hold exactly."""
+    dtype = np.dtype(spec.dtype)
+    parsed: list[float | int | bool] = []
+    for text in _value_text(value):
+        try:
+            if dtype.kind == "b":
+                if text.lower() not in ("0", "1", "true", "false"):
+                    raise ValueError(text)
+                parsed.append(text.lower() in ("1", "true"))
+            elif dtype.kind in "iu":
+                number = float(text)
+                if not number.is_integer():
+                    raise ValueError(text)
+                info = np.iinfo(dtype)
+                if not info.min <= int(number) <= info.max:
+                    raise ValueError(text)
+                parsed.append(int(number))
+            elif dtype.kind == "f":
+                parsed.append(float(text))
+            else:
+                raise TvmflowError(f"--freeze {spec.name}: cannot freeze an input of {dtype}")
+        except ValueError:
+            raise TvmflowError(
+                f"--freeze {spec.name}={text!r} is not a valid {dtype.name} value (input "
+                f"{spec.describe()}); give numbers, e.g. --freeze {spec.name}=16000"
+            ) from None
+    return tuple(parsed)
 
 
 def read_graph(path: Path) -> onnx.ModelProto:
@@ -150,6 +263,11 @@ def _fix_input_shapes(
                 f"input {value.name!r} is not a tensor; tvmflow compiles tensors only"
             )
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+        if np.dtype(dtype).kind in "OSU":
+            raise TvmflowError(
+                f"input {value.name!r} is a string tensor; tvmflow compiles numeric and bool "
+                "tensors only: move the string handling (tokenizing, parsing) out of the model"
+            )
         if not tensor_type.HasField("shape"):
             shape = _unknown_rank_shape(value.name, user.get(value.name))
         else:
@@ -295,7 +413,45 @@ def to_relax(model: ImportedModel) -> tvm.IRModule:
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise TvmflowError(
-            f"TVM's ONNX importer failed on {model.path.name}: {first[:300]} "
-            "(try onnxslim or re-exporting with a different opset)"
+        first = first.replace(_TVM_META_NOTE, "").strip()
+        raise ImporterError(
+            f"TVM's ONNX importer failed on {model.path.name}: {first[:300]}"
+            f"{_freeze_hint(model.proto)}"
         ) from exc
+
+
+_TVM_META_NOTE = "# Metadata omitted. Use show_meta=True in script() method to show it."
+
+
+def _freeze_hint(proto: onnx.ModelProto) -> str:
+    """An `If` that survived folding branches on a runtime input; TVM's importer builds both
+    branches, and one may not type-check at the given shapes. Freezing the input folds it."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    inputs = {i.name: i for i in proto.graph.input}
+    names: list[str] = []
+    for node in proto.graph.node:
+        if node.op_type != "If":
+            continue
+        stack, seen = [node.input[0]], set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in inputs and name not in names:
+                names.append(name)
+            if name in producers:
+                stack.extend(i for i in producers[name].input if i)
+    small = [n for n in names if _is_scalar_like(inputs[n])] or names
+    if not small:
+        return ""
+    flags = " ".join(f"--freeze {n}=VALUE" for n in small)
+    return (
+        f"; the model branches (If) on input(s) {', '.join(small)}: compile with {flags} to "
+        "fold the branch away"
+    )
+
+
+def _is_scalar_like(value: onnx.ValueInfoProto) -> bool:
+    dims = value.type.tensor_type.shape.dim
+    return all(d.dim_value == 1 for d in dims)

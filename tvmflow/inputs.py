@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, check_writable, write_atomic
+from tvmflow.manifest import FrozenInput, TensorSpec, check_writable, write_atomic
 
 
 def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
@@ -32,7 +32,11 @@ def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.nd
     return out
 
 
-def check_inputs(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> None:
+def check_inputs(
+    arrays: Mapping[str, np.ndarray],
+    specs: Sequence[TensorSpec],
+    frozen: Sequence[FrozenInput] = (),
+) -> None:
     """Names, shapes and dtypes must match exactly; the message shows the expected signature."""
     expected = ", ".join(s.describe() for s in specs)
     names = {s.name for s in specs}
@@ -40,7 +44,10 @@ def check_inputs(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) 
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         problems.append(f"missing {', '.join(missing)}")
-    extra = sorted(set(arrays) - names)
+    baked = frozen_given(arrays, frozen)
+    if baked:
+        problems.append(baked)
+    extra = sorted(set(arrays) - names - {f.spec.name for f in frozen})
     if extra:
         problems.append(f"unknown {', '.join(extra)}")
     for spec in specs:
@@ -54,6 +61,19 @@ def check_inputs(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) 
         raise TvmflowError(
             f"inputs do not match the model: {'; '.join(problems)}; expected {expected}"
         )
+
+
+def frozen_given(names: Iterable[str], frozen: Sequence[FrozenInput]) -> str:
+    """'' or why passing a frozen input is refused: its value is compiled into the library."""
+    given = set(names)
+    baked = [f for f in frozen if f.spec.name in given]
+    if not baked:
+        return ""
+    return (
+        f"{', '.join(f.spec.name for f in baked)} was frozen at compile time "
+        f"(--freeze {' '.join(f.describe() for f in baked)}): drop it, or recompile without "
+        "--freeze to pass it"
+    )
 
 
 def load_inputs(

@@ -45,6 +45,14 @@ _PARTIAL = "tvmflow.partial_reference"
 # Scheduled vs reference: reordered float sums differ by rounding only.
 _RTOL = 1e-3
 _ATOL_OF_SCALE = 1e-4
+# bf16 outputs (`--precision bf16`): a reordered sum can round to the neighbouring bf16
+# value (8 significant bits: 2^-8 apart), so two units of that are rounding too.
+_BF16_RTOL = 2.0**-7
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    """Floats, and bfloat16 (ml_dtypes: numpy kind 'V')."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -203,6 +211,7 @@ def runnable_target(target: tvm.target.Target) -> tvm.target.Target:
     import tvm
 
     from tvmflow.schedules.cpu_common import vector_bits
+    from tvmflow.schedules.cpu_int8_matmul import has_vnni
     from tvmflow.targets import host_arch, host_cpu_features
 
     triple = str(target.attrs.get("mtriple", ""))
@@ -212,6 +221,7 @@ def runnable_target(target: tvm.target.Target) -> tvm.target.Target:
         (not triple or triple.startswith(host_arch()))
         and (bits < 512 or "avx512f" in features)
         and (bits < 256 or "avx2" in features or host_arch() != "x86_64")
+        and (not has_vnni(target) or "avx512_vnni" in features)
     )
     base = dict(target.export()) if runs else {"kind": "llvm"}
     return tvm.target.Target({**base, "opt-level": 0})
@@ -475,8 +485,10 @@ def _arguments(
     func: tvm.tirx.PrimFunc, constants: Sequence[np.ndarray | None] | None, seed: int
 ) -> list[np.ndarray]:
     """Inputs for one kernel: the model's constant where bound, else seeded random data
-    (N(0,1) floats; integers 0, which indexes any axis, or 1 where the kernel divides by
-    its data: an integer division by zero is SIGFPE, which would kill the compile)."""
+    (N(0,1) floats; 8-bit integers uniform over their range: quantized data, which integer
+    matmuls must be checked on; wider integers 0, which indexes any axis, or 1 where the
+    kernel divides by its data: an integer division by zero is SIGFPE, which would kill the
+    compile)."""
     rng = np.random.default_rng(seed)
     integer = 1 if _divides_by_data(func) else 0
     args = []
@@ -486,8 +498,11 @@ def _arguments(
         given = constants[i] if constants is not None and i < len(constants) else None
         if given is not None and given.shape == shape and given.dtype == dtype:
             args.append(given)
-        elif dtype.kind == "f":
-            args.append(np.asarray(rng.standard_normal(shape), dtype))
+        elif _is_float(dtype):
+            args.append(np.asarray(rng.standard_normal(shape)).astype(dtype))
+        elif dtype.kind in "iu" and dtype.itemsize == 1 and not integer:
+            info = np.iinfo(dtype)
+            args.append(rng.integers(info.min, info.max, shape, dtype, endpoint=True))
         else:
             args.append(np.full(shape, integer, dtype))
     return args
@@ -523,30 +538,36 @@ def _call(
 
 
 def _poisoned(shape: tuple[int, ...], dtype: np.dtype, poison: float) -> np.ndarray:
-    if dtype.kind == "f":
-        return np.full(shape, poison, dtype)
+    if _is_float(dtype):
+        return np.full(shape, poison, np.float32).astype(dtype)
     if dtype.kind in "iu":
-        return np.full(shape, np.iinfo(dtype).max // 3, dtype)
+        # distinct per poison, as the float ones are: a partial reference is told apart
+        # from its poison by two runs with different ones
+        info = np.iinfo(dtype)
+        value = info.max // 3 if np.isnan(poison) else int(np.clip(poison, info.min, info.max))
+        return np.full(shape, value, dtype)
     return np.ones(shape, dtype)
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Elementwise bitwise-equal values (NaN equals NaN)."""
-    if a.dtype.kind != "f":
+    if not _is_float(a.dtype):
         return a == b
+    a, b = a.astype(np.float64), b.astype(np.float64)
     return (a == b) | (np.isnan(a) & np.isnan(b))
 
 
 def _mismatches(expected: np.ndarray, actual: np.ndarray) -> int:
     """How many values of `actual` are not `expected` up to float rounding."""
-    if expected.dtype.kind != "f":
+    if not _is_float(expected.dtype):
         return int(np.count_nonzero(expected != actual))
+    rtol = _BF16_RTOL if expected.dtype.name == "bfloat16" else _RTOL
     e = expected.astype(np.float64)
     a = actual.astype(np.float64)
     finite = np.isfinite(e)
     scale = float(np.abs(e[finite]).max()) if finite.any() else 0.0
     with np.errstate(invalid="ignore"):
-        close = np.abs(a - e) <= _ATOL_OF_SCALE * scale + _RTOL * np.abs(e) + 1e-6
+        close = np.abs(a - e) <= _ATOL_OF_SCALE * scale + rtol * np.abs(e) + 1e-6
     same = close | (a == e) | (np.isnan(a) & np.isnan(e))
     return int(np.count_nonzero(~same))
 

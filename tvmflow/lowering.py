@@ -34,15 +34,19 @@ if TYPE_CHECKING:
 
     from tvmflow.frontend import ImportedModel
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")
+BF16_FEATURE = "avx512_bf16"  # the CPU flag (/proc/cpuinfo) of vdpbf16ps
+BF16_PRESET = "x86-avx512-bf16"
 
 
 @dataclass(frozen=True)
 class LoweringOptions:
     """What decides the kernels and their schedules (the target comes with the preset).
 
-    `precision="fp16"` (CUDA presets only) computes in fp16 with fp32 accumulation; inputs
-    and outputs stay fp32. It changes the kernels, so tune and compile must agree on it.
+    `precision="fp16"` (CUDA presets only) computes in fp16 with fp32 accumulation;
+    `"bf16"` (CPU presets with AVX512_BF16) runs conv2d / matmul in bf16 with fp32
+    accumulation (`tvmflow.bf16`). Inputs and outputs stay fp32. It changes the kernels, so
+    tune and compile must agree on it.
     """
 
     precision: str = "fp32"
@@ -61,15 +65,22 @@ class Lowered:
 
 
 def check_precision(preset: Preset, precision: str) -> None:
-    """The one check of which precisions a preset accepts (compile and tune both ask it)."""
+    """The one check of which precisions a preset accepts (compile and tune both ask it):
+    fp16 on CUDA presets, bf16 on CPU presets whose features include AVX512_BF16."""
     if precision not in PRECISIONS:
         raise TvmflowError(
             f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}"
         )
-    if precision != "fp32" and preset.device != "cuda":
+    if precision == "fp16" and preset.device != "cuda":
         raise TvmflowError(
-            f"--precision {precision} is for CUDA targets; {preset.name} is a {preset.device} "
-            "target, where fp16 arithmetic is emulated and slower: use --precision fp32"
+            f"--precision fp16 is for CUDA targets; {preset.name} is a {preset.device} "
+            "target, where fp16 arithmetic is emulated and slower: use --precision fp32 "
+            f"(or bf16 with --target {BF16_PRESET} on CPUs with AVX512_BF16)"
+        )
+    if precision == "bf16" and (preset.device != "cpu" or BF16_FEATURE not in preset.cpu_features):
+        raise TvmflowError(
+            f"--precision bf16 needs a CPU preset with {BF16_FEATURE} (bf16 dot products); "
+            f"{preset.name} has none: use --target {BF16_PRESET} (or --precision fp32)"
         )
 
 
@@ -100,7 +111,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     """Legalize Relax ops to TIR and fuse them into the kernels tuning and codegen see.
 
     `precision="fp16"` first runs Relax's ToMixedPrecision (fp16 compute, fp32 accumulation;
-    inputs and outputs stay fp32), which changes the kernels, so tuning must use it too.
+    inputs and outputs stay fp32), `"bf16"` tvmflow's `Bf16Compute` (conv2d / matmul in
+    bf16); both change the kernels, so tuning must use them too.
     """
     import tvm
     from tvm import relax
@@ -110,11 +122,15 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # Conv weights to HWIO: see `conv_weights_hwio`. GPU rules want neither.
     # Upsampling conv2d_transposes (kernel == stride) become a 1x1 conv + pixel shuffle
     # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
+    # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM.
+    from tvmflow.conv1d import Conv1dAsConv2d
+    from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
 
     cpu_only = (
         [
             SplitUpsamplingConvTranspose(),
+            Conv1dAsConv2d(vector_lanes(target)),
             conv_weights_hwio(),
             relax.transform.FastMathTransform(),
         ]
@@ -123,7 +139,12 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     )
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    mixed = [relax.transform.ToMixedPrecision(out_dtype="float32")] if precision == "fp16" else []
+    from tvmflow.bf16 import Bf16Compute
+
+    mixed = {
+        "fp16": [relax.transform.ToMixedPrecision(out_dtype="float32")],
+        "bf16": [Bf16Compute()],
+    }.get(precision, [])
     with target:
         return tvm.transform.Sequential(
             [

@@ -38,6 +38,31 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class FrozenInput:
+    """A model input fixed to a constant at compile time (`--freeze NAME=VALUE`): the library
+    no longer takes it, and onnxruntime (which runs the original file) is fed `values`."""
+
+    spec: TensorSpec
+    values: tuple[float | int | bool, ...]  # flat, C order
+
+    def array(self) -> Any:
+        import numpy as np
+
+        return np.asarray(self.values, dtype=self.spec.dtype).reshape(self.spec.shape)
+
+    def describe(self) -> str:
+        shown = ",".join(map(str, self.values[:8])) + ("..." if len(self.values) > 8 else "")
+        return f"{self.spec.name}={shown}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self.spec) | {"shape": list(self.spec.shape), "values": list(self.values)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FrozenInput:
+        return cls(TensorSpec.from_json(data), tuple(data["values"]))
+
+
+@dataclass(frozen=True)
 class OutputAccuracy:
     """Worst disagreement of one output with onnxruntime on seeded random inputs."""
 
@@ -88,6 +113,7 @@ class Manifest:
     accuracy: tuple[OutputAccuracy, ...] | None = None
     precision: str = "fp32"  # "fp16": fp16 compute, fp32 inputs and outputs
     weights: WeightsInfo | None = None  # None: format version 1, weights inside the library
+    frozen: tuple[FrozenInput, ...] = ()  # inputs baked in at compile time (not in `inputs`)
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -96,6 +122,7 @@ class Manifest:
         data["inputs"] = [asdict(t) | {"shape": list(t.shape)} for t in self.inputs]
         data["outputs"] = [asdict(t) | {"shape": list(t.shape)} for t in self.outputs]
         data["cpu_features"] = list(self.cpu_features)
+        data["frozen"] = [f.to_json() for f in self.frozen]
         if self.accuracy is not None:
             data["accuracy"] = {a.name: asdict(a) for a in self.accuracy}
         return data
@@ -121,6 +148,7 @@ class Manifest:
             accuracy=None if acc is None else tuple(OutputAccuracy(**a) for a in acc.values()),
             precision=str(data.get("precision", "fp32")),
             weights=None if weights is None else WeightsInfo(**weights),
+            frozen=tuple(FrozenInput.from_json(f) for f in data.get("frozen", ())),
             format_version=int(data["format_version"]),
             extra=dict(data.get("extra", {})),
         )

@@ -26,7 +26,14 @@ from tvmflow import weights
 from tvmflow.cuda import check_gpu
 from tvmflow.errors import TvmflowError
 from tvmflow.inputs import check_inputs, native_byte_order
-from tvmflow.manifest import LIBRARY_NAME, Manifest, TensorSpec, read_manifest, sha256_file
+from tvmflow.manifest import (
+    LIBRARY_NAME,
+    FrozenInput,
+    Manifest,
+    TensorSpec,
+    read_manifest,
+    sha256_file,
+)
 from tvmflow.targets import host_mismatch
 
 
@@ -104,6 +111,11 @@ class CompiledModel:
     def outputs(self) -> tuple[TensorSpec, ...]:
         return self.manifest.outputs
 
+    @property
+    def frozen(self) -> tuple[FrozenInput, ...]:
+        """Inputs compiled in as constants (`--freeze`): `run` refuses them."""
+        return self.manifest.frozen
+
     def _vm(self) -> Any:
         """One VM per calling thread: a VM holds per-call registers and is not reentrant."""
         vm = getattr(self._local, "vm", None)
@@ -118,7 +130,7 @@ class CompiledModel:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on named numpy arrays; returns named numpy arrays."""
-        check_inputs(inputs, self.inputs)
+        check_inputs(inputs, self.inputs, self.manifest.frozen)
         tvm = _import_tvm()
         args = [
             # np.asarray keeps a rank-0 input 0-d (ascontiguousarray would make it shape (1,))

@@ -35,8 +35,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from tvmflow.errors import TvmflowError
-from tvmflow.inputs import random_inputs
-from tvmflow.manifest import TensorSpec, read_manifest
+from tvmflow.inputs import frozen_given, random_inputs
+from tvmflow.manifest import FrozenInput, TensorSpec, read_manifest
 
 
 @contextlib.contextmanager
@@ -101,6 +101,9 @@ class Engine(Protocol):
     @property
     def outputs(self) -> tuple[TensorSpec, ...]: ...
 
+    @property
+    def frozen(self) -> tuple[FrozenInput, ...]: ...
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
@@ -148,6 +151,7 @@ class _OrtEngine:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+    frozen: tuple[FrozenInput, ...] = ()
 
 
 def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -209,9 +213,10 @@ def open_engine(source: ModelSource, engine: str, threads: int) -> Engine:
                 f"pass --onnx {source.name}=FILE.onnx"
             )
         bench.check_artifact_matches(source.onnx, manifest, source.directory)
-        spec = engines.EngineSpec("onnxruntime", str(source.onnx), threads)
-        opened = engines.engine("onnxruntime").open(spec)
-        return _OrtEngine(manifest.inputs, manifest.outputs, opened.run)
+        frozen = [f.to_json() for f in manifest.frozen]
+        spec = engines.EngineSpec("onnxruntime", str(source.onnx), threads, frozen=frozen)
+        opened = engines.open_engine(spec)
+        return _OrtEngine(manifest.inputs, manifest.outputs, opened.run, manifest.frozen)
     raise TvmflowError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
 
 
@@ -287,7 +292,10 @@ class ServedModel(kserve.Model):  # type: ignore[misc]
         missing = [n for n in self._inputs if n not in given]
         if missing:
             problems.append(f"missing {', '.join(missing)}")
-        unknown = sorted(set(given) - set(self._inputs))
+        baked = frozen_given(given, self._model.frozen)
+        if baked:
+            problems.append(baked)
+        unknown = sorted(set(given) - set(self._inputs) - {f.spec.name for f in self._model.frozen})
         if unknown:
             problems.append(f"unknown {', '.join(unknown)}")
         if len(given) != len(request.inputs):

@@ -29,19 +29,27 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
             dlight.gpu.GeneralReduction(),
             dlight.gpu.Fallback(),
         ]
+    from tvmflow.schedules.cpu_bf16 import Bf16Gemm, has_bf16
     from tvmflow.schedules.cpu_conv2d import Conv2d
     from tvmflow.schedules.cpu_depthwise_conv2d import DepthwiseConv2d
     from tvmflow.schedules.cpu_elementwise import Elementwise
     from tvmflow.schedules.cpu_fallback import Fallback
+    from tvmflow.schedules.cpu_full_reduction import FullReduction
+    from tvmflow.schedules.cpu_int8_matmul import Int8Matmul
     from tvmflow.schedules.cpu_matmul import Matmul
 
+    # bf16 kernels (`--precision bf16`) exist only where the target has AVX512_BF16
+    bf16 = [Bf16Gemm()] if has_bf16(target) else []
     return [
+        *bf16,
         Conv2d(),
         DepthwiseConv2d(),
+        Int8Matmul(),
         Matmul(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),
+        FullReduction(),
         Elementwise(),
         Fallback(),
     ]

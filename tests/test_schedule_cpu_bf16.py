@@ -1,0 +1,186 @@
+"""--precision bf16: the Bf16Compute pass, the Bf16Gemm rule (vdpbf16ps), compile and refusals.
+
+Kernels that run need a host with AVX512_BF16 (skipped elsewhere); scheduling, LLVM codegen
+(the instruction is in the object code) and the refusals run on any x86 host.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from tests.kernels import assert_schedule_matches, const, fused_kernels, loop_kinds
+from tvmflow.accuracy import BF16_TOLERANCE, Tolerance, tolerance_for
+from tvmflow.cli import main
+from tvmflow.lowering import BF16_FEATURE, BF16_PRESET, fuse
+from tvmflow.schedules import default_rules
+from tvmflow.schedules.cpu_bf16 import Bf16Gemm, has_bf16
+from tvmflow.targets import builtin_presets, host_cpu_features
+
+BF16 = tvm.target.Target(builtin_presets()[BF16_PRESET].target)
+runs_bf16 = pytest.mark.skipif(
+    BF16_FEATURE not in host_cpu_features(), reason="this host has no AVX512_BF16"
+)
+
+
+def _kernels(
+    inputs: dict[str, tuple[tuple[int, ...], str]], body: Callable[..., relax.Expr]
+) -> dict[str, tvm.tirx.PrimFunc]:
+    """The kernels of `body` lowered with --precision bf16 for the bf16 preset."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(n, relax.TensorType(s, d)) for n, (s, d) in inputs.items()]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(body(*params))
+        bb.emit_func_output(out)
+    mod = fuse(bb.get(), BF16, "bf16")
+    with BF16:
+        mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _conv(c_in: int, c_out: int, size: int, k: int, stride: int) -> Callable[..., Any]:
+    def body(x: relax.Expr) -> relax.Expr:
+        y = relax.op.nn.conv2d(x, const((c_out, c_in, k, k)), strides=stride, padding=k // 2)
+        return relax.op.nn.relu(relax.op.add(y, const((1, c_out, 1, 1), 1)))
+
+    return body
+
+
+def _bf16_kernel(kernels: dict[str, tvm.tirx.PrimFunc]) -> tvm.tirx.PrimFunc:
+    """The one kernel reading bf16 (the conv / matmul; the other is the input's cast)."""
+    found = [f for f in kernels.values() if any(str(p.dtype) == "bfloat16" for p in f.params)]
+    assert len(found) == 2, sorted(kernels)  # the cast writes bf16, the op reads it
+    return next(f for f in found if str(f.params[0].dtype) == "bfloat16")
+
+
+CONVS = [(32, 32, 16, 3, 1), (64, 128, 14, 1, 2), (16, 48, 15, 3, 2), (64, 16, 7, 5, 1)]
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "size", "k", "stride"), CONVS)
+def test_conv_is_claimed_and_emits_vdpbf16ps(c_in, c_out, size, k, stride):
+    func = _bf16_kernel(
+        _kernels({"x": ((1, c_in, size, size), "float32")}, _conv(c_in, c_out, size, k, stride))
+    )
+    sch = Bf16Gemm().apply(func, BF16, False)
+    assert sch is not None
+    assert {"parallel", "unrolled"} <= loop_kinds(sch)
+    prim = sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("global_symbol", "main")
+    asm = tvm.compile(tvm.IRModule({"main": prim}), target=BF16).mod.inspect_source("asm")
+    assert "vdpbf16ps" in asm
+
+
+@runs_bf16
+@pytest.mark.parametrize(("c_in", "c_out", "size", "k", "stride"), CONVS)
+def test_conv_matches_unscheduled(c_in, c_out, size, k, stride):
+    func = _bf16_kernel(
+        _kernels({"x": ((1, c_in, size, size), "float32")}, _conv(c_in, c_out, size, k, stride))
+    )
+    sch = Bf16Gemm().apply(func, BF16, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch, BF16)
+
+
+@runs_bf16
+def test_dense_matches_fp32_numpy_within_bf16_rounding():
+    """The scheduled kernel against numpy in fp32 on the same bf16-rounded operands: only the
+    summation order differs, so it agrees far inside the bf16 tolerance."""
+    import ml_dtypes
+
+    m, k, n = 24, 96, 64
+    w = np.random.default_rng(0).standard_normal((k, n)).astype("float32")
+    kernels = _kernels({"x": ((m, k), "float32")}, lambda x: relax.op.matmul(x, relax.const(w)))
+    func = _bf16_kernel(kernels)
+    sch = Bf16Gemm().apply(func, BF16, False)
+    assert sch is not None
+    x = np.random.default_rng(1).standard_normal((m, k)).astype(ml_dtypes.bfloat16)
+    wb = w.astype(ml_dtypes.bfloat16)
+    prim = sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=BF16)
+    out = tvm.runtime.tensor(np.zeros((m, n), "float32"))
+    lib(tvm.runtime.tensor(x), tvm.runtime.tensor(wb), out)
+    expected = x.astype("float32") @ wb.astype("float32")
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_default_decisions_tile_and_packing():
+    """The tile is pick_tile's for 16-lane vectors in 32 registers, the weight is packed
+    [n / tile width, taps.., pair / 2, tile width, 2] and folded out of the kernel."""
+    func = _bf16_kernel(_kernels({"x": ((1, 128, 28, 28), "float32")}, _conv(128, 128, 28, 3, 1)))
+    sch = Bf16Gemm().apply(func, BF16, False)
+    assert sch is not None
+    script = sch.mod["main"].script()
+    # 28 columns x 128 channels: 4 rows x 4 vectors (16 accumulators + 4 operands + 1)
+    assert "(T.int64(2), T.int64(3), T.int64(3), T.int64(64), T.int64(64), T.int64(2))" in script
+    assert "layout_rewrite_preproc" in script and "pragma_import_llvm" in script
+
+
+def test_pass_keeps_fp32_where_the_kernel_cannot_run():
+    """Odd input channels (an RGB stem), channels not a multiple of 16, activation x
+    activation matmuls and depthwise convs stay fp32 (bf16 without the kernel is slower)."""
+    Inputs = dict[str, tuple[tuple[int, ...], str]]
+    cases: dict[str, tuple[Inputs, Callable[..., Any]]] = {
+        "rgb stem": ({"x": ((1, 3, 16, 16), "float32")}, _conv(3, 16, 16, 3, 1)),
+        "10 channels": ({"x": ((1, 16, 8, 8), "float32")}, _conv(16, 10, 8, 3, 1)),
+        "attention": (
+            {"q": ((4, 32), "float32"), "k": ((32, 16), "float32")},
+            lambda q, k: relax.op.matmul(q, k),
+        ),
+        "depthwise": (
+            {"x": ((1, 32, 8, 8), "float32")},
+            lambda x: relax.op.nn.conv2d(x, const((32, 1, 3, 3)), padding=1, groups=32),
+        ),
+    }
+    for name, (inputs, body) in cases.items():
+        kernels = _kernels(inputs, body)
+        dtypes = {str(p.dtype) for f in kernels.values() for p in f.params}
+        assert dtypes == {"float32"}, name
+
+
+def test_rule_only_on_bf16_targets_and_bf16_kernels():
+    fp32 = fused_kernels({"x": ((1, 32, 8, 8), "float32")}, _conv(32, 32, 8, 3, 1), BF16)
+    assert fp32 and all(Bf16Gemm().apply(f, BF16, False) is None for f in fp32.values())
+    avx512 = tvm.target.Target(builtin_presets()["x86-avx512"].target)
+    assert not has_bf16(avx512) and has_bf16(BF16)
+    assert not any(isinstance(r, Bf16Gemm) for r in default_rules(avx512))
+    assert isinstance(default_rules(BF16)[0], Bf16Gemm)
+
+
+def test_tolerance_floor_is_bf16s():
+    assert tolerance_for("bf16", Tolerance()) == BF16_TOLERANCE
+    assert tolerance_for("bf16", Tolerance(1.0, 0.5)) == Tolerance(1.0, 0.5)
+    assert tolerance_for("fp32", Tolerance()) == Tolerance()
+
+
+@pytest.mark.parametrize("preset", ["x86-avx512", "x86-avx2", "cuda-sm80"])
+def test_refused_on_presets_without_bf16(
+    zoo_dir: Path, tmp_path: Path, preset: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = ["compile", str(zoo_dir / "mlp.onnx"), "-t", preset, "-o", str(out)]
+    assert main([*argv, "--input-shape", "x=4,64", "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"needs a CPU preset with {BF16_FEATURE}" in err and f"--target {BF16_PRESET}" in err
+    assert not out.exists()
+
+
+@runs_bf16
+def test_compile_resnet_block_bf16_verifies(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = ["compile", str(zoo_dir / "resnet_block.onnx"), "-t", BF16_PRESET, "-o", str(out)]
+    assert main([*argv, "--input-shape", "image=1,3,64,64", "--precision", "bf16"]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy checked: native (bf16: atol 0.02, rtol 0.03)" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "bf16" and manifest["accuracy"]
+    assert BF16_FEATURE in manifest["cpu_features"]

@@ -1,0 +1,117 @@
+"""Lowering pass for `--precision bf16` on CPUs: conv2d and matmul compute in bf16, rest in fp32.
+
+TVM's `ToMixedPrecision` is fp16-only, so this pass does the one rewrite bf16 needs: both
+operands of a conv2d / matmul go through `astype(bfloat16)` and the op gets
+`out_dtype="float32"` (bf16 products accumulated in fp32, as `vdpbf16ps` does). Weights are
+constants, so FoldConstant stores them as bf16 (half the bytes); activations are converted in
+the kernel that produces them (FuseOps fuses the cast into the producer's epilogue).
+
+Only ops the bf16 micro-kernel (`schedules.cpu_bf16`) can run are rewritten: a constant
+weight, output channels / columns a multiple of 16 (one `vdpbf16ps` vector), an even
+reduction pair dim (input channels / K: dpbf16 multiplies pairs) and no groups. Anything
+else stays fp32: bf16 math without the kernel is fp32 math plus conversions, i.e. slower.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from tvmflow.upsample_conv import _shape
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import relax
+
+LANES = 16  # fp32 accumulators per vdpbf16ps
+
+
+def _is_constant(expr: relax.Expr, bound: Mapping[relax.Var, relax.Expr]) -> bool:
+    """A weight: computed from constants only (a constant, or one transposed (Gemm's transB),
+    dequantized, reshaped...): FoldConstant turns it into a bf16 constant."""
+    import tvm
+    from tvm import relax
+
+    if isinstance(expr, relax.Var):
+        return expr in bound and _is_constant(bound[expr], bound)
+    if isinstance(expr, relax.Call):
+        return isinstance(expr.op, tvm.ir.Op) and all(_is_constant(a, bound) for a in expr.args)
+    if isinstance(expr, relax.Tuple):
+        return all(_is_constant(f, bound) for f in expr.fields)
+    return not relax.analysis.free_vars(expr)  # constants, shapes, prim values
+
+
+def _conv_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> bool:
+    attrs = call.attrs
+    x, w = call.args
+    w_shape = _shape(w)
+    return (
+        x.ty.dtype == "float32"
+        and w.ty.dtype == "float32"
+        and _is_constant(w, bound)
+        and w_shape is not None
+        and (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
+        and int(attrs.groups) == 1
+        and w_shape[0] % LANES == 0
+        and w_shape[1] % 2 == 0
+    )
+
+
+def _matmul_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> bool:
+    a, b = call.args
+    b_shape = _shape(b)
+    return (
+        a.ty.dtype == "float32"
+        and b.ty.dtype == "float32"
+        and _is_constant(b, bound)
+        and b_shape is not None
+        and len(b_shape) == 2
+        and b_shape[0] % 2 == 0
+        and b_shape[1] % LANES == 0
+    )
+
+
+def _rewrite(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> relax.Expr:
+    from tvm import relax
+
+    name = call.op.name
+    if name == "relax.nn.conv2d" and _conv_fits(call, bound):
+        a = call.attrs
+        x, w = (relax.op.astype(arg, "bfloat16") for arg in call.args)
+        return relax.op.nn.conv2d(
+            x,
+            w,
+            strides=a.strides,
+            padding=a.padding,
+            dilation=a.dilation,
+            groups=a.groups,
+            data_layout=a.data_layout,
+            kernel_layout=a.kernel_layout,
+            out_layout=a.out_layout,
+            out_dtype="float32",
+        )
+    if name == "relax.matmul" and _matmul_fits(call, bound):
+        a, b = (relax.op.astype(arg, "bfloat16") for arg in call.args)
+        return relax.op.matmul(a, b, out_dtype="float32")
+    return call
+
+
+def Bf16Compute() -> tvm.transform.Pass:
+    """conv2d / matmul ops the bf16 kernel runs compute in bf16 (fp32 accumulation)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    pattern = is_op("relax.nn.conv2d")(wildcard(), wildcard()) | is_op("relax.matmul")(
+        wildcard(), wildcard()
+    )
+
+    def transform(mod: tvm.IRModule, _: Any) -> tvm.IRModule:
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                rewrite = functools.partial(_rewrite, bound=relax.analysis.get_var2val(func))
+                mod[gv] = rewrite_call(pattern, lambda call, _, r=rewrite: r(call), func)
+        return mod
+
+    return tvm.transform.module_pass(transform, opt_level=0, name="Bf16Compute")
