@@ -73,6 +73,15 @@ def test_artifact_keeps_weights_out_of_the_library(artifacts: dict[str, Artifact
     assert biggest.nbytes >= 4096 and biggest.tobytes() not in library
 
 
+def test_weights_are_stored_as_the_kernels_read_them(artifacts: dict[str, Artifact]) -> None:
+    """Lifted after scheduling: conv weights are in the rules' prepacked layout (HWIO repacked
+    as [O/nr, H, W, I, nr], rank 5), so no repacking runs at load or at run time."""
+    art = artifacts["conv_net"]
+    assert art.manifest.weights is not None
+    values = weights.load(art.directory / art.manifest.weights.file, art.manifest.weights.count)
+    assert any(v.ndim == 5 for v in values)
+
+
 def test_tampered_weights_are_refused(artifacts: dict[str, Artifact], tmp_path: Path) -> None:
     directory = tmp_path / "a"
     shutil.copytree(artifacts["mlp"].directory, directory)
