@@ -42,6 +42,22 @@ def test_weights_file_is_an_npz_with_aligned_arrays(tmp_path: Path) -> None:
         assert not view.flags.owndata  # a view of the mapping, not a copy
 
 
+def test_dtypes_npy_cannot_name_are_stored_raw_and_reported(tmp_path: Path) -> None:
+    """bfloat16 / float8 weights (ml_dtypes) would read back as void: stored as same-width
+    unsigned ints, named in the returned map (the manifest's `raw_dtypes`); the runtime views
+    them as TVM tensors of that dtype without a copy (tests/test_schedule_cpu_bf16.py runs a
+    bf16 artifact end to end)."""
+    import ml_dtypes
+
+    values = np.linspace(-2, 2, 12, dtype=np.float32)
+    arrays = [values, values.astype(ml_dtypes.bfloat16), values.astype(ml_dtypes.float8_e4m3fn)]
+    path = tmp_path / "w.npz"
+    raw = weights.save(path, arrays)
+    assert raw == {"w1": "bfloat16", "w2": "float8_e4m3fn"}
+    for array, view in zip(arrays, weights.load(path, len(arrays)), strict=True):
+        assert view.tobytes() == array.tobytes()
+
+
 def test_npz_written_by_numpy_still_loads(tmp_path: Path) -> None:
     """Alignment is what makes the views zero-copy, not what makes the file readable."""
     path = tmp_path / "w.npz"

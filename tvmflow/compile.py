@@ -111,7 +111,7 @@ def compile_model(
         library = Path(scratch) / LIBRARY_NAME
         export_library(executable, preset, target, library)
         weights_file = Path(scratch) / weights.WEIGHTS_NAME
-        weights.save(weights_file, lowered.weights)
+        raw_dtypes = weights.save(weights_file, lowered.weights)
         manifest = Manifest(
             tvmflow_version=__version__,
             tvm_version=tvm.__version__,
@@ -132,6 +132,7 @@ def compile_model(
                 sha256=sha256_file(weights_file),
                 count=len(lowered.weights),
                 bytes=sum(w.nbytes for w in lowered.weights),
+                raw_dtypes=raw_dtypes,
             ),
             frozen=model.frozen,
             extra=_device_code_info(library, preset),

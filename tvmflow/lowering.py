@@ -229,7 +229,8 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, tuple[np.ndarray, ...
     the kernels read (compile-time transforms still cost nothing at run time). Constants
     embedded in the library would be held twice once TVM loads it (the mapped file and a
     heap copy); as arguments they are held once, mapped from the weights file. Identical
-    constants (same dtype, shape and bytes) become one argument.
+    constants (same dtype, shape and bytes) become one argument; sub-byte constants (int4,
+    float4), whose numpy form is not TVM's packed one, stay in the library.
     """
     import hashlib
 
@@ -245,6 +246,8 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, tuple[np.ndarray, ...
             self.by_content: dict[tuple[str, tuple[int, ...], bytes], relax.Var] = {}
 
         def visit_generic_const_(self, const: Any) -> relax.Expr:
+            if tvm.DataType(str(const.value.dtype)).bits < 8:
+                return const  # sub-byte (int4, float4): numpy holds them unpacked; stays inside
             value = const.value.numpy()
             digest = hashlib.sha256(value.tobytes()).digest()
             key = (value.dtype.str, value.shape, digest)

@@ -85,12 +85,14 @@ class TuningInfo:
 @dataclass(frozen=True)
 class WeightsInfo:
     """The artifact's weights file (`tvmflow.weights`): the model's `count` extra arguments,
-    `bytes` in all, checked against `sha256` before loading."""
+    `bytes` in all, checked against `sha256` before loading; `raw_dtypes`: the members stored
+    as unsigned integers because .npy cannot name their dtype (bfloat16, float8_*)."""
 
     file: str
     sha256: str
     count: int
     bytes: int
+    raw_dtypes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,8 @@ def weight_tensors(directory: Path, manifest: Manifest, device: Any) -> list[Any
     the file's sha256 (none for a format-1 artifact: its weights are inside the library).
 
     On the CPU each tensor is a view of the file's mapping (DLPack, no copy); an array whose
-    data is not 64-byte aligned, as TVM's kernels assume, is copied instead."""
+    data is not 64-byte aligned, as TVM's kernels assume, is copied instead. Members stored
+    as raw unsigned integers are viewed as their dtype (same bytes, no copy)."""
     info = manifest.weights
     if info is None:
         return []
@@ -253,11 +254,15 @@ def weight_tensors(directory: Path, manifest: Manifest, device: Any) -> list[Any
     tvm = _import_tvm()
     on_cpu = device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type()
     tensors = []
-    for array in weights.load(path, info.count):
-        if on_cpu and array.ctypes.data % weights.ALIGNMENT == 0:
-            tensors.append(tvm.runtime.from_dlpack(array))
+    for index, array in enumerate(weights.load(path, info.count)):
+        if array.ctypes.data % weights.ALIGNMENT == 0:
+            tensor = tvm.runtime.from_dlpack(array)
         else:
-            tensors.append(tvm.runtime.tensor(np.asarray(array, order="C"), device))
+            tensor = tvm.runtime.tensor(np.asarray(array, order="C"))
+        dtype = info.raw_dtypes.get(weights.member_name(index))
+        if dtype is not None:
+            tensor = tensor._create_view(array.shape, dtype)
+        tensors.append(tensor if on_cpu else tensor.copyto(device))
     return tensors
 
 

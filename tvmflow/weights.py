@@ -36,12 +36,21 @@ def member_name(index: int) -> str:
     return f"w{index}"
 
 
-def save(path: Path, arrays: Sequence[np.ndarray]) -> None:
-    """Write `arrays` as an uncompressed .npz whose array data is 64-byte aligned."""
+def save(path: Path, arrays: Sequence[np.ndarray]) -> dict[str, str]:
+    """Write `arrays` as an uncompressed .npz whose array data is 64-byte aligned.
+
+    Arrays of a dtype the .npy format cannot name (ml_dtypes' bfloat16, float8_*) are stored
+    as unsigned integers of the same width; returns {member: dtype} for those, for the
+    manifest (the loader views them as that dtype again)."""
+    raw: dict[str, str] = {}
     with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
         for index, array in enumerate(arrays):
+            array = np.asarray(array, order="C")
+            if not _npy_names(array.dtype):
+                raw[member_name(index)] = str(array.dtype)
+                array = array.view(f"u{array.dtype.itemsize}")
             data = io.BytesIO()
-            np.lib.format.write_array(data, np.asarray(array, order="C"), allow_pickle=False)
+            np.lib.format.write_array(data, array, allow_pickle=False)
             info = zipfile.ZipInfo(member_name(index) + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
             # the .npy header is padded to a multiple of 64 (numpy's ARRAY_ALIGN), so aligning
             # the member's start aligns its array data
@@ -49,6 +58,13 @@ def save(path: Path, arrays: Sequence[np.ndarray]) -> None:
             pad = -(f.tell() + header) % ALIGNMENT
             info.extra = struct.pack("<HH", _ALIGN_FIELD, pad) + bytes(pad)
             archive.writestr(info, data.getvalue())
+    return raw
+
+
+def _npy_names(dtype: np.dtype) -> bool:
+    """Whether an .npy header records `dtype` faithfully (ml_dtypes' types read back as void)."""
+    descr = np.lib.format.dtype_to_descr(dtype)
+    return bool(np.lib.format.descr_to_dtype(descr) == dtype)
 
 
 def load(path: Path, count: int) -> list[np.ndarray]:
