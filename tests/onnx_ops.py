@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from tvmflow.backend import TvmflowBackend
@@ -69,3 +69,28 @@ def assert_matches(
     for name, got, want in zip([o.name for o in model.graph.output], actual, expected, strict=True):
         assert got.shape == want.shape, name
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=name)
+
+
+def constant_input_model(
+    op: str,
+    inputs: dict[str, np.ndarray],
+    constants: dict[str, np.ndarray],
+    order: list[str],
+    opset: int = 17,
+    **attrs: Any,
+) -> onnx.ModelProto:
+    """A model of one `op` node whose `constants` are initializers (shape inference needs
+    them); `order` names the node's inputs, "" for one left out; opset 17 or `opset`."""
+    node = helper.make_node(op, order, ["y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        op.lower(),
+        [
+            helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+            for k, v in inputs.items()
+        ],
+        [helper.make_empty_tensor_value_info("y")],
+        [numpy_helper.from_array(v, k) for k, v in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)

@@ -58,10 +58,11 @@ def tolerance_for(precision: str, requested: Tolerance) -> Tolerance:
 def onnxruntime_outputs(
     model: Path, feeds: Mapping[str, np.ndarray], threads: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Run the original ONNX file on onnxruntime's CPU provider."""
+    """The accuracy reference: the original ONNX file on onnxruntime's CPU provider, its
+    ops as written (`onnxruntime_session(as_written=True)`)."""
     from tvmflow.engines import onnxruntime_session
 
-    session = onnxruntime_session(model, threads or 0)
+    session = onnxruntime_session(model, threads or 0, as_written=True)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, dict(feeds)), strict=True))
 

@@ -98,14 +98,23 @@ class OnnxRuntime(Engine):
         return Opened(run, session.get_providers()[0], "fp32")
 
 
-def onnxruntime_session(path: str | Path, threads: int = 0, device: str = "cpu") -> Any:
+def onnxruntime_session(
+    path: str | Path, threads: int = 0, device: str = "cpu", as_written: bool = False
+) -> Any:
     """The onnxruntime session a user would have (default graph optimizations): the one way
-    tvmflow opens the reference, for verification, benchmarks, serving and kernel profiles.
-    `threads=0` leaves onnxruntime's default; `device="cuda"` takes the CUDA provider when
-    this onnxruntime build has it."""
+    tvmflow opens onnxruntime, for benchmarks, serving, kernel profiles and, `as_written`,
+    as the accuracy reference. `threads=0` leaves onnxruntime's default; `device="cuda"`
+    takes the CUDA provider when this onnxruntime build has it.
+
+    `as_written`: basic graph optimizations only (constant folding, no-op removal), which
+    keep every value. The extended ones fuse quantized ops into kernels that round
+    differently (DynamicQuantizeLinear + MatMulInteger -> DynamicQuantizeMatMul moved a
+    dynamically quantized encoder's output by 0.067): a reference must compute the model."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if as_written:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -401,7 +401,7 @@ def to_relax(model: ImportedModel) -> tvm.IRModule:
 
     ops.install()  # tvmflow's converters for ops TVM's importer lacks or gets wrong
     try:
-        return from_onnx(
+        mod = from_onnx(
             model.proto,
             shape_dict={s.name: list(s.shape) for s in model.inputs},
             dtype_dict={s.name: s.dtype for s in model.inputs},
@@ -418,6 +418,7 @@ def to_relax(model: ImportedModel) -> tvm.IRModule:
             f"TVM's ONNX importer failed on {model.path.name}: {first[:300]}"
             f"{_freeze_hint(model.proto)}"
         ) from exc
+    return tensor_outputs(mod)
 
 
 _TVM_META_NOTE = "# Metadata omitted. Use show_meta=True in script() method to show it."
@@ -455,3 +456,30 @@ def _freeze_hint(proto: onnx.ModelProto) -> str:
 def _is_scalar_like(value: onnx.ValueInfoProto) -> bool:
     dims = value.type.tensor_type.shape.dim
     return all(d.dim_value == 1 for d in dims)
+
+
+def tensor_outputs(mod: tvm.IRModule) -> tvm.IRModule:
+    """`main` with every output a tensor: TVM's importer returns a Shape node's result as a
+    Relax shape value (what its other converters consume), but an ONNX output is an int64
+    tensor."""
+    from tvm import relax
+
+    func = mod["main"]
+    seq = func.body
+    ret = seq.body
+    fields = list(ret.fields) if isinstance(ret, relax.Tuple) else [ret]
+    if not any(isinstance(f.ty, relax.ShapeType) for f in fields):
+        return mod
+    bb = relax.BlockBuilder()
+    bindings, outputs = [], []
+    for i, field in enumerate(fields):
+        if isinstance(field.ty, relax.ShapeType):
+            call = bb.normalize(relax.op.shape_to_tensor(field))
+            field_var = relax.Var(f"shape_output{i}", call.ty)
+            bindings.append(relax.VarBinding(field_var, call))
+            field = field_var
+        outputs.append(field)
+    new_ret = bb.normalize(relax.Tuple(outputs)) if isinstance(ret, relax.Tuple) else outputs[0]
+    body = relax.SeqExpr([*seq.blocks, relax.BindingBlock(bindings)], new_ret)
+    mod["main"] = relax.Function(func.params, body, new_ret.ty, func.is_pure, func.attrs)
+    return relax.transform.Normalize()(mod)

@@ -87,6 +87,11 @@ def schedule_checked(
     ApplyDefaultSchedule, but each result is checked and a bad one replaced)."""
     start = time.perf_counter()
     kernels, rejected = apply_rules(mod, target, rules)
+    for kernel in [k for k in kernels if not checkable(k.original)]:
+        # Data-dependent shapes (NonZero, NonMaxSuppression): no data to run it on here.
+        kernels.remove(kernel)
+        mod[kernel.name] = _as_scheduled(reference(kernel.original))
+        log.debug("kernel check: %s has symbolic shapes; reference schedule", kernel.name)
     rejected += check(kernels, target, call_constants(mod), seed)
     bad = {r.name for r in rejected}
     for kernel in kernels:
@@ -115,6 +120,7 @@ def check_tuned(
         if isinstance(func, tvm.tirx.PrimFunc)
         and _is_scheduled(func)
         and not before[gv.name_hint].same_as(func)
+        and checkable(before[gv.name_hint])
     ]
     rejected = check(kernels, target, call_constants(after), seed)
     for r in rejected:
@@ -205,12 +211,18 @@ def _key(
     )
 
 
+def checkable(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether every parameter has a static shape (the check draws data of those shapes)."""
+    return all(_static(p.shape) for p in func.params if hasattr(p, "shape"))
+
+
 def runnable_target(target: tvm.target.Target) -> tvm.target.Target:
     """`target` if this host runs its code, else the host's plain LLVM target; without LLVM
     optimization either way (what is checked is the schedule, and -O0 builds 3x faster)."""
     import tvm
 
     from tvmflow.schedules.cpu_common import vector_bits
+    from tvmflow.schedules.cpu_int8_matmul import has_vnni
     from tvmflow.targets import host_arch, host_cpu_features
 
     triple = str(target.attrs.get("mtriple", ""))
@@ -220,6 +232,7 @@ def runnable_target(target: tvm.target.Target) -> tvm.target.Target:
         (not triple or triple.startswith(host_arch()))
         and (bits < 512 or "avx512f" in features)
         and (bits < 256 or "avx2" in features or host_arch() != "x86_64")
+        and (not has_vnni(target) or "avx512_vnni" in features)
     )
     base = dict(target.export()) if runs else {"kind": "llvm"}
     return tvm.target.Target({**base, "opt-level": 0})
@@ -483,8 +496,10 @@ def _arguments(
     func: tvm.tirx.PrimFunc, constants: Sequence[np.ndarray | None] | None, seed: int
 ) -> list[np.ndarray]:
     """Inputs for one kernel: the model's constant where bound, else seeded random data
-    (N(0,1) floats; integers 0, which indexes any axis, or 1 where the kernel divides by
-    its data: an integer division by zero is SIGFPE, which would kill the compile)."""
+    (N(0,1) floats; 8-bit integers uniform over their range: quantized data, which integer
+    matmuls must be checked on; wider integers 0, which indexes any axis, or 1 where the
+    kernel divides by its data: an integer division by zero is SIGFPE, which would kill the
+    compile)."""
     rng = np.random.default_rng(seed)
     integer = 1 if _divides_by_data(func) else 0
     args = []
@@ -496,6 +511,9 @@ def _arguments(
             args.append(given)
         elif _is_float(dtype):
             args.append(np.asarray(rng.standard_normal(shape)).astype(dtype))
+        elif dtype.kind in "iu" and dtype.itemsize == 1 and not integer:
+            info = np.iinfo(dtype)
+            args.append(rng.integers(info.min, info.max, shape, dtype, endpoint=True))
         else:
             args.append(np.full(shape, integer, dtype))
     return args
@@ -534,7 +552,11 @@ def _poisoned(shape: tuple[int, ...], dtype: np.dtype, poison: float) -> np.ndar
     if _is_float(dtype):
         return np.full(shape, poison, np.float32).astype(dtype)
     if dtype.kind in "iu":
-        return np.full(shape, np.iinfo(dtype).max // 3, dtype)
+        # distinct per poison, as the float ones are: a partial reference is told apart
+        # from its poison by two runs with different ones
+        info = np.iinfo(dtype)
+        value = info.max // 3 if np.isnan(poison) else int(np.clip(poison, info.min, info.max))
+        return np.full(shape, value, dtype)
     return np.ones(shape, dtype)
 
 

@@ -10,12 +10,13 @@ sequence lives, in stages: `fuse` (Relax passes down to fused TIR kernels), then
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, TuningInfo
+from tvmflow.manifest import DYNAMIC, TensorSpec, TuningInfo
 from tvmflow.targets import Preset
 from tvmflow.tunelog import (
     apply_records,
@@ -117,15 +118,18 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # Conv weights to HWIO: see `conv_weights_hwio`. GPU rules want neither.
     # Upsampling conv2d_transposes (kernel == stride) become a 1x1 conv + pixel shuffle
     # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
-    # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM.
+    # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM; conv2ds
+    # get output channels and columns the register tile divides (padded, then sliced off).
     from tvmflow.conv1d import Conv1dAsConv2d
+    from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
 
     cpu_only = (
         [
             SplitUpsamplingConvTranspose(),
-            Conv1dAsConv2d(vector_lanes(target)),
+            Conv1dAsConv2d(),
+            PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
             relax.transform.FastMathTransform(),
         ]
@@ -223,7 +227,28 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     from tvmflow.export import codegen_scope
 
     with codegen_scope(target):
-        return relax.build(mod, target=target)
+        return relax.build(empty_constants_allocated(mod), target=target)
+
+
+def empty_constants_allocated(mod: tvm.IRModule) -> tvm.IRModule:
+    """Zero-sized constants (an empty input the backend baked, a fold to an empty tensor)
+    become allocations: TVM writes them into the executable but cannot read them back
+    ("Invalid DLTensor file format" when the artifact loads)."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Allocate(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_generic_const_(self, op: Any) -> relax.Expr:
+            value = op.value
+            if not hasattr(value, "shape") or math.prod(value.shape):
+                return op
+            shape = relax.ShapeExpr([int(d) for d in value.shape])
+            return relax.op.builtin.alloc_tensor(shape, str(value.dtype), 0)
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = Allocate().visit_expr(func)
+    return mod
 
 
 def log_dirs(preset: Preset, options: LoweringOptions) -> list[Path]:
@@ -329,22 +354,22 @@ def kernel_names(mod: tvm.IRModule) -> list[str]:
 
 
 def output_specs(mod: tvm.IRModule, model: ImportedModel) -> tuple[TensorSpec, ...]:
-    """Static output signature from Relax's inferred types, named after the ONNX outputs."""
+    """Output signature from Relax's inferred types, named after the ONNX outputs."""
+    import tvm
     from tvm import relax
 
-    ret = mod["main"].ret_ty
+    func = mod["main"]
+    # The returned value's type names dims main's declared return type leaves unknown (the
+    # symbolic sizes a NonZero or Unique binds inside the body).
+    ret = func.body.body.ty if isinstance(func.body, relax.SeqExpr) else func.ret_ty
     infos = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
     names = [o.name for o in model.proto.graph.output]
     specs = []
     for name, info in zip(names, infos, strict=True):
-        if not isinstance(info, relax.TensorType) or info.shape is None:
+        if not isinstance(info, relax.TensorType) or info.ndim < 0:
             raise TvmflowError(f"output {name!r} is not a tensor of known rank; cannot compile")
-        try:
-            shape = tuple(int(d) for d in info.shape.values)
-        except TypeError as exc:
-            raise TvmflowError(
-                f"output {name!r} has a data-dependent shape {info.shape}; tvmflow compiles "
-                "static shapes only"
-            ) from exc
+        # Inputs are static, so a symbolic output dim is one the data decides.
+        dims = info.shape.values if info.shape is not None else [None] * info.ndim
+        shape = tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else DYNAMIC for d in dims)
         specs.append(TensorSpec(name, shape, str(info.dtype)))
     return tuple(specs)

@@ -18,18 +18,29 @@ from tvmflow.errors import TvmflowError
 FORMAT_VERSION = 1
 LIBRARY_NAME = "model.so"
 MANIFEST_NAME = "manifest.json"
+DYNAMIC = -1  # an output dim only the data decides (KServe's Open Inference Protocol's -1 too)
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, static shape and numpy dtype name of one model input or output."""
+    """Name, shape and numpy dtype name of one model input or output. Inputs are static; an
+    output dim the data decides (NonZero's count, NonMaxSuppression's boxes) is `DYNAMIC`."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
 
     def describe(self) -> str:
-        return f"{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
+        dims = ("?" if d == DYNAMIC else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{','.join(dims)}]"
+
+    def accepts(self, shape: tuple[int, ...], dtype: str) -> bool:
+        """Whether an array of this shape and dtype fits the spec (any size at a dynamic dim)."""
+        return (
+            dtype == self.dtype
+            and len(shape) == len(self.shape)
+            and all(d == want or want == DYNAMIC for d, want in zip(shape, self.shape, strict=True))
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TensorSpec:

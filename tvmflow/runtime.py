@@ -137,7 +137,10 @@ class CompiledModel:
         values = [result] if hasattr(result, "numpy") else list(result)
         outputs = [v.numpy() for v in values]
         got = tuple((tuple(o.shape), o.dtype.name) for o in outputs)
-        if got != tuple((s.shape, s.dtype) for s in self.outputs):
+        fits = [
+            s.accepts(shape, dtype) for s, (shape, dtype) in zip(self.outputs, got, strict=False)
+        ]
+        if len(got) != len(self.outputs) or not all(fits):
             shown = ", ".join(f"{dtype}{list(shape)}" for shape, dtype in got)
             raise self._signature_mismatch(f"it returned {shown}")
         return {s.name: o for s, o in zip(self.outputs, outputs, strict=True)}

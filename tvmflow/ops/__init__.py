@@ -28,6 +28,32 @@ MODULES = (
     "elementwise",
     "lp_normalization",
     "attention",
+    # newops
+    "rotary_embedding",
+    "causal_conv_with_state",
+    "linear_attention",
+    "signal",
+    "training",
+    "center_crop_pad",
+    "reverse_sequence",
+    "tensor_scatter",
+    "col2im",
+    "tfidf_vectorizer",
+    "scan",
+    "det",
+    # int8
+    "quantized",
+    # opfix
+    "non_max_suppression",
+    "rms_normalization",
+    "pow",
+    "resize",
+    "is_inf",
+    "eye_like",
+    "one_hot",
+    "reduce_extremes",
+    "split",
+    "batch_normalization",
 )
 
 DEFAULT_DOMAIN = ""
@@ -95,11 +121,16 @@ def _dispatch(conv: Converter, fallback: Any) -> type:
 
 @functools.cache
 def convert_map() -> dict[str, Any]:
-    """TVM's converter table with tvmflow's merged in (default domain: TVM ignores domains)."""
+    """TVM's converter table with tvmflow's merged in, by op name (TVM ignores domains)."""
     table = _tvm_convert_map()
     merged = dict(table)
+    default_ops = {c.op for c in registry().values() if c.domain == DEFAULT_DOMAIN}
     for conv in registry().values():
         if conv.domain != DEFAULT_DOMAIN:
+            # TVM looks nodes up by op name alone and passes the default domain's opset
+            if conv.op in table or conv.op in default_ops:
+                raise RuntimeError(f"ONNX converter {conv.key}: its op name is taken")
+            merged[conv.op] = conv.impl
             continue
         if (conv.op in table) != conv.replaces:
             raise RuntimeError(
