@@ -123,8 +123,8 @@ def test_default_decisions_tile_and_packing():
 
 
 def test_pass_keeps_fp32_where_the_kernel_cannot_run():
-    """Channels not a multiple of 16, activation x activation matmuls and depthwise convs
-    stay fp32 (bf16 without the kernel is slower)."""
+    """Channels not a multiple of 16, activation x activation matmuls, vector x matrix and
+    depthwise convs stay fp32 (bf16 without the kernel is slower)."""
     Inputs = dict[str, tuple[tuple[int, ...], str]]
     cases: dict[str, tuple[Inputs, Callable[..., Any]]] = {
         "10 channels": ({"x": ((1, 16, 8, 8), "float32")}, _conv(16, 10, 8, 3, 1)),
@@ -132,6 +132,7 @@ def test_pass_keeps_fp32_where_the_kernel_cannot_run():
             {"q": ((4, 32), "float32"), "k": ((32, 16), "float32")},
             lambda q, k: relax.op.matmul(q, k),
         ),
+        "gemv": ({"v": ((32,), "float32")}, lambda v: relax.op.matmul(v, const((32, 16)))),
         "depthwise": (
             {"x": ((1, 32, 8, 8), "float32")},
             lambda x: relax.op.nn.conv2d(x, const((32, 1, 3, 3)), padding=1, groups=32),

@@ -63,6 +63,7 @@ def _matmul_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> boo
     b_shape = _shape(b)
     return (
         a.ty.dtype == "float32"
+        and a.ty.ndim >= 2  # rows to tile (a vector times a matrix is a GEMV)
         and b.ty.dtype == "float32"
         and _is_constant(b, bound)
         and b_shape is not None
