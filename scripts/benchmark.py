@@ -94,7 +94,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("fp32", "bf16"),
         default="fp32",
         help="tvmflow's precision (bf16: compare with openvino-default, which runs bf16 too; "
-        "tables go to <preset>-bf16.*, the README table stays fp32's)",
+        "tables go to <preset>.* of the bf16 preset; the README table stays fp32's)",
     )
     parser.add_argument("--threads", type=int, help="threads per engine (default: physical cores)")
     parser.add_argument(
@@ -283,13 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.baseline.write_text(json.dumps(baseline_of(reports, preset), indent=2) + "\n")
         print(f"wrote {args.baseline}")
     args.out.mkdir(parents=True, exist_ok=True)
-    low = "" if args.precision == "fp32" else f"-{args.precision}"
+    low = "" if args.precision == "fp32" or args.precision in preset else f"-{args.precision}"
     stem = args.out / (preset + low + ("-quick" if args.quick else ""))
     bench.write_json(reports, stem.with_suffix(".json"))
     bench.write_markdown(reports, stem.with_suffix(".md"))
     bench.plot(reports, stem.with_suffix(".png"))
     print(f"wrote {stem}.json, .md and .png")
-    full = not args.quick and len(reports) == len(REFERENCE_SET) and not low
+    full = not args.quick and len(reports) == len(REFERENCE_SET) and args.precision == "fp32"
     if full and args.out == ROOT / "benchmarks":
         source = f"`scripts/benchmark`, [benchmarks/{preset}.md](benchmarks/{preset}.md)"
         if update_readme(ROOT / "README.md", bench.to_markdown(reports), source):
