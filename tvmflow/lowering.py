@@ -127,6 +127,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # get output channels and columns the register tile divides (padded, then sliced off).
     from tvmflow.conv1d import Conv1dAsConv2d
     from tvmflow.conv_tiles import PadConvForTiles
+    from tvmflow.fast_sigmoid import SigmoidAsTanh
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
 
@@ -136,6 +137,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             Conv1dAsConv2d(),
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
+            SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
