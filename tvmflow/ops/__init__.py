@@ -57,6 +57,12 @@ MODULES = (
     "reduce_extremes",
     "split",
     "batch_normalization",
+    "max_unpool",
+    "max_pool",
+    # cast
+    "cast",
+    "quantize_linear",
+    "bitcast",
 )
 
 DEFAULT_DOMAIN = ""
