@@ -230,7 +230,7 @@ def run_tvmflow(case: Path) -> Outcome:
             _check(ref, list(rep.run(inputs)), 1e-3, 1e-7)
     except TvmflowError as exc:
         message = str(exc)
-        if message.startswith("unsupported operators"):
+        if message.startswith(("unsupported operators", "unsupported dtype")):
             return Outcome("unsupported", message.split(";")[0][:200])
         return Outcome("failed", f"TvmflowError: {message.splitlines()[0][:200]}")
     except Exception as exc:
