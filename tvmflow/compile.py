@@ -28,6 +28,7 @@ from tvmflow.accuracy import (
     Tolerance,
     compare,
     onnxruntime_outputs,
+    output_quant_steps,
     output_scales,
     tolerance_for,
 )
@@ -251,12 +252,16 @@ def _verify(
             f"({', '.join(unstable)}): some kernel reads memory it never wrote; nothing was "
             "written (use --no-verify to write it anyway)"
         )
-    accuracy = compare(actual, expected)
+    accuracy = compare(actual, expected, output_quant_steps(model.path))
     scales = output_scales(expected)
     bad = [a for a in accuracy if not tolerance.passes(a, scales[a.name])]
     if bad:
         detail = ", ".join(
-            f"{a.name}: max abs err {a.max_abs_err:.3g} (rel {a.max_rel_err:.3g})" for a in bad
+            f"{a.name}: max abs err {a.max_abs_err:.3g} (rel {a.max_rel_err:.3g}, allowed "
+            f"{tolerance.allowed(a, scales[a.name]):.3g}"
+            + (f" with one quantization step {a.quant_step:.3g}" if a.quant_step else "")
+            + ")"
+            for a in bad
         )
         raise AccuracyError(
             f"compiled model disagrees with onnxruntime beyond tolerance (atol "

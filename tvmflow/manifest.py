@@ -81,6 +81,9 @@ class OutputAccuracy:
     max_abs_err: float
     max_rel_err: float
     cosine: float
+    # the output is a DequantizeLinear's: one quantization step (its scale) was allowed on top
+    # of atol/rtol (`tvmflow.accuracy.output_quant_steps`); None when it was held to atol/rtol
+    quant_step: float | None = None
 
 
 @dataclass(frozen=True)

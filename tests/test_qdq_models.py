@@ -1,0 +1,133 @@
+"""QDQ models (onnxruntime's `quantize_static`, QuantFormat.QDQ, of zoo CNNs): verification
+allows an output that a DequantizeLinear produces to differ from onnxruntime by one
+quantization step (a rounding boundary crossed in another fp32 summation order), and
+nothing more: a wrong scale still fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tvmflow import zoo
+from tvmflow.accuracy import Tolerance, compare, onnxruntime_outputs, output_quant_steps
+from tvmflow.api import compile as compile_model
+
+
+def quantize_qdq(model: onnx.ModelProto, directory: Path, size: int) -> Path:
+    """`quantize_static` in QDQ format (u8 activations, s8 weights), calibrated on seeded
+    random images."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            shape = (1, 3, size, size)
+            self.feeds = iter(
+                [{"image": rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    fp32, out = directory / f"{model.graph.name}.onnx", directory / f"{model.graph.name}-qdq.onnx"
+    onnx.save(model, fp32)
+    quantize_static(
+        str(fp32),
+        str(out),
+        Images(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def qdq_conv_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return quantize_qdq(zoo.conv_net(), tmp_path_factory.mktemp("qdq"), 32)
+
+
+def _output_scale(model: Path) -> float:
+    graph = onnx.load(str(model)).graph
+    node = next(n for n in graph.node if n.output[0] == graph.output[0].name)
+    scale = next(t for t in graph.initializer if t.name == node.input[1])
+    return float(numpy_helper.to_array(scale))
+
+
+def test_quant_step_is_the_output_dequantize_scale(qdq_conv_net: Path, tmp_path: Path) -> None:
+    assert output_quant_steps(qdq_conv_net) == {
+        "features": pytest.approx(_output_scale(qdq_conv_net))
+    }
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(zoo.conv_net(), fp32)
+    assert output_quant_steps(fp32) == {}
+
+
+def _feeds() -> dict[str, np.ndarray]:
+    return {"image": np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+
+
+def test_one_step_passes_two_steps_fail(qdq_conv_net: Path) -> None:
+    expected = onnxruntime_outputs(qdq_conv_net, _feeds())
+    steps = output_quant_steps(qdq_conv_net)
+    tolerance, step = Tolerance(), steps["features"]
+    magnitude = float(np.abs(expected["features"]).max())
+    for shift, ok in ((1, True), (2, False)):
+        actual = {"features": expected["features"].copy()}
+        actual["features"][0, 3] += shift * step
+        (acc,) = compare(actual, expected, steps)
+        assert acc.quant_step == step
+        assert tolerance.passes(acc, magnitude) is ok, (shift, acc)
+        (strict,) = compare(actual, expected)  # without the step: fp32 outputs' rule
+        assert not tolerance.passes(strict, magnitude)
+
+
+def test_a_wrong_weight_scale_fails(qdq_conv_net: Path, tmp_path: Path) -> None:
+    """A weight dequantized with a scale 5 % off (what a wrong kernel or scale does) moves
+    the outputs by many steps: the quantization-aware check still fails it."""
+    model = onnx.load(str(qdq_conv_net))
+    weight_dq = next(
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] == "c2.w_quantized"
+    )
+    scale = next(t for t in model.graph.initializer if t.name == weight_dq.input[1])
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 1.05, scale.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, broken)
+    expected = onnxruntime_outputs(qdq_conv_net, _feeds())
+    actual = onnxruntime_outputs(broken, _feeds())
+    (acc,) = compare(actual, expected, output_quant_steps(qdq_conv_net))
+    assert acc.max_abs_err > 2 * _output_scale(qdq_conv_net)
+    assert not Tolerance().passes(acc, float(np.abs(expected["features"]).max()))
+
+
+def test_qdq_conv_net_compiles_verified(qdq_conv_net: Path, tmp_path: Path) -> None:
+    artifact = compile_model(
+        qdq_conv_net, "x86", output=tmp_path / "art", input_shapes={"image": (1, 3, 32, 32)}
+    )
+    (acc,) = artifact.manifest.accuracy or ()
+    step = _output_scale(qdq_conv_net)
+    assert acc.quant_step == pytest.approx(step)
+    assert acc.max_abs_err <= step
+
+
+@pytest.mark.slow
+def test_qdq_resnet18_compiles_by_default(tmp_path: Path) -> None:
+    """The case that failed before: a QDQ ResNet-18's logits flip by one step on ~20 % of
+    elements; default verification passes it."""
+    model = quantize_qdq(zoo.resnet18(), tmp_path, 224)
+    artifact = compile_model(
+        model, "x86", output=tmp_path / "art", input_shapes={"image": (1, 3, 224, 224)}
+    )
+    (acc,) = artifact.manifest.accuracy or ()
+    assert acc.quant_step is not None and acc.max_abs_err <= 1.01 * acc.quant_step
