@@ -15,6 +15,8 @@ from onnx import numpy_helper
 from tvmflow import zoo
 from tvmflow.accuracy import Tolerance, compare, onnxruntime_outputs, output_quant_steps
 from tvmflow.api import compile as compile_model
+from tvmflow.cli import main
+from tvmflow.manifest import read_manifest
 
 
 def quantize_qdq(model: onnx.ModelProto, directory: Path, size: int) -> Path:
@@ -111,14 +113,18 @@ def test_a_wrong_weight_scale_fails(qdq_conv_net: Path, tmp_path: Path) -> None:
     assert not Tolerance().passes(acc, float(np.abs(expected["features"]).max()))
 
 
-def test_qdq_conv_net_compiles_verified(qdq_conv_net: Path, tmp_path: Path) -> None:
-    artifact = compile_model(
-        qdq_conv_net, "x86", output=tmp_path / "art", input_shapes={"image": (1, 3, 32, 32)}
-    )
-    (acc,) = artifact.manifest.accuracy or ()
+def test_qdq_conv_net_compiles_verified(
+    qdq_conv_net: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tvmflow compile` records the step it allowed and prints it."""
+    out = tmp_path / "art"
+    args = ["compile", str(qdq_conv_net), "-t", "x86", "-o", str(out)]
+    assert main([*args, "--input-shape", "image=1,3,32,32"]) == 0
+    (acc,) = read_manifest(out).accuracy or ()
     step = _output_scale(qdq_conv_net)
     assert acc.quant_step == pytest.approx(step)
     assert acc.max_abs_err <= step
+    assert f"allowed one quantization step: {step:.3g}" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -57,7 +57,8 @@ def output_quant_steps(model: Path) -> dict[str, float]:
     ulp of a rounding boundary tvmflow and onnxruntime can round it to neighbouring
     integers, and a step that flips in a hidden layer moves the next layer's sums by a
     fraction of a step: a correct build of a QDQ model differs by up to one step of its
-    output (a zoo ResNet-18 through `quantize_static`: 1.0 step, on 21 % of its logits).
+    output (a zoo ResNet-18 through `quantize_static`: 1.0 step, on 21 % of its logits;
+    onnxruntime's int8 kernels differ from its basic-optimization reference just as much).
     Wrong kernels, scales or zero points move such outputs by many steps. Per-axis scales
     are left out: those outputs are held to atol/rtol alone."""
     import onnx
