@@ -13,7 +13,13 @@ import pytest
 from onnx import numpy_helper
 
 from tvmflow import zoo
-from tvmflow.accuracy import Tolerance, compare, onnxruntime_outputs, output_quant_steps
+from tvmflow.accuracy import (
+    Tolerance,
+    compare,
+    onnxruntime_outputs,
+    output_quant_steps,
+    quant_allowance,
+)
 from tvmflow.api import compile as compile_model
 from tvmflow.cli import main
 from tvmflow.manifest import read_manifest
@@ -80,13 +86,15 @@ def _feeds() -> dict[str, np.ndarray]:
 
 def test_one_step_passes_two_steps_fail(qdq_conv_net: Path) -> None:
     expected = onnxruntime_outputs(qdq_conv_net, _feeds())
-    steps = output_quant_steps(qdq_conv_net)
-    tolerance, step = Tolerance(), steps["features"]
+    quant = quant_allowance(qdq_conv_net, _feeds(), expected)
+    step = output_quant_steps(qdq_conv_net)["features"]
+    assert quant == {"features": (step, 1)}  # onnxruntime's int8 kernels agree here
+    tolerance = Tolerance()
     magnitude = float(np.abs(expected["features"]).max())
     for shift, ok in ((1, True), (2, False)):
         actual = {"features": expected["features"].copy()}
         actual["features"][0, 3] += shift * step
-        (acc,) = compare(actual, expected, steps)
+        (acc,) = compare(actual, expected, quant)
         assert acc.quant_step == step
         assert tolerance.passes(acc, magnitude) is ok, (shift, acc)
         (strict,) = compare(actual, expected)  # without the step: fp32 outputs' rule
@@ -108,7 +116,7 @@ def test_a_wrong_weight_scale_fails(qdq_conv_net: Path, tmp_path: Path) -> None:
     onnx.save(model, broken)
     expected = onnxruntime_outputs(qdq_conv_net, _feeds())
     actual = onnxruntime_outputs(broken, _feeds())
-    (acc,) = compare(actual, expected, output_quant_steps(qdq_conv_net))
+    (acc,) = compare(actual, expected, quant_allowance(qdq_conv_net, _feeds(), expected))
     assert acc.max_abs_err > 2 * _output_scale(qdq_conv_net)
     assert not Tolerance().passes(acc, float(np.abs(expected["features"]).max()))
 
@@ -124,16 +132,18 @@ def test_qdq_conv_net_compiles_verified(
     step = _output_scale(qdq_conv_net)
     assert acc.quant_step == pytest.approx(step)
     assert acc.max_abs_err <= step
-    assert f"allowed one quantization step: {step:.3g}" in capsys.readouterr().out
+    assert f"allowed 1 x quantization step {step:.3g}" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_qdq_resnet18_compiles_by_default(tmp_path: Path) -> None:
-    """The case that failed before: a QDQ ResNet-18's logits flip by one step on ~20 % of
-    elements; default verification passes it."""
-    model = quantize_qdq(zoo.resnet18(), tmp_path, 224)
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_qdq_zoo_cnn_compiles_by_default(name: str, tmp_path: Path) -> None:
+    """The cases that failed before: a QDQ ResNet-18's logits flip by one step (21 % of
+    them), a MobileNetV2's by three, as far as onnxruntime's own int8 kernels do."""
+    model = quantize_qdq(getattr(zoo, name)(), tmp_path, 224)
     artifact = compile_model(
         model, "x86", output=tmp_path / "art", input_shapes={"image": (1, 3, 224, 224)}
     )
     (acc,) = artifact.manifest.accuracy or ()
-    assert acc.quant_step is not None and acc.max_abs_err <= 1.01 * acc.quant_step
+    assert acc.quant_step is not None and acc.quant_steps >= 1
+    assert acc.max_abs_err <= acc.quant_steps * acc.quant_step * 1.001
