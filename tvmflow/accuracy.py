@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -97,9 +98,12 @@ def quant_allowance(
         return {}
     from tvmflow.engines import onnxruntime_session
 
-    session = onnxruntime_session(model)
     names = list(steps)
-    fused = dict(zip(names, session.run(names, dict(feeds)), strict=True))
+    try:
+        fused = dict(zip(names, onnxruntime_session(model).run(names, dict(feeds)), strict=True))
+    except Exception:  # onnxruntime's own errors: its optimized session is only a yardstick
+        logging.getLogger(__name__).warning("onnxruntime's default session failed: 1 step")
+        return {name: (step, 1) for name, step in steps.items()}
     allowance = {}
     for name, step in steps.items():
         spread = np.abs(np.asarray(fused[name], np.float64) - np.asarray(expected[name]))
