@@ -41,6 +41,9 @@ MODULES = (
     "tfidf_vectorizer",
     "scan",
     "det",
+    "flex_attention",
+    "deform_conv",
+    "loop",
     # int8
     "quantized",
     # opfix
@@ -56,6 +59,10 @@ MODULES = (
     "batch_normalization",
     "max_unpool",
     "max_pool",
+    # cast
+    "cast",
+    "quantize_linear",
+    "bitcast",
 )
 
 DEFAULT_DOMAIN = ""
