@@ -426,3 +426,13 @@ def test_max_pool_indices_match_onnxruntime(attrs: dict) -> None:
     x = RNG.standard_normal((2, 3, 7, 9)).astype(np.float32)
     model, feeds = one_node_model("MaxPool", {"x": x}, ["y", "indices"], 12, **attrs)
     assert_matches(model, feeds)
+
+
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32])
+def test_top_k_of_unsigned_integers(dtype: type) -> None:
+    """TVM's sort refuses uint64; the key keeps the order above 2**63 too (ONNX's reference:
+    onnxruntime has no uint64 TopK)."""
+    high = np.iinfo(dtype).max
+    x: np.ndarray = np.array([[3, high, 0, high - 5, 1 << 31, 7]], dtype)
+    model, feeds = one_node_model("TopK", {"x": x, "k": np.array([4], np.int64)}, ["v", "i"], 11)
+    assert_matches(model, feeds, use_ort=False)
