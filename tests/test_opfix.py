@@ -436,3 +436,43 @@ def test_top_k_of_unsigned_integers(dtype: type) -> None:
     x: np.ndarray = np.array([[3, high, 0, high - 5, 1 << 31, 7]], dtype)
     model, feeds = one_node_model("TopK", {"x": x, "k": np.array([4], np.int64)}, ["v", "i"], 11)
     assert_matches(model, feeds, use_ort=False)
+
+
+def test_loop_trip_count_from_a_small_input_is_baked() -> None:
+    """A Loop whose trip count is computed from a graph input (Range's function expansion):
+    the backend bakes such small control inputs, so the loop unrolls."""
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["v_in", "x"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [3]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [3]),
+        ],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["n", "one"], ["trips"]),
+            helper.make_node("Loop", ["trips", "", "v0"], ["v"], body=body),
+        ],
+        "loop",
+        [
+            helper.make_tensor_value_info("n", TensorProto.INT64, []),
+            helper.make_tensor_value_info("v0", TensorProto.FLOAT, [3]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, [3])],
+        [helper.make_tensor(name="one", data_type=TensorProto.INT64, dims=[], vals=[1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    feeds: dict[str, np.ndarray] = {"n": np.array(3, np.int64), "v0": X[0, 0, :3], "x": X[1, 1, :3]}
+    assert_matches(model, feeds)
