@@ -29,6 +29,14 @@ def _depthwise(c: int, hw: int, stride: int = 1) -> tvm.tirx.PrimFunc:
     return only_kernel({"x": ((1, c, hw, hw), "float32")}, body)
 
 
+def _pointwise(cin: int, cout: int, hw: int) -> tvm.tirx.PrimFunc:
+    def body(x: relax.Expr) -> relax.Expr:
+        y = relax.op.nn.conv2d(x, const((cout, cin, 1, 1)))
+        return relax.op.clip(relax.op.add(y, const((1, cout, 1, 1), 1)), 0, 6)
+
+    return only_kernel({"x": ((1, cin, hw, hw), "float32")}, body)
+
+
 def _dense(m: int, k: int, n: int) -> tvm.tirx.PrimFunc:
     return only_kernel(
         {"x": ((m, k), "float32")},
@@ -41,6 +49,8 @@ KERNELS = {
     "conv 8->48 17x17 s2": lambda: _conv(8, 48, 17, stride=2),
     "dense 56x64x96": lambda: _dense(56, 64, 96),
     "depthwise 96 28x28 s2": lambda: _depthwise(96, 28, stride=2),
+    "pointwise 16->48 28x28": lambda: _pointwise(16, 48, 28),
+    "depthwise rows 32 32x32": lambda: _depthwise(32, 32),
 }
 
 

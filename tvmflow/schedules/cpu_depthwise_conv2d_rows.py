@@ -1,0 +1,165 @@
+"""CPU rule for stride-1 depthwise conv2d kernels on NCHW maps with rows of whole vectors.
+
+`DepthwiseConv2d` vectorizes over channels, which needs a channel-last copy of the padded
+input (a pass over the whole map) and writes each tile back to NCHW as a few floats in each
+of many channel planes; on large maps (MobileNet's 112x112 and 56x56 layers) both passes are
+memory traffic the convolution itself does not need. With stride 1 an output row is a
+contiguous run of the padded input row, so here each tile is (output rows x vectors along
+the row): every tap loads a vector of the padded row and multiplies it by one broadcast
+weight. The padding is done per tile into a buffer private to the tile (it stays in L1),
+and the output rows are written whole, with the epilogue applied on the way out.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tvm.error import InternalError
+from tvm.s_tir.schedule import ScheduleError
+
+from tvmflow.schedules.cpu_common import (
+    TiledRule,
+    dtype_bits_of_block,
+    extents,
+    fuse_epilogue,
+    open_schedule,
+    pick_vector,
+    single_reduction,
+    vector_lanes,
+)
+from tvmflow.schedules.cpu_depthwise_conv2d import depthwise_roles
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import s_tir
+
+# Row vectors narrower than half the target's vectors (AVX-512: rows of 28 are 4-lane
+# vectors) are left to `DepthwiseConv2d`, whose channel vectors are full width on any map.
+MIN_ROW_VECTOR_FRACTION = 2
+# Accumulators of a tile (rows x row vectors) per register file size.
+_MAX_ACCUMULATORS = {16: 8, 32: 16}
+
+
+class DepthwiseConv2dRows(TiledRule):
+    """Kernels with one stride-1 depthwise conv block fed by an in-kernel padding block,
+    whose output rows are whole vectors (`MIN_ROW_VECTOR_FRACTION`).
+
+    Its tile is a tuning knob (`TiledRule`): one space per row-vector count.
+    """
+
+    def _schedule(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool
+    ) -> s_tir.Schedule | None:
+        from tvmflow.schedules.cpu_common import vector_registers
+
+        opened = open_schedule(func, target)
+        if opened is None:
+            return None
+        sch, infos = opened
+        if single_reduction(infos) != 1:  # pad, then the depthwise reduction
+            return None
+        pad, main = infos[0].block_rv, infos[1].block_rv
+        roles = depthwise_roles(sch, main)
+        if roles is None or len(roles["rows"]) != 1:
+            return None
+        if _stride(sch, main, roles) != 1:
+            return None  # stride 2 measured slower than `DepthwiseConv2d` (a strided row)
+        padded = sch.get(main).reads[roles["data_read"]].source
+        if not sch.get(pad).writes[0].source.same_as(padded):
+            return None
+        loops = sch.get_loops(main)
+        sizes = extents(sch, loops)
+        if sizes is None:
+            return None
+        full = vector_lanes(target, dtype_bits_of_block(sch, main))
+        lanes = pick_vector(sizes[roles["m"]], full)
+        if lanes * MIN_ROW_VECTOR_FRACTION < full or lanes < 4:
+            return None
+        tiles = _tiles(
+            sizes[roles["rows"][0]],
+            sizes[roles["m"]] // lanes,
+            _MAX_ACCUMULATORS.get(vector_registers(target), 8),
+        )
+        if choice >= len(tiles):
+            return None
+        rows, nvec = tiles[choice]
+        try:
+            out = _tile(sch, main, pad, loops, roles, (rows, nvec, lanes), tunable)
+            out = fuse_epilogue(sch, out, [i.block_rv for i in infos[2:]], lanes)
+            if out is None:
+                return None
+            column = sch.get_loops(out)[-1]
+            if extents(sch, [column]) == [nvec * lanes]:
+                sch.vectorize(sch.split(column, factors=[None, lanes])[1])
+        except (ScheduleError, InternalError, ValueError):
+            return None
+        return sch
+
+
+def _tiles(height: int, row_vectors: int, accumulators: int) -> list[tuple[int, int]]:
+    """(rows, row vectors) tiles, the default first: the widest run of a row that divides it,
+    then the most rows that divide the map and fit the accumulator budget."""
+    tiles = []
+    for nvec in sorted(
+        (d for d in range(1, row_vectors + 1) if row_vectors % d == 0), key=lambda d: -d
+    ):
+        if nvec > accumulators:
+            continue
+        rows = [r for r in range(accumulators // nvec, 0, -1) if height % r == 0]
+        tiles.append((rows[0], nvec))
+    return tiles[:4]
+
+
+def _stride(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, roles: dict[str, Any]) -> int:
+    """The column stride: the padded input's column index is stride * column + tap (0: not)."""
+    import tvm
+    from tvm.sym.pattern import detect_linear_equation
+
+    stmt = sch.get(block)
+    m_var = stmt.iter_vars[roles["m"]].var
+    coef = detect_linear_equation(stmt.reads[roles["data_read"]].region[-1].min, [m_var])
+    if len(coef) != 2 or not isinstance(coef[0], tvm.tirx.IntImm):
+        return 0
+    return int(coef[0])
+
+
+def _tile(
+    sch: s_tir.Schedule,
+    main: s_tir.schedule.SBlockRV,
+    pad: s_tir.schedule.SBlockRV,
+    loops: list[s_tir.schedule.LoopRV],
+    roles: dict[str, Any],
+    tile: tuple[int, int, int],
+    tunable: bool,
+) -> s_tir.schedule.SBlockRV:
+    """Tiles of `rows` output rows x `nvec` vectors, channels and tiles in parallel; the padded
+    input of each tile (rows + kernel - 1 rows) is computed inside it. Returns the write-back."""
+    rows, nvec, lanes = tile
+    acc = sch.cache_write(main, 0, "local")
+    batch = [loops[i] for i in roles["batch"]]
+    channel, row, column = loops[roles["n"]], loops[roles["rows"][0]], loops[roles["m"]]
+    reduce = [loops[i] for i in roles["reduce"]]
+    factors: list[Any] = [None, rows]
+    if tunable:
+        height = int(sch.get(row).extent)
+        factors = list(
+            sch.sample_perfect_tile(
+                row, n=2, max_innermost_factor=8, decision=[height // rows, rows]
+            )
+        )
+    r_o, r_i = sch.split(row, factors=factors)
+    c_o, c_i, c_v = sch.split(column, factors=[None, nvec, lanes])
+    tiles = [*batch, channel, r_o, c_o]
+    sch.reorder(*tiles, *reduce, r_i, c_i, c_v)
+    sch.reverse_compute_at(acc, tiles[-1], preserve_unit_loops=True)
+    sch.compute_at(pad, tiles[-1], preserve_unit_loops=True)
+    # the border test per element kept the padding copy scalar; TVM's LoopPartition splits
+    # hinted loops into border and interior parts, and the interior copy vectorizes
+    for loop in sch.get_loops(pad)[-2:]:
+        sch.annotate(loop, "pragma_loop_partition_hint", 1)
+    sch.parallel(sch.fuse(*tiles))
+    sch.vectorize(c_v)
+    sch.unroll(c_i)
+    sch.unroll(r_i)
+    sch.decompose_reduction(main, reduce[0])
+    return acc

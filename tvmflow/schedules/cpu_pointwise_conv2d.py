@@ -1,0 +1,225 @@
+"""CPU rule for pointwise (1x1, stride 1, unpadded) conv2d kernels on NCHW activations.
+
+A 1x1 conv over an NCHW map is a GEMM out[c, p] = sum_k w[c, k] * x[k, p] whose spatial
+index p = (row, column) is contiguous in both the input and the output. `Conv2d` vectorizes
+over output channels instead, so each tile it writes back to NCHW is a few floats in each of
+many channel planes: on large maps with few channels (MobileNet's expand convs, 16-24 -> 96-144
+channels at 56x56-112x112) that write-back dominated (20-40 GFLOP/s measured). Here the
+rows and columns are fused into p and the register tile is (output channels x vectors of p):
+it loads whole vectors of the input, broadcasts weights, and writes whole cache lines of each
+output plane, with the epilogue (bias, residual, activation) applied on the way out.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tvm.error import InternalError
+from tvm.s_tir.schedule import ScheduleError
+
+from tvmflow.schedules.cpu_common import (
+    GemmLoops,
+    TiledRule,
+    dtype_bits_of_block,
+    extents,
+    fuse_epilogue,
+    is_layout_free,
+    open_schedule,
+    prepack_weight,
+    single_reduction,
+    tile_gemm,
+    vector_lanes,
+    vector_registers,
+)
+from tvmflow.schedules.cpu_conv2d import conv_roles
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import s_tir
+
+# Vectors of p per tile row, most preferred first: the first that divides the plane wins
+# (measured on AVX-512, 1 thread: 2x7 beat 3x7, 6x4, 8x2 and 2x8 on MobileNetV2's maps; 7
+# divides every 7*2^k-wide map, which ImageNet-sized inputs have; 5 and 3 serve maps such as
+# 60x60, 225 vectors). Even 8x1 tiles beat `Conv2d` on the maps measured.
+_NVECS = (7, 4, 5, 3, 2, 1)
+# Register budget of a tile (accumulators + row loads) per register file size: wider tiles
+# spilled in LLVM's allocation (3x7 and 6x4 ran 2-5x slower than 2x7 and 4x4 on AVX-512).
+_TILE_REGISTERS = {16: 12, 32: 22}
+# Smaller planes (vectors of p) are left to `Conv2d`: few tiles per plane, nothing to win.
+MIN_PLANE_VECTORS = 32
+# The input panel a tile streams (input channels x tile width) must stay in L1: measured
+# 144->32 channels at 28x28 (a 64 KiB panel) ran 2x slower than `Conv2d`.
+MAX_PANEL_BYTES = 48 * 1024
+
+
+class PointwiseConv2d(TiledRule):
+    """Kernels with one 1x1 stride-1 unpadded conv block in NCHW whose output plane is a
+    whole number of vectors (and long enough to pay: `MIN_PLANE_VECTORS`).
+
+    Its tile is a tuning knob (`TiledRule`).
+    """
+
+    def _schedule(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool
+    ) -> s_tir.Schedule | None:
+        opened = open_schedule(func, target)
+        if opened is None:
+            return None
+        sch, infos = opened
+        index = single_reduction(infos)
+        if index is None or index > 1:
+            return None
+        main = infos[index].block_rv
+        roles = conv_roles(sch, main, lambda buf: is_layout_free(func, buf))
+        if roles is None or not _nchw_roles(roles):
+            return None
+        sizes = extents(sch, sch.get_loops(main))
+        if sizes is None or any(sizes[i] != 1 for i in roles["reduce"][1:]):
+            return None
+        if not _unit_stride(sch, main, roles):
+            return None
+        if index == 1 and not _inline_copy(sch, infos[0].block_rv):
+            return None  # a real pad: leave the conv to Conv2d
+        spatial = tuple(sizes[: roles["m"] + 1])  # [batch], channels, height, width
+        channels, plane = spatial[-3], spatial[-2] * spatial[-1]
+        lanes = vector_lanes(target, dtype_bits_of_block(sch, main))
+        if plane % lanes or plane // lanes < MIN_PLANE_VECTORS:
+            return None
+        tiles = _tiles(channels, plane, lanes, vector_registers(target))
+        if choice >= len(tiles):
+            return None
+        tile = tiles[choice]
+        reduction = sizes[roles["reduce"][0]] * dtype_bits_of_block(sch, main) // 8
+        if reduction * tile[1] * lanes > MAX_PANEL_BYTES:
+            return None
+        epilogue = [i.block_rv for i in infos[index + 1 :]]
+        try:
+            if any(p.same_as(sch.get(main).writes[0].source) for p in func.params):
+                # the conv writes the kernel's output: a copy keeps that buffer's shape
+                epilogue.insert(0, sch.cache_write(main, 0, "global"))
+            _fuse_plane(sch, main, epilogue, spatial)
+        except (ScheduleError, InternalError, ValueError):
+            return None
+        loops = sch.get_loops(main)  # [batch], channel, p, reduction (normalized: no unit loops)
+        nb = len(roles["batch"])
+        weight = sch.get(main).reads[roles["weight_read"]].source
+        if is_layout_free(func, weight):
+            prepack_weight(
+                sch,
+                main,
+                roles["weight_read"],
+                roles["weight_order"],
+                roles["weight_n_dim"],
+                tile[0],
+            )
+        gemm = GemmLoops(
+            batch=tuple(loops[:nb]),
+            rows=(),
+            m=loops[nb],
+            n=loops[nb + 1],
+            reduce=tuple(loops[nb + 2 :]),
+        )
+        writeback = tile_gemm(sch, main, gemm, tile, tunable)
+        out = fuse_epilogue(sch, writeback, epilogue, lanes)
+        if out is None:
+            return None
+        # the tile's rows are whole vectors of one output plane: store them as vectors
+        column = sch.get_loops(out)[-1]
+        if extents(sch, [column]) == [tile[1] * lanes]:
+            sch.vectorize(sch.split(column, factors=[None, lanes])[1])
+        return sch
+
+
+def _unit_stride(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, roles: dict[str, Any]
+) -> bool:
+    """Whether the input's column index is the output column plus a constant (stride 1)."""
+    import tvm
+    from tvm.sym.pattern import detect_linear_equation
+
+    stmt = sch.get(block)
+    m_var = stmt.iter_vars[roles["m"]].var
+    data = stmt.reads[1 - roles["weight_read"]]
+    coef = detect_linear_equation(data.region[-1].min, [m_var])
+    return len(coef) == 2 and isinstance(coef[0], tvm.tirx.IntImm) and int(coef[0]) == 1
+
+
+def _inline_copy(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """Inline a producer that is a plain copy (Relax's pad_temp of an unpadded conv)."""
+    import tvm
+
+    if tvm.get_global_func("s_tir.schedule.HasIfThenElse")(sch.get(block)):
+        return False
+    try:
+        sch.compute_inline(block)
+    except (ScheduleError, InternalError):
+        return False
+    return True
+
+
+def _tiles(channels: int, plane: int, lanes: int, registers: int) -> list[tuple[int, int, int]]:
+    """(rows, vectors per row, lanes) tiles, the default first: per `_NVECS` entry that
+    divides the plane the most rows (output channels) that divide `channels` and fit."""
+    budget = _TILE_REGISTERS.get(registers, registers)
+    tiles = []
+    for nvec in _NVECS:
+        if (plane // lanes) % nvec:
+            continue
+        rows = [mr for mr in range(8, 0, -1) if channels % mr == 0 and mr * nvec + nvec <= budget]
+        if rows:
+            tiles.append((rows[0], nvec, lanes))
+    return tiles
+
+
+def _nchw_roles(roles: dict[str, Any]) -> bool:
+    """Iterations ordered [batch], channel, row, column, reductions; output NCHW."""
+    nb = len(roles["batch"])
+    return (
+        nb <= 1
+        and roles["batch"] == list(range(nb))
+        and roles["n"] == nb
+        and roles["rows"] == [nb + 1]
+        and roles["m"] == nb + 2
+        and roles["ndim"] == 4
+        and roles["n_dim"] == 1
+    )
+
+
+def _fuse_plane(
+    sch: s_tir.Schedule,
+    main: s_tir.schedule.SBlockRV,
+    epilogue: list[s_tir.schedule.SBlockRV],
+    spatial: tuple[int, ...],
+) -> None:
+    """Give the conv and every epilogue block over the same spatial domain one index
+    p = row * width + column (the conv's result buffer too), so a tile of p is a contiguous
+    run of each output plane and the epilogue follows it exactly. An epilogue block over as
+    many points in another shape could not follow the tile (ValueError)."""
+    import math
+
+    from tvm.tirx import IndexMap
+
+    width = spatial[-1]
+
+    def fuse_rows(block: s_tir.schedule.SBlockRV, ndim: int, at: int) -> None:
+        """Fuse iters `at` (row) and `at + 1` (column) of a block with `ndim` iters."""
+        sch.transform_block_layout(
+            block,
+            IndexMap.from_func(
+                lambda *i: [*i[:at], i[at] * width + i[at + 1], *i[at + 2 :]], ndim=ndim
+            ),
+        )
+
+    fuse_rows(main, len(sch.get(main).iter_vars), len(spatial) - 2)
+    sch.transform_layout(main, ("write", 0), lambda n, c, h, w: (n, c, h * width + w))
+    for block in epilogue:
+        # blocks made by cache_write keep the unit batch dim normalization drops elsewhere
+        domain = tuple(int(iv.dom.extent) for iv in sch.get(block).iter_vars)
+        if _squeeze(domain) == _squeeze(spatial) and domain[-2:] == spatial[-2:]:
+            fuse_rows(block, len(domain), len(domain) - 2)
+        elif math.prod(domain) == math.prod(spatial):
+            raise ValueError("an epilogue over the conv's output in another shape")
+
+
+def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
