@@ -100,3 +100,59 @@ def test_data_dependent_trip_count_is_refused() -> None:
     model = _model(None, trips_from_data=True)
     with pytest.raises(TvmflowError, match="unsupported operators: Loop with a data-dependent"):
         TvmflowBackend.prepare(model).run({"y0": Y0})
+
+
+def test_if_on_the_iteration_number_takes_its_branch() -> None:
+    """y' = y + y0 (an outer run-time value) on the first iteration, y + 1 on the others: the
+    body cannot stand alone for onnxslim, so the If is taken by the converter itself."""
+    f = TensorProto.FLOAT
+
+    def branch(name: str, op: str, const: float) -> onnx.GraphProto:
+        return helper.make_graph(
+            [helper.make_node(op, ["y", f"{name}_c"], [f"{name}_out"])],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_out", f, [1, 3])],
+            [numpy_helper.from_array(np.array(const, np.float32), f"{name}_c")],
+        )
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Equal", ["i", "first"], ["is_first"]),
+            helper.make_node(
+                "If",
+                ["is_first"],
+                ["y_out"],
+                then_branch=helper.make_graph(
+                    [helper.make_node("Add", ["y", "y0"], ["first_out"])],
+                    "first",
+                    [],
+                    [helper.make_tensor_value_info("first_out", f, [1, 3])],
+                ),
+                else_branch=branch("step", "Add", 1.0),
+            ),
+            helper.make_node("Identity", ["cond"], ["cond_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("y", f, [1, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("y_out", f, [1, 3]),
+        ],
+        [numpy_helper.from_array(np.array(0, np.int64), "first")],
+    )
+    loop = helper.make_node("Loop", ["M", "", "y0"], ["y_final"], body=body)
+    graph = helper.make_graph(
+        [loop],
+        "loop_if",
+        [helper.make_tensor_value_info("y0", f, [1, 3])],
+        [helper.make_tensor_value_info("y_final", f, [1, 3])],
+        [numpy_helper.from_array(np.array(4, np.int64), "M")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    assert_matches(model, {"y0": Y0})

@@ -102,3 +102,16 @@ def test_the_kernel_check_catches_a_wrong_int8_kernel():
     bad = tvm.script.from_source(bad_script)
     [rejected] = check([RuleKernel("k", "rule Int8Matmul", func, bad)], VNNI)
     assert "differ from the reference" in rejected.reason
+
+
+def test_fixed_intrinsic_coexists_with_tvms_x86_intrinsics():
+    """Tuning-record replay imports TVM's x86 intrinsics; after ours that must not clash, and
+    `dot_16x4_vnni` stays the fixed one (operands as <64 x i8>)."""
+    from tvm.s_tir import TensorIntrin
+
+    from tvmflow.schedules.cpu_int8_matmul import VNNI_INTRIN, register_vnni_intrin
+    from tvmflow.tunelog import register_tensor_intrinsics
+
+    register_vnni_intrin()
+    register_tensor_intrinsics(VNNI)
+    assert "uint8x64" in TensorIntrin.get(VNNI_INTRIN).impl.script()

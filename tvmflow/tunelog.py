@@ -245,7 +245,7 @@ def summary_identity(summary: dict[str, Any]) -> LogIdentity | None:
     return None if ident is None else LogIdentity.from_json(ident)
 
 
-def _targets_match(recorded: dict[str, Any], target: dict[str, Any]) -> bool:
+def targets_compatible(recorded: dict[str, Any], target: dict[str, Any]) -> bool:
     """The recorded target's code runs as is on `target`: equal dicts apart from the thread
     count (not part of the code) and CPU features `target` adds (`mattr`: x86-avx512's records
     are x86-avx512-vnni's too, whose only difference is what its int8 kernels may use)."""
@@ -268,7 +268,7 @@ def log_target(path: Path) -> dict[str, Any] | None:
 def log_matches_target(path: Path, target: dict[str, Any]) -> bool:
     """Whether a log's records are for this target (logs that do not say are trusted)."""
     recorded = log_target(path)
-    return recorded is None or _targets_match(recorded, target)
+    return recorded is None or targets_compatible(recorded, target)
 
 
 def check_new_or_log(path: Path, flag: str) -> None:

@@ -67,6 +67,9 @@ def run_graph(
         values[init.name] = relax.const(array, str(array.dtype))  # (int64 stays int64)
     table = onnx_frontend._get_convert_map()
     for node in graph.node:
+        if node.op_type == "If":  # TVM's importer converts If itself, outside its table
+            values.update(_constant_if(bb, node, values, weights, opset))
+            continue
         if node.op_type not in table:
             raise ValueError(f"subgraph {graph.name!r}: operator {node.op_type} has no converter")
         attr = onnx_frontend.ONNXGraphImporter._parse_attr(None, node.attribute)  # type: ignore[arg-type]
@@ -83,6 +86,21 @@ def run_graph(
         else:
             values[node.output[0]] = out
     return [values[o.name] for o in graph.output]
+
+
+def _constant_if(
+    bb: Any, node: onnx.NodeProto, values: dict[str, Expr], weights: Any, opset: int
+) -> dict[str, Expr]:
+    """An If whose condition is known at import (in an unrolled body it often is: a test of
+    the iteration number): the taken branch, converted in place."""
+    cond = fold(bb, values[node.input[0]])
+    if cond is None:
+        raise ValueError("an If on run-time data inside a subgraph is not supported")
+    taken = next(
+        a.g for a in node.attribute if a.name == ("then_branch" if bool(cond) else "else_branch")
+    )
+    outputs = run_graph(bb, taken, {}, [values, weights], opset)
+    return dict(zip(node.output, outputs, strict=True))
 
 
 def _with_constants(

@@ -28,10 +28,10 @@ class DeformConv(OnnxOpConverter):
         op = relax.op
         x, w, offset = inputs[0], inputs[1], inputs[2]
         bias, mask = optional(inputs, 3), optional(inputs, 4)
-        n, channels, height, width = shape(x)
-        out_channels, _, kh, kw = shape(w)
         if len(shape(x)) != 4:
             raise ValueError("DeformConv: only 2-D inputs (N, C, H, W) are supported")
+        n, channels, height, width = shape(x)
+        out_channels, _, kh, kw = shape(w)
         oh, ow = shape(offset)[2:]
         groups, offset_groups = int(attr.get("group", 1)), int(attr.get("offset_group", 1))
         sh, sw = (int(s) for s in attr.get("strides", (1, 1)))

@@ -73,8 +73,13 @@ def register_vnni_intrin() -> str:
     """Register the intrinsics (idempotent): `dot_16x4_vnni` re-registered with an LLVM
     22-valid vpdpbusd call, and the same with its accumulator in registers (`local`), which
     this rule tensorizes with. Returns the latter's name."""
+    import tvm
     from tvm.s_tir import TensorIntrin
 
+    from tvmflow.tunelog import register_tensor_intrinsics
+
+    # the stock x86 intrinsics first: registered after ours, they would clash on the name
+    register_tensor_intrinsics(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}))
     for name, scope in ((VNNI_INTRIN, "global"), (VNNI_INTRIN_LOCAL, "local")):
         desc, impl = _vnni_funcs(scope)
         TensorIntrin.register(name, desc, impl, override=True)
