@@ -97,3 +97,15 @@ def test_depthwise_conv1d_is_left_alone():
     assert len(conv2ds(grouped)) == 1
     depthwise = Conv1dAsConv2d()(_module((1, 4, 50), np.ones((4, 1, 3), "float32"), groups=4))
     assert conv2ds(depthwise) == []  # left to conv1d's own kernel
+
+
+def test_a_constant_weight_stays_constant_so_its_channels_get_padded():
+    mod = fuse(_module((1, 1, 2000), np.ones((257, 1, 64), "float32"), strides=150), TARGET)
+    shapes = [
+        [int(d) for d in p.ty.shape]
+        for f in mod.functions.values()
+        if isinstance(f, tvm.tirx.PrimFunc)
+        for p in f.params
+        if len(p.ty.shape) == 4
+    ]
+    assert any(288 in s for s in shapes), shapes  # 257 filters padded to 18 vectors of 16

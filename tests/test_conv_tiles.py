@@ -10,7 +10,7 @@ from tvm import relax
 from tvm_ffi import structural_equal
 
 from tests.kernels import AVX2, TARGET
-from tvmflow.conv_tiles import PadConvForTiles
+from tvmflow.conv_tiles import PadConvForTiles, _channel_padding
 from tvmflow.lowering import build, fuse
 from tvmflow.schedules import apply_default_schedules, kernel_rules
 
@@ -53,9 +53,10 @@ def _conv2d_shapes(mod):
 
 CASES = [
     # (weights padded to a multiple of the vector width,) output columns padded to:
-    ((1, 32, 13, 13), (1000, 32, 1, 1), {}, 16),  # SqueezeNet's classifier conv
+    ((1, 32, 13, 13), (1000, 32, 1, 1), {}, 14),  # SqueezeNet's classifier conv
     ((1, 8, 29, 29), (16, 8, 3, 3), {}, 28),  # 27 columns -> 28
-    ((1, 3, 33, 33), (24, 3, 3, 3), {"strides": 2, "padding": 1}, 20),  # 17 columns -> 20
+    ((1, 3, 33, 33), (24, 3, 3, 3), {"strides": 2, "padding": 1}, 18),  # 17 columns -> 18
+    ((1, 1, 1, 400), (257, 1, 1, 16), {"strides": 4}, 98),  # an STFT: 257 -> 288 channels
 ]
 
 
@@ -68,13 +69,24 @@ def test_matches_the_convolution(x_shape, w_shape, attrs, padded, target):
     mod = _module(x_shape, w, **attrs)
     lanes = 16 if target is TARGET else 8
     rewritten = PadConvForTiles(lanes)(mod)
-    assert _conv2d_shapes(rewritten) == [(-(-w_shape[0] // lanes) * lanes, padded)]
+    assert _conv2d_shapes(rewritten) == [(w_shape[0] + _channel_padding(w_shape[0], lanes), padded)]
     fused = fuse(mod, target)
     rules = kernel_rules(relax.transform.AttachAttrLayoutFreeBuffers()(fused), target)
     assert "Conv2d" in rules.values(), rules
     exe = build(apply_default_schedules(fused, target), target)
     out = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(out, _reference(x, w, **attrs), rtol=1e-4, atol=1e-4)
+
+
+def test_channel_padding_gives_vector_counts_the_tile_rows_divide():
+    assert [c + _channel_padding(c, 16) for c in (257, 1000, 24, 40, 64, 10)] == [
+        288,
+        1008,
+        32,
+        48,
+        64,
+        16,
+    ]
 
 
 @pytest.mark.parametrize(

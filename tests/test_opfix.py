@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -14,6 +15,18 @@ from tests.onnx_ops import assert_matches, one_node_model, reference_outputs
 @pytest.fixture(autouse=True)
 def build_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TVMFLOW_BACKEND_CACHE", str(tmp_path / "builds"))
+
+
+def some_slow(values: list[Any], ids: list[str], fast: set[str]) -> list[Any]:
+    """Parametrized cases by id; those not in `fast` are marked slow (CI runs the rest)."""
+    return [
+        pytest.param(
+            *(v if isinstance(v, tuple) else (v,)),
+            id=i,
+            marks=() if i in fast else pytest.mark.slow,
+        )
+        for v, i in zip(values, ids, strict=True)
+    ]
 
 
 RNG = np.random.default_rng(0)
@@ -92,8 +105,11 @@ def test_unique_outputs_match_onnxruntime() -> None:
 
 @pytest.mark.parametrize(
     ("center_point_box", "iou", "score"),
-    [(0, 0.3, 0.2), (1, 0.3, 0.2), (0, 0.0, None), (0, None, None), (0, 1 / 7, 0.0)],
-    ids=["corners", "center", "iou-zero", "no-thresholds", "iou-tie"],
+    some_slow(
+        [(0, 0.3, 0.2), (1, 0.3, 0.2), (0, 0.0, None), (0, None, None), (0, 1 / 7, 0.0)],
+        ids=["corners", "center", "iou-zero", "no-thresholds", "iou-tie"],
+        fast={"iou-zero", "iou-tie"},
+    ),
 )
 def test_non_max_suppression_matches_onnxruntime(
     center_point_box: int, iou: float | None, score: float | None
@@ -165,47 +181,50 @@ def _resize(x: np.ndarray, opset: int = 19, **attrs: object) -> tuple:
 
 @pytest.mark.parametrize(
     "attrs",
-    [
-        {"mode": "linear", "scales": [1, 1, 0.6, 0.8]},  # in * scale not whole: TVM used in/out
-        {"mode": "cubic", "scales": [1, 1, 0.6, 0.6], "antialias": 1},
-        {"mode": "linear", "sizes": [1, 2, 4, 4], "antialias": 1},
-        {
-            "mode": "cubic",
-            "scales": [1, 1, 0.8, 0.8],
-            "coordinate_transformation_mode": "align_corners",
-        },
-        {
-            "mode": "linear",
-            "scales": [1, 1, 1.5, 0.7],
-            "coordinate_transformation_mode": "half_pixel_symmetric",
-        },
-        {"mode": "nearest", "sizes": [5, 4], "axes": [3, 2]},
-        {"mode": "nearest", "sizes": [1, 2, 14, 12], "keep_aspect_ratio_policy": "not_smaller"},
-        {
-            "mode": "linear",
-            "scales": [1, 1, 0.2, 0.5],
-            "coordinate_transformation_mode": "align_corners",
-        },
-        {
-            "mode": "linear",
-            "roi": [0.2, 0.6, 1.2, 0.9],
-            "sizes": [4, 5],
-            "axes": [2, 3],
-            "coordinate_transformation_mode": "tf_crop_and_resize",
-            "extrapolation_value": 7.0,
-        },
-    ],
-    ids=[
-        "downsample-linear",
-        "cubic-antialias",
-        "linear-antialias-sizes",
-        "cubic-align-corners",
-        "half-pixel-symmetric",
-        "axes",
-        "keep-aspect",
-        "align-corners-to-one",
-        "crop-extrapolate",
-    ],
+    some_slow(
+        [
+            {"mode": "linear", "scales": [1, 1, 0.6, 0.8]},  # in * scale not whole: TVM used in/out
+            {"mode": "cubic", "scales": [1, 1, 0.6, 0.6], "antialias": 1},
+            {"mode": "linear", "sizes": [1, 2, 4, 4], "antialias": 1},
+            {
+                "mode": "cubic",
+                "scales": [1, 1, 0.8, 0.8],
+                "coordinate_transformation_mode": "align_corners",
+            },
+            {
+                "mode": "linear",
+                "scales": [1, 1, 1.5, 0.7],
+                "coordinate_transformation_mode": "half_pixel_symmetric",
+            },
+            {"mode": "nearest", "sizes": [5, 4], "axes": [3, 2]},
+            {"mode": "nearest", "sizes": [1, 2, 14, 12], "keep_aspect_ratio_policy": "not_smaller"},
+            {
+                "mode": "linear",
+                "scales": [1, 1, 0.2, 0.5],
+                "coordinate_transformation_mode": "align_corners",
+            },
+            {
+                "mode": "linear",
+                "roi": [0.2, 0.6, 1.2, 0.9],
+                "sizes": [4, 5],
+                "axes": [2, 3],
+                "coordinate_transformation_mode": "tf_crop_and_resize",
+                "extrapolation_value": 7.0,
+            },
+        ],
+        ids=[
+            "downsample-linear",
+            "cubic-antialias",
+            "linear-antialias-sizes",
+            "cubic-align-corners",
+            "half-pixel-symmetric",
+            "axes",
+            "keep-aspect",
+            "align-corners-to-one",
+            "crop-extrapolate",
+        ],
+        fast={"downsample-linear", "cubic-antialias", "crop-extrapolate"},
+    ),
 )
 def test_resize_matches_onnxruntime(attrs: dict) -> None:
     # align_corners on a non-whole in * scale: ONNX maps back with that product, onnxruntime
@@ -392,15 +411,68 @@ def test_max_unpool_into_a_larger_output_shape() -> None:
 
 @pytest.mark.parametrize(
     "attrs",
-    [
-        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
-        {"kernel_shape": [2, 3], "dilations": [2, 1], "storage_order": 1},
-        {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
-        {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
-    ],
-    ids=["pads", "dilated-column-major", "same-upper", "ceil"],
+    some_slow(
+        [
+            {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+            {"kernel_shape": [2, 3], "dilations": [2, 1], "storage_order": 1},
+            {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+            {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
+        ],
+        ids=["pads", "dilated-column-major", "same-upper", "ceil"],
+        fast={"pads", "ceil"},
+    ),
 )
 def test_max_pool_indices_match_onnxruntime(attrs: dict) -> None:
     x = RNG.standard_normal((2, 3, 7, 9)).astype(np.float32)
     model, feeds = one_node_model("MaxPool", {"x": x}, ["y", "indices"], 12, **attrs)
+    assert_matches(model, feeds)
+
+
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32])
+def test_top_k_of_unsigned_integers(dtype: type) -> None:
+    """TVM's sort refuses uint64; the key keeps the order above 2**63 too (ONNX's reference:
+    onnxruntime has no uint64 TopK)."""
+    high = np.iinfo(dtype).max
+    x: np.ndarray = np.array([[3, high, 0, high - 5, 1 << 31, 7]], dtype)
+    model, feeds = one_node_model("TopK", {"x": x, "k": np.array([4], np.int64)}, ["v", "i"], 11)
+    assert_matches(model, feeds, use_ort=False)
+
+
+def test_loop_trip_count_from_a_small_input_is_baked() -> None:
+    """A Loop whose trip count is computed from a graph input (Range's function expansion):
+    the backend bakes such small control inputs, so the loop unrolls."""
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["v_in", "x"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [3]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [3]),
+        ],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["n", "one"], ["trips"]),
+            helper.make_node("Loop", ["trips", "", "v0"], ["v"], body=body),
+        ],
+        "loop",
+        [
+            helper.make_tensor_value_info("n", TensorProto.INT64, []),
+            helper.make_tensor_value_info("v0", TensorProto.FLOAT, [3]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, [3])],
+        [helper.make_tensor(name="one", data_type=TensorProto.INT64, dims=[], vals=[1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    feeds: dict[str, np.ndarray] = {"n": np.array(3, np.int64), "v0": X[0, 0, :3], "x": X[1, 1, :3]}
     assert_matches(model, feeds)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 def _as_conv2d(call: relax.Call) -> relax.Expr | None:
     """The height-1 conv2d equal to an NCW/OIW conv1d `call`, or None when it does not apply."""
+    import tvm
     from tvm import relax
 
     attrs = call.attrs
@@ -32,9 +33,13 @@ def _as_conv2d(call: relax.Call) -> relax.Expr | None:
     if groups > 1 and groups == int(x.ty.shape[1]):
         return None  # depthwise: DepthwiseConv2d wants a real height axis (its rows)
     left, right = (int(p) for p in attrs.padding)
+    if isinstance(w, tvm.ir.expr.Constant):  # stays a constant, which PadConvForTiles pads
+        w = relax.const(w.value.numpy()[:, :, None, :])
+    else:
+        w = relax.op.expand_dims(w, 2)
     y = relax.op.nn.conv2d(
         relax.op.expand_dims(x, 2),
-        relax.op.expand_dims(w, 2),
+        w,
         strides=(1, int(attrs.strides[0])),
         padding=(0, left, 0, right),
         dilation=(1, int(attrs.dilation[0])),

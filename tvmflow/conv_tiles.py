@@ -5,9 +5,10 @@ tile sizes must divide m and n exactly (no tail loops that would break vectoriza
 prime or odd count therefore degrades it: 257 channels (an STFT's frequency bins) ran with
 no vectors at all, 1000 (a classifier conv) with one 8-lane vector per row, and 13 or 97
 columns with one-row tiles (one broadcast per vector FMA). Here a constant weight gets
-zero filters up to a multiple of the vector width (folded at compile time), the input's
-right padding grows until the output columns are a multiple of 4, and the extra channels
-and columns are sliced off the result: a few percent more multiply-adds for full tiles.
+zero filters up to whole vectors (folded at compile time), the input's right padding grows
+until the output columns are a multiple of 8, 7 or 6 (rows of a tile), and the extra
+channels and columns are sliced off the result: a few percent more multiply-adds for
+full tiles.
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ if TYPE_CHECKING:
 MIN_COLUMNS = 8
 
 
+def _channel_padding(channels: int, lanes: int) -> int:
+    """Zero filters to add: up to whole vectors, and to a vector count the tile's 2 or 3
+    vectors per row divide (17 vectors, as 257 channels make, would allow only 1)."""
+    if channels % lanes == 0:
+        return 0
+    vectors = -(-channels // lanes)
+    if vectors > 1 and vectors % 2 and vectors % 3:
+        vectors += 1
+    return vectors * lanes - channels
+
+
 def _padded(call: relax.Call, lanes: int) -> relax.Expr | None:
     """`call` (an NCHW/OIHW conv2d) with padded channels/columns, or None when it is fine."""
     import tvm
@@ -40,10 +52,10 @@ def _padded(call: relax.Call, lanes: int) -> relax.Expr | None:
     if not all(isinstance(d, tvm.tirx.IntImm) for d in out_shape):
         return None
     channels, columns = int(out_shape[1]), int(out_shape[3])
-    extra = -channels % lanes if isinstance(w, tvm.ir.expr.Constant) else 0
+    extra = _channel_padding(channels, lanes) if isinstance(w, tvm.ir.expr.Constant) else 0
     more = 0
     if columns >= MIN_COLUMNS and not any(columns % r == 0 for r in range(4, 9)):
-        more = -columns % 4
+        more = next(p for p in range(1, 8) if any((columns + p) % r == 0 for r in (8, 7, 6)))
     if not (extra or more):
         return None
     if extra:

@@ -59,6 +59,7 @@ MODULES = (
     "batch_normalization",
     "max_unpool",
     "max_pool",
+    "top_k",
     # cast
     "cast",
     "quantize_linear",
