@@ -147,3 +147,28 @@ def test_qdq_zoo_cnn_compiles_by_default(name: str, tmp_path: Path) -> None:
     (acc,) = artifact.manifest.accuracy or ()
     assert acc.quant_step is not None and acc.quant_steps >= 1
     assert acc.max_abs_err <= acc.quant_steps * acc.quant_step * 1.001
+
+
+def _dq_model(scale: np.ndarray, as_constant: bool) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    s = numpy_helper.from_array(scale.astype(np.float32), "s")
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s"], ["y"], axis=1)]
+    inits = [s]
+    if as_constant:
+        nodes.insert(0, helper.make_node("Constant", [], ["s"], value=s))
+        inits = []
+    graph = helper.make_graph(nodes, "dq", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_quant_steps_per_tensor_only(tmp_path: Path) -> None:
+    """A Constant node's scale counts; a per-axis scale leaves the output to atol/rtol."""
+    cases = {"constant": (np.array(0.25), True), "per_axis": (np.array([0.1, 0.2, 0.3]), False)}
+    found = {}
+    for name, (scale, as_constant) in cases.items():
+        onnx.save(_dq_model(scale, as_constant), tmp_path / f"{name}.onnx")
+        found[name] = output_quant_steps(tmp_path / f"{name}.onnx")
+    assert found == {"constant": {"y": 0.25}, "per_axis": {}}
