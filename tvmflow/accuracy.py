@@ -108,7 +108,7 @@ def quant_allowance(
     for name, step in steps.items():
         spread = np.abs(np.asarray(fused[name], np.float64) - np.asarray(expected[name]))
         most = float(spread.max(initial=0.0)) / step if step > 0 else 0.0
-        allowance[name] = (step, max(1, round(most)))
+        allowance[name] = (step, max(1, round(most)) if math.isfinite(most) else 1)
     return allowance
 
 
