@@ -42,7 +42,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tvmflow.accuracy import Tolerance, compare, onnxruntime_outputs, output_scales, tolerance_for
+from tvmflow.accuracy import (
+    Tolerance,
+    compare,
+    onnxruntime_outputs,
+    output_scales,
+    quant_allowance,
+    tolerance_for,
+)
 from tvmflow.engines import (
     COMPARATORS,
     ENGINES,
@@ -506,8 +513,9 @@ def run_bench(
     # the reference computes the ops as written; the timed onnxruntime runs them as users do
     frozen_feeds = {f.spec.name: f.array() for f in manifest.frozen}  # the file still takes them
     expected = onnxruntime_outputs(model, {**feeds, **frozen_feeds}, threads)
+    steps = quant_allowance(model, {**feeds, **frozen_feeds}, expected)
     accuracy = tuple(
-        _accuracy(k, e.outputs, expected, tolerance_for(e.precision, options.tolerance))
+        _accuracy(k, e.outputs, expected, tolerance_for(e.precision, options.tolerance), steps)
         for k, e in loaded.items()
         if k != REFERENCE
     )
@@ -662,8 +670,9 @@ def _accuracy(
     actual: Mapping[str, np.ndarray],
     expected: Mapping[str, np.ndarray],
     tolerance: Tolerance,
+    quant: Mapping[str, tuple[float, int]],
 ) -> EngineAccuracy:
-    outputs = compare(actual, expected)
+    outputs = compare(actual, expected, quant)
     scales = output_scales(expected)
     failing = tuple(o.name for o in outputs if not tolerance.passes(o, scales[o.name]))
     return EngineAccuracy(engine, outputs, failing)

@@ -258,7 +258,14 @@ def compile_cmd(
     if m.frozen:
         click.echo(f"  frozen inputs: {' '.join(f.describe() for f in m.frozen)}")
     for acc in m.accuracy or ():
-        click.echo(f"  {acc.name}: max abs err {acc.max_abs_err:.2e}, rel {acc.max_rel_err:.2e}")
+        step = (
+            f" (allowed {acc.quant_steps} x quantization step {acc.quant_step:.3g})"
+            if acc.quant_step
+            else ""
+        )
+        click.echo(
+            f"  {acc.name}: max abs err {acc.max_abs_err:.2e}, rel {acc.max_rel_err:.2e}{step}"
+        )
     if m.accuracy is None:
         note = m.extra.get("accuracy_note", "not checked")
         click.echo(f"  accuracy: {note}")

@@ -29,6 +29,7 @@ from tvmflow.accuracy import (
     compare,
     onnxruntime_outputs,
     output_scales,
+    quant_allowance,
     tolerance_for,
 )
 from tvmflow.api import callable_module
@@ -239,7 +240,8 @@ def _verify(
     pages and matches by luck)."""
     tolerance = tolerance_for(options.precision, options.tolerance)
     feeds = random_inputs(model.inputs, options.seed)
-    expected = onnxruntime_outputs(model.path, model.reference_feeds(feeds))
+    reference_feeds = model.reference_feeds(feeds)
+    expected = onnxruntime_outputs(model.path, reference_feeds)
     first = runner.run(directory, feeds)
     actual = runner.run(directory, feeds)
     unstable = [
@@ -251,12 +253,20 @@ def _verify(
             f"({', '.join(unstable)}): some kernel reads memory it never wrote; nothing was "
             "written (use --no-verify to write it anyway)"
         )
-    accuracy = compare(actual, expected)
+    accuracy = compare(actual, expected, quant_allowance(model.path, reference_feeds, expected))
     scales = output_scales(expected)
     bad = [a for a in accuracy if not tolerance.passes(a, scales[a.name])]
     if bad:
         detail = ", ".join(
-            f"{a.name}: max abs err {a.max_abs_err:.3g} (rel {a.max_rel_err:.3g})" for a in bad
+            f"{a.name}: max abs err {a.max_abs_err:.3g} (rel {a.max_rel_err:.3g}, allowed "
+            f"{tolerance.allowed(a, scales[a.name]):.3g}"
+            + (
+                f" with {a.quant_steps} x quantization step {a.quant_step:.3g}"
+                if a.quant_step
+                else ""
+            )
+            + ")"
+            for a in bad
         )
         raise AccuracyError(
             f"compiled model disagrees with onnxruntime beyond tolerance (atol "

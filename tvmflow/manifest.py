@@ -81,6 +81,11 @@ class OutputAccuracy:
     max_abs_err: float
     max_rel_err: float
     cosine: float
+    # the output is a DequantizeLinear's: `quant_steps` of its quantization step (its scale)
+    # were allowed on top of atol/rtol (`tvmflow.accuracy.quant_allowance`); None / 0 when
+    # it was held to atol/rtol alone
+    quant_step: float | None = None
+    quant_steps: int = 0
 
 
 @dataclass(frozen=True)
