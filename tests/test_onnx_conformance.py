@@ -71,9 +71,9 @@ def test_internal_error_is_a_failure_not_a_skip(
 def test_unsupported_operator_is_reported_as_unsupported(
     script: ModuleType, node_dir: Path
 ) -> None:
-    outcome = script.run_tvmflow(node_dir / "test_det_2d")
+    outcome = script.run_tvmflow(node_dir / "test_image_decoder_decode_jpeg_rgb")
     assert outcome.status == "unsupported"
-    assert outcome.reason.startswith("unsupported operators: Det")
+    assert outcome.reason.startswith("unsupported operators: ImageDecoder")
 
 
 @pytest.mark.slow

@@ -28,11 +28,12 @@ def test_decode_with_past_state_bias_and_silu() -> None:
     assert_matches(model, feeds)
 
 
-def test_prefill_fp16_without_state() -> None:
+def test_prefill_fp16_with_bias_without_state() -> None:
     rng = np.random.default_rng(1)
     inputs: dict[str, np.ndarray | None] = {
         "input": rng.standard_normal((1, 8, 7)).astype(np.float16),
         "weight": rng.standard_normal((8, 1, 3)).astype(np.float16),
+        "bias": rng.standard_normal(8).astype(np.float16),
     }
     outputs = ["output", "present_state"]
     model, feeds = one_node_model("CausalConvWithState", inputs, outputs, 27, activation="swish")

@@ -63,3 +63,29 @@ def test_gated_per_key_decay_prefill_without_state() -> None:
         scale=0.7,
     )
     assert_matches(model, feeds)
+
+
+@pytest.mark.parametrize("rule", ["linear", "gated"])
+def test_closed_form_with_gqa_and_past_state(rule: str) -> None:
+    # T > 1 without a delta rule takes the closed form; per-head decay for "gated"
+    rng = np.random.default_rng(2)
+    b, t, q_heads, kv_heads, d_k, d_v = 2, 5, 4, 2, 4, 3
+    inputs: dict[str, np.ndarray | None] = {
+        "query": _packed(rng, b, t, q_heads, d_k),
+        "key": _packed(rng, b, t, kv_heads, d_k),
+        "value": rng.standard_normal((b, t, kv_heads * d_v)).astype(np.float32),
+        "past_state": rng.standard_normal((b, kv_heads, d_k, d_v)).astype(np.float32),
+        "decay": -rng.uniform(0.01, 0.5, (b, t, kv_heads)).astype(np.float32)
+        if rule == "gated"
+        else None,
+    }
+    model, feeds = one_node_model(
+        "LinearAttention",
+        inputs,
+        ["output", "present_state"],
+        27,
+        q_num_heads=q_heads,
+        kv_num_heads=kv_heads,
+        update_rule=rule,
+    )
+    assert_matches(model, feeds)

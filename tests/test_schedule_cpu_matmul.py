@@ -101,3 +101,35 @@ def test_epilogue_pad_is_written_whole():
     sch = Matmul().apply(func, TARGET, False)
     assert sch is not None
     assert_schedule_matches(func, sch)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "epilogue"),
+    [
+        ((1, 3, 197, 64), (1, 3, 64, 197), False),  # ViT attention scores: 197 tokens (prime)
+        ((1, 3, 197, 197), (1, 3, 197, 64), True),  # attention x values, scaled after
+        ((2, 4, 49, 32), (2, 4, 32, 49), True),  # Swin's 7x7 windows
+    ],
+)
+def test_attention_matmuls_are_padded_to_full_tiles(a, b, epilogue):
+    def body(x, y):
+        out = relax.op.matmul(x, y)
+        return relax.op.multiply(out, relax.const(0.125, "float32")) if epilogue else out
+
+    func = only_kernel({"x": (a, "float32"), "y": (b, "float32")}, body)
+    sch = Matmul().apply(func, TARGET, False)
+    assert sch is not None
+    script = sch.mod["main"].script()
+    assert "_pad" in script, "odd token counts are padded, not tiled 1x1"
+    assert "vectorized" in loop_kinds(sch)
+    assert_schedule_matches(func, sch)
+    lowers_for(sch, TARGET)
+
+
+def test_dense_over_a_prime_token_count_pads_rows_and_keeps_the_prepacked_weight():
+    func = _dense(197, 64, 192)  # a ViT MLP: 197 tokens
+    sch = Matmul().apply(func, TARGET, False)
+    assert sch is not None
+    script = sch.mod["main"].script()
+    assert "_pad" in script and "layout_rewrite_preproc" in script
+    assert_schedule_matches(func, sch)

@@ -62,6 +62,13 @@ def onnxruntime_outputs(
     ops as written (`onnxruntime_session(as_written=True)`)."""
     from tvmflow.engines import onnxruntime_session
 
+    for name, array in feeds.items():
+        if np.asarray(array).dtype.kind == "V":  # ml_dtypes: bfloat16, float8, int4, ...
+            raise TvmflowError(
+                f"onnxruntime's Python API cannot take input {name!r} of "
+                f"{np.asarray(array).dtype}, so there is no reference to check against; "
+                "compile with --no-verify (verify=False)"
+            )
     session = onnxruntime_session(model, threads or 0, as_written=True)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, dict(feeds)), strict=True))

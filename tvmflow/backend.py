@@ -46,6 +46,7 @@ ATTRIBUTE_INPUTS: dict[str, tuple[int, ...]] = {
     "Col2Im": (1, 2),
     "DFT": (1, 2),
     "Dropout": (1, 2),
+    "Loop": (0, 1),
     "MaxUnpool": (2,),
     "MelWeightMatrix": (0, 1, 2, 3, 4),
     "NonMaxSuppression": (2, 3, 4),
@@ -101,7 +102,8 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]] | None:
 
 
 def attribute_inputs(model: onnx.ModelProto) -> frozenset[str]:
-    """The graph inputs that some node reads at an attribute-like slot (`ATTRIBUTE_INPUTS`)."""
+    """The graph inputs that some node reads at an attribute-like slot (`ATTRIBUTE_INPUTS`),
+    and the small ones an If condition or a Loop trip count is computed from."""
     names = {i.name for i in _graph_inputs(model)}
     found = {
         node.input[slot]
@@ -109,7 +111,44 @@ def attribute_inputs(model: onnx.ModelProto) -> frozenset[str]:
         for slot in ATTRIBUTE_INPUTS.get(node.op_type, ())
         if slot < len(node.input) and node.input[slot] in names
     }
-    return frozenset(found)
+    return frozenset(found | (_control_inputs(model) & _small_inputs(model)))
+
+
+# Control inputs up to this many elements are baked (scalars, a shape): larger ones are data.
+_SMALL_INPUT = 16
+
+
+def _control_inputs(model: onnx.ModelProto) -> set[str]:
+    """Every value an If condition or a Loop's trip count / condition is computed from:
+    constant, the branch folds away and the loop unrolls (TVM's importer builds both
+    branches of an If, and converts only loops of constant trip count)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    stack = [
+        name
+        for node in model.graph.node
+        if node.op_type in ("If", "Loop")
+        for name in node.input[: 1 if node.op_type == "If" else 2]
+        if name
+    ]
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack.extend(i for i in getattr(producers.get(name), "input", ()) if i)
+    return seen
+
+
+def _small_inputs(model: onnx.ModelProto) -> set[str]:
+    """Graph inputs of a declared static shape of at most `_SMALL_INPUT` elements."""
+    small = set()
+    for value in _graph_inputs(model):
+        dims = value.type.tensor_type.shape.dim
+        sizes = [d.dim_value for d in dims]
+        static = value.type.HasField("tensor_type") and all(n > 0 for n in sizes)
+        if static and int(np.prod(sizes)) <= _SMALL_INPUT:
+            small.add(value.name)
+    return small
 
 
 def bake(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:

@@ -504,7 +504,8 @@ def run_bench(
         for k in comparators
     )
     # the reference computes the ops as written; the timed onnxruntime runs them as users do
-    expected = onnxruntime_outputs(model, feeds, threads)
+    frozen_feeds = {f.spec.name: f.array() for f in manifest.frozen}  # the file still takes them
+    expected = onnxruntime_outputs(model, {**feeds, **frozen_feeds}, threads)
     accuracy = tuple(
         _accuracy(k, e.outputs, expected, tolerance_for(e.precision, options.tolerance))
         for k, e in loaded.items()

@@ -4,37 +4,27 @@ Relax legalizes conv1d to its own TIR kernel, which no tvmflow CPU rule claims; 
 loop nest ran openWakeWord's STFT front end (a conv1d 1 -> 257 channels, kernel 512, stride
 160) at under 2 GFLOP/s. The same convolution with a unit height axis is a conv2d the
 register-tiled `Conv2d` rule treats as a GEMM over (output channel, output column); grouped
-ones too. Depthwise conv1d is left as it is (the depthwise rule tiles rows of a real image).
-The extra axis costs nothing: the reshapes are views.
-
-That rule vectorizes over output channels only in vectors that divide their count, so a
-prime count (the STFT's 257 = 512 / 2 + 1 frequency bins) ran fully scalar. A constant
-weight's output channels are therefore padded with zero filters to a multiple of the vector
-width (folded at compile time) and the extra channels sliced off the result. Likewise an
-output length with no divisor from 4 to 8 (the STFT's 97 frames, a prime) would get a
-one-row register tile: the input's right padding grows so the output is a multiple of 8
-columns, and the extra columns are sliced off.
+ones too (`PadConvForTiles` then pads its odd channel and column counts). Depthwise conv1d
+is left as it is (the depthwise rule tiles rows of a real image). The extra axis costs
+nothing: the reshapes are views.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
     import tvm
     from tvm import relax
 
 
-def _as_conv2d(call: relax.Call, lanes: int) -> relax.Expr | None:
+def _as_conv2d(call: relax.Call) -> relax.Expr | None:
     """The height-1 conv2d equal to an NCW/OIW conv1d `call`, or None when it does not apply."""
     import tvm
     from tvm import relax
 
     attrs = call.attrs
-    layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
-    if layouts != ("NCW", "OIW", "NCW"):
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCW", "OIW", "NCW"):
         return None
     x, w = call.args
     if len(getattr(x.ty, "shape", None) or ()) != 3 or len(getattr(w.ty, "shape", None) or ()) != 3:
@@ -43,20 +33,15 @@ def _as_conv2d(call: relax.Call, lanes: int) -> relax.Expr | None:
     if groups > 1 and groups == int(x.ty.shape[1]):
         return None  # depthwise: DepthwiseConv2d wants a real height axis (its rows)
     left, right = (int(p) for p in attrs.padding)
-    stride = int(attrs.strides[0])
-    length = int(call.ty.shape[2])
-    more = 0 if any(length % rows == 0 for rows in range(4, 9)) else -length % 8
-    channels = int(w.ty.shape[0])
-    extra = -channels % lanes
-    if extra and groups == 1 and isinstance(w, tvm.ir.expr.Constant):
-        w = relax.const(np.pad(w.value.numpy(), [(0, extra), (0, 0), (0, 0)]))
+    if isinstance(w, tvm.ir.expr.Constant):  # stays a constant, which PadConvForTiles pads
+        w = relax.const(w.value.numpy()[:, :, None, :])
     else:
-        extra = 0
+        w = relax.op.expand_dims(w, 2)
     y = relax.op.nn.conv2d(
         relax.op.expand_dims(x, 2),
-        relax.op.expand_dims(w, 2),
-        strides=(1, stride),
-        padding=(0, left, 0, right + more * stride),
+        w,
+        strides=(1, int(attrs.strides[0])),
+        padding=(0, left, 0, right),
         dilation=(1, int(attrs.dilation[0])),
         groups=groups,
         data_layout="NCHW",
@@ -64,15 +49,11 @@ def _as_conv2d(call: relax.Call, lanes: int) -> relax.Expr | None:
         out_layout="NCHW",
         out_dtype=str(call.ty.dtype),
     )
-    y = relax.op.squeeze(y, [2])
-    if extra or more:
-        y = relax.op.strided_slice(y, axes=[1, 2], begin=[0, 0], end=[channels, length])
-    return y
+    return relax.op.squeeze(y, [2])
 
 
-def Conv1dAsConv2d(lanes: int) -> tvm.transform.Pass:
-    """Module pass: rewrite every NCW conv1d as a height-1 conv2d (see the module docstring);
-    `lanes`: the target's fp32 vector width, which padded channel counts are a multiple of."""
+def Conv1dAsConv2d() -> tvm.transform.Pass:
+    """Module pass: rewrite every NCW conv1d as a height-1 conv2d (see the module docstring)."""
     import tvm
     from tvm import relax
     from tvm.relax.dpl import is_op, rewrite_call, wildcard
@@ -80,7 +61,7 @@ def Conv1dAsConv2d(lanes: int) -> tvm.transform.Pass:
     pattern = is_op("relax.nn.conv1d")(wildcard(), wildcard())
 
     def rewriter(expr: relax.Expr, _: Any) -> relax.Expr:
-        new = _as_conv2d(expr, lanes)
+        new = _as_conv2d(expr)
         return expr if new is None else new
 
     @tvm.transform.module_pass(opt_level=0, name="Conv1dAsConv2d")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,8 +266,9 @@ def _fix_input_shapes(
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
         if np.dtype(dtype).kind in "OSU":
             raise TvmflowError(
-                f"input {value.name!r} is a string tensor; tvmflow compiles numeric and bool "
-                "tensors only: move the string handling (tokenizing, parsing) out of the model"
+                f"unsupported dtype: input {value.name!r} is a string tensor; tvmflow compiles "
+                "numeric and bool tensors only: move the string handling (tokenizing, parsing) "
+                "out of the model"
             )
         if not tensor_type.HasField("shape"):
             shape = _unknown_rank_shape(value.name, user.get(value.name))
@@ -395,16 +397,28 @@ def _check_supported(proto: onnx.ModelProto) -> None:
 
 def to_relax(model: ImportedModel) -> tvm.IRModule:
     """Import the shape-fixed graph into Relax with weights as embedded constants."""
-    from tvm.relax.frontend.onnx import from_onnx
-
     from tvmflow import ops
+    from tvmflow.narrow import store_narrow
+    from tvmflow.ops.cast import TYPES_ATTR
 
     ops.install()  # tvmflow's converters for ops TVM's importer lacks or gets wrong
+    proto = store_narrow(model.proto)  # float8/float4/int4 as 8-bit storage (tvmflow.dtypes)
+    with warnings.catch_warnings():
+        if proto is not model.proto:  # checked as the user gave it; the notes are not ONNX's
+            warnings.filterwarnings("ignore", f".*{TYPES_ATTR}", UserWarning)
+        return _import(model, proto)
+
+
+def _import(model: ImportedModel, proto: onnx.ModelProto) -> tvm.IRModule:
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from tvmflow import dtypes
+
     try:
-        return from_onnx(
-            model.proto,
+        mod = from_onnx(
+            proto,
             shape_dict={s.name: list(s.shape) for s in model.inputs},
-            dtype_dict={s.name: s.dtype for s in model.inputs},
+            dtype_dict={s.name: dtypes.storage_dtype(s.dtype) for s in model.inputs},
             opset=model.opset,
             keep_params_in_input=False,
             sanitize_input_names=False,
@@ -418,6 +432,7 @@ def to_relax(model: ImportedModel) -> tvm.IRModule:
             f"TVM's ONNX importer failed on {model.path.name}: {first[:300]}"
             f"{_freeze_hint(model.proto)}"
         ) from exc
+    return tensor_outputs(mod)
 
 
 _TVM_META_NOTE = "# Metadata omitted. Use show_meta=True in script() method to show it."
@@ -455,3 +470,30 @@ def _freeze_hint(proto: onnx.ModelProto) -> str:
 def _is_scalar_like(value: onnx.ValueInfoProto) -> bool:
     dims = value.type.tensor_type.shape.dim
     return all(d.dim_value == 1 for d in dims)
+
+
+def tensor_outputs(mod: tvm.IRModule) -> tvm.IRModule:
+    """`main` with every output a tensor: TVM's importer returns a Shape node's result as a
+    Relax shape value (what its other converters consume), but an ONNX output is an int64
+    tensor."""
+    from tvm import relax
+
+    func = mod["main"]
+    seq = func.body
+    ret = seq.body
+    fields = list(ret.fields) if isinstance(ret, relax.Tuple) else [ret]
+    if not any(isinstance(f.ty, relax.ShapeType) for f in fields):
+        return mod
+    bb = relax.BlockBuilder()
+    bindings, outputs = [], []
+    for i, field in enumerate(fields):
+        if isinstance(field.ty, relax.ShapeType):
+            call = bb.normalize(relax.op.shape_to_tensor(field))
+            field_var = relax.Var(f"shape_output{i}", call.ty)
+            bindings.append(relax.VarBinding(field_var, call))
+            field = field_var
+        outputs.append(field)
+    new_ret = bb.normalize(relax.Tuple(outputs)) if isinstance(ret, relax.Tuple) else outputs[0]
+    body = relax.SeqExpr([*seq.blocks, relax.BindingBlock(bindings)], new_ret)
+    mod["main"] = relax.Function(func.params, body, new_ret.ty, func.is_pure, func.attrs)
+    return relax.transform.Normalize()(mod)

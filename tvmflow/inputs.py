@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tvmflow.dtypes import FLOAT_STORAGE, INT_STORAGE, numpy_dtype
 from tvmflow.errors import TvmflowError
 from tvmflow.manifest import FrozenInput, TensorSpec, check_writable, write_atomic
 
 
 def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs: N(0,1) floats; integers and bools in {0, 1}; rank-0 specs get 0-d arrays.
+    """Seeded inputs: N(0,1) floats (float8/bfloat16 too); integers and bools in {0, 1};
+    rank-0 specs get 0-d arrays.
 
     Integer inputs are usually ids, masks or token types: {0, 1} is in range for all of them,
     where a wider range would index past a small embedding table.
@@ -22,10 +24,12 @@ def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.nd
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for spec in specs:
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            out[spec.name] = np.asarray(rng.standard_normal(spec.shape), dtype)
-        elif dtype.kind in "iub":
+        dtype = numpy_dtype(spec.dtype)
+        if dtype.kind == "f" or spec.dtype in FLOAT_STORAGE or spec.dtype == "bfloat16":
+            values = rng.standard_normal(spec.shape)
+            values = np.abs(values) if spec.dtype == "float8_e8m0fnu" else values  # no sign
+            out[spec.name] = np.asarray(values.astype(np.float32), dtype)
+        elif dtype.kind in "iub" or spec.dtype in INT_STORAGE:
             out[spec.name] = np.asarray(rng.integers(0, 2, size=spec.shape), dtype)
         else:
             raise TvmflowError(f"cannot make random data for input {spec.name!r} of {dtype}")

@@ -87,6 +87,11 @@ def schedule_checked(
     ApplyDefaultSchedule, but each result is checked and a bad one replaced)."""
     start = time.perf_counter()
     kernels, rejected = apply_rules(mod, target, rules)
+    for kernel in [k for k in kernels if not checkable(k.original)]:
+        # Data-dependent shapes (NonZero, NonMaxSuppression): no data to run it on here.
+        kernels.remove(kernel)
+        mod[kernel.name] = _as_scheduled(reference(kernel.original))
+        log.debug("kernel check: %s has symbolic shapes; reference schedule", kernel.name)
     rejected += check(kernels, target, call_constants(mod), seed)
     bad = {r.name for r in rejected}
     for kernel in kernels:
@@ -115,6 +120,7 @@ def check_tuned(
         if isinstance(func, tvm.tirx.PrimFunc)
         and _is_scheduled(func)
         and not before[gv.name_hint].same_as(func)
+        and checkable(before[gv.name_hint])
     ]
     rejected = check(kernels, target, call_constants(after), seed)
     for r in rejected:
@@ -203,6 +209,11 @@ def _key(
         str(target),
         digest.hexdigest(),
     )
+
+
+def checkable(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether every parameter has a static shape (the check draws data of those shapes)."""
+    return all(_static(p.shape) for p in func.params if hasattr(p, "shape"))
 
 
 def runnable_target(target: tvm.target.Target) -> tvm.target.Target:

@@ -6,16 +6,19 @@ sequence lives, in stages: `fuse` (Relax passes down to fused TIR kernels), then
 (tuning records where they improve a kernel, tvmflow's default rules for the rest), then
 `build`. `compile` calls `lower` + `build`, `tune` calls `tuning_tasks` and `default_schedule`
 (its baseline), scripts/profile-kernels calls `lower`. One frozen `LoweringOptions` drives it.
+Last, `lift_weights` turns the (folded, prepacked) constants into arguments of `main`, so they
+ship in the artifact's weights file instead of inside the library.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvmflow.errors import TvmflowError
-from tvmflow.manifest import TensorSpec, TuningInfo
+from tvmflow.manifest import DYNAMIC, TensorSpec, TuningInfo
 from tvmflow.targets import Preset
 from tvmflow.tunelog import (
     apply_records,
@@ -26,6 +29,7 @@ from tvmflow.tunelog import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import tvm
     from tvm import relax
 
@@ -56,6 +60,7 @@ class Lowered:
     """A model lowered for one target: every kernel scheduled, ready for `build`."""
 
     mod: tvm.IRModule
+    weights: tuple[np.ndarray, ...]  # main's arguments after the model inputs, in order
     outputs: tuple[TensorSpec, ...]
     tuning: TuningInfo
 
@@ -92,7 +97,8 @@ def lower(model: ImportedModel, preset: Preset, options: LoweringOptions) -> Low
     outputs = output_specs(mod, model)
     mod = fuse(mod, target, options.precision)
     mod, tuning = schedule(mod, target, log_dirs(preset, options))
-    return Lowered(mod, outputs, tuning)
+    mod, weights = lift_weights(mod)
+    return Lowered(mod, weights, outputs, tuning)
 
 
 def fused_module(model: ImportedModel, target: tvm.target.Target, precision: str) -> tvm.IRModule:
@@ -117,16 +123,21 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # Conv weights to HWIO: see `conv_weights_hwio`. GPU rules want neither.
     # Upsampling conv2d_transposes (kernel == stride) become a 1x1 conv + pixel shuffle
     # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
-    # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM.
+    # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM; conv2ds
+    # get output channels and columns the register tile divides (padded, then sliced off).
     from tvmflow.conv1d import Conv1dAsConv2d
+    from tvmflow.conv_tiles import PadConvForTiles
+    from tvmflow.fast_sigmoid import SigmoidAsTanh
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
 
     cpu_only = (
         [
             SplitUpsamplingConvTranspose(),
-            Conv1dAsConv2d(vector_lanes(target)),
+            Conv1dAsConv2d(),
+            PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
+            SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
@@ -216,6 +227,54 @@ def schedule(
     return apply_default_schedules(tuned, target), tuning
 
 
+def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, tuple[np.ndarray, ...]]:
+    """Replace every constant of `main` by a parameter appended after the model's inputs;
+    returns the new module and the constants' values in parameter order.
+
+    Runs after scheduling, so the weights are already folded and repacked into the layouts
+    the kernels read (compile-time transforms still cost nothing at run time). Constants
+    embedded in the library would be held twice once TVM loads it (the mapped file and a
+    heap copy); as arguments they are held once, mapped from the weights file. Identical
+    constants (same dtype, shape and bytes) become one argument; sub-byte constants (int4,
+    float4), whose numpy form is not TVM's packed one, stay in the library.
+    """
+    import hashlib
+
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Lift(relax.PyExprMutator):  # type: ignore[misc]
+        def __init__(self, mod: tvm.IRModule) -> None:
+            super().__init__(mod)
+            self.params: list[relax.Var] = []
+            self.values: list[np.ndarray] = []
+            self.by_content: dict[tuple[str, tuple[int, ...], bytes], relax.Var] = {}
+
+        def visit_generic_const_(self, const: Any) -> relax.Expr:
+            if tvm.DataType(str(const.value.dtype)).bits < 8:
+                return const  # sub-byte (int4, float4): numpy holds them unpacked; stays inside
+            value = const.value.numpy()
+            digest = hashlib.sha256(value.tobytes()).digest()
+            key = (value.dtype.str, value.shape, digest)
+            if key not in self.by_content:
+                self.by_content[key] = relax.Var(f"weight{len(self.params)}", const.ty)
+                self.params.append(self.by_content[key])
+                self.values.append(value)
+            return self.by_content[key]
+
+    main = mod["main"]
+    lift = Lift(mod)
+    body = lift.visit_expr(main.body)
+    attrs = {**dict(main.attrs or {}), "num_input": len(main.params)}
+    lifted = relax.Function(
+        [*main.params, *lift.params], body, main.ret_ty, main.is_pure, tvm.ir.DictAttrs(attrs)
+    )
+    out = mod.clone()
+    out[mod.get_global_var("main")] = lifted
+    return out, tuple(lift.values)
+
+
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     """Code generation of a scheduled module (the preset's codegen settings)."""
     from tvm import relax
@@ -223,7 +282,28 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     from tvmflow.export import codegen_scope
 
     with codegen_scope(target):
-        return relax.build(mod, target=target)
+        return relax.build(empty_constants_allocated(mod), target=target)
+
+
+def empty_constants_allocated(mod: tvm.IRModule) -> tvm.IRModule:
+    """Zero-sized constants (an empty input the backend baked, a fold to an empty tensor)
+    become allocations: TVM writes them into the executable but cannot read them back
+    ("Invalid DLTensor file format" when the artifact loads)."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Allocate(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_generic_const_(self, op: Any) -> relax.Expr:
+            value = op.value
+            if not hasattr(value, "shape") or math.prod(value.shape):
+                return op
+            shape = relax.ShapeExpr([int(d) for d in value.shape])
+            return relax.op.builtin.alloc_tensor(shape, str(value.dtype), 0)
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = Allocate().visit_expr(func)
+    return mod
 
 
 def log_dirs(preset: Preset, options: LoweringOptions) -> list[Path]:
@@ -240,7 +320,7 @@ def log_dirs(preset: Preset, options: LoweringOptions) -> list[Path]:
     if options.use_shipped_logs:
         dirs += [
             d
-            for d in shipped_log_dirs(preset.name)
+            for d in shipped_log_dirs(preset.name, preset.target)
             if d not in dirs and log_matches_target(d, preset.target)
         ]
     return dirs
@@ -329,22 +409,25 @@ def kernel_names(mod: tvm.IRModule) -> list[str]:
 
 
 def output_specs(mod: tvm.IRModule, model: ImportedModel) -> tuple[TensorSpec, ...]:
-    """Static output signature from Relax's inferred types, named after the ONNX outputs."""
+    """Output signature from Relax's inferred types, named after the ONNX outputs."""
+    import tvm
     from tvm import relax
 
-    ret = mod["main"].ret_ty
+    from tvmflow.narrow import real_dtype
+
+    func = mod["main"]
+    # The returned value's type names dims main's declared return type leaves unknown (the
+    # symbolic sizes a NonZero or Unique binds inside the body).
+    ret = func.body.body.ty if isinstance(func.body, relax.SeqExpr) else func.ret_ty
     infos = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
     names = [o.name for o in model.proto.graph.output]
+    declared = [o.type.tensor_type.elem_type for o in model.proto.graph.output]
     specs = []
-    for name, info in zip(names, infos, strict=True):
-        if not isinstance(info, relax.TensorType) or info.shape is None:
+    for name, elem_type, info in zip(names, declared, infos, strict=True):
+        if not isinstance(info, relax.TensorType) or info.ndim < 0:
             raise TvmflowError(f"output {name!r} is not a tensor of known rank; cannot compile")
-        try:
-            shape = tuple(int(d) for d in info.shape.values)
-        except TypeError as exc:
-            raise TvmflowError(
-                f"output {name!r} has a data-dependent shape {info.shape}; tvmflow compiles "
-                "static shapes only"
-            ) from exc
-        specs.append(TensorSpec(name, shape, str(info.dtype)))
+        # Inputs are static, so a symbolic output dim is one the data decides.
+        dims = info.shape.values if info.shape is not None else [None] * info.ndim
+        shape = tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else DYNAMIC for d in dims)
+        specs.append(TensorSpec(name, shape, real_dtype(str(info.dtype), elem_type)))
     return tuple(specs)

@@ -38,8 +38,32 @@ MODULES = (
     "reverse_sequence",
     "tensor_scatter",
     "col2im",
+    "tfidf_vectorizer",
+    "scan",
+    "det",
+    "flex_attention",
+    "deform_conv",
+    "loop",
     # int8
     "quantized",
+    # opfix
+    "non_max_suppression",
+    "rms_normalization",
+    "pow",
+    "resize",
+    "is_inf",
+    "eye_like",
+    "one_hot",
+    "reduce_extremes",
+    "split",
+    "batch_normalization",
+    "max_unpool",
+    "max_pool",
+    "top_k",
+    # cast
+    "cast",
+    "quantize_linear",
+    "bitcast",
 )
 
 DEFAULT_DOMAIN = ""

@@ -42,12 +42,12 @@ class CausalConvWithState(OnnxOpConverter):
             padded = bb.emit(op.nn.pad(x, [0, 0, 0, 0, k - 1, 0]))
         else:
             padded = bb.emit(op.concat([past, x], axis=2))
-        # half inputs accumulate in float32 (rounded once, as the reference and onnxruntime)
+        # half inputs: conv + bias in float32, rounded once (as the reference and onnxruntime)
         acc = "float32" if dtype == "float16" else dtype
         y = bb.emit(op.nn.conv1d(padded, weight, groups=channels, out_dtype=acc))
-        y = bb.emit(op.astype(y, dtype)) if acc != dtype else y
         if bias is not None:
-            y = bb.emit(op.add(y, op.reshape(bias, [1, channels, 1])))
+            y = bb.emit(op.add(y, op.reshape(op.astype(bias, acc), [1, channels, 1])))
+        y = bb.emit(op.astype(y, dtype)) if acc != dtype else y
         if activation != "none":  # in float32 for half inputs, as the reference
             wide = bb.emit(op.astype(y, "float32")) if dtype == "float16" else y
             y = bb.emit(op.astype(op.multiply(wide, op.sigmoid(wide)), dtype))

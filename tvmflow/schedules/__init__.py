@@ -4,8 +4,8 @@ An ordered rule list per device, DLight style: the first rule that applies to a 
 kernels already scheduled (by a tuning record) are skipped. TVM ships GPU rules; for CPUs it
 ships only GEMV and reduction rules, so tvmflow adds its own rules in this package, one per
 file (`cpu_*.py`): register-tiled pointwise / general / depthwise conv2d and matmul
-micro-kernels, vectorized elementwise kernels, and a parallelizing fallback, all sized from
-the target's vector width.
+micro-kernels, pooling, vectorized elementwise kernels, and a parallelizing fallback, all sized
+from the target's vector width.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_int8_matmul import Int8Matmul
     from tvmflow.schedules.cpu_matmul import Matmul
     from tvmflow.schedules.cpu_pointwise_conv2d import PointwiseConv2d
+    from tvmflow.schedules.cpu_pool import Pool
 
     # bf16 kernels (`--precision bf16`) exist only where the target has AVX512_BF16
     bf16 = [Bf16Gemm()] if has_bf16(target) else []
@@ -51,6 +52,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         DepthwiseConv2d(),
         Int8Matmul(),
         Matmul(),
+        Pool(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),
@@ -79,9 +81,46 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
             return dlight.ApplyDefaultSchedule(*default_rules(target))(mod)
         mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         mod = schedule_checked(mod, target, default_rules(target))
-        mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+        mod = split_prepacks(mod)
         mod = relax.transform.FoldConstant()(mod)
         return relax.transform.DeadCodeElimination()(mod)
+
+
+def split_prepacks(mod: tvm.IRModule) -> tvm.IRModule:
+    """`relax.transform.SplitLayoutRewritePreproc` over the kernels that hold a weight
+    repacking block, the others set aside meanwhile: the pass walks every kernel and asserts
+    a root shape that opaque kernels no rule schedules (TVM's scatter_elements: one opaque
+    block of plain loops) lack, which crashed the whole compile."""
+    import tvm
+    from tvm import relax
+
+    aside = {
+        gv: func
+        for gv, func in mod.functions_items()
+        if isinstance(func, tvm.tirx.PrimFunc) and not has_prepack(func)
+    }
+    kept = {gv: func for gv, func in mod.functions_items() if gv not in aside}
+    split = relax.transform.SplitLayoutRewritePreproc()(tvm.IRModule(kept, attrs=mod.attrs))
+    for gv, func in aside.items():
+        split[gv] = func
+    return split
+
+
+def has_prepack(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether a kernel holds a block a rule marked as a weight repacking (`PREPACK_ATTR`)."""
+    import tvm_ffi
+    from tvm import s_tir
+
+    from tvmflow.schedules.cpu_common import PREPACK_ATTR
+
+    found: list[bool] = []
+
+    def visit(block: s_tir.stmt.SBlock) -> None:
+        if PREPACK_ATTR in block.annotations:
+            found.append(True)
+
+    tvm_ffi.structural_walk(func.body, [(s_tir.stmt.SBlock, visit)], order="pre")
+    return bool(found)
 
 
 def kernel_rules(mod: tvm.IRModule, target: tvm.target.Target) -> dict[str, str | None]:

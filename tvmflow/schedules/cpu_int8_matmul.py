@@ -73,8 +73,13 @@ def register_vnni_intrin() -> str:
     """Register the intrinsics (idempotent): `dot_16x4_vnni` re-registered with an LLVM
     22-valid vpdpbusd call, and the same with its accumulator in registers (`local`), which
     this rule tensorizes with. Returns the latter's name."""
+    import tvm
     from tvm.s_tir import TensorIntrin
 
+    from tvmflow.tunelog import register_tensor_intrinsics
+
+    # the stock x86 intrinsics first: registered after ours, they would clash on the name
+    register_tensor_intrinsics(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}))
     for name, scope in ((VNNI_INTRIN, "global"), (VNNI_INTRIN_LOCAL, "local")):
         desc, impl = _vnni_funcs(scope)
         TensorIntrin.register(name, desc, impl, override=True)
@@ -178,9 +183,17 @@ class Int8Matmul(ScheduleRule):
     ) -> s_tir.Schedule | None:
         m_pos, n_pos, b_read, k_dim = roles
         block = infos[index].block_rv
-        # producers (the activation's quantize, shifts) run once into a buffer: tensorized
-        # loads need A in memory
+        # producers of the operands (the activation's quantize or shift) run once into a
+        # buffer: tensorized loads need A in memory; others (zero points) are inlined into
+        # the epilogue, which must find all its producers under the tile loop
+        operands = {r.source for r in sch.get(block).reads}
         for info in infos[:index]:
+            if not any(w.source in operands for w in sch.get(info.block_rv).writes):
+                try:
+                    sch.compute_inline(info.block_rv)
+                    continue
+                except ScheduleError:
+                    pass
             schedule_spatial(sch, info.block_rv, vector_lanes(target))
         m = 1 if m_pos is None else sizes[m_pos]
         nvecs = sizes[n_pos] // LANES

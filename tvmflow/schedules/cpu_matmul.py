@@ -22,6 +22,7 @@ from tvmflow.schedules.cpu_common import (
     is_layout_free,
     open_schedule,
     prepack_weight,
+    schedule_spatial,
     single_reduction,
     tile_choices,
     tile_gemm,
@@ -105,6 +106,18 @@ class Matmul(TiledRule):
             return None
         m_pos, n_pos, b_read, k_dim = roles
         lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
+        epilogue = [i.block_rv for i in infos[index + 1 :]]
+        weight = sch.get(main.block_rv).reads[b_read]
+        free = is_layout_free(func, weight.source)  # a constant weight, repacked below
+        padded = _pad_awkward_dims(sch, main.block_rv, sizes, m_pos, n_pos, lanes, free)
+        if padded is None:
+            return None
+        if padded:
+            epilogue = padded + epilogue
+            loops = sch.get_loops(main.block_rv)[-len(sizes) :]
+            sizes = extents(sch, loops)
+            if sizes is None:
+                return None
         m_size = 1 if m_pos is None else sizes[m_pos]
         tiles = tile_choices(m_size, sizes[n_pos], lanes, vector_registers(target))
         if choice >= len(tiles):
@@ -118,11 +131,11 @@ class Matmul(TiledRule):
             reduce=(loops[-1],),
         )
         weight = sch.get(main.block_rv).reads[b_read]
-        if k_dim is not None and is_layout_free(func, weight.source):
+        if k_dim is not None and free:
             n_dim = len(weight.region) - 1
             prepack_weight(sch, main.block_rv, b_read, [k_dim], n_dim, tile[1] * tile[2])
         writeback = tile_gemm(sch, main.block_rv, gemm, tile, tunable)
-        out = fuse_epilogue(sch, writeback, [i.block_rv for i in infos[index + 1 :]], lanes)
+        out = fuse_epilogue(sch, writeback, epilogue, lanes)
         if out is None:
             return None
         wb_loops = sch.get_loops(out)
@@ -130,3 +143,52 @@ class Matmul(TiledRule):
             _, vec = sch.split(wb_loops[-1], factors=[None, tile[2]])
             sch.vectorize(vec)
         return sch
+
+
+def _pad_awkward_dims(
+    sch: s_tir.Schedule,
+    block: s_tir.schedule.SBlockRV,
+    sizes: list[int],
+    m_pos: int | None,
+    n_pos: int,
+    lanes: int,
+    weight_is_constant: bool,
+) -> list[s_tir.schedule.SBlockRV] | None:
+    """Pad a matmul whose n the vector width does not divide, or whose m has no divisor from
+    4 to 8, to sizes the register tile divides: the tile sizes must divide m and n exactly,
+    so ViT attention over 197 tokens (a prime) ran with scalar 1x1 tiles, and its MLPs with
+    one-row tiles. The activations are copied into padded buffers (scheduled here) and the
+    result cropped; returns the crop block(s), the epilogue's new head ([] if no padding;
+    None if the block cannot be padded). A constant weight's n is left alone: its padding
+    would be a copy per call."""
+    factors = [1] * len(sizes)
+    if not weight_is_constant and sizes[n_pos] > lanes and sizes[n_pos] % lanes:
+        factors[n_pos] = lanes
+    if (
+        m_pos is not None
+        and sizes[m_pos] >= 8
+        and not any(sizes[m_pos] % r == 0 for r in range(4, 9))
+    ):
+        factors[m_pos] = 4
+    if factors == [1] * len(sizes):
+        return []
+    before = {sch.get(b).name_hint for b in _all_blocks(sch)}
+    try:
+        sch.pad_einsum(block, factors)
+    except (ScheduleError, InternalError):
+        return None
+    added = [b for b in _all_blocks(sch) if sch.get(b).name_hint not in before]
+    # producers copy the operands into the padded buffers; the block after `block` crops
+    crops = [
+        b
+        for b in added
+        if any(r.source.same_as(sch.get(block).writes[0].source) for r in sch.get(b).reads)
+    ]
+    for pad in added:
+        if pad not in crops:
+            schedule_spatial(sch, pad, lanes)
+    return crops
+
+
+def _all_blocks(sch: s_tir.Schedule) -> list[s_tir.schedule.SBlockRV]:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))

@@ -1,0 +1,99 @@
+"""Lowering pass: pad a conv2d's output channels and columns to what the register tile needs.
+
+The CPU `Conv2d` rule is a GEMM micro-kernel over (output column m, output channel n) whose
+tile sizes must divide m and n exactly (no tail loops that would break vectorization). A
+prime or odd count therefore degrades it: 257 channels (an STFT's frequency bins) ran with
+no vectors at all, 1000 (a classifier conv) with one 8-lane vector per row, and 13 or 97
+columns with one-row tiles (one broadcast per vector FMA). Here a constant weight gets
+zero filters up to whole vectors (folded at compile time), the input's right padding grows
+until the output columns are a multiple of 8, 7 or 6 (rows of a tile), and the extra
+channels and columns are sliced off the result: a few percent more multiply-adds for
+full tiles.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import tvm
+    from tvm import relax
+
+# An output row this short is a squeeze-excite or 1x1-map conv: padding it would multiply its
+# work for no tile gain.
+MIN_COLUMNS = 8
+
+
+def _channel_padding(channels: int, lanes: int) -> int:
+    """Zero filters to add: up to whole vectors, and to a vector count the tile's 2 or 3
+    vectors per row divide (17 vectors, as 257 channels make, would allow only 1)."""
+    if channels % lanes == 0:
+        return 0
+    vectors = -(-channels // lanes)
+    if vectors > 1 and vectors % 2 and vectors % 3:
+        vectors += 1
+    return vectors * lanes - channels
+
+
+def _padded(call: relax.Call, lanes: int) -> relax.Expr | None:
+    """`call` (an NCHW/OIHW conv2d) with padded channels/columns, or None when it is fine."""
+    import tvm
+    from tvm import relax
+
+    attrs = call.attrs
+    x, w = call.args
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+        return None
+    out_shape = getattr(call.ty, "shape", None)
+    if int(attrs.groups) != 1 or out_shape is None or len(out_shape) != 4:
+        return None
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in out_shape):
+        return None
+    channels, columns = int(out_shape[1]), int(out_shape[3])
+    extra = _channel_padding(channels, lanes) if isinstance(w, tvm.ir.expr.Constant) else 0
+    more = 0
+    if columns >= MIN_COLUMNS and not any(columns % r == 0 for r in range(4, 9)):
+        more = next(p for p in range(1, 8) if any((columns + p) % r == 0 for r in (8, 7, 6)))
+    if not (extra or more):
+        return None
+    if extra:
+        w = relax.const(np.pad(w.value.numpy(), [(0, extra), (0, 0), (0, 0), (0, 0)]))
+    top, left, bottom, right = (int(p) for p in attrs.padding)
+    y = relax.op.nn.conv2d(
+        x,
+        w,
+        strides=attrs.strides,
+        padding=(top, left, bottom, right + more * int(attrs.strides[1])),
+        dilation=attrs.dilation,
+        groups=1,
+        data_layout="NCHW",
+        kernel_layout="OIHW",
+        out_layout="NCHW",
+        out_dtype=str(call.ty.dtype),
+    )
+    return relax.op.strided_slice(y, axes=[1, 3], begin=[0, 0], end=[channels, columns])
+
+
+def PadConvForTiles(lanes: int) -> tvm.transform.Pass:
+    """Module pass: pad every conv2d that needs it (see the module docstring); `lanes`: the
+    target's fp32 vector width, which padded channel counts are a multiple of."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    pattern = is_op("relax.nn.conv2d")(wildcard(), wildcard())
+
+    def rewriter(expr: relax.Expr, _: Any) -> relax.Expr:
+        new = _padded(expr, lanes)
+        return expr if new is None else new
+
+    @tvm.transform.module_pass(opt_level=0, name="PadConvForTiles")
+    def transform(mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = rewrite_call(pattern, rewriter, func)
+        return mod
+
+    return transform
