@@ -24,6 +24,8 @@ from tvmflow.engines import onnxruntime_session
 from tvmflow.frontend import load_onnx
 from tvmflow.inputs import random_inputs
 from tvmflow.kernel_profile import set_threads
+from tvmflow.manifest import read_manifest
+from tvmflow.runtime import weight_tensors
 from tvmflow.targets import resolve_preset
 
 
@@ -73,6 +75,8 @@ def main(argv: list[str]) -> int:
     for label, directory in artifacts.items():
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(directory / "model.so")), tvm.cpu(0))
         tensors = [tvm.runtime.tensor(np.asarray(feeds[i.name]), tvm.cpu(0)) for i in model.inputs]
+        # the weights file (format 2) follows the inputs as arguments, as tvmflow.load passes it
+        tensors += weight_tensors(directory, read_manifest(directory), tvm.cpu(0))
         runs[label] = _caller(vm["main"], tensors)
     session = onnxruntime_session(path, args.threads)
     runs["onnxruntime"] = lambda: session.run(None, dict(feeds))
