@@ -7,8 +7,9 @@ default precision (when installed). Writes `benchmarks/<preset>.json`, `.md` and
 (not --quick, not --models) run also puts the table into README.md between the markers.
 
 `--check` measures the models of the committed baseline (`benchmarks/baseline.json`: the
-p50 ratio of tvmflow to its best fp32 peer per model, and the thread count it was measured
-at) and fails (exit 1) when a model got more than 10 % slower relative to its peers;
+p50 ratio of tvmflow to its best fp32 peer per model, tvmflow's peak RSS over onnxruntime's,
+and the thread count it was measured at) and fails (exit 1) when a model got more than 10 %
+slower relative to its peers, or its peak RSS grew by more than 10 % relative to onnxruntime's;
 `--update-baseline` writes that file from the run. Ratios, not times: both engines run in the
 same interleaved rounds, so a busy machine slows both alike (one thread per engine is the
 robust setting on a shared machine: no engine's thread pool waits for a preempted worker).
@@ -93,7 +94,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("fp32", "bf16"),
         default="fp32",
         help="tvmflow's precision (bf16: compare with openvino-default, which runs bf16 too; "
-        "tables go to <preset>-bf16.*, the README table stays fp32's)",
+        "tables go to <preset>.* of the bf16 preset; the README table stays fp32's)",
     )
     parser.add_argument("--threads", type=int, help="threads per engine (default: physical cores)")
     parser.add_argument(
@@ -179,6 +180,7 @@ def baseline_of(reports: Sequence[bench.BenchReport], preset: str) -> dict:
             "best_peer": best.baseline,
             "best_peer_ratio": round(best.p50_ratio, 4),
             "ratios": {r.baseline: round(r.p50_ratio, 4) for r in rep.ratios},
+            "rss_ratio": rss_ratio(rep),
         }
     return {
         "format_version": 1,
@@ -190,8 +192,18 @@ def baseline_of(reports: Sequence[bench.BenchReport], preset: str) -> dict:
     }
 
 
+def rss_ratio(rep: bench.BenchReport) -> float | None:
+    """tvmflow's peak RSS (load + first run, fresh process) over onnxruntime's, when measured."""
+    names = {e.name for e in rep.engines}
+    if not {bench.TVMFLOW, bench.REFERENCE} <= names:
+        return None
+    mine, theirs = rep.engine(bench.TVMFLOW).peak_rss_mb, rep.engine(bench.REFERENCE).peak_rss_mb
+    return None if mine is None or not theirs else round(mine / theirs, 4)
+
+
 def regressions(current: dict, baseline: dict, slack: float = SLACK) -> list[str]:
-    """Models whose tvmflow/best-peer ratio grew by more than `slack` over the baseline's."""
+    """Models whose tvmflow/best-peer ratio, or whose peak RSS relative to onnxruntime's,
+    grew by more than `slack` over the baseline's."""
     found = []
     for name, now in current["models"].items():
         before = baseline["models"].get(name)
@@ -203,6 +215,12 @@ def regressions(current: dict, baseline: dict, slack: float = SLACK) -> list[str
                 f"{name}: tvmflow/best peer {now['best_peer_ratio']:.2f}x "
                 f"({now['best_peer']}), baseline {before['best_peer_ratio']:.2f}x "
                 f"({before['best_peer']}), limit {limit:.2f}x"
+            )
+        was, rss = before.get("rss_ratio"), now.get("rss_ratio")
+        if was is not None and rss is not None and rss > was * (1 + slack):
+            found.append(
+                f"{name}: peak RSS {rss:.2f}x onnxruntime's, baseline {was:.2f}x, "
+                f"limit {was * (1 + slack):.2f}x"
             )
     return found
 
@@ -219,10 +237,15 @@ def check(reports: Sequence[bench.BenchReport], preset: str, path: Path) -> int:
     for name, now in current["models"].items():
         before = baseline["models"].get(name, {}).get("best_peer_ratio")
         was = f"{before:.2f}x" if before else "-"
-        print(f"check {name}: tvmflow/best peer {now['best_peer_ratio']:.2f}x, baseline {was}")
+        rss = now.get("rss_ratio")
+        memory = f", peak RSS {rss:.2f}x onnxruntime's" if rss is not None else ""
+        print(
+            f"check {name}: tvmflow/best peer {now['best_peer_ratio']:.2f}x, baseline {was}"
+            + memory
+        )
     found = regressions(current, baseline)
     for line in found:
-        print(f"scripts/benchmark: slower relative to peers: {line}", file=sys.stderr)
+        print(f"scripts/benchmark: regressed relative to peers: {line}", file=sys.stderr)
     return 1 if found else 0
 
 
@@ -260,13 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.baseline.write_text(json.dumps(baseline_of(reports, preset), indent=2) + "\n")
         print(f"wrote {args.baseline}")
     args.out.mkdir(parents=True, exist_ok=True)
-    low = "" if args.precision == "fp32" else f"-{args.precision}"
+    low = "" if args.precision == "fp32" or args.precision in preset else f"-{args.precision}"
     stem = args.out / (preset + low + ("-quick" if args.quick else ""))
     bench.write_json(reports, stem.with_suffix(".json"))
     bench.write_markdown(reports, stem.with_suffix(".md"))
     bench.plot(reports, stem.with_suffix(".png"))
     print(f"wrote {stem}.json, .md and .png")
-    full = not args.quick and len(reports) == len(REFERENCE_SET) and not low
+    full = not args.quick and len(reports) == len(REFERENCE_SET) and args.precision == "fp32"
     if full and args.out == ROOT / "benchmarks":
         source = f"`scripts/benchmark`, [benchmarks/{preset}.md](benchmarks/{preset}.md)"
         if update_readme(ROOT / "README.md", bench.to_markdown(reports), source):

@@ -240,7 +240,7 @@ def bundle(
             artifact = compile_model(model, preset, stage / "artifacts" / name)
             _save_reference(model, stage / "references" / f"{name}.npz")
             artifacts[name] = {
-                "library_bytes": artifact.library.stat().st_size,
+                "artifact_bytes": sum(f.stat().st_size for f in artifact.directory.iterdir()),
                 "compile_seconds": artifact.manifest.compile_seconds,
                 "device_code": artifact.manifest.extra.get("device_code"),
             }
@@ -272,10 +272,11 @@ def size_problem(meta: dict[str, Any], limit_mib: float) -> str | None:
     """Why the bundle is too big for one device run (None: it fits)."""
     if meta["payload_bytes"] <= limit_mib * 2**20:
         return None
-    sizes = ", ".join(f"{n} {a['library_bytes'] / 2**20:.1f}" for n, a in meta["artifacts"].items())
+    artifacts = meta["artifacts"].items()
+    sizes = ", ".join(f"{n} {a['artifact_bytes'] / 2**20:.1f}" for n, a in artifacts)
     return (
         f"the bundle would be {meta['payload_bytes'] / 2**20:.1f} MiB, over --limit-mib "
-        f"{limit_mib} (model.so MiB: {sizes}); bundle fewer --models"
+        f"{limit_mib} (artifact MiB: {sizes}); bundle fewer --models"
     )
 
 
@@ -431,9 +432,8 @@ def check_model(
     import tvm
 
     dev = model._device  # device-resident inputs: the same footing as PyTorch below
-    vm = model._vm()
     args = [tvm.runtime.tensor(feeds[s.name], dev) for s in model.inputs]
-    result.tvm_ms = time_ms(lambda: vm["main"](*args), dev.sync, iters)
+    result.tvm_ms = time_ms(lambda: model.run_on_device(args), dev.sync, iters)
     result.tvm_run_ms = time_ms(lambda: model.run(feeds), lambda: None, iters)
     if use_torch and name in ("resnet18", "encoder"):
         _torch_timings(result, model.manifest.device, feeds, expected, iters)

@@ -101,6 +101,19 @@ def test_tune_front_door_writes_a_log_compile_and_logs_show_read(
     assert "whole model" in capsys.readouterr().out
 
 
+def test_tune_front_door_takes_the_clis_farm_and_split(zoo_dir: Path, tmp_path: Path) -> None:
+    """The CLI's --tasks and --rpc-* are tvmflow.tune arguments (the CLI only forwards them)."""
+    log = tmp_path / "log"
+    with pytest.raises(TvmflowError, match="--rpc-tracker and --rpc-key go together"):
+        tvmflow.tune(zoo_dir / "mlp.onnx", log=log, input_shapes=ZOO_SHAPES["mlp"], rpc_key="pi")
+    assert not log.exists()
+    model = load_onnx(zoo_dir / "mlp.onnx", ZOO_SHAPES["mlp"])
+    target = tvm.target.Target(resolve_preset("x86").target)
+    names = sorted(t.name for t in tuning_tasks(model, target, "fp32"))
+    result = tvmflow.tune(model, log=log, trials=1, tasks=(2, len(names)), seed=0)
+    assert [t.name for t in result.tasks] == names[1:2]
+
+
 def _two_layer(path: Path, second: int) -> Path:
     """x[4,64] → MatMul 64x128 + Add + Tanh (the mlp's first layer) → MatMul 128xN + Relu."""
     b = zoo._Builder(7)

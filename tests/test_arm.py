@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import REAL_MODELS, ZOO_SHAPES, real_model
 from tests.emulation import ARM_PRESET, RpcTracker, require_cross_compiler, require_emulation
+from tvmflow import weights
 from tvmflow.accuracy import Tolerance, compare, onnxruntime_outputs, output_scales
 from tvmflow.cli import main
 from tvmflow.compile import Artifact, CompileOptions, compile_model
@@ -119,8 +120,13 @@ def test_rpc_server_under_emulation_runs_uploaded_module(
     dev = remote.cpu()
     vm = VirtualMachine(remote.load_module(artifact.library.name), dev)
     feeds = random_inputs(artifact.manifest.inputs, seed=5)
+    info = artifact.manifest.weights
+    assert info is not None
+    params = weights.load(artifact.directory / info.file, info.count)
     vm.set_input(
-        "main", *[tvm.runtime.tensor(feeds[s.name], dev) for s in artifact.manifest.inputs]
+        "main",
+        *[tvm.runtime.tensor(feeds[s.name], dev) for s in artifact.manifest.inputs],
+        *[tvm.runtime.tensor(np.asarray(w), dev) for w in params],
     )
     vm.invoke_stateful("main")
     result = vm.get_outputs("main")

@@ -224,11 +224,11 @@ def artifact_copy(name: str = "a", edit: Callable[[dict[str, Any]], None] | None
     return make
 
 
-def library(name: str, content: bytes | None) -> Setup:
-    """Replace (or, with None, delete) the copied artifact's model.so."""
+def library(name: str, content: bytes | None, file: str = "model.so") -> Setup:
+    """Replace (or, with None, delete) the copied artifact's model.so (or another file)."""
 
     def make(env: Env, tmp: Path) -> None:
-        path = tmp / name / "model.so"
+        path = tmp / name / file
         if content is None:
             path.unlink()
         else:
@@ -525,6 +525,14 @@ CASES = [
           "does not match the sha256", setup=[artifact_copy("a"), library("a", b"\x7fELF")]),
     _case("run-library-missing", ("run", "{tmp}/a", "--random"), 2, "has no model.so",
           setup=[artifact_copy("a"), library("a", None)]),
+    _case("run-weights-tampered", ("run", "{tmp}/a", "--random"), 2,
+          "weights.npz does not match the sha256",
+          setup=[artifact_copy("a"), library("a", b"PK\x03\x04", "weights.npz")]),
+    _case("run-weights-missing", ("run", "{tmp}/a", "--random"), 2, "has no weights.npz",
+          setup=[artifact_copy("a"), library("a", None, "weights.npz")]),
+    _case("run-manifest-without-weights", ("run", "{tmp}/a", "--random"), 2,
+          "does not list the weights file",
+          setup=[artifact_copy("a", lambda m: m.pop("weights"))]),
     _case("run-other-arch", ("run", "{tmp}/a", "--random"), 2, "was built for aarch64",
           setup=[artifact_copy("a", lambda m: m.update(arch="aarch64"))]),
     _case("run-emulate-x86-artifact", ("run", "{art}", "--random", "--emulate"), 2, "x86_64"),

@@ -57,6 +57,19 @@ def test_check_flags_only_models_more_than_10_percent_slower_relative_to_peers(
     assert script.regressions(baseline, baseline) == []
 
 
+def test_check_flags_peak_rss_grown_more_than_10_percent_relative_to_onnxruntime(
+    script: ModuleType,
+) -> None:
+    baseline, current = _doc({"a": 1.0, "b": 1.0, "c": 1.0}), _doc({"a": 1.0, "b": 1.0, "c": 1.0})
+    for doc, rss in ((baseline, (0.8, 1.2, None)), (current, (0.87, 1.25, 3.0))):
+        for entry, ratio in zip(doc["models"].values(), rss, strict=True):
+            entry["rss_ratio"] = ratio
+    assert script.regressions(current, baseline) == []  # within 10 %, or not measured before
+    current["models"]["a"]["rss_ratio"] = 0.9
+    (line,) = script.regressions(current, baseline)
+    assert line == "a: peak RSS 0.90x onnxruntime's, baseline 0.80x, limit 0.88x"
+
+
 def test_check_runs_the_baseline_models(script: ModuleType, tmp_path: Path) -> None:
     path = tmp_path / "baseline.json"
     path.write_text(json.dumps(_doc({"encoder": 1.0, "resnet18-b8": 1.0}) | {"threads": 1}))

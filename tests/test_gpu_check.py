@@ -94,9 +94,9 @@ def test_arguments() -> None:
 
 
 def test_size_limit_names_the_models() -> None:
-    meta = {"payload_bytes": 70 * 2**20, "artifacts": {"resnet18": {"library_bytes": 47 * 2**20}}}
+    meta = {"payload_bytes": 70 * 2**20, "artifacts": {"resnet18": {"artifact_bytes": 47 * 2**20}}}
     assert gpu_check.size_problem(meta, 60.0) == (
-        "the bundle would be 70.0 MiB, over --limit-mib 60.0 (model.so MiB: resnet18 47.0); "
+        "the bundle would be 70.0 MiB, over --limit-mib 60.0 (artifact MiB: resnet18 47.0); "
         "bundle fewer --models"
     )
     assert gpu_check.size_problem({**meta, "payload_bytes": 59 * 2**20}, 60.0) is None

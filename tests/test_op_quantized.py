@@ -1,8 +1,9 @@
-"""MatMulInteger and QLinearMatMul (tvmflow.ops.quantized) bit-exact against onnxruntime."""
+"""Integer matmuls and convolutions (tvmflow.ops.quantized) bit-exact against onnxruntime."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -31,6 +32,7 @@ def _model(
     op: str,
     inputs: list[tuple[str, np.ndarray, bool]],
     opset: int,
+    **attrs: Any,
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """One `op` node; each input is (name, value, is_initializer)."""
     graph_inputs, inits, feeds = [], [], {}
@@ -41,7 +43,7 @@ def _model(
             feeds[name] = value
             dtype = helper.np_dtype_to_tensor_dtype(value.dtype)
             graph_inputs.append(helper.make_tensor_value_info(name, dtype, value.shape))
-    node = helper.make_node(op, [name for name, _, _ in inputs], ["y"])
+    node = helper.make_node(op, [name for name, _, _ in inputs], ["y"], **attrs)
     y = helper.make_empty_tensor_value_info("y")
     graph = helper.make_graph([node], op.lower(), graph_inputs, [y], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -102,3 +104,28 @@ def test_qlinear_matmul_requantizes_as_onnxruntime(out_dtype: type) -> None:
         ("y_zp", np.array(3, out_dtype), True),
     ]
     _assert_exact(*_model("QLinearMatMul", inputs, 13))
+
+
+def test_conv_integer_pads_with_the_zero_point() -> None:
+    inputs = [
+        ("x", _full_range(np.uint8, (1, 3, 9, 9)), False),
+        ("w", _full_range(np.uint8, (4, 3, 3, 3)), True),
+        ("x_zp", np.array(7, np.uint8), True),
+        ("w_zp", np.array(130, np.uint8), True),
+    ]
+    _assert_exact(*_model("ConvInteger", inputs, 10, pads=[1, 1, 1, 1], strides=[2, 2]))
+
+
+def test_qlinear_conv_with_per_channel_scales_and_bias() -> None:
+    inputs = [
+        ("x", _full_range(np.uint8, (1, 3, 8, 8)), False),
+        ("x_scale", np.array(0.03, np.float32), True),
+        ("x_zp", np.array(120, np.uint8), True),
+        ("w", _full_range(np.int8, (5, 3, 3, 3)), True),
+        ("w_scale", RNG.uniform(0.002, 0.02, 5).astype(np.float32), True),
+        ("w_zp", np.zeros(5, np.int8), True),
+        ("y_scale", np.array(0.4, np.float32), True),
+        ("y_zp", np.array(100, np.uint8), True),
+        ("bias", RNG.integers(-5000, 5000, 5).astype(np.int32), True),
+    ]
+    _assert_exact(*_model("QLinearConv", inputs, 10, pads=[1, 1, 1, 1]))

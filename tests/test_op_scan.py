@@ -1,4 +1,4 @@
-"""ONNX Scan (opset 9+), unrolled, against onnxruntime: state, reverse input and output, axes."""
+"""ONNX Scan (opsets 8 and 9+), unrolled, against onnxruntime: state, directions, axes."""
 
 from __future__ import annotations
 
@@ -68,5 +68,34 @@ def test_scan_with_axes_and_directions() -> None:
     feeds = {
         "init": rng.standard_normal(3).astype(np.float32),
         "xs": rng.standard_normal((3, 5)).astype(np.float32),
+    }
+    assert_matches(model, feeds)
+
+
+def test_scan8_batched() -> None:
+    f = TensorProto.FLOAT
+    body = _body()
+    body.initializer.append(helper.make_tensor("w", f, [3], [0.5, -1.0, 2.0]))
+    scan = helper.make_node(
+        "Scan", ["", "init", "xs"], ["final", "ys"], body=body, num_scan_inputs=1, directions=[1]
+    )
+    graph = helper.make_graph(
+        [scan],
+        "scan8",
+        [
+            helper.make_tensor_value_info("init", f, [2, 3]),
+            helper.make_tensor_value_info("xs", f, [2, 4, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("final", f, [2, 3]),
+            helper.make_tensor_value_info("ys", f, [2, 4, 3]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    model.ir_version = 4
+    rng = np.random.default_rng(1)
+    feeds = {
+        "init": rng.standard_normal((2, 3)).astype(np.float32),
+        "xs": rng.standard_normal((2, 4, 3)).astype(np.float32),
     }
     assert_matches(model, feeds)

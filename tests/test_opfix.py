@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.onnx_ops import assert_matches, one_node_model
+from tests.onnx_ops import assert_matches, one_node_model, reference_outputs
 
 
 @pytest.fixture(autouse=True)
@@ -90,20 +90,34 @@ def test_unique_outputs_match_onnxruntime() -> None:
     assert_matches(model, feeds)
 
 
-@pytest.mark.parametrize("center_point_box", [0, 1])
-def test_non_max_suppression_returns_the_selected_boxes_only(center_point_box: int) -> None:
-    """TVM typed the selected indices with the padded size; the artifact returned fewer."""
+@pytest.mark.parametrize(
+    ("center_point_box", "iou", "score"),
+    [(0, 0.3, 0.2), (1, 0.3, 0.2), (0, 0.0, None), (0, None, None), (0, 1 / 7, 0.0)],
+    ids=["corners", "center", "iou-zero", "no-thresholds", "iou-tie"],
+)
+def test_non_max_suppression_matches_onnxruntime(
+    center_point_box: int, iou: float | None, score: float | None
+) -> None:
+    """TVM typed the selected indices with the padded size, suppressed at IoU == threshold,
+    never at threshold 0, and took 0.5 for an absent threshold (ONNX: 0)."""
     boxes = RNG.uniform(0, 1, (2, 6, 4)).astype(np.float32)
     boxes[..., 2:] += boxes[..., :2]  # x2 > x1, y2 > y1 (or width, height)
-    scores = RNG.uniform(0, 1, (2, 3, 6)).astype(np.float32)
+    boxes[0, :2] = np.array([[0, 0, 1, 1], [0.5, 0.5, 1.5, 1.5]])  # IoU exactly 1/7
+    if center_point_box:
+        boxes[0, :2] = np.array([[0.5, 0.5, 1, 1], [1, 1, 1, 1]])
+    scores = RNG.uniform(0, 1, (2, 3, 6)).astype(np.float32)  # TVM: negative = suppressed
+
+    def scalar(value: float | None) -> np.ndarray | None:
+        return None if value is None else np.array([value], np.float32)
+
     model, feeds = one_node_model(
         "NonMaxSuppression",
         {
             "boxes": boxes,
             "scores": scores,
             "max_out": np.array([4], np.int64),
-            "iou": np.array([0.3], np.float32),
-            "score": np.array([0.2], np.float32),
+            "iou": scalar(iou),
+            "score": scalar(score),
         },
         ["y"],
         11,
@@ -309,3 +323,84 @@ def test_batch_normalization_training_mode() -> None:
         epsilon=1e-3,
     )
     assert_matches(model, feeds, use_ort=False)
+
+
+def test_rules_leave_kernels_with_undeclared_writes_alone() -> None:
+    """TVM's NMS kernel overwrites, in a block declaring no writes, the scores a gather block
+    produced; the Fallback and Elementwise rules inlined that gather (the kernel check then
+    caught the result failing to build). Such kernels are now left to the reference."""
+    from tvm import relax
+
+    from tests.kernels import TARGET, fused_kernels
+    from tvmflow.schedules.cpu_common import hides_writes
+    from tvmflow.schedules.cpu_elementwise import Elementwise
+    from tvmflow.schedules.cpu_fallback import Fallback
+
+    def nms(boxes: relax.Expr, scores: relax.Expr) -> relax.Expr:
+        out = relax.op.vision.all_class_non_max_suppression(
+            boxes,
+            scores,
+            relax.const(2, "int64"),
+            relax.const(0.5, "float32"),
+            relax.const(0.0, "float32"),
+            output_format="onnx",
+        )
+        return relax.TupleGetItem(out, 0)
+
+    kernels = fused_kernels(
+        {"boxes": ((1, 6, 4), "float32"), "scores": ((1, 2, 6), "float32")}, nms
+    )
+    nms_kernel = next(f for name, f in kernels.items() if "non_max_suppression" in name)
+    assert hides_writes(nms_kernel)
+    assert Fallback().apply(nms_kernel, TARGET, False) is None
+    assert Elementwise().apply(nms_kernel, TARGET, False) is None
+    gather = fused_kernels(
+        {"x": ((4, 6), "float32")}, lambda x: relax.op.take(x, relax.const([2, 0]), 0)
+    )
+    assert not any(hides_writes(f) for f in gather.values())
+
+
+def test_max_unpool_into_a_larger_output_shape() -> None:
+    """Indices address the shape the pooling inverts; output_shape only pads it (ONNX's
+    reference: onnxruntime's CPU provider scatters into output_shape, like TVM did)."""
+    from onnx import helper, numpy_helper
+
+    from tvmflow.backend import TvmflowBackend
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "MaxUnpool", ["x", "i", "shape"], ["y"], kernel_shape=[2, 2], strides=[2, 2]
+            )
+        ],
+        "unpool",
+        [
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, (1, 2, 2, 2)),
+            helper.make_tensor_value_info("i", onnx.TensorProto.INT64, (1, 2, 2, 2)),
+        ],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, (1, 2, 5, 6))],
+        [numpy_helper.from_array(np.array([1, 2, 5, 6], np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    x = RNG.standard_normal((1, 2, 2, 2)).astype(np.float32)
+    i = np.array([[[[0, 3], [9, 14]]], [[[16 + 1, 16 + 2], [16 + 8, 16 + 15]]]]).reshape(1, 2, 2, 2)
+    feeds: dict[str, np.ndarray] = {"x": x, "i": i.astype(np.int64)}
+    want = reference_outputs(model, feeds, use_ort=False)[0]
+    got = TvmflowBackend.run_model(model, feeds)[0]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+        {"kernel_shape": [2, 3], "dilations": [2, 1], "storage_order": 1},
+        {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+        {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
+    ],
+    ids=["pads", "dilated-column-major", "same-upper", "ceil"],
+)
+def test_max_pool_indices_match_onnxruntime(attrs: dict) -> None:
+    x = RNG.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    model, feeds = one_node_model("MaxPool", {"x": x}, ["y", "indices"], 12, **attrs)
+    assert_matches(model, feeds)

@@ -123,16 +123,16 @@ def test_default_decisions_tile_and_packing():
 
 
 def test_pass_keeps_fp32_where_the_kernel_cannot_run():
-    """Odd input channels (an RGB stem), channels not a multiple of 16, activation x
-    activation matmuls and depthwise convs stay fp32 (bf16 without the kernel is slower)."""
+    """Channels not a multiple of 16, activation x activation matmuls, vector x matrix and
+    depthwise convs stay fp32 (bf16 without the kernel is slower)."""
     Inputs = dict[str, tuple[tuple[int, ...], str]]
     cases: dict[str, tuple[Inputs, Callable[..., Any]]] = {
-        "rgb stem": ({"x": ((1, 3, 16, 16), "float32")}, _conv(3, 16, 16, 3, 1)),
         "10 channels": ({"x": ((1, 16, 8, 8), "float32")}, _conv(16, 10, 8, 3, 1)),
         "attention": (
             {"q": ((4, 32), "float32"), "k": ((32, 16), "float32")},
             lambda q, k: relax.op.matmul(q, k),
         ),
+        "gemv": ({"v": ((32,), "float32")}, lambda v: relax.op.matmul(v, const((32, 16)))),
         "depthwise": (
             {"x": ((1, 32, 8, 8), "float32")},
             lambda x: relax.op.nn.conv2d(x, const((32, 1, 3, 3)), padding=1, groups=32),
@@ -142,6 +142,17 @@ def test_pass_keeps_fp32_where_the_kernel_cannot_run():
         kernels = _kernels(inputs, body)
         dtypes = {str(p.dtype) for f in kernels.values() for p in f.params}
         assert dtypes == {"float32"}, name
+
+
+@runs_bf16
+def test_rgb_stem_gets_a_zero_channel_and_the_kernel():
+    """An odd channel count (3: RGB) is padded to 4 (a zero channel in input and weight):
+    dpbf16 multiplies channel pairs."""
+    func = _bf16_kernel(_kernels({"x": ((1, 3, 32, 32), "float32")}, _conv(3, 64, 32, 7, 2)))
+    assert [int(d) for d in func.params[0].shape] == [1, 4, 32, 32]
+    sch = Bf16Gemm().apply(func, BF16, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch, BF16)
 
 
 def test_rule_only_on_bf16_targets_and_bf16_kernels():

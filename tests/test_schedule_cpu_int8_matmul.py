@@ -9,13 +9,14 @@ import pytest
 import tvm
 from tvm import relax
 
-from tests.kernels import TARGET, assert_schedule_matches, fused_module, only_kernel
+from tests.kernels import assert_schedule_matches, fused_module, only_kernel
 from tvmflow.lowering import build
 from tvmflow.schedules import apply_default_schedules, kernel_rules
 from tvmflow.schedules.cpu_int8_matmul import Int8Matmul, has_vnni
 from tvmflow.targets import host_cpu_features, resolve_preset
 
 VNNI = tvm.target.Target(resolve_preset("x86-avx512-vnni").target)
+AVX512 = tvm.target.Target(resolve_preset("x86-avx512").target)
 needs_vnni = pytest.mark.skipif(
     "avx512_vnni" not in host_cpu_features(), reason="this host has no AVX512-VNNI"
 )
@@ -42,9 +43,9 @@ def _graph(
 def test_only_vnni_targets_with_constant_weights_and_whole_tiles_are_claimed():
     w = _weight()
     inputs, body = _graph(w, np.arange(N, dtype="int32"))
-    assert has_vnni(VNNI) and not has_vnni(TARGET)
+    assert has_vnni(VNNI) and not has_vnni(AVX512)
     assert Int8Matmul().apply(only_kernel(inputs, body, VNNI), VNNI, False) is not None
-    assert Int8Matmul().apply(only_kernel(inputs, body, TARGET), TARGET, False) is None
+    assert Int8Matmul().apply(only_kernel(inputs, body, AVX512), AVX512, False) is None
     # N not a multiple of 16
     odd_inputs, odd_body = _graph(_weight(n=40), np.arange(40, dtype="int32"))
     assert Int8Matmul().apply(only_kernel(odd_inputs, odd_body, VNNI), VNNI, False) is None

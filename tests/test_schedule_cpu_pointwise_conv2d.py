@@ -39,7 +39,8 @@ def _pointwise(cin, cout, hw, batch=1, epilogue="relu6", stride=1, pad=0):
     [
         dict(cin=16, cout=48, hw=(28, 28)),  # 2x7 tiles: one tile per 4 rows
         dict(cin=24, cout=8, hw=(32, 32), epilogue="residual"),  # 4-vector tiles across rows
-        dict(cin=8, cout=12, hw=(16, 32), epilogue="none"),  # the conv writes the output
+        dict(cin=8, cout=12, hw=(24, 40), epilogue="none"),  # the conv writes the output,
+        # through a copy whose domain keeps the unit batch dim; 64-wide tiles cross rows
         dict(cin=6, cout=10, hw=(32, 28), batch=2),
     ],
 )

@@ -81,7 +81,7 @@ def test_targets_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["targets", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert set(rows) >= EXPECTED
-    assert rows["x86"]["selects"] in ("x86-avx512", "x86-avx2")
+    assert rows["x86"]["selects"] in ("x86-avx512-vnni", "x86-avx512", "x86-avx2")
     assert rows["cuda-sm90"]["target"]["arch"] == "sm_90"
 
 

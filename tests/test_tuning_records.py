@@ -114,3 +114,20 @@ def test_side_by_side_check_overrides_a_lucky_measurement(fused, tmp_path: Path)
     assert improving_records([lost]).get_all_tuning_records() == []
     won = _with_check(_log(tmp_path / "won", kernel, target, records), kernel, 110.0, 100.0)
     assert len(improving_records([won]).get_all_tuning_records()) == 1
+
+
+def test_records_of_a_preset_apply_to_one_that_only_adds_cpu_features() -> None:
+    """x86-avx512's shipped logs serve x86-avx512-vnni (what `x86` picks on VNNI hosts); never
+    the other way round, and never across CPU names."""
+    from tvmflow.tunelog import SHIPPED_LOGS, _targets_match, shipped_log_dirs
+
+    avx512 = resolve_preset("x86-avx512").target
+    vnni = resolve_preset("x86-avx512-vnni").target
+    avx2 = resolve_preset("x86-avx2").target
+    assert _targets_match(avx512, vnni) and not _targets_match(vnni, avx512)
+    assert not _targets_match(avx2, avx512)
+    shipped = set(shipped_log_dirs("x86-avx512"))
+    assert shipped and shipped <= set(shipped_log_dirs("x86-avx512-vnni", vnni))
+    assert not any(
+        SHIPPED_LOGS / "x86-avx512" in d.parents for d in shipped_log_dirs("x86-avx2", avx2)
+    )

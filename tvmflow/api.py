@@ -39,8 +39,8 @@ def compile(
     tolerance: Tolerance | None = None,
 ) -> Artifact:
     """Compile an ONNX model (a path, or a `load_onnx` result) for a target preset into
-    `output` (model.so + manifest.json), verified against onnxruntime unless `verify=False`.
-    `freeze` bakes inputs in as constants (the artifact no longer takes them)."""
+    `output` (model.so, weights.npz, manifest.json), verified against onnxruntime unless
+    `verify=False`. `freeze` bakes inputs in as constants (the artifact no longer takes them)."""
     from tvmflow.accuracy import Tolerance
     from tvmflow.compile import CompileOptions, check_output_dir, compile_model
 
@@ -71,16 +71,32 @@ def tune(
     batch_size: int = 64,
     population: int = 512,
     repair_log: bool = False,
+    tasks: tuple[int, int] = (1, 1),
+    rpc_tracker: tuple[str, int] | None = None,
+    rpc_key: str | None = None,
     progress: ProgressSink | None = None,
 ) -> TuningResult:
     """Tune a model's kernels for a target into the log directory `log` (created, or resumed);
-    `tvmflow.compile(..., tuning_logs=[log])` then uses the records that beat the default."""
+    `tvmflow.compile(..., tuning_logs=[log])` then uses the records that beat the default.
+
+    `tasks=(i, N)` tunes share i of N of the kernels (`tvmflow logs merge` joins the logs);
+    `rpc_tracker=(host, port)` with `rpc_key` measures on an RPC device farm; `progress`
+    receives the job's events (the CLI passes a console table)."""
+    from tvmflow.errors import TvmflowError
+    from tvmflow.farm import Farm, Tracker
     from tvmflow.tune import TuneOptions, tune_model
 
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise TvmflowError(
+            "--rpc-tracker and --rpc-key go together: give both to measure on a device farm "
+            "(rpc_tracker= and rpc_key= in tvmflow.tune), or neither"
+        )
     options = TuneOptions(
         trials=trials,
         trials_per_task=trials_per_task,
         time_limit_s=time_limit_s,
+        split=tasks,
+        farm=None if rpc_tracker is None else Farm(Tracker(*rpc_tracker), str(rpc_key)),
         seed=seed,
         precision=precision,
         batch_size=batch_size,

@@ -7,9 +7,10 @@ constants, so FoldConstant stores them as bf16 (half the bytes); activations are
 the kernel that produces them (FuseOps fuses the cast into the producer's epilogue).
 
 Only ops the bf16 micro-kernel (`schedules.cpu_bf16`) can run are rewritten: a constant
-weight, output channels / columns a multiple of 16 (one `vdpbf16ps` vector), an even
-reduction pair dim (input channels / K: dpbf16 multiplies pairs) and no groups. Anything
-else stays fp32: bf16 math without the kernel is fp32 math plus conversions, i.e. slower.
+weight, output channels / columns a multiple of 16 (one `vdpbf16ps` vector), an even K for
+matmuls (dpbf16 multiplies pairs; a conv with an odd channel count, an RGB stem, gets one
+zero channel) and no groups. Anything else stays fp32: bf16 math without the kernel is fp32
+math plus conversions, i.e. slower.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ def _conv_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> bool:
         and (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
         and int(attrs.groups) == 1
         and w_shape[0] % LANES == 0
-        and w_shape[1] % 2 == 0
     )
 
 
@@ -63,6 +63,7 @@ def _matmul_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> boo
     b_shape = _shape(b)
     return (
         a.ty.dtype == "float32"
+        and a.ty.ndim >= 2  # rows to tile (a vector times a matrix is a GEMV)
         and b.ty.dtype == "float32"
         and _is_constant(b, bound)
         and b_shape is not None
@@ -78,7 +79,12 @@ def _rewrite(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> relax.E
     name = call.op.name
     if name == "relax.nn.conv2d" and _conv_fits(call, bound):
         a = call.attrs
-        x, w = (relax.op.astype(arg, "bfloat16") for arg in call.args)
+        x, w = call.args
+        if (_shape(w) or [0, 0])[1] % 2:
+            # an odd channel count (an RGB stem): one zero channel more, as dpbf16 sums pairs
+            x = relax.op.nn.pad(x, [0, 0, 0, 1, 0, 0, 0, 0])
+            w = relax.op.nn.pad(w, [0, 0, 0, 1, 0, 0, 0, 0])
+        x, w = relax.op.astype(x, "bfloat16"), relax.op.astype(w, "bfloat16")
         return relax.op.nn.conv2d(
             x,
             w,

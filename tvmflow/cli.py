@@ -196,7 +196,7 @@ def targets_cmd(as_json: bool) -> None:
     "-o",
     type=click.Path(path_type=Path),
     required=True,
-    help="Artifact directory to write (model.so + manifest.json).",
+    help="Artifact directory to write (model.so, weights.npz, manifest.json).",
 )
 @input_shape_option
 @freeze_option
@@ -655,31 +655,29 @@ def tune_cmd(
     as_json: bool,
 ) -> None:
     """Tune MODEL's kernels for a target with MetaSchedule; records go to --log DIR."""
-    from tvmflow.farm import Farm, Tracker
-    from tvmflow.frontend import load_onnx
+    from tvmflow import api
     from tvmflow.progress import ConsoleProgress, format_table
-    from tvmflow.targets import resolve_preset
-    from tvmflow.tune import TuneOptions, tune_model
     from tvmflow.tunelog import read_summary
 
-    if bool(rpc_tracker) != bool(rpc_key):
-        raise click.UsageError("--rpc-tracker and --rpc-key go together")
-    farm = Farm(Tracker(*rpc_tracker), str(rpc_key)) if rpc_tracker else None
-    preset = resolve_preset(target)
-    imported = load_onnx(model, dict(input_shapes), dict(freeze))
-    options = TuneOptions(
+    result = api.tune(
+        model,
+        target,
+        log=log_dir,
+        input_shapes=dict(input_shapes),
+        freeze=dict(freeze),
         trials=trials,
         trials_per_task=trials_per_task,
+        time_limit_s=time_limit,
+        precision=precision,
+        seed=seed,
         batch_size=batch_size,
         population=population,
-        time_limit_s=time_limit,
-        split=split,
-        farm=farm,
-        seed=seed,
-        precision=precision,
         repair_log=repair_log,
+        tasks=split,
+        rpc_tracker=rpc_tracker,
+        rpc_key=rpc_key,
+        progress=ConsoleProgress(),
     )
-    result = tune_model(imported, preset, log_dir, options, ConsoleProgress())
     if as_json:
         click.echo(json.dumps(read_summary(log_dir), indent=2))
     else:

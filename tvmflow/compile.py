@@ -1,6 +1,7 @@
 """Compile: an imported ONNX model + a target preset → an artifact directory.
 
-The artifact is `model.so` (weights embedded: one file to ship) and `manifest.json`. Files
+The artifact is `model.so` (the code), `weights.npz` (every weight once, mapped by the
+loader: `tvmflow.weights`) and `manifest.json` (their sha256 and the rest). Files
 are written to a scratch folder inside the output directory and moved into place only once
 the library is built and verified against onnxruntime (when this machine can run it, natively
 or under emulation: `tvmflow.emulate.host_runner`), so a failed or killed compile never leaves
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tvmflow import __version__, api, cuda
+from tvmflow import __version__, api, cuda, weights
 from tvmflow.accuracy import (
     Tolerance,
     compare,
@@ -42,6 +43,7 @@ from tvmflow.manifest import (
     MANIFEST_NAME,
     Manifest,
     OutputAccuracy,
+    WeightsInfo,
     check_writable,
     sha256_file,
     write_manifest,
@@ -108,6 +110,8 @@ def compile_model(
     ):
         library = Path(scratch) / LIBRARY_NAME
         export_library(executable, preset, target, library)
+        weights_file = Path(scratch) / weights.WEIGHTS_NAME
+        raw_dtypes = weights.save(weights_file, lowered.weights)
         manifest = Manifest(
             tvmflow_version=__version__,
             tvm_version=tvm.__version__,
@@ -123,6 +127,13 @@ def compile_model(
             tuning=lowered.tuning,
             compile_seconds=round(time.perf_counter() - start, 3),
             precision=options.precision,
+            weights=WeightsInfo(
+                file=weights.WEIGHTS_NAME,
+                sha256=sha256_file(weights_file),
+                count=len(lowered.weights),
+                bytes=sum(w.nbytes for w in lowered.weights),
+                raw_dtypes=raw_dtypes,
+            ),
             frozen=model.frozen,
             extra=_device_code_info(library, preset),
         )
@@ -135,7 +146,8 @@ def compile_model(
         else:
             manifest = replace(manifest, extra={**manifest.extra, "accuracy_note": note})
         write_manifest(Path(scratch), manifest)
-        # library first, manifest last: a manifest only ever describes a complete library
+        # weights and library first, manifest last: a manifest only ever describes complete files
+        weights_file.replace(out_dir / weights.WEIGHTS_NAME)
         library.replace(out_dir / LIBRARY_NAME)
         (Path(scratch) / "manifest.json").replace(out_dir / "manifest.json")
     return Artifact(out_dir, manifest)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tvmflow.engines import onnxruntime_session
-from tvmflow.manifest import LIBRARY_NAME
+from tvmflow.manifest import LIBRARY_NAME, read_manifest
+from tvmflow.runtime import weight_tensors
 
 if TYPE_CHECKING:
     import tvm
@@ -191,6 +192,7 @@ def profile_artifact(
     session = onnxruntime_session(onnx_path, threads)
     names = [i.name for i in session.get_inputs()]
     args = [tvm.runtime.tensor(np.asarray(feeds[n], order="C"), dev) for n in names]
+    args += weight_tensors(directory, read_manifest(directory), dev)
     times = time_side_by_side(
         lambda: vm["main"](*args), lambda: session.run(None, dict(feeds)), rounds, per_round
     )

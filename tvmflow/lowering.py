@@ -6,6 +6,8 @@ sequence lives, in stages: `fuse` (Relax passes down to fused TIR kernels), then
 (tuning records where they improve a kernel, tvmflow's default rules for the rest), then
 `build`. `compile` calls `lower` + `build`, `tune` calls `tuning_tasks` and `default_schedule`
 (its baseline), scripts/profile-kernels calls `lower`. One frozen `LoweringOptions` drives it.
+Last, `lift_weights` turns the (folded, prepacked) constants into arguments of `main`, so they
+ship in the artifact's weights file instead of inside the library.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tvmflow.tunelog import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import tvm
     from tvm import relax
 
@@ -57,6 +60,7 @@ class Lowered:
     """A model lowered for one target: every kernel scheduled, ready for `build`."""
 
     mod: tvm.IRModule
+    weights: tuple[np.ndarray, ...]  # main's arguments after the model inputs, in order
     outputs: tuple[TensorSpec, ...]
     tuning: TuningInfo
 
@@ -93,7 +97,8 @@ def lower(model: ImportedModel, preset: Preset, options: LoweringOptions) -> Low
     outputs = output_specs(mod, model)
     mod = fuse(mod, target, options.precision)
     mod, tuning = schedule(mod, target, log_dirs(preset, options))
-    return Lowered(mod, outputs, tuning)
+    mod, weights = lift_weights(mod)
+    return Lowered(mod, weights, outputs, tuning)
 
 
 def fused_module(model: ImportedModel, target: tvm.target.Target, precision: str) -> tvm.IRModule:
@@ -122,6 +127,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # get output channels and columns the register tile divides (padded, then sliced off).
     from tvmflow.conv1d import Conv1dAsConv2d
     from tvmflow.conv_tiles import PadConvForTiles
+    from tvmflow.fast_sigmoid import SigmoidAsTanh
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
 
@@ -131,6 +137,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             Conv1dAsConv2d(),
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
+            SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
@@ -220,6 +227,54 @@ def schedule(
     return apply_default_schedules(tuned, target), tuning
 
 
+def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, tuple[np.ndarray, ...]]:
+    """Replace every constant of `main` by a parameter appended after the model's inputs;
+    returns the new module and the constants' values in parameter order.
+
+    Runs after scheduling, so the weights are already folded and repacked into the layouts
+    the kernels read (compile-time transforms still cost nothing at run time). Constants
+    embedded in the library would be held twice once TVM loads it (the mapped file and a
+    heap copy); as arguments they are held once, mapped from the weights file. Identical
+    constants (same dtype, shape and bytes) become one argument; sub-byte constants (int4,
+    float4), whose numpy form is not TVM's packed one, stay in the library.
+    """
+    import hashlib
+
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Lift(relax.PyExprMutator):  # type: ignore[misc]
+        def __init__(self, mod: tvm.IRModule) -> None:
+            super().__init__(mod)
+            self.params: list[relax.Var] = []
+            self.values: list[np.ndarray] = []
+            self.by_content: dict[tuple[str, tuple[int, ...], bytes], relax.Var] = {}
+
+        def visit_generic_const_(self, const: Any) -> relax.Expr:
+            if tvm.DataType(str(const.value.dtype)).bits < 8:
+                return const  # sub-byte (int4, float4): numpy holds them unpacked; stays inside
+            value = const.value.numpy()
+            digest = hashlib.sha256(value.tobytes()).digest()
+            key = (value.dtype.str, value.shape, digest)
+            if key not in self.by_content:
+                self.by_content[key] = relax.Var(f"weight{len(self.params)}", const.ty)
+                self.params.append(self.by_content[key])
+                self.values.append(value)
+            return self.by_content[key]
+
+    main = mod["main"]
+    lift = Lift(mod)
+    body = lift.visit_expr(main.body)
+    attrs = {**dict(main.attrs or {}), "num_input": len(main.params)}
+    lifted = relax.Function(
+        [*main.params, *lift.params], body, main.ret_ty, main.is_pure, tvm.ir.DictAttrs(attrs)
+    )
+    out = mod.clone()
+    out[mod.get_global_var("main")] = lifted
+    return out, tuple(lift.values)
+
+
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     """Code generation of a scheduled module (the preset's codegen settings)."""
     from tvm import relax
@@ -265,7 +320,7 @@ def log_dirs(preset: Preset, options: LoweringOptions) -> list[Path]:
     if options.use_shipped_logs:
         dirs += [
             d
-            for d in shipped_log_dirs(preset.name)
+            for d in shipped_log_dirs(preset.name, preset.target)
             if d not in dirs and log_matches_target(d, preset.target)
         ]
     return dirs

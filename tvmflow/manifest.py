@@ -15,7 +15,8 @@ from typing import Any
 
 from tvmflow.errors import TvmflowError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: weights in their own file (`weights`); 1: weights inside the library
+READABLE_VERSIONS = (1, 2)
 LIBRARY_NAME = "model.so"
 MANIFEST_NAME = "manifest.json"
 DYNAMIC = -1  # an output dim only the data decides (KServe's Open Inference Protocol's -1 too)
@@ -93,6 +94,19 @@ class TuningInfo:
 
 
 @dataclass(frozen=True)
+class WeightsInfo:
+    """The artifact's weights file (`tvmflow.weights`): the model's `count` extra arguments,
+    `bytes` in all, checked against `sha256` before loading; `raw_dtypes`: the members stored
+    as unsigned integers because .npy cannot name their dtype (bfloat16, float8_*)."""
+
+    file: str
+    sha256: str
+    count: int
+    bytes: int
+    raw_dtypes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything a loader or a reviewer needs to know about one artifact."""
 
@@ -111,6 +125,7 @@ class Manifest:
     compile_seconds: float
     accuracy: tuple[OutputAccuracy, ...] | None = None
     precision: str = "fp32"  # "fp16": fp16 compute, fp32 inputs and outputs
+    weights: WeightsInfo | None = None  # None: format version 1, weights inside the library
     frozen: tuple[FrozenInput, ...] = ()  # inputs baked in at compile time (not in `inputs`)
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -128,6 +143,7 @@ class Manifest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         acc = data.get("accuracy")
+        weights = data.get("weights")
         return cls(
             tvmflow_version=data["tvmflow_version"],
             tvm_version=data["tvm_version"],
@@ -144,6 +160,7 @@ class Manifest:
             compile_seconds=float(data["compile_seconds"]),
             accuracy=None if acc is None else tuple(OutputAccuracy(**a) for a in acc.values()),
             precision=str(data.get("precision", "fp32")),
+            weights=None if weights is None else WeightsInfo(**weights),
             frozen=tuple(FrozenInput.from_json(f) for f in data.get("frozen", ())),
             format_version=int(data["format_version"]),
             extra=dict(data.get("extra", {})),
@@ -210,12 +227,15 @@ def read_manifest(directory: Path) -> Manifest:
     except (OSError, json.JSONDecodeError) as exc:
         raise TvmflowError(f"{path} is not valid JSON ({exc}); recompile the artifact") from exc
     version = data.get("format_version") if isinstance(data, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise TvmflowError(
-            f"{path} has artifact format version {version}, this tvmflow reads version "
-            f"{FORMAT_VERSION}; recompile the model with this tvmflow"
+            f"{path} has artifact format version {version}, this tvmflow reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; recompile the model with this tvmflow"
         )
     try:
-        return Manifest.from_json(data)
+        manifest = Manifest.from_json(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise TvmflowError(f"{path} is incomplete ({exc!r}); recompile the artifact") from exc
+    if version >= 2 and manifest.weights is None:
+        raise TvmflowError(f"{path} does not list the weights file; recompile the artifact")
+    return manifest

@@ -3,8 +3,11 @@
 This is the module production services import. It never imports onnx, TVM's compiler
 library or any other tvmflow stage: when TVM is not yet imported in the process it sets
 `TVM_USE_RUNTIME_LIB=1`, so only `libtvm_runtime.so` is loaded. Before anything is loaded,
-the manifest is checked (format version, machine, CPU features) and the library's sha256
-is compared with the manifest, so a tampered or foreign file is refused, not executed.
+the manifest is checked (format version, machine, CPU features) and the sha256 of the library
+and of the weights file are compared with the manifest, so a tampered or foreign file is
+refused, not executed. The weights are mapped once and passed to every call as arguments
+after the model's inputs: on the CPU TVM reads them in place (no copy), on a GPU they are
+copied to the device once.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import ctypes
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tvmflow import weights
 from tvmflow.cuda import check_gpu
 from tvmflow.dtypes import from_storage, to_storage
 from tvmflow.errors import TvmflowError
@@ -85,11 +89,19 @@ def _load_cuda_runtime(tvm: Any) -> None:
 class CompiledModel:
     """A loaded artifact. `run` is safe to call from several threads at once."""
 
-    def __init__(self, directory: Path, manifest: Manifest, library: Any, device: Any) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        manifest: Manifest,
+        library: Any,
+        device: Any,
+        weight_tensors: list[Any],
+    ) -> None:
         self.directory = directory
         self.manifest = manifest
         self._library = library
         self._device = device
+        self._weights = weight_tensors  # shared by every thread's VM: kernels only read them
         self._local = threading.local()
 
     @property
@@ -130,7 +142,7 @@ class CompiledModel:
             for s in self.inputs
         ]
         try:
-            result = self._vm()["main"](*args)
+            result = self._vm()["main"](*args, *self._weights)
         except Exception as exc:
             if not _is_signature_error(exc):
                 raise
@@ -147,6 +159,11 @@ class CompiledModel:
             shown = ", ".join(f"{dtype}{list(shape)}" for shape, dtype in got)
             raise self._signature_mismatch(f"it returned {shown}")
         return {s.name: o for s, o in zip(self.outputs, outputs, strict=True)}
+
+    def run_on_device(self, tensors: Sequence[Any]) -> Any:
+        """Run on TVM tensors already on the model's device, in input order, without numpy
+        copies or checks (for timing device-resident calls); returns what the VM returns."""
+        return self._vm()["main"](*tensors, *self._weights)
 
     def _signature_mismatch(self, detail: str) -> TvmflowError:
         """The library disagrees with the manifest it was checked against: an edited manifest."""
@@ -216,16 +233,50 @@ def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel
     manifest = read_manifest(directory)
     check_compatible(manifest, directory)
     library_path = directory / LIBRARY_NAME
-    if not library_path.is_file():
-        raise TvmflowError(f"{directory} has no {LIBRARY_NAME}; recompile the artifact")
-    if sha256_file(library_path) != manifest.library_sha256:
-        raise TvmflowError(
-            f"{library_path} does not match the sha256 in its manifest (modified or corrupted); "
-            "refusing to load it: recompile or re-copy the artifact"
-        )
+    _check_sha256(library_path, manifest.library_sha256)
     tvm = _import_tvm()
     if num_threads is not None:
         _size_thread_pool(tvm, int(num_threads))
     device = _device(tvm, manifest, directory)
+    tensors = weight_tensors(directory, manifest, device)
     library = tvm.runtime.load_module(str(library_path))
-    return CompiledModel(directory, manifest, library, device)
+    return CompiledModel(directory, manifest, library, device, tensors)
+
+
+def weight_tensors(directory: Path, manifest: Manifest, device: Any) -> list[Any]:
+    """The artifact's weights as TVM tensors on `device`, in argument order, after checking
+    the file's sha256 (none for a format-1 artifact: its weights are inside the library).
+
+    On the CPU each tensor is a view of the file's mapping (DLPack, no copy); an array whose
+    data is not 64-byte aligned, as TVM's kernels assume, is copied instead. Members stored
+    as raw unsigned integers are viewed as their dtype (same bytes, no copy)."""
+    info = manifest.weights
+    if info is None:
+        return []
+    path = directory / info.file
+    if Path(info.file).name != info.file:
+        raise TvmflowError(f"{directory}: weights file {info.file!r} is not a file name")
+    _check_sha256(path, info.sha256)
+    tvm = _import_tvm()
+    on_cpu = device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type()
+    tensors = []
+    for index, array in enumerate(weights.load(path, info.count)):
+        if array.ctypes.data % weights.ALIGNMENT == 0:
+            tensor = tvm.runtime.from_dlpack(array)
+        else:
+            tensor = tvm.runtime.tensor(np.asarray(array, order="C"))
+        dtype = info.raw_dtypes.get(weights.member_name(index))
+        if dtype is not None:
+            tensor = tensor._create_view(array.shape, dtype)
+        tensors.append(tensor if on_cpu else tensor.copyto(device))
+    return tensors
+
+
+def _check_sha256(path: Path, expected: str) -> None:
+    if not path.is_file():
+        raise TvmflowError(f"{path.parent} has no {path.name}; recompile the artifact")
+    if sha256_file(path) != expected:
+        raise TvmflowError(
+            f"{path} does not match the sha256 in its manifest (modified or corrupted); "
+            "refusing to load it: recompile or re-copy the artifact"
+        )

@@ -82,10 +82,19 @@ def is_log_dir(path: Path) -> bool:
     return (path / WORKLOADS).is_file() and (path / RECORDS).is_file()
 
 
-def shipped_log_dirs(preset_name: str) -> list[Path]:
-    """Log directories shipped for a preset: `tuning_logs/<preset>/<model>/`."""
+def shipped_log_dirs(preset_name: str, target: dict[str, Any] | None = None) -> list[Path]:
+    """Log directories shipped for a preset: `tuning_logs/<preset>/<model>/`; with `target`,
+    also those shipped for other presets whose records run on it (`log_matches_target`)."""
     root = SHIPPED_LOGS / preset_name
-    return sorted(p for p in root.glob("*") if is_log_dir(p)) if root.is_dir() else []
+    own = sorted(p for p in root.glob("*") if is_log_dir(p)) if root.is_dir() else []
+    if target is None or not SHIPPED_LOGS.is_dir():
+        return own
+    others = sorted(
+        p
+        for p in SHIPPED_LOGS.glob("*/*")
+        if p.parent != root and is_log_dir(p) and log_matches_target(p, target)
+    )
+    return own + others
 
 
 def check_log_dir(path: Path) -> Path:
@@ -236,13 +245,17 @@ def summary_identity(summary: dict[str, Any]) -> LogIdentity | None:
     return None if ident is None else LogIdentity.from_json(ident)
 
 
-def _targets_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Same code generation: equal dicts apart from the thread count (not part of the code)."""
+def _targets_match(recorded: dict[str, Any], target: dict[str, Any]) -> bool:
+    """The recorded target's code runs as is on `target`: equal dicts apart from the thread
+    count (not part of the code) and CPU features `target` adds (`mattr`: x86-avx512's records
+    are x86-avx512-vnni's too, whose only difference is what its int8 kernels may use)."""
 
     def strip(t: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in t.items() if k != "num-cores"}
+        return {k: v for k, v in t.items() if k not in ("num-cores", "mattr")}
 
-    return strip(a) == strip(b)
+    extra = set(target.get("mattr", ())) - set(recorded.get("mattr", ()))
+    adds_only = set(recorded.get("mattr", ())) <= set(target.get("mattr", ()))
+    return strip(recorded) == strip(target) and adds_only and all(f.startswith("+") for f in extra)
 
 
 def log_target(path: Path) -> dict[str, Any] | None:

@@ -41,6 +41,9 @@ MODULES = (
     "tfidf_vectorizer",
     "scan",
     "det",
+    "flex_attention",
+    "deform_conv",
+    "loop",
     # int8
     "quantized",
     # opfix
@@ -54,6 +57,8 @@ MODULES = (
     "reduce_extremes",
     "split",
     "batch_normalization",
+    "max_unpool",
+    "max_pool",
     # cast
     "cast",
     "quantize_linear",

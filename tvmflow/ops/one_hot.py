@@ -30,7 +30,7 @@ class OneHot(OnnxOpConverter):
         depth_c = relax.const(depth, "int64")
         idx = op.where(op.less(idx, relax.const(0, "int64")), op.add(idx, depth_c), idx)
         positions = np.arange(depth, dtype=np.int64).reshape([depth] + [1] * (rank - axis))
-        hot = op.equal(op.expand_dims(idx, axis), relax.const(positions))
+        hot = op.equal(op.expand_dims(idx, axis), relax.const(positions, "int64"))
         flat = op.reshape(values, [2])
         off = op.take(flat, relax.const(0, "int64"), axis=0)
         on = op.take(flat, relax.const(1, "int64"), axis=0)

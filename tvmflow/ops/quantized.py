@@ -1,4 +1,5 @@
-"""ONNX integer matmuls (MatMulInteger, QLinearMatMul) as u8 x i8 -> i32 kernels.
+"""ONNX integer matmuls (MatMulInteger, QLinearMatMul) as u8 x i8 -> i32 kernels; integer
+convolutions (ConvInteger, QLinearConv) exact in int32.
 
 TVM's MatMulInteger widens both operands to int32 before its matmul, which no int8 kernel
 can run; QLinearMatMul it lacks. Here both become one `matmul(u8, i8, out_dtype=int32)`,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
@@ -37,11 +39,16 @@ def _shifted(bb: Any, x: Expr, to: str) -> Expr:
     return bb.emit(op.astype(op.add(op.astype(x, "int16"), relax.const(delta, "int16")), to))
 
 
+def _is_zero(x: Expr) -> bool:
+    """A constant all-zero zero point (symmetric weights): its terms are left out."""
+    return isinstance(x, tvm.ir.GenericConst) and not x.value.numpy().any()
+
+
 def _zero_point(bb: Any, zp: Expr | None, shift: int, row: bool) -> Expr | None:
     """A zero point as int32, moved by `shift`, shaped to broadcast against [.., M, N]: per
     row ([M] -> [M, 1]) for `a`, per column ([N] -> [1, N]) for `b`. None: it is 0."""
     op = relax.op
-    if zp is None:
+    if zp is None or _is_zero(zp):
         return relax.const(shift, "int32") if shift else None
     z = bb.normalize(op.astype(zp, "int32"))
     if shift:
@@ -101,18 +108,85 @@ class QLinearMatMul(OnnxOpConverter):
             return op.astype(x, "float32")
 
         scale = op.divide(op.multiply(f32(sa), f32(sb)), f32(sy))
-        y = op.round(op.multiply(op.astype(acc, "float32"), scale))
-        out_dtype = _dtype(zy)
-        lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
-        y = op.clip(op.add(y, f32(zy)), lo, hi)
-        return op.astype(y, out_dtype)
+        return _requantize(acc, scale, zy)
 
     @classmethod
     def _impl_v21(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Expr:
         return cls._impl_v10(bb, inputs, attr, params)
 
 
+def _requantize(acc: Expr, scale: Expr, zy: Expr) -> Expr:
+    """round-half-even(float(acc) * scale) + zy, saturated to zy's type (onnxruntime's
+    MlasRequantizeOutput: float32 product, nearest-even rounding)."""
+    op = relax.op
+    out_dtype = _dtype(zy)
+    lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    y = op.round(op.multiply(op.astype(acc, "float32"), scale))
+    return op.astype(op.clip(op.add(y, op.astype(zy, "float32")), lo, hi), out_dtype)
+
+
+def _per_channel(bb: Any, x: Expr, ndim: int, axis: int) -> Expr:
+    """A per-output-channel vector ([C] or scalar) shaped to broadcast along `axis`."""
+    x = bb.normalize(x)
+    if len(x.ty.shape.values) == 0:
+        return x
+    shape = [1] * ndim
+    shape[axis] = -1
+    return relax.op.reshape(x, shape)
+
+
+def integer_conv(
+    bb: Any, x: Expr, w: Expr, x_zp: Expr | None, w_zp: Expr | None, attr: dict[str, Any]
+) -> Expr:
+    """ONNX's integer convolution: conv(x - x_zp, w - w_zp) in int32, padding with x_zp
+    (zeros after the subtraction), as onnx's reference and onnxruntime compute it. The
+    operands are widened to int32 first: exact, not yet an int8 kernel."""
+    from tvm.relax.frontend.onnx.onnx_frontend import Conv
+
+    op = relax.op
+    ndim = len(x.ty.shape.values)
+    x32 = op.astype(x, "int32")
+    if x_zp is not None and not _is_zero(x_zp):
+        x32 = op.subtract(x32, op.astype(x_zp, "int32"))
+    w32 = op.astype(w, "int32")
+    if w_zp is not None and not _is_zero(w_zp):
+        w32 = op.subtract(w32, _per_channel(bb, op.astype(w_zp, "int32"), ndim, 0))
+    return Conv._impl_v11(bb, [bb.normalize(x32), bb.normalize(w32), None], dict(attr), None)
+
+
+class ConvInteger(OnnxOpConverter):
+    @classmethod
+    def _impl_v10(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Expr:
+        return integer_conv(
+            bb, inputs[0], inputs[1], _optional(inputs, 2), _optional(inputs, 3), attr
+        )
+
+
+class QLinearConv(OnnxOpConverter):
+    """conv(x - zx, w - zw) + bias in int32, requantized like QLinearMatMul (per-channel
+    weight scales along the output channels)."""
+
+    @classmethod
+    def _impl_v10(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Expr:
+        op = relax.op
+        x, sx, zx, w, sw, zw, sy, zy = inputs[:8]
+        ndim = len(x.ty.shape.values)
+        acc = bb.normalize(integer_conv(bb, x, w, zx, zw, attr))
+        bias = _optional(inputs, 8)
+        if bias is not None:
+            acc = op.add(acc, _per_channel(bb, op.astype(bias, "int32"), ndim, 1))
+        scale = op.divide(
+            op.multiply(
+                op.astype(sx, "float32"), _per_channel(bb, op.astype(sw, "float32"), ndim, 1)
+            ),
+            op.astype(sy, "float32"),
+        )
+        return _requantize(acc, scale, zy)
+
+
 CONVERTERS = (
     Converter("MatMulInteger", MatMulInteger, since=10, replaces=True),
     Converter("QLinearMatMul", QLinearMatMul, since=10),
+    Converter("ConvInteger", ConvInteger, since=10),
+    Converter("QLinearConv", QLinearConv, since=10),
 )

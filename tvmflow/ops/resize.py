@@ -208,7 +208,7 @@ def _resize_axis(bb: Any, x: Expr, p: _Params, dim: int, dtype: str) -> Expr:
         order = np.argsort(weights == 0, axis=1, kind="stable")[:, : max(taps, 1)]
         picked = np.take_along_axis(weights, order, axis=1)
         for k in range(order.shape[1]):
-            gathered = op.take(x, relax.const(order[:, k].astype(np.int64)), axis=dim)
+            gathered = op.take(x, relax.const(order[:, k].astype(np.int64), "int64"), axis=dim)
             if p.mode == "nearest" and taps == 1 and np.all(picked[:, 0] == 1):
                 out = gathered
                 break

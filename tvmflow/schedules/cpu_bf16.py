@@ -256,8 +256,11 @@ def _schedule(
     sch.unroll(m_i)
     sch.unroll(n_i)
     sch.annotate(tile, "pragma_import_llvm", _DPBF16_IR)
-    for block in [*(i.block_rv for i in infos[:index]), *copy]:  # padding, pair layout
+    producers = [i.block_rv for i in infos[:index]]
+    for block in producers[:-1]:
         schedule_spatial(sch, block, LANES)
+    for block in [*producers[-1:], *copy]:  # padding, pair layout copy: write the pair layout
+        _write_pairs(sch, block)
     out = fuse_epilogue(sch, acc, [i.block_rv for i in infos[index + 1 :]], LANES)
     return None if out is None else sch
 
@@ -280,6 +283,27 @@ def _pair_innermost(
         main, ("read", data_read), lambda *i: [*i[:p], i[p] // 2, *i[p + 1 :], i[p] % 2]
     )
     return added
+
+
+def _write_pairs(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> None:
+    """Schedule a block writing the pair-innermost activation ([.., c/2, .., 2]): its channel
+    loop split and the pair innermost (unrolled), so each row is written contiguously (LLVM
+    vectorizes the row loop into interleaving stores); the rows are shared out."""
+    from tvm.s_tir.dlight.analysis.common_analysis import collect_vars_used_in_prim_expr
+
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    pair_vars = collect_vars_used_in_prim_expr(stmt.writes[0].region[-1].min)
+    found = [i for i, iv in enumerate(stmt.iter_vars) if any(iv.var.same_as(v) for v in pair_vars)]
+    if len(loops) != len(stmt.iter_vars) or len(found) != 1 or found[0] >= len(loops) - 1:
+        schedule_spatial(sch, block, LANES)
+        return
+    p = found[0]
+    pair_o, pair_i = sch.split(loops[p], factors=[None, 2])
+    sch.reorder(*loops[p + 1 :], pair_i)
+    sch.unroll(pair_i)
+    tiles = [*loops[:p], pair_o, *loops[p + 1 : -1]]
+    sch.parallel(sch.fuse(*tiles) if len(tiles) > 1 else tiles[0])
 
 
 def _prepack(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, roles: Roles, nr: int) -> None:

@@ -47,11 +47,24 @@ def open_schedule(
     from tvm import s_tir
     from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-    if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
+    if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target) or hides_writes(func):
         return None
     sch = s_tir.Schedule(func)
     infos = normalize_prim_func(sch)
     return (sch, infos) if infos else None
+
+
+def hides_writes(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether a block writes without declaring it (TOPI's hand-written loops: sort, NMS,
+    scatter, cumsum). s_tir's dependence analysis cannot see such writes, so inlining a
+    producer into its consumers is unsound there: NMS's kernel overwrites the sorted scores
+    it gathered, and inlining the gather made the overwritten buffer undefined."""
+    import tvm_ffi
+    from tvm import s_tir
+
+    blocks: list[Any] = []
+    tvm_ffi.structural_walk(func.body, [(s_tir.stmt.SBlock, blocks.append)], order="pre")
+    return any(not block.writes for block in blocks[1:])
 
 
 def single_reduction(infos: Sequence[Any]) -> int | None:

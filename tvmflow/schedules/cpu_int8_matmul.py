@@ -178,9 +178,17 @@ class Int8Matmul(ScheduleRule):
     ) -> s_tir.Schedule | None:
         m_pos, n_pos, b_read, k_dim = roles
         block = infos[index].block_rv
-        # producers (the activation's quantize, shifts) run once into a buffer: tensorized
-        # loads need A in memory
+        # producers of the operands (the activation's quantize or shift) run once into a
+        # buffer: tensorized loads need A in memory; others (zero points) are inlined into
+        # the epilogue, which must find all its producers under the tile loop
+        operands = {r.source for r in sch.get(block).reads}
         for info in infos[:index]:
+            if not any(w.source in operands for w in sch.get(info.block_rv).writes):
+                try:
+                    sch.compute_inline(info.block_rv)
+                    continue
+                except ScheduleError:
+                    pass
             schedule_spatial(sch, info.block_rv, vector_lanes(target))
         m = 1 if m_pos is None else sizes[m_pos]
         nvecs = sizes[n_pos] // LANES

@@ -193,17 +193,33 @@ def _fuse_plane(
 ) -> None:
     """Give the conv and every epilogue block over the same spatial domain one index
     p = row * width + column (the conv's result buffer too), so a tile of p is a contiguous
-    run of each output plane and the epilogue follows it exactly."""
+    run of each output plane and the epilogue follows it exactly. An epilogue block over as
+    many points in another shape could not follow the tile (ValueError)."""
+    import math
+
     from tvm.tirx import IndexMap
 
-    width, at = spatial[-1], len(spatial) - 2
+    width = spatial[-1]
 
-    def fused(*i: Any) -> list[Any]:
-        return [*i[:at], i[at] * width + i[at + 1], *i[at + 2 :]]
+    def fuse_rows(block: s_tir.schedule.SBlockRV, ndim: int, at: int) -> None:
+        """Fuse iters `at` (row) and `at + 1` (column) of a block with `ndim` iters."""
+        sch.transform_block_layout(
+            block,
+            IndexMap.from_func(
+                lambda *i: [*i[:at], i[at] * width + i[at + 1], *i[at + 2 :]], ndim=ndim
+            ),
+        )
 
-    sch.transform_block_layout(main, IndexMap.from_func(fused, ndim=len(sch.get(main).iter_vars)))
+    fuse_rows(main, len(sch.get(main).iter_vars), len(spatial) - 2)
     sch.transform_layout(main, ("write", 0), lambda n, c, h, w: (n, c, h * width + w))
     for block in epilogue:
+        # blocks made by cache_write keep the unit batch dim normalization drops elsewhere
         domain = tuple(int(iv.dom.extent) for iv in sch.get(block).iter_vars)
-        if domain == spatial:
-            sch.transform_block_layout(block, IndexMap.from_func(fused, ndim=len(domain)))
+        if _squeeze(domain) == _squeeze(spatial) and domain[-2:] == spatial[-2:]:
+            fuse_rows(block, len(domain), len(domain) - 2)
+        elif math.prod(domain) == math.prod(spatial):
+            raise ValueError("an epilogue over the conv's output in another shape")
+
+
+def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
