@@ -64,6 +64,8 @@ MODULES = (
     "cast",
     "quantize_linear",
     "bitcast",
+    # integrator
+    "conv_transpose",
 )
 
 DEFAULT_DOMAIN = ""
