@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tvmflow.upsample_conv import _shape
 
@@ -105,19 +105,14 @@ def _rewrite(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> relax.E
 
 def Bf16Compute() -> tvm.transform.Pass:
     """conv2d / matmul ops the bf16 kernel runs compute in bf16 (fp32 accumulation)."""
-    import tvm
     from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
-    pattern = is_op("relax.nn.conv2d")(wildcard(), wildcard()) | is_op("relax.matmul")(
-        wildcard(), wildcard()
+    from tvmflow.call_rewrite import call_rewrite_pass
+
+    return call_rewrite_pass(
+        "Bf16Compute",
+        [("relax.nn.conv2d", 2), ("relax.matmul", 2)],
+        per_function=lambda func: functools.partial(
+            _rewrite, bound=relax.analysis.get_var2val(func)
+        ),
     )
-
-    def transform(mod: tvm.IRModule, _: Any) -> tvm.IRModule:
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                rewrite = functools.partial(_rewrite, bound=relax.analysis.get_var2val(func))
-                mod[gv] = rewrite_call(pattern, lambda call, _, r=rewrite: r(call), func)
-        return mod
-
-    return tvm.transform.module_pass(transform, opt_level=0, name="Bf16Compute")

@@ -11,7 +11,7 @@ nothing: the reshapes are views.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import tvm
@@ -54,21 +54,6 @@ def _as_conv2d(call: relax.Call) -> relax.Expr | None:
 
 def Conv1dAsConv2d() -> tvm.transform.Pass:
     """Module pass: rewrite every NCW conv1d as a height-1 conv2d (see the module docstring)."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvmflow.call_rewrite import call_rewrite_pass
 
-    pattern = is_op("relax.nn.conv1d")(wildcard(), wildcard())
-
-    def rewriter(expr: relax.Expr, _: Any) -> relax.Expr:
-        new = _as_conv2d(expr)
-        return expr if new is None else new
-
-    @tvm.transform.module_pass(opt_level=0, name="Conv1dAsConv2d")
-    def transform(mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = rewrite_call(pattern, rewriter, func)
-        return mod
-
-    return transform
+    return call_rewrite_pass("Conv1dAsConv2d", [("relax.nn.conv1d", 2)], _as_conv2d)

@@ -13,7 +13,7 @@ full tiles.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -79,21 +79,8 @@ def _padded(call: relax.Call, lanes: int) -> relax.Expr | None:
 def PadConvForTiles(lanes: int) -> tvm.transform.Pass:
     """Module pass: pad every conv2d that needs it (see the module docstring); `lanes`: the
     target's fp32 vector width, which padded channel counts are a multiple of."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvmflow.call_rewrite import call_rewrite_pass
 
-    pattern = is_op("relax.nn.conv2d")(wildcard(), wildcard())
-
-    def rewriter(expr: relax.Expr, _: Any) -> relax.Expr:
-        new = _padded(expr, lanes)
-        return expr if new is None else new
-
-    @tvm.transform.module_pass(opt_level=0, name="PadConvForTiles")
-    def transform(mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = rewrite_call(pattern, rewriter, func)
-        return mod
-
-    return transform
+    return call_rewrite_pass(
+        "PadConvForTiles", [("relax.nn.conv2d", 2)], lambda call: _padded(call, lanes)
+    )

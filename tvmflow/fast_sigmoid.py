@@ -10,7 +10,7 @@ overflowing like exp(-x) would).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import tvm
@@ -30,21 +30,6 @@ def _as_tanh(call: relax.Call) -> relax.Expr | None:
 
 def SigmoidAsTanh() -> tvm.transform.Pass:
     """Module pass: rewrite every float sigmoid (see the module docstring)."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvmflow.call_rewrite import call_rewrite_pass
 
-    pattern = is_op("relax.sigmoid")(wildcard())
-
-    def rewriter(expr: relax.Expr, _: Any) -> relax.Expr:
-        new = _as_tanh(expr)
-        return expr if new is None else new
-
-    @tvm.transform.module_pass(opt_level=0, name="SigmoidAsTanh")
-    def transform(mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = rewrite_call(pattern, rewriter, func)
-        return mod
-
-    return transform
+    return call_rewrite_pass("SigmoidAsTanh", [("relax.sigmoid", 1)], _as_tanh)

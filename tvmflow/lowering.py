@@ -177,13 +177,11 @@ def conv_weights_hwio() -> tvm.transform.Pass:
     for every op in the graph and raises on ones it cannot (a 3-D reduction after a conv:
     "Invalid SLayout"), failing compiles that have nothing to do with conv weights.
     """
-    import tvm
     from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
-    pattern = is_op("relax.nn.conv2d")(wildcard(), wildcard())
+    from tvmflow.call_rewrite import call_rewrite_pass
 
-    def rewrite(call: relax.Call, _: Any) -> relax.Expr:
+    def rewrite(call: relax.Call) -> relax.Expr:
         attrs = call.attrs
         if (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW") or attrs.out_layout != (
             "NCHW"
@@ -202,13 +200,7 @@ def conv_weights_hwio() -> tvm.transform.Pass:
             out_dtype=attrs.out_dtype,
         )
 
-    def transform(mod: tvm.IRModule, _: Any) -> tvm.IRModule:
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = rewrite_call(pattern, rewrite, func)
-        return mod
-
-    return tvm.transform.module_pass(transform, opt_level=0, name="ConvWeightsHWIO")
+    return call_rewrite_pass("ConvWeightsHWIO", [("relax.nn.conv2d", 2)], rewrite)
 
 
 def schedule(

@@ -11,7 +11,7 @@ the register-tiled conv rule. Other conv2d_transpose shapes are left as they are
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import tvm
@@ -63,21 +63,8 @@ def _as_pixel_shuffle(call: relax.Call) -> relax.Expr | None:
 
 def SplitUpsamplingConvTranspose() -> tvm.transform.Pass:
     """Module pass: rewrite every kernel==stride conv2d_transpose (see the module docstring)."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvmflow.call_rewrite import call_rewrite_pass
 
-    pattern = is_op("relax.nn.conv2d_transpose")(wildcard(), wildcard())
-
-    def rewriter(expr: relax.Expr, _: Any) -> relax.Expr:
-        new = _as_pixel_shuffle(expr)
-        return expr if new is None else new
-
-    @tvm.transform.module_pass(opt_level=0, name="SplitUpsamplingConvTranspose")
-    def transform(mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = rewrite_call(pattern, rewriter, func)
-        return mod
-
-    return transform
+    return call_rewrite_pass(
+        "SplitUpsamplingConvTranspose", [("relax.nn.conv2d_transpose", 2)], _as_pixel_shuffle
+    )
