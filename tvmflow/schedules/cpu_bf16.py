@@ -33,10 +33,9 @@ from tvmflow.schedules.cpu_common import (
     fuse_epilogue,
     index_vars,
     is_layout_free,
-    open_schedule,
+    open_single_reduction,
     pick_tile,
     schedule_spatial,
-    single_reduction,
     uses,
 )
 
@@ -197,13 +196,10 @@ class Bf16Gemm(ScheduleRule):
     ) -> s_tir.Schedule | None:
         if not has_bf16(target):
             return None
-        opened = open_schedule(func, target)
+        opened = open_single_reduction(func, target)
         if opened is None:
             return None
-        sch, infos = opened
-        index = single_reduction(infos)
-        if index is None:
-            return None
+        sch, infos, index = opened
         main = infos[index].block_rv
         roles = bf16_roles(sch, main, func)
         if roles is None:

@@ -73,6 +73,19 @@ def single_reduction(infos: Sequence[Any]) -> int | None:
     return reductions[0] if len(reductions) == 1 else None
 
 
+def open_single_reduction(
+    func: tvm.tirx.PrimFunc, target: tvm.target.Target
+) -> tuple[s_tir.Schedule, list[Any], int] | None:
+    """`open_schedule` for GEMM-like rules: also the index of the kernel's one reduction
+    block, or None when it has none or several."""
+    opened = open_schedule(func, target)
+    if opened is None:
+        return None
+    sch, infos = opened
+    index = single_reduction(infos)
+    return None if index is None else (sch, infos, index)
+
+
 def vector_bits(target: tvm.target.Target) -> int:
     """Widest SIMD register of the target CPU: 512 (AVX-512), 256 (AVX2), 128 (SSE, NEON).
 

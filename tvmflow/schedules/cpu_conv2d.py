@@ -25,10 +25,9 @@ from tvmflow.schedules.cpu_common import (
     fuse_epilogue,
     index_vars,
     is_layout_free,
-    open_schedule,
+    open_single_reduction,
     prepack_weight,
     schedule_spatial,
-    single_reduction,
     tile_choices,
     tile_gemm,
     uses,
@@ -128,13 +127,10 @@ class Conv2d(TiledRule):
     def _schedule(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool
     ) -> s_tir.Schedule | None:
-        opened = open_schedule(func, target)
+        opened = open_single_reduction(func, target)
         if opened is None:
             return None
-        sch, infos = opened
-        index = single_reduction(infos)
-        if index is None:
-            return None
+        sch, infos, index = opened
         main = infos[index]
         producers = _inline_weight_transforms(sch, func, infos[:index])
         roles = conv_roles(sch, main.block_rv, lambda buf: is_layout_free(func, buf))

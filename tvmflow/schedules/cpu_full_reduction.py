@@ -19,8 +19,7 @@ from tvm.s_tir.schedule import ScheduleError
 from tvmflow.schedules.cpu_common import (
     dtype_bits_of_block,
     extents,
-    open_schedule,
-    single_reduction,
+    open_single_reduction,
     vector_lanes,
 )
 
@@ -39,13 +38,10 @@ class FullReduction(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-        opened = open_schedule(func, target)
+        opened = open_single_reduction(func, target)
         if opened is None:
             return None
-        sch, infos = opened
-        index = single_reduction(infos)
-        if index is None:
-            return None
+        sch, infos, index = opened
         main = infos[index]
         kinds = main.dom_kind()
         iters = [it.loop_rv for it in main.iters]

@@ -24,9 +24,8 @@ from tvmflow.schedules.cpu_common import (
     extents,
     fuse_epilogue,
     is_layout_free,
-    open_schedule,
+    open_single_reduction,
     schedule_spatial,
-    single_reduction,
     vector_lanes,
 )
 from tvmflow.schedules.cpu_matmul import matmul_roles
@@ -144,13 +143,10 @@ class Int8Matmul(ScheduleRule):
     ) -> s_tir.Schedule | None:
         if not has_vnni(target):
             return None
-        opened = open_schedule(func, target)
+        opened = open_single_reduction(func, target)
         if opened is None:
             return None
-        sch, infos = opened
-        index = single_reduction(infos)
-        if index is None:
-            return None
+        sch, infos, index = opened
         main = infos[index]
         if main.dom_kind().count("R") != 1 or not main.dom_kind().endswith("R"):
             return None

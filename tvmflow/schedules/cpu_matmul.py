@@ -20,10 +20,9 @@ from tvmflow.schedules.cpu_common import (
     fuse_epilogue,
     index_vars,
     is_layout_free,
-    open_schedule,
+    open_single_reduction,
     prepack_weight,
     schedule_spatial,
-    single_reduction,
     tile_choices,
     tile_gemm,
     uses,
@@ -81,13 +80,10 @@ class Matmul(TiledRule):
     def _schedule(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool
     ) -> s_tir.Schedule | None:
-        opened = open_schedule(func, target)
+        opened = open_single_reduction(func, target)
         if opened is None:
             return None
-        sch, infos = opened
-        index = single_reduction(infos)
-        if index is None:
-            return None
+        sch, infos, index = opened
         main = infos[index]
         if main.dom_kind().count("R") != 1 or not main.dom_kind().endswith("R"):
             return None

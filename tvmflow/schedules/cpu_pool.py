@@ -17,7 +17,7 @@ from tvm.error import InternalError
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 
-from tvmflow.schedules.cpu_common import extents, open_schedule, single_reduction
+from tvmflow.schedules.cpu_common import extents, open_single_reduction
 
 if TYPE_CHECKING:
     import tvm
@@ -33,13 +33,10 @@ class Pool(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-        opened = open_schedule(func, target)
+        opened = open_single_reduction(func, target)
         if opened is None:
             return None
-        sch, infos = opened
-        index = single_reduction(infos)
-        if index is None:
-            return None
+        sch, infos, index = opened
         block = infos[index].block_rv
         # TOPI tags a max pool's reduction, an average pool's division after it
         tags = {str(sch.get(i.block_rv).annotations.get("schedule_rule", "")) for i in infos}
