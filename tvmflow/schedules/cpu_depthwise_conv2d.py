@@ -19,10 +19,9 @@ from tvmflow.schedules.cpu_common import (
     extents,
     fuse_epilogue,
     index_vars,
-    open_schedule,
+    open_single_reduction,
     pick_vector,
     schedule_spatial,
-    single_reduction,
     tile_choices,
     tile_gemm,
     uses,
@@ -85,11 +84,11 @@ class DepthwiseConv2d(TiledRule):
     def _schedule(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, choice: int, tunable: bool
     ) -> s_tir.Schedule | None:
-        opened = open_schedule(func, target)
+        opened = open_single_reduction(func, target)
         if opened is None:
             return None
-        sch, infos = opened
-        if single_reduction(infos) != 1:  # pad, then the depthwise reduction
+        sch, infos, index = opened
+        if index != 1:  # pad, then the depthwise reduction
             return None
         pad, main = infos[0], infos[1]
         roles = depthwise_roles(sch, main.block_rv)

@@ -22,9 +22,8 @@ from tvmflow.schedules.cpu_common import (
     dtype_bits_of_block,
     extents,
     fuse_epilogue,
-    open_schedule,
+    open_single_reduction,
     pick_vector,
-    single_reduction,
     vector_lanes,
 )
 from tvmflow.schedules.cpu_depthwise_conv2d import depthwise_roles
@@ -52,11 +51,11 @@ class DepthwiseConv2dRows(TiledRule):
     ) -> s_tir.Schedule | None:
         from tvmflow.schedules.cpu_common import vector_registers
 
-        opened = open_schedule(func, target)
+        opened = open_single_reduction(func, target)
         if opened is None:
             return None
-        sch, infos = opened
-        if single_reduction(infos) != 1:  # pad, then the depthwise reduction
+        sch, infos, index = opened
+        if index != 1:  # pad, then the depthwise reduction
             return None
         pad, main = infos[0].block_rv, infos[1].block_rv
         roles = depthwise_roles(sch, main)
