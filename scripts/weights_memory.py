@@ -69,11 +69,8 @@ def run_rss_mb(directory: Path) -> float:
 
 def cpu_ms(v1: Path, v2: Path, seconds: float) -> tuple[float, float]:
     """Median CPU time per run of each, interleaved, one TVM thread."""
-    import tvm
-
     models = {k: tvmflow.load(d, num_threads=1) for k, d in (("v1", v1), ("v2", v2))}
-    feeds = random_inputs(models["v1"].inputs, 0)
-    args = [tvm.runtime.tensor(feeds[s.name]) for s in models["v1"].inputs]
+    args = models["v1"].device_inputs(random_inputs(models["v1"].inputs, 0))
     times: dict[str, list[float]] = {"v1": [], "v2": []}
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:

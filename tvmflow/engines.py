@@ -66,9 +66,9 @@ class Tvmflow(Engine):
     peer = False
 
     def import_package(self) -> None:
-        from tvmflow.runtime import _import_tvm
+        from tvmflow.runtime import load_runtime_library
 
-        _import_tvm()
+        load_runtime_library()
 
     def open(self, spec: EngineSpec) -> Opened:
         from tvmflow.runtime import load
