@@ -28,7 +28,6 @@ import numpy as np
 import tvm_ffi
 
 from tvmflow import weights
-from tvmflow.cuda import check_gpu
 from tvmflow.dtypes import from_storage, to_storage
 from tvmflow.errors import TvmflowError
 from tvmflow.inputs import check_inputs, native_byte_order
@@ -40,12 +39,12 @@ from tvmflow.manifest import (
     read_manifest,
     sha256_file,
 )
-from tvmflow.targets import host_mismatch
+from tvmflow.targets import DEVICES, host_mismatch
 
 RUNTIME_LIBRARY = "libtvm_runtime.so"
 CUDA_RUNTIME_LIBRARY = "libtvm_runtime_cuda.so"  # TVM's CUDA device API, a separate library
 _POOLED_ALLOCATOR = 2  # the Relax VM's allocator kinds: 1 naive, 2 pooled (TVM's default)
-_DEVICE_EXISTS, _COMPUTE_VERSION = 0, 4  # TVM's DeviceAttrKind values (runtime.GetDeviceAttr)
+_DEVICE_EXISTS, _COMPUTE_VERSION = 0, 4  # TVM's DeviceAttrKind (runtime.GetDeviceAttr)
 
 
 def _tvm_lib_dir() -> Path:
@@ -85,31 +84,32 @@ def _numpy_dtype(name: str) -> np.dtype:
 
 
 def check_compatible(manifest: Manifest, directory: Path) -> None:
-    """Refuse artifacts this machine cannot run, saying why."""
-    why = host_mismatch(manifest.arch, manifest.cpu_features)
+    """Refuse artifacts this machine cannot run, saying why (`targets.host_mismatch`)."""
+    if manifest.device not in DEVICES:
+        raise TvmflowError(
+            f"{directory}: unknown device {manifest.device!r} in manifest; recompile the artifact"
+        )
+    why = host_mismatch(manifest.arch, manifest.cpu_features, manifest.gpu_arch)
     if why is not None:
         raise TvmflowError(
-            f"{directory} was built for {manifest.arch} (preset {manifest.preset}): it {why}; "
-            "compile it for a preset this machine supports (`tvmflow targets` lists them)"
+            f"{directory} was built for {manifest.gpu_arch or manifest.arch} (preset "
+            f"{manifest.preset}): "
+            f"it {why}; run it on such a machine, or compile it for a preset this one supports "
+            "(`tvmflow targets` lists them)"
         )
 
 
-def _device(manifest: Manifest, directory: Path) -> tvm_ffi.Device:
-    if manifest.device == "cpu":
-        return tvm_ffi.device("cpu", 0)
-    if manifest.device == "cuda":
+def gpu_compute_version() -> str | None:
+    """CUDA GPU 0's compute capability ("9.0"); None when no GPU is visible or TVM's CUDA
+    runtime cannot load (no NVIDIA driver)."""
+    try:
         _load_cuda_runtime()
-        dev = tvm_ffi.device("cuda", 0)
-        if not _call("runtime.GetDeviceAttr", dev.dlpack_device_type(), 0, _DEVICE_EXISTS):
-            raise TvmflowError(
-                f"{directory} is a CUDA artifact (preset {manifest.preset}) but no CUDA GPU is "
-                "visible on this machine: run it on a GPU host, or compile for a CPU preset "
-                "(e.g. --target x86)"
-            )
-        version = _call("runtime.GetDeviceAttr", dev.dlpack_device_type(), 0, _COMPUTE_VERSION)
-        check_gpu(str(version), str(manifest.target.get("arch")), str(directory))
-        return dev
-    raise TvmflowError(f"{directory}: unknown device {manifest.device!r} in manifest")
+    except TvmflowError:
+        return None
+    kind = tvm_ffi.device("cuda", 0).dlpack_device_type()
+    if not _call("runtime.GetDeviceAttr", kind, 0, _DEVICE_EXISTS):
+        return None
+    return str(_call("runtime.GetDeviceAttr", kind, 0, _COMPUTE_VERSION))
 
 
 def _load_cuda_runtime() -> None:
@@ -301,13 +301,15 @@ def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel
     if num_threads is not None:
         _check_num_threads(num_threads)
     manifest = read_manifest(directory)
+    if manifest.device == "cuda":
+        _load_cuda_runtime()  # first: its failure names the missing driver libraries
     check_compatible(manifest, directory)
     library_path = directory / LIBRARY_NAME
     _check_sha256(library_path, manifest.library_sha256)
     load_runtime_library()
     if num_threads is not None:
         _size_thread_pool(int(num_threads))
-    device = _device(manifest, directory)
+    device = tvm_ffi.device(manifest.device, 0)
     tensors = weight_tensors(directory, manifest, device)
     library = tvm_ffi.load_module(str(library_path))
     return CompiledModel(directory, manifest, library, device, tensors)
