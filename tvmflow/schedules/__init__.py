@@ -39,6 +39,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_full_reduction import FullReduction
     from tvmflow.schedules.cpu_int8_matmul import Int8Matmul
     from tvmflow.schedules.cpu_matmul import Matmul
+    from tvmflow.schedules.cpu_plane_reduction import PlaneReduction
     from tvmflow.schedules.cpu_pointwise_conv2d import PointwiseConv2d
     from tvmflow.schedules.cpu_pool import Pool
 
@@ -53,6 +54,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         Int8Matmul(),
         Matmul(),
         Pool(),
+        PlaneReduction(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),
