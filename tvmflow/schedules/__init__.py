@@ -42,6 +42,8 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_plane_reduction import PlaneReduction
     from tvmflow.schedules.cpu_pointwise_conv2d import PointwiseConv2d
     from tvmflow.schedules.cpu_pool import Pool
+    from tvmflow.schedules.cpu_row_norm import RowNorm
+    from tvmflow.schedules.cpu_transpose import Transpose
 
     # bf16 kernels (`--precision bf16`) exist only where the target has AVX512_BF16
     bf16 = [Bf16Gemm()] if has_bf16(target) else []
@@ -54,11 +56,13 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         Int8Matmul(),
         Matmul(),
         Pool(),
+        RowNorm(),
         PlaneReduction(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),
         FullReduction(),
+        Transpose(),
         Elementwise(),
         Fallback(),
     ]
