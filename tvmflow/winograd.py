@@ -17,14 +17,15 @@ the generated code. The kernels are marked out-elementwise-fusable (op_pattern 4
 then fuses the bias / activation / residual add into the output transform but never a
 neighbouring layer's transform into another (inlining one into the other recomputes it).
 
-Which convs: `use_winograd` (the measured cost rule, see its docstring). Float32 only, and
-F(4, 3) adds fp32 rounding (the transform matrices have entries up to 8): ResNet / U-Net
-outputs stay within the verification tolerance against onnxruntime.
+Which convs and which F(m, 3): `choose_tile`, the cost rule measured with
+scripts/winograd-costs. Float32 only. Winograd adds fp32 rounding (the transforms scale
+values up and down by their matrices' entries); verification against onnxruntime stays on
+and passes on the models tested (tests/test_winograd.py, the corpus).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -93,16 +94,21 @@ def transform_weight(weight: np.ndarray, m: int) -> np.ndarray:
     )
 
 
-# Cost rule, measured with scripts/winograd_costs.py (1 thread, AVX-512): Winograd F(4,3)
-# beat the direct register-tiled conv from 32 input and output channels on maps of at least
-# 8x8 outputs; below that the transforms' per-channel cost and the tile padding dominate.
+# Cost rule, measured with scripts/winograd-costs (1 thread, AVX-512; direct conv vs F(2,3),
+# F(4,3), F(6,3) side by side per conv shape): Winograd beat the direct register-tiled conv
+# from 32 input and output channels on maps of at least 8x8 outputs; below that the
+# transforms' per-channel cost and the tile padding dominate.
 MIN_CHANNELS = 32
 MIN_OUTPUT_SIDE = 8
+DEFAULT_TILE = 4
 
 
-def use_winograd(conv: WinogradConv) -> bool:
-    """Whether F(m, 3) beats the direct conv for this shape (see the constants above)."""
-    return min(conv.c, conv.k) >= MIN_CHANNELS and min(conv.out_h, conv.out_w) >= MIN_OUTPUT_SIDE
+def choose_tile(conv: WinogradConv) -> int | None:
+    """m of the F(m, 3) that beats the direct conv for this shape, None to keep the direct
+    conv (see the constants above). `conv.m` is ignored."""
+    if min(conv.c, conv.k) < MIN_CHANNELS or min(conv.out_h, conv.out_w) < MIN_OUTPUT_SIDE:
+        return None
+    return DEFAULT_TILE
 
 
 def _static_shape(expr: relax.Expr) -> list[int] | None:
@@ -114,7 +120,7 @@ def _static_shape(expr: relax.Expr) -> list[int] | None:
     return [int(v.value) for v in values]
 
 
-def _match(call: relax.Call, m: int) -> WinogradConv | None:
+def _match(call: relax.Call) -> WinogradConv | None:
     """The conv's shape when `call` is a float32 NCHW/OIHW 3x3 stride-1 dilation-1 dense
     conv2d with a constant weight, else None."""
     import tvm
@@ -137,8 +143,11 @@ def _match(call: relax.Call, m: int) -> WinogradConv | None:
     pad = tuple(int(p) for p in attrs.padding)
     if len(pad) != 4:
         return None
-    conv = WinogradConv(xs[0], xs[1], xs[2], xs[3], ws[0], pad, m)  # type: ignore[arg-type]
-    return conv if conv.out_h > 0 and conv.out_w > 0 else None
+    conv = WinogradConv(xs[0], xs[1], xs[2], xs[3], ws[0], pad, DEFAULT_TILE)  # type: ignore[arg-type]
+    if conv.out_h <= 0 or conv.out_w <= 0:
+        return None
+    m = choose_tile(conv)
+    return None if m is None else replace(conv, m=m)
 
 
 def _nonzero_sum(terms: list[tuple[float, Any]], dtype: str) -> Any:
@@ -273,8 +282,8 @@ def _rewrite(bb: relax.BlockBuilder, call: relax.Call, conv: WinogradConv) -> re
     )
 
 
-def WinogradConv2d(tile: int = 4) -> tvm.transform.Pass:
-    """Module pass: rewrite every conv2d `use_winograd` picks (see the module docstring)."""
+def WinogradConv2d() -> tvm.transform.Pass:
+    """Module pass: rewrite every conv2d `choose_tile` picks (see the module docstring)."""
     import tvm
     from tvm import relax
 
@@ -284,8 +293,8 @@ def WinogradConv2d(tile: int = 4) -> tvm.transform.Pass:
             call = self.visit_expr_post_order(call)
             if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
                 return call
-            conv = _match(call, tile)
-            if conv is None or not use_winograd(conv):
+            conv = _match(call)
+            if conv is None:
                 return call
             return _rewrite(self.builder_, call, conv)
 
