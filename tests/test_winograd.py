@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -121,7 +122,7 @@ def test_strided_convs_stay_direct() -> None:
     assert not any("winograd" in name for name in kernels)
 
 
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "32->48 16x16": dict(),
     "odd map 13x10 pad 0": dict(hw=(13, 10), pad=0),
     "batch 2, residual": dict(cin=32, cout=32, hw=(9, 12), batch=2, residual=True),
