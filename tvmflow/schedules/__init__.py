@@ -44,11 +44,16 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_pool import Pool
     from tvmflow.schedules.cpu_row_norm import RowNorm
     from tvmflow.schedules.cpu_transpose import Transpose
+    from tvmflow.schedules.cpu_winograd import WinogradDataPack, WinogradGemm, WinogradInverse
 
     # bf16 kernels (`--precision bf16`) exist only where the target has AVX512_BF16
     bf16 = [Bf16Gemm()] if has_bf16(target) else []
     return [
         *bf16,
+        # the three kernels of a Winograd conv (tvmflow.winograd), claimed by block name
+        WinogradGemm(),
+        WinogradDataPack(),
+        WinogradInverse(),
         PointwiseConv2d(),
         Conv2d(),
         DepthwiseConv2dRows(),
