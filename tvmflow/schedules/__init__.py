@@ -37,6 +37,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_elementwise import Elementwise
     from tvmflow.schedules.cpu_fallback import Fallback
     from tvmflow.schedules.cpu_full_reduction import FullReduction
+    from tvmflow.schedules.cpu_int8_conv2d import Int8Conv2d
     from tvmflow.schedules.cpu_int8_matmul import Int8Matmul
     from tvmflow.schedules.cpu_matmul import Matmul
     from tvmflow.schedules.cpu_pointwise_conv2d import PointwiseConv2d
@@ -46,6 +47,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     bf16 = [Bf16Gemm()] if has_bf16(target) else []
     return [
         *bf16,
+        Int8Conv2d(),  # only tvmflow.qdq's int8 conv kernels
         PointwiseConv2d(),
         Conv2d(),
         DepthwiseConv2dRows(),
