@@ -27,6 +27,7 @@ float path (DQ folded into float weights) is faster.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,9 @@ if TYPE_CHECKING:
 LANES = 16  # output channels per vpdpbusd accumulator
 GROUP = 4  # input channels summed per accumulator lane
 SHIFT = 128  # int8 -> uint8
-CONV_FUNC = "qconv2d"
+CONV_FUNC, DW_FUNC = "qconv2d", "qdwconv2d"
 PACK_BLOCK, CONV_BLOCK, REQUANT_BLOCK = "qconv_pack", "qconv", "qconv_requant"
+DW_PACK_BLOCK, DW_BLOCK = "qdwconv_pack", "qdwconv"
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves the kernel as it is
 RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
@@ -139,56 +141,133 @@ def _requant(call: Any, x: Quant, w_scale: np.ndarray, channels: int, relu: bool
     return Requant(scale.astype(f32), zero, max(low, zero) if relu else low, high, dtype)
 
 
-def conv2d_compute(
-    x: te.Tensor,
-    weight: te.Tensor,
-    offset: te.Tensor,
-    scale: te.Tensor,
-    attrs: dict[str, Any],
-) -> te.Tensor:
-    """The qconv2d kernel: pack (pad with the zero point, shift int8 to uint8, channels
-    last in groups of 4), u8 x i8 -> i32 conv over the packed weight [O/16, KH, KW, C/4,
-    16, 4], then requantize acc + offset (bias - zx * sum(w)) per channel into NCHW."""
+@dataclass(frozen=True)
+class ConvSpec:
+    """What one integer conv kernel computes (everything static)."""
+
+    in_shape: tuple[int, ...]  # as the kernel reads it, in `in_layout`
+    in_layout: str  # "NCHW" (from float ops) or "NHWC" (from another integer kernel)
+    in_dtype: str  # uint8 / int8
+    padding: tuple[int, ...]  # top, left, bottom, right
+    strides: tuple[int, ...]
+    dilation: tuple[int, ...]
+    out_shape: tuple[int, ...]  # NHWC
+    zx: int
+    zy: int
+    low: int
+    high: int
+    out_dtype: str
+
+
+def _padded_input(x: te.Tensor, spec: ConvSpec, group: int, name: str) -> te.Tensor:
+    """The activation padded with its zero point, channels last ([N, H, W, C] for group 1,
+    [N, H, W, C/4, 4] for group 4, channels beyond C also the zero point), int8 shifted by
+    +128 to uint8."""
     from tvm import te, tirx
 
-    n_, c_, h_, w_ = (int(d) for d in x.shape)
-    ob, kh_, kw_, cb, _, _ = (int(d) for d in weight.shape)
-    top, left, bottom, right = attrs["padding"]
-    (sh, sw), (dh, dw) = attrs["strides"], attrs["dilation"]
-    out_c, out_h, out_w = attrs["out_shape"][1:]
-    zx, shift = int(attrs["zx"]), SHIFT if str(x.dtype) == "int8" else 0
+    if spec.in_layout == "NCHW":
+        n_, c_, h_, w_ = spec.in_shape
+    else:
+        n_, h_, w_, c_ = spec.in_shape
+    top, left, bottom, right = spec.padding
+    shift = SHIFT if spec.in_dtype == "int8" else 0
 
-    def pack(n: Any, y: Any, xx: Any, c4: Any, ci: Any) -> Any:
-        c = c4 * GROUP + ci
+    def value(n: Any, y: Any, xx: Any, c: Any) -> Any:
         inside = tirx.all(c < c_, y >= top, y < h_ + top, xx >= left, xx < w_ + left)
-        value = x[n, tirx.min(c, c_ - 1), y - top, xx - left]
+        c = tirx.min(c, c_ - 1)
+        nchw = spec.in_layout == "NCHW"
+        v = x[n, c, y - top, xx - left] if nchw else x[n, y - top, xx - left, c]
         if shift:
-            value = (value.astype("int32") + shift).astype("uint8")
-        return tirx.if_then_else(inside, value, tirx.const(zx + shift, "uint8"))
+            v = (v.astype("int32") + shift).astype("uint8")
+        return tirx.if_then_else(inside, v, tirx.const(spec.zx + shift, "uint8"))
 
-    padded = (n_, h_ + top + bottom, w_ + left + right, cb, GROUP)
-    packed = te.compute(padded, pack, name=PACK_BLOCK)
+    rows, cols = h_ + top + bottom, w_ + left + right
+    if group == 1:
+        return te.compute((n_, rows, cols, c_), value, name=name)
+    return te.compute(
+        (n_, rows, cols, -(-c_ // group), group),
+        lambda n, y, xx, cb, ci: value(n, y, xx, cb * group + ci),
+        name=name,
+    )
+
+
+def _requantized(acc: te.Tensor, offset: te.Tensor, scale: te.Tensor, spec: ConvSpec) -> Any:
+    """round-half-even(float(acc + offset) * scale) + zy, saturated, NHWC (channel-innermost:
+    whole vectors from the accumulators, contiguous stores)."""
+    from tvm import te, tirx
+
+    def requant(n: Any, y: Any, xx: Any, o: Any) -> Any:
+        total = (acc[n, y, xx, o] + offset[o]).astype("float32") * scale[o]
+        value = tirx.nearbyint(total) + tirx.const(float(spec.zy), "float32")
+        clipped = tirx.max(tirx.min(value, float(spec.high)), float(spec.low))
+        return clipped.astype(spec.out_dtype)
+
+    return te.compute(spec.out_shape, requant, name=REQUANT_BLOCK)
+
+
+def conv2d_compute(
+    x: te.Tensor, weight: te.Tensor, offset: te.Tensor, scale: te.Tensor, spec: ConvSpec
+) -> te.Tensor:
+    """The qconv2d kernel: pack (`_padded_input`, groups of 4 channels), u8 x i8 -> i32
+    conv over the packed weight [O/16, KH, KW, C/4, 16, 4] into [N, OH, OW, O/16*16],
+    requantize acc + offset (bias - zx * sum(w)) per channel (`_requantized`)."""
+    from tvm import te
+
+    _, kh_, kw_, cb, _, _ = (int(d) for d in weight.shape)
+    ob = int(weight.shape[0])
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    packed = _padded_input(x, spec, GROUP, PACK_BLOCK)
     rc = te.reduce_axis((0, cb), "rc")
     ry, rx = te.reduce_axis((0, kh_), "ry"), te.reduce_axis((0, kw_), "rx")
     ri = te.reduce_axis((0, GROUP), "ri")
+    n_, out_h, out_w, _ = spec.out_shape
     acc = te.compute(
-        (n_, ob * LANES, out_h, out_w),
-        lambda n, o, y, xx: te.sum(
+        (n_, out_h, out_w, ob * LANES),
+        lambda n, y, xx, o: te.sum(
             packed[n, y * sh + ry * dh, xx * sw + rx * dw, rc, ri].astype("int32")
             * weight[o // LANES, ry, rx, rc, o % LANES, ri].astype("int32"),
             axis=[ry, rx, rc, ri],
         ),
         name=CONV_BLOCK,
     )
-    low, high = attrs["low"], attrs["high"]
+    return _requantized(acc, offset, scale, spec)
 
-    def requant(n: Any, o: Any, y: Any, xx: Any) -> Any:
-        total = (acc[n, o, y, xx] + offset[o]).astype("float32") * scale[o]
-        value = tirx.nearbyint(total) + tirx.const(float(attrs["zy"]), "float32")
-        clipped = tirx.max(tirx.min(value, float(high)), float(low))
-        return clipped.astype(attrs["out_dtype"])
 
-    return te.compute((n_, out_c, out_h, out_w), requant, name=REQUANT_BLOCK)
+def depthwise_compute(
+    x: te.Tensor, weight: te.Tensor, offset: te.Tensor, scale: te.Tensor, spec: ConvSpec
+) -> te.Tensor:
+    """The qdwconv2d kernel: pack (`_padded_input`, channels last), i32 multiply-adds with
+    the weight as int32 [KH, KW, C], requantize (`_requantized`)."""
+    from tvm import te
+
+    kh_, kw_, _ = (int(d) for d in weight.shape)
+    (sh, sw), (dh, dw) = spec.strides, spec.dilation
+    packed = _padded_input(x, spec, 1, DW_PACK_BLOCK)
+    ry, rx = te.reduce_axis((0, kh_), "ry"), te.reduce_axis((0, kw_), "rx")
+    acc = te.compute(
+        spec.out_shape,
+        lambda n, y, xx, c: te.sum(
+            packed[n, y * sh + ry * dh, xx * sw + rx * dw, c].astype("int32") * weight[ry, rx, c],
+            axis=[ry, rx],
+        ),
+        name=DW_BLOCK,
+    )
+    return _requantized(acc, offset, scale, spec)
+
+
+def conv_kernel(spec: ConvSpec, weight: np.ndarray, depthwise: bool) -> tvm.tirx.PrimFunc:
+    """The PrimFunc (x, packed weight, offset, scale) -> NHWC output of one integer conv."""
+    from tvm import te
+
+    channels = spec.out_shape[3]
+    xt = te.placeholder(spec.in_shape, spec.in_dtype, "x")
+    wt = te.placeholder(weight.shape, str(weight.dtype), "w")
+    ot = te.placeholder((channels,), "int32", "offset")
+    st = te.placeholder((channels,), "float32", "scale")
+    compute = depthwise_compute if depthwise else conv2d_compute
+    out = compute(xt, wt, ot, st, spec)
+    func = te.create_prim_func([xt, wt, ot, st, out]).without_attr("global_symbol")
+    return func.with_attr("op_pattern", OPAQUE)
 
 
 def pack_conv_weight(w: np.ndarray) -> np.ndarray:
@@ -202,18 +281,36 @@ def pack_conv_weight(w: np.ndarray) -> np.ndarray:
     )
 
 
+def pack_depthwise_weight(w: np.ndarray) -> np.ndarray:
+    """[C, 1, KH, KW] int8 -> int32 [KH, KW, C]: channel vectors, no widening in the loop."""
+    return np.ascontiguousarray(w[:, 0].transpose(1, 2, 0).astype(np.int32))
+
+
+NHWC_TO_NCHW, NCHW_TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
+
+
 class _Rewriter:
-    """Builds the integer replacement of one Q call (conv or matmul), or says None."""
+    """Builds the integer replacement of one Q call, or says None. Integer conv outputs are
+    NHWC; `nhwc` maps each original Q call so rewritten to its NHWC value, which later
+    integer convs, QDQ adds and max pools read directly (the NCHW transpose the replacement
+    returns is then dead and goes)."""
 
     def __init__(self, mutator: Any, var2val: dict[Any, Any]) -> None:
         self.mutator = mutator
         self.var2val = var2val
+        self.nhwc: dict[Any, Any] = {}
 
     def rewrite(self, q_call: Any) -> Any:
         y, relu = q_call.args[0], False
         inner = _call(self.var2val, y, "relax.nn.relu")
         if inner is not None:
             y, relu = inner.args[0], True
+        for op, make in (("relax.nn.max_pool2d", self._pool), ("relax.add", self._add)):
+            call = _call(self.var2val, y, op)
+            if call is not None and not relu:
+                found = make(q_call, call)
+                if found is not None:
+                    return found
         bias_expr = None
         add = _call(self.var2val, y, "relax.add")
         if add is not None:
@@ -230,13 +327,65 @@ class _Rewriter:
             return self._matmul(q_call, matmul, bias_expr, relu)
         return None
 
+    def _nhwc_of(self, q_var: Any) -> Any:
+        """The NHWC value of an already rewritten quantized tensor, or None."""
+        return self.nhwc.get(self.var2val.get(q_var))
+
+    def _emit_nhwc(self, q_call: Any, value: Any) -> Any:
+        nhwc = self.mutator.builder_.emit(value)
+        self.nhwc[q_call] = nhwc
+        return _permute(nhwc, NHWC_TO_NCHW)
+
+    def _pool(self, q_call: Any, pool: Any) -> Any:
+        """Q(max_pool(DQ(a))) of an NHWC `a`: the same ops in NHWC."""
+        from tvm import relax
+
+        a = pool.attrs
+        dq = _call(self.var2val, pool.args[0], "relax.dequantize")
+        if dq is None or a.layout != "NCHW" or a.out_layout != "NCHW":
+            return None
+        if not _per_tensor(dq) or not _per_tensor(q_call):
+            return None
+        source = self._nhwc_of(dq.args[0])
+        if source is None:
+            return None
+        op = relax.op
+        pooled = op.nn.max_pool2d(
+            op.dequantize(source, dq.args[1], dq.args[2], axis=-1, out_dtype="float32"),
+            pool_size=a.pool_size,
+            strides=a.strides,
+            padding=a.padding,
+            dilation=a.dilation,
+            ceil_mode=a.ceil_mode,
+            layout="NHWC",
+        )
+        return self._emit_nhwc(q_call, _quantize_like(q_call, pooled))
+
+    def _add(self, q_call: Any, add: Any) -> Any:
+        """Q(DQ(a) + DQ(b)) (a residual) with a or b NHWC: the same ops in NHWC."""
+        from tvm import relax
+
+        dqs = [_call(self.var2val, arg, "relax.dequantize") for arg in add.args]
+        if any(dq is None or not _per_tensor(dq) for dq in dqs) or not _per_tensor(q_call):
+            return None
+        if len(add.ty.shape.values) != 4:
+            return None
+        sources = [self._nhwc_of(dq.args[0]) for dq in dqs]
+        if all(s is None for s in sources):
+            return None
+        op = relax.op
+        terms = []
+        for dq, source in zip(dqs, sources, strict=True):
+            if source is None:
+                source = _permute(self.mutator.visit_expr(dq.args[0]), NCHW_TO_NHWC)
+            terms.append(op.dequantize(source, dq.args[1], dq.args[2], out_dtype="float32"))
+        return self._emit_nhwc(q_call, _quantize_like(q_call, op.add(*terms)))
+
     def _conv(self, q_call: Any, conv: Any, bias_expr: Any, relu: bool) -> Any:
-        from tvm import relax, te
+        from tvm import relax
 
         a = conv.attrs
         if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW"):
-            return None
-        if int(a.groups) != 1:
             return None
         x = _dequantized(self.var2val, conv.args[0])
         weight = _weight(self.var2val, conv.args[1], 4)
@@ -244,7 +393,8 @@ class _Rewriter:
             return None
         w, w_scale = weight
         channels = w.shape[0]
-        if w_scale.size not in (1, channels):
+        depthwise = int(a.groups) == channels == w.shape[0] and w.shape[1] == 1
+        if (int(a.groups) != 1 and not depthwise) or w_scale.size not in (1, channels):
             return None
         rq = _requant(q_call, x, w_scale, channels, relu)
         if rq is None:
@@ -260,33 +410,32 @@ class _Rewriter:
         shift = SHIFT if str(x.data.ty.dtype) == "int8" else 0
         wsum = w.astype(np.int64).reshape(channels, -1).sum(axis=1)
         offset = (bias.astype(np.int64) - (zx + shift) * wsum).astype(np.int32)
-        attrs = {
-            "padding": [int(p) for p in a.padding],
-            "strides": [int(s) for s in a.strides],
-            "dilation": [int(d) for d in a.dilation],
-            "out_shape": [int(d) for d in conv.ty.shape.values],
-            "zx": zx,
-            "zy": rq.zero_point,
-            "low": rq.low,
-            "high": rq.high,
-            "out_dtype": rq.dtype,
-        }
-        packed = pack_conv_weight(w)
-        xt = te.placeholder([int(d) for d in x.data.ty.shape.values], str(x.data.ty.dtype), "x")
-        wt = te.placeholder(packed.shape, "int8", "w")
-        ot = te.placeholder((channels,), "int32", "offset")
-        st = te.placeholder((channels,), "float32", "scale")
-        out = conv2d_compute(xt, wt, ot, st, attrs)
-        func = te.create_prim_func([xt, wt, ot, st, out]).without_attr("global_symbol")
-        func = func.with_attr("op_pattern", OPAQUE)
-        gv = self.mutator.builder_.add_func(func, CONV_FUNC)
-        args = [
-            self.mutator.visit_expr(x.data),
-            relax.const(packed),
-            relax.const(offset),
-            relax.const(rq.scale),
-        ]
-        return relax.call_tir(gv, args, relax.TensorType(attrs["out_shape"], rq.dtype))
+        source = self._nhwc_of(x.data)
+        layout = "NCHW" if source is None else "NHWC"
+        if source is None:
+            source = self.mutator.visit_expr(x.data)
+        n, o, oh, ow = (int(d) for d in conv.ty.shape.values)
+        spec = ConvSpec(
+            in_shape=tuple(int(d) for d in source.ty.shape.values),
+            in_layout=layout,
+            in_dtype=str(x.data.ty.dtype),
+            padding=tuple(int(p) for p in a.padding),
+            strides=tuple(int(s) for s in a.strides),
+            dilation=tuple(int(d) for d in a.dilation),
+            out_shape=(n, oh, ow, o),
+            zx=zx,
+            zy=rq.zero_point,
+            low=rq.low,
+            high=rq.high,
+            out_dtype=rq.dtype,
+        )
+        packed = pack_depthwise_weight(w) if depthwise else pack_conv_weight(w)
+        gv = self.mutator.builder_.add_func(
+            conv_kernel(spec, packed, depthwise), DW_FUNC if depthwise else CONV_FUNC
+        )
+        args = [source, relax.const(packed), relax.const(offset), relax.const(rq.scale)]
+        out_ty = relax.TensorType(spec.out_shape, rq.dtype)
+        return self._emit_nhwc(q_call, relax.call_tir(gv, args, out_ty))
 
     def _matmul(self, q_call: Any, matmul: Any, bias_expr: Any, relu: bool) -> Any:
         from tvm import relax
@@ -324,6 +473,26 @@ class _Rewriter:
                 return None
             acc = relax.op.add(acc, relax.const(bias))
         return requantize(acc, rq)
+
+
+def _permute(x: Any, axes: list[int]) -> Any:
+    from tvm import relax
+
+    return relax.op.permute_dims(x, axes)
+
+
+def _per_tensor(call: Any) -> bool:
+    """A Q / DQ with one scale and zero point (its axis does not matter in another layout)."""
+    return all(math.prod(int(d) for d in arg.ty.shape.values) == 1 for arg in call.args[1:3])
+
+
+def _quantize_like(q_call: Any, value: Any) -> Any:
+    """`value` quantized with `q_call`'s (per-tensor) scale, zero point and type."""
+    from tvm import relax
+
+    return relax.op.quantize(
+        value, q_call.args[1], q_call.args[2], axis=-1, out_dtype=str(q_call.attrs.out_dtype)
+    )
 
 
 def requantize(acc: Any, rq: Requant) -> Any:

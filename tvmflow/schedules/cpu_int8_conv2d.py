@@ -4,7 +4,7 @@ VNNI dot products.
 The kernel's three blocks come from `tvmflow.qdq.conv2d_compute`: the pack (activation
 padded with its zero point, channels last in groups of 4: [N, H, W, C/4, 4]), the u8 x i8
 -> i32 convolution over the weight packed at compile time as [O/16, KH, KW, C/4, 16, 4], and
-the requantize into NCHW. Here the convolution becomes a register tile of `cols` output
+the requantize into NHWC. Here the convolution becomes a register tile of `cols` output
 columns x `vecs` vectors of 16 output channels, accumulated in registers: each `vpdpbusd`
 multiplies 4 broadcast input-channel bytes of one column against a 64-byte weight row
 (16 channels x 4). The reduction walks (kernel row, kernel column, channel group), so both
@@ -72,15 +72,12 @@ class Int8Conv2d(ScheduleRule):
     def _schedule(self, sch: s_tir.Schedule, pack: Any, conv: Any, requant: Any) -> Any:
         loops = sch.get_loops(conv)
         sizes = extents(sch, loops)
-        if sizes is None or len(loops) != 8 or sizes[1] % LANES or sizes[-1] != GROUP:
+        if sizes is None or len(loops) != 8 or sizes[3] % LANES or sizes[-1] != GROUP:
             return None
         _schedule_pack(sch, pack)
-        cols, vecs = register_tile(sizes[3], sizes[1] // LANES)
+        cols, vecs = register_tile(sizes[2], sizes[3] // LANES)
         acc = sch.cache_write(conv, 0, "local")
-        # accumulators channel-innermost: each 16-channel vector contiguous, as vpdpbusd
-        # writes it
-        sch.transform_layout(conv, ("write", 0), lambda n, o, y, x: [n, y, x, o])
-        n, o, y, x, ry, rx, rc, ri = sch.get_loops(conv)
+        n, y, x, o, ry, rx, rc, ri = sch.get_loops(conv)
         o_out, o_vec, o_lane = sch.split(o, factors=[None, vecs, LANES])
         x_out, x_in = sch.split(x, factors=[None, cols])
         sch.reorder(n, o_out, y, x_out, ry, rx, rc, x_in, o_vec, o_lane, ri)
@@ -92,28 +89,39 @@ class Int8Conv2d(ScheduleRule):
         sch.tensorize(o_lane, register_vnni_intrin())
         sch.unroll(x_in)
         sch.unroll(o_vec)
-        if sizes[1] != _channels(sch, requant):  # padded channels: requantize separately
+        if sizes[3] != _channels(sch, requant):  # padded channels: requantize separately
             schedule_spatial(sch, requant, LANES)
             return sch
-        # the tile's requantize right after it, from the accumulators, channel-innermost
-        sch.reverse_compute_at(requant, x_out, preserve_unit_loops=True)
-        sch.compute_inline(acc)
-        *_, o_t, y_t, x_t = sch.get_loops(requant)
-        sch.reorder(y_t, x_t, o_t)
-        _, lane = sch.split(o_t, factors=[None, LANES])
-        sch.vectorize(lane)
+        requantize_tile(sch, requant, acc, x_out)
         return sch
 
 
+def requantize_tile(sch: s_tir.Schedule, requant: Any, acc: Any, tile: Any) -> None:
+    """The tile's requantize right after it, from the accumulators, 16 channels a vector
+    (NHWC: contiguous stores)."""
+    sch.reverse_compute_at(requant, tile, preserve_unit_loops=True)
+    sch.compute_inline(acc)
+    lane_loop = sch.get_loops(requant)[-1]
+    if sch.get(lane_loop).extent.value % LANES == 0:
+        _, lane = sch.split(lane_loop, factors=[None, LANES])
+        sch.vectorize(lane)
+
+
 def _channels(sch: s_tir.Schedule, requant: Any) -> int:
-    return int(sch.get(requant).writes[0].source.shape[1])
+    return int(sch.get(requant).writes[0].source.shape[3])
 
 
 def _schedule_pack(sch: s_tir.Schedule, pack: Any) -> None:
-    """The pack runs once over the whole input: rows in parallel, the 4-byte groups
-    unrolled."""
-    n, y, x, c4, ci = sch.get_loops(pack)
-    sch.unroll(ci)
-    sizes = extents(sch, [n, y, x, c4, ci])
-    if sizes is not None and math.prod(sizes) >= MIN_PARALLEL_WORK:
+    """The pack runs once over the whole input: rows in parallel, the channels (a 4-byte
+    group, or whole 16-byte vectors) unrolled or vectorized."""
+    n, y, *rest = sch.get_loops(pack)
+    sizes = extents(sch, [n, y, *rest])
+    if sizes is None:
+        return
+    if sizes[-1] % LANES == 0:
+        _, lane = sch.split(rest[-1], factors=[None, LANES])
+        sch.vectorize(lane)
+    else:
+        sch.unroll(rest[-1])
+    if math.prod(sizes) >= MIN_PARALLEL_WORK:
         sch.parallel(sch.fuse(n, y))
