@@ -27,8 +27,9 @@ float path (DQ folded into float weights) is faster.
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -289,6 +290,44 @@ def pack_depthwise_weight(w: np.ndarray) -> np.ndarray:
 NHWC_TO_NCHW, NCHW_TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
 
 
+@dataclass(frozen=True)
+class QAddSpec:
+    """onnxruntime's QLinearAdd constants (MLAS's AVX2 kernel, which it runs on x86):
+    c = round-half-even(fma(a, ra, fma(b, rb, fixed))), saturated, where ra = sa / sc,
+    rb = sb / sc and fixed = zc - fma(za, ra, rb * zb), all float32."""
+
+    ra: float
+    rb: float
+    fixed: float
+    dtype: str
+
+    @staticmethod
+    def of(sa: Any, za: Any, sb: Any, zb: Any, sc: Any, zc: Any, dtype: str) -> QAddSpec:
+        f32 = np.float32
+        ra, rb = f32(f32(sa) / f32(sc)), f32(f32(sb) / f32(sc))
+        # float64 holds the product exactly: one rounding to float32, as an FMA rounds
+        inner = f32(np.float64(f32(za)) * np.float64(ra) + np.float64(f32(rb * f32(zb))))
+        return QAddSpec(float(ra), float(rb), float(f32(f32(zc) - inner)), dtype)
+
+
+def qadd_compute(a: te.Tensor, b: te.Tensor, spec: QAddSpec) -> te.Tensor:
+    """The QDQ residual add on the integers (`QAddSpec`), fused multiply-adds as LLVM's fma."""
+    from tvm import te, tirx
+
+    low, high = RANGES[spec.dtype]
+
+    def fma(x: Any, y: float, z: Any) -> Any:
+        return tirx.call_llvm_pure_intrin("float32", "llvm.fma", x, tirx.const(y, "float32"), z)
+
+    def add(*i: Any) -> Any:
+        v = fma(b(*i).astype("float32"), spec.rb, tirx.const(spec.fixed, "float32"))
+        v = fma(a(*i).astype("float32"), spec.ra, v)
+        clipped = tirx.max(tirx.min(tirx.nearbyint(v), float(high)), float(low))
+        return clipped.astype(spec.dtype)
+
+    return te.compute(a.shape, add, name="qadd")
+
+
 class _Rewriter:
     """Builds the integer replacement of one Q call, or says None. Integer conv outputs are
     NHWC; `nhwc` maps each original Q call so rewritten to its NHWC value, which later
@@ -362,24 +401,37 @@ class _Rewriter:
         return self._emit_nhwc(q_call, _quantize_like(q_call, pooled))
 
     def _add(self, q_call: Any, add: Any) -> Any:
-        """Q(DQ(a) + DQ(b)) (a residual) with a or b NHWC: the same ops in NHWC."""
-        from tvm import relax
-
+        """Q(DQ(a) + DQ(b)) (a residual) of same-shaped 8-bit tensors as onnxruntime's
+        QLinearAdd computes it (`qadd_compute`); NHWC where a or b is."""
         dqs = [_call(self.var2val, arg, "relax.dequantize") for arg in add.args]
         if any(dq is None or not _per_tensor(dq) for dq in dqs) or not _per_tensor(q_call):
             return None
-        if len(add.ty.shape.values) != 4:
+        dtype = str(q_call.attrs.out_dtype)
+        shapes = {tuple(int(d) for d in dq.args[0].ty.shape.values) for dq in dqs}
+        if len(shapes) != 1 or any(str(dq.args[0].ty.dtype) != dtype for dq in dqs):
             return None
+        params = [_const(arg) for dq in dqs for arg in dq.args[1:3]]
+        out = [_const(q_call.args[1]), _const(q_call.args[2])]
+        if any(p is None for p in params + out):
+            return None
+        (sa, za, sb, zb), (sc, zc) = params, out
         sources = [self._nhwc_of(dq.args[0]) for dq in dqs]
-        if all(s is None for s in sources):
-            return None
-        op = relax.op
-        terms = []
+        nhwc = len(shapes.pop()) == 4 and any(s is not None for s in sources)
+        args = []
         for dq, source in zip(dqs, sources, strict=True):
-            if source is None:
+            if not nhwc:
+                source = self.mutator.visit_expr(dq.args[0])
+            elif source is None:
                 source = _permute(self.mutator.visit_expr(dq.args[0]), NCHW_TO_NHWC)
-            terms.append(op.dequantize(source, dq.args[1], dq.args[2], out_dtype="float32"))
-        return self._emit_nhwc(q_call, _quantize_like(q_call, op.add(*terms)))
+            args.append(source)
+        spec = QAddSpec.of(sa, za, sb, zb, sc, zc, dtype)
+        value = self.mutator.builder_.emit_te(
+            functools.partial(qadd_compute, spec=spec), *args, primfunc_name_hint="qadd"
+        )
+        if not nhwc:
+            return value
+        self.nhwc[q_call] = value
+        return _permute(value, NHWC_TO_NCHW)
 
     def _conv(self, q_call: Any, conv: Any, bias_expr: Any, relu: bool) -> Any:
         from tvm import relax
@@ -448,7 +500,7 @@ class _Rewriter:
         if permute is not None and len(permute.args[0].ty.shape.values) == 2:
             w_expr, transposed = permute.args[0], True
         weight = _weight(self.var2val, w_expr, 2)
-        if x is None or weight is None or str(matmul.attrs.out_dtype) not in ("", "float32"):
+        if x is None or weight is None or str(matmul.attrs.out_dtype) not in ("None", "float32"):
             return None
         w, w_scale = weight
         if transposed:
@@ -459,20 +511,28 @@ class _Rewriter:
         rq = _requant(q_call, x, w_scale, channels, relu)
         if rq is None:
             return None
-        bb = self.mutator.builder_
+        bias = np.zeros(channels, np.int32)
+        if bias_expr is not None:
+            sxw = np.float32(x.scale[0]) * np.broadcast_to(w_scale, (channels,))
+            found = _bias(self.var2val, bias_expr, channels, sxw.astype(np.float32))
+            if found is None:
+                return None
+            bias = found
+        # zero columns up to whole 16-lane vectors (the int8 matmul rule's tile), sliced off
+        extra = -channels % LANES
+        w = np.pad(w, [(0, 0), (0, extra)])
+        rq = replace(rq, scale=np.pad(rq.scale, (0, extra)))
         acc = integer_matmul(
-            bb,
+            self.mutator.builder_,
             self.mutator.visit_expr(x.data),
             relax.const(w),
             relax.const(x.zero_point.reshape(()).astype(str(x.data.ty.dtype))),
         )
-        if bias_expr is not None:
-            sxw = np.float32(x.scale[0]) * np.broadcast_to(w_scale, (channels,))
-            bias = _bias(self.var2val, bias_expr, channels, sxw.astype(np.float32))
-            if bias is None:
-                return None
-            acc = relax.op.add(acc, relax.const(bias))
-        return requantize(acc, rq)
+        out = requantize(relax.op.add(acc, relax.const(np.pad(bias, (0, extra)))), rq)
+        if not extra:
+            return out
+        axis = len(matmul.ty.shape.values) - 1
+        return relax.op.strided_slice(out, axes=[axis], begin=[0], end=[channels])
 
 
 def _permute(x: Any, axes: list[int]) -> Any:
