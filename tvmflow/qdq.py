@@ -271,6 +271,18 @@ def conv_kernel(spec: ConvSpec, weight: np.ndarray, depthwise: bool) -> tvm.tirx
     return func.with_attr("op_pattern", OPAQUE)
 
 
+def conv_operands(
+    w: np.ndarray, bias: np.ndarray, zx: int, x_dtype: str, depthwise: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """An OIHW int8 weight packed for its kernel, and the int32 offset per output channel
+    that folds bias and zero point: sum((x - zx) w) + bias = sum(x' w) + bias - zx' sum(w),
+    x' and zx' shifted to uint8 for int8 activations."""
+    shift = SHIFT if x_dtype == "int8" else 0
+    wsum = w.astype(np.int64).reshape(w.shape[0], -1).sum(axis=1)
+    offset = (bias.astype(np.int64) - (zx + shift) * wsum).astype(np.int32)
+    return (pack_depthwise_weight(w) if depthwise else pack_conv_weight(w)), offset
+
+
 def pack_conv_weight(w: np.ndarray) -> np.ndarray:
     """OIHW int8 -> [O/16, KH, KW, C/4, 16, 4], zero-filled up to whole groups."""
     o, c, kh, kw = w.shape
@@ -459,9 +471,7 @@ class _Rewriter:
                 return None
             bias = found
         zx = int(x.zero_point[0])
-        shift = SHIFT if str(x.data.ty.dtype) == "int8" else 0
-        wsum = w.astype(np.int64).reshape(channels, -1).sum(axis=1)
-        offset = (bias.astype(np.int64) - (zx + shift) * wsum).astype(np.int32)
+        packed, offset = conv_operands(w, bias, zx, str(x.data.ty.dtype), depthwise)
         source = self._nhwc_of(x.data)
         layout = "NCHW" if source is None else "NHWC"
         if source is None:
@@ -481,7 +491,6 @@ class _Rewriter:
             high=rq.high,
             out_dtype=rq.dtype,
         )
-        packed = pack_depthwise_weight(w) if depthwise else pack_conv_weight(w)
         gv = self.mutator.builder_.add_func(
             conv_kernel(spec, packed, depthwise), DW_FUNC if depthwise else CONV_FUNC
         )
