@@ -3,6 +3,8 @@ with VNNI vpdpbusd; the default schedule is bit-exact against integer arithmetic
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import tvm
@@ -91,7 +93,7 @@ def make_case(name: str, seed: int = 0) -> tuple[ConvSpec, dict[str, np.ndarray]
     return spec, data
 
 
-def scheduled(spec: ConvSpec, data: dict[str, np.ndarray]) -> tuple[object, object, list]:
+def scheduled(spec: ConvSpec, data: dict[str, np.ndarray]) -> tuple[Any, Any, list[np.ndarray]]:
     packed, offset = conv_operands(data["w"], data["bias"], spec.zx, spec.in_dtype, False)
     func = conv_kernel(spec, packed, depthwise=False)
     with VNNI:
@@ -99,8 +101,8 @@ def scheduled(spec: ConvSpec, data: dict[str, np.ndarray]) -> tuple[object, obje
     return func, sch, [data["x"], packed, offset, data["scale"]]
 
 
-def run(sch: object, args: list[np.ndarray], spec: ConvSpec) -> np.ndarray:
-    func = sch.mod["main"].with_attr("global_symbol", "main")  # type: ignore[attr-defined]
+def run(sch: Any, args: list[np.ndarray], spec: ConvSpec) -> np.ndarray:
+    func = sch.mod["main"].with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=VNNI)
     out = tvm.runtime.empty(spec.out_shape, spec.out_dtype)
     lib["main"](*[tvm.runtime.tensor(a) for a in args], out)

@@ -4,6 +4,8 @@ arithmetic in numpy."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import tvm
@@ -54,7 +56,7 @@ def make_case(name: str, seed: int = 0) -> tuple[ConvSpec, dict[str, np.ndarray]
     return spec, data
 
 
-def scheduled(spec: ConvSpec, data: dict[str, np.ndarray]) -> tuple[object, object, list]:
+def scheduled(spec: ConvSpec, data: dict[str, np.ndarray]) -> tuple[Any, Any, list[np.ndarray]]:
     packed, offset = conv_operands(data["w"], data["bias"], spec.zx, spec.in_dtype, True)
     func = conv_kernel(spec, packed, depthwise=True)
     with VNNI:
