@@ -37,6 +37,8 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_elementwise import Elementwise
     from tvmflow.schedules.cpu_fallback import Fallback
     from tvmflow.schedules.cpu_full_reduction import FullReduction
+    from tvmflow.schedules.cpu_int8_conv2d import Int8Conv2d
+    from tvmflow.schedules.cpu_int8_depthwise_conv2d import Int8DepthwiseConv2d
     from tvmflow.schedules.cpu_int8_matmul import Int8Matmul
     from tvmflow.schedules.cpu_matmul import Matmul
     from tvmflow.schedules.cpu_plane_reduction import PlaneReduction
@@ -54,6 +56,8 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         WinogradGemm(),
         WinogradDataPack(),
         WinogradInverse(),
+        Int8Conv2d(),  # only tvmflow.qdq's int8 conv kernels
+        Int8DepthwiseConv2d(),
         PointwiseConv2d(),
         Conv2d(),
         DepthwiseConv2dRows(),
