@@ -190,3 +190,34 @@ def test_shape_chain_is_folded_so_tvm_imports_it(tmp_path: Path) -> None:
     assert not any(n.op_type == "Shape" for n in imported.proto.graph.node)
     mod = to_relax(imported)
     assert "main" in [gv.name_hint for gv in mod.get_global_vars()]
+
+
+def _branching_on(inputs: list[onnx.ValueInfoProto], cond_from: str) -> onnx.ModelProto:
+    """A graph whose If condition is computed from input COND_FROM."""
+    const = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["one"], ["r"])],
+        "b",
+        [],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1])],
+    )
+    nodes = [
+        helper.make_node("ReduceSum", [cond_from], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["c"]),
+        helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch),
+    ]
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    return helper.make_model(helper.make_graph(nodes, "g", inputs, [y], [const, zero]))
+
+
+def test_freeze_hint_names_a_flag_sized_input_only() -> None:
+    """An importer failure in a model that branches on a sample rate suggests freezing it;
+    one that branches on its image (a detector's 'no boxes' If) must not: freezing the
+    image would bake one answer in (torchvision's SSD drew that advice)."""
+    from tvmflow.frontend import _freeze_hint
+
+    sr = helper.make_tensor_value_info("sr", TensorProto.FLOAT, [1])
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])
+    assert "--freeze sr=VALUE" in _freeze_hint(_branching_on([sr, image], "sr"))
+    assert _freeze_hint(_branching_on([sr, image], "image")) == ""

@@ -457,8 +457,8 @@ def _freeze_hint(proto: onnx.ModelProto) -> str:
                 names.append(name)
             if name in producers:
                 stack.extend(i for i in producers[name].input if i)
-    small = [n for n in names if _is_scalar_like(inputs[n])] or names
-    if not small:
+    small = [n for n in names if _is_scalar_like(inputs[n])]
+    if not small:  # an image or a sequence: freezing it would fold the model to one answer
         return ""
     flags = " ".join(f"--freeze {n}=VALUE" for n in small)
     return (
@@ -468,8 +468,9 @@ def _freeze_hint(proto: onnx.ModelProto) -> str:
 
 
 def _is_scalar_like(value: onnx.ValueInfoProto) -> bool:
+    """A flag-sized input (a sample rate, a mode): a static shape of at most 16 values."""
     dims = value.type.tensor_type.shape.dim
-    return all(d.dim_value == 1 for d in dims)
+    return all(d.dim_value > 0 for d in dims) and math.prod(d.dim_value for d in dims) <= 16
 
 
 def tensor_outputs(mod: tvm.IRModule) -> tvm.IRModule:
