@@ -335,19 +335,50 @@ def _unknown_rank_shape(name: str, given: Sequence[int] | None) -> tuple[int, ..
 
 
 def _fold_shapes(proto: onnx.ModelProto, inputs: tuple[TensorSpec, ...]) -> onnx.ModelProto:
-    """Pin input shapes and let onnxslim fold shape arithmetic and dead nodes."""
+    """Pin input shapes and let onnxslim fold shape arithmetic and dead nodes.
+
+    onnxslim's pattern fusions can drop a node whose output is still read (0.1.98's MatMul+Mul
+    fusion on a Whisper decoder step's attention scaling): such a graph is folded again
+    without fusions, and imported unfolded if that is broken too."""
     import onnxslim
 
     # scalars are static already (and onnxslim cannot parse an empty shape)
     shapes = [f"{spec.name}:{','.join(map(str, spec.shape))}" for spec in inputs if spec.shape]
-    try:
-        slimmed = onnxslim.slim(proto, input_shapes=shapes or None)
-    except Exception as exc:  # onnxslim bugs must not block a model TVM may import as is
-        log.warning("onnxslim could not simplify the model (%s); importing it unfolded", exc)
-        return proto
-    if not isinstance(slimmed, onnx.ModelProto):  # pragma: no cover - defensive
-        return proto
-    return slimmed
+    for skip in ([], ["graph_fusion"]):
+        try:
+            slimmed = onnxslim.slim(proto, input_shapes=shapes or None, skip_optimizations=skip)
+        except Exception as exc:  # onnxslim bugs must not block a model TVM may import as is
+            log.warning("onnxslim could not simplify the model (%s); importing it unfolded", exc)
+            return proto
+        if not isinstance(slimmed, onnx.ModelProto):  # pragma: no cover - defensive
+            return proto
+        undefined = _undefined_input(slimmed.graph, set())
+        if undefined is None:
+            return slimmed
+        log.warning("onnxslim left node input %r undefined%s", undefined, _RETRY[bool(skip)])
+    return proto
+
+
+_RETRY = {False: "; folding again without fusions", True: "; importing the model unfolded"}
+
+
+def _undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | None:
+    """The first node input that nothing before it defines (in this graph or, for a
+    subgraph, its enclosing scopes), or None when the graph is well formed."""
+    known = outer | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    known |= {t.name for t in graph.sparse_initializer}
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in known:
+                return name
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subgraphs:
+                missing = _undefined_input(sub, known)
+                if missing is not None:
+                    return missing
+        known.update(node.output)
+    return None
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
