@@ -38,7 +38,7 @@ def _conv_body(cin: int, cout: int, pad: int | tuple[int, ...] = 1, residual: bo
     return body
 
 
-def _kernels(cin=32, cout=48, hw=(16, 16), batch=1, **kw) -> dict[str, tvm.tirx.PrimFunc]:
+def _kernels(cin=32, cout=48, hw=(20, 20), batch=1, **kw) -> dict[str, tvm.tirx.PrimFunc]:
     return fused_kernels({"x": ((batch, cin, *hw), "float32")}, _conv_body(cin, cout, **kw))
 
 
@@ -86,7 +86,7 @@ def test_transforms_compute_the_convolution(m: int) -> None:
 def test_pass_replaces_the_conv_and_its_weight() -> None:
     """Three kernels instead of the conv; the bias and relu fuse into the output transform;
     the weight constant left is the transformed one only."""
-    mod = fused_module({"x": ((1, 32, 16, 16), "float32")}, _conv_body(32, 48))
+    mod = fused_module({"x": ((1, 32, 20, 20), "float32")}, _conv_body(32, 48))
     names = sorted(
         gv.name_hint.rstrip("0123456789")
         for gv, f in mod.functions_items()
@@ -107,7 +107,7 @@ def test_pass_replaces_the_conv_and_its_weight() -> None:
     "shape",
     [
         dict(cin=16, cout=48),  # too few input channels
-        dict(hw=(6, 40)),  # a 6-row output: too small a map
+        dict(hw=(5, 5)),  # 9 F(2,3) tiles: too small a map
     ],
 )
 def test_small_convs_stay_direct(shape: dict) -> None:
@@ -123,7 +123,7 @@ def test_strided_convs_stay_direct() -> None:
 
 
 CASES: dict[str, dict[str, Any]] = {
-    "32->48 16x16": dict(),
+    "32->48 20x20 (F4)": dict(),
     "odd map 13x10 pad 0": dict(hw=(13, 10), pad=0),
     "batch 2, residual": dict(cin=32, cout=32, hw=(9, 12), batch=2, residual=True),
     "asymmetric pad": dict(hw=(11, 11), pad=(0, 1, 2, 1)),
@@ -198,8 +198,11 @@ def test_gemm_default_decisions_reproduce_the_rule_schedule() -> None:
         assert_schedule_matches(func, sch)
 
 
-def test_choose_tile_keeps_direct_below_the_measured_thresholds() -> None:
+def test_choose_tile_follows_the_measured_rule() -> None:
     conv = winograd.WinogradConv(1, 64, 56, 56, 64, (1, 1, 1, 1), 4)
-    assert winograd.choose_tile(conv) == winograd.DEFAULT_TILE
+    assert winograd.choose_tile(conv) == 4
+    assert winograd.choose_tile(replace(conv, h=14, w=14)) == 2  # 16 F(4,3) tiles only
+    assert winograd.choose_tile(replace(conv, n=8, h=14, w=14)) == 4  # batch: weight reuse
+    assert winograd.choose_tile(replace(conv, h=7, w=7)) == 2
+    assert winograd.choose_tile(replace(conv, h=5, w=5)) is None
     assert winograd.choose_tile(replace(conv, c=16)) is None
-    assert winograd.choose_tile(replace(conv, h=4, w=4)) is None

@@ -94,21 +94,25 @@ def transform_weight(weight: np.ndarray, m: int) -> np.ndarray:
     )
 
 
-# Cost rule, measured with scripts/winograd-costs (1 thread, AVX-512; direct conv vs F(2,3),
-# F(4,3), F(6,3) side by side per conv shape): Winograd beat the direct register-tiled conv
-# from 32 input and output channels on maps of at least 8x8 outputs; below that the
-# transforms' per-channel cost and the tile padding dominate.
+# Cost rule, measured with scripts/winograd-costs (1 thread, AVX-512, direct conv vs F(2,3),
+# F(4,3), F(6,3) side by side; ratio to the direct conv):
+#   64->64 56x56: F4 0.52, F2 0.73     128->128 28x28: F4 0.42, F2 0.53
+#   256->256 14x14: F2 0.57, F4 0.64   512->512 7x7: F2 0.87, F4 0.99
+#   32->32 56x56: F4 0.83              16->16 112x112: F4 1.02, F2 1.39
+# F(6,3) never won. A small map gives each transformed weight (alpha^2 / 9 times the
+# original's bytes) few tiles to be reused over, so its GEMMs stream weights: the larger
+# tile only pays from about 25 tiles (a 17x17 map at batch 1), F(2,3) from 16.
 MIN_CHANNELS = 32
-MIN_OUTPUT_SIDE = 8
+MIN_TILES = {4: 25, 2: 16}
 DEFAULT_TILE = 4
 
 
 def choose_tile(conv: WinogradConv) -> int | None:
     """m of the F(m, 3) that beats the direct conv for this shape, None to keep the direct
-    conv (see the constants above). `conv.m` is ignored."""
-    if min(conv.c, conv.k) < MIN_CHANNELS or min(conv.out_h, conv.out_w) < MIN_OUTPUT_SIDE:
+    conv (see the measurements above). `conv.m` is ignored."""
+    if min(conv.c, conv.k) < MIN_CHANNELS:
         return None
-    return DEFAULT_TILE
+    return next((m for m, least in MIN_TILES.items() if replace(conv, m=m).tiles >= least), None)
 
 
 def _static_shape(expr: relax.Expr) -> list[int] | None:
