@@ -123,10 +123,10 @@ def test_strided_convs_stay_direct() -> None:
 
 
 CASES: dict[str, dict[str, Any]] = {
-    "32->48 20x20 (F4)": dict(),
-    "odd map 13x10 pad 0": dict(hw=(13, 10), pad=0),
-    "batch 2, residual": dict(cin=32, cout=32, hw=(9, 12), batch=2, residual=True),
-    "asymmetric pad": dict(hw=(11, 11), pad=(0, 1, 2, 1)),
+    "F4, 32->48 20x20": dict(),
+    "F2, odd map 13x10 pad 0": dict(cin=128, cout=128, hw=(13, 10), pad=0),
+    "batch 2, residual, 17x23": dict(cin=32, cout=32, hw=(17, 23), batch=2, residual=True),
+    "asymmetric pad": dict(hw=(21, 19), pad=(0, 1, 2, 1)),
 }
 
 
@@ -201,8 +201,10 @@ def test_gemm_default_decisions_reproduce_the_rule_schedule() -> None:
 def test_choose_tile_follows_the_measured_rule() -> None:
     conv = winograd.WinogradConv(1, 64, 56, 56, 64, (1, 1, 1, 1), 4)
     assert winograd.choose_tile(conv) == 4
-    assert winograd.choose_tile(replace(conv, h=14, w=14)) == 2  # 16 F(4,3) tiles only
-    assert winograd.choose_tile(replace(conv, n=8, h=14, w=14)) == 4  # batch: weight reuse
-    assert winograd.choose_tile(replace(conv, h=7, w=7)) == 2
-    assert winograd.choose_tile(replace(conv, h=5, w=5)) is None
     assert winograd.choose_tile(replace(conv, c=16)) is None
+    assert winograd.choose_tile(replace(conv, h=14, w=14)) is None  # 16 F(4,3) tiles only
+    wide = replace(conv, c=256, k=256, h=14, w=14)
+    assert winograd.choose_tile(wide) == 2
+    assert winograd.choose_tile(replace(wide, n=8)) == 4  # batch: more weight reuse
+    assert winograd.choose_tile(replace(wide, h=7, w=7)) == 2
+    assert winograd.choose_tile(replace(wide, h=5, w=5)) is None

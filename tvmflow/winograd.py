@@ -94,25 +94,35 @@ def transform_weight(weight: np.ndarray, m: int) -> np.ndarray:
     )
 
 
-# Cost rule, measured with scripts/winograd-costs (1 thread, AVX-512, direct conv vs F(2,3),
-# F(4,3), F(6,3) side by side; ratio to the direct conv):
+# Cost rule, measured with scripts/winograd-costs (1 thread, AVX-512, conv + bias + relu,
+# direct conv vs F(2,3), F(4,3), F(6,3) side by side; time relative to the direct conv):
 #   64->64 56x56: F4 0.52, F2 0.73     128->128 28x28: F4 0.42, F2 0.53
-#   256->256 14x14: F2 0.57, F4 0.64   512->512 7x7: F2 0.87, F4 0.99
 #   32->32 56x56: F4 0.83              16->16 112x112: F4 1.02, F2 1.39
+#   256->256 14x14: F2 0.57, F4 0.64   512->512 7x7: F2 0.87, F4 0.99
+#   batch 8: 256->256 14x14: F4 0.49   512->512 7x7: F4 0.50, F2 0.71
+#   32->64 14x14: F2 1.07, F4 1.10     64->64 7x7: F2 1.31, F4 1.20
 # F(6,3) never won. A small map gives each transformed weight (alpha^2 / 9 times the
-# original's bytes) few tiles to be reused over, so its GEMMs stream weights: the larger
-# tile only pays from about 25 tiles (a 17x17 map at batch 1), F(2,3) from 16.
+# original's bytes) few tiles to be reused over, so its GEMMs stream weights: F(4,3) pays
+# from about 25 tiles (a 17x17 map at batch 1); F(2,3), whose transforms cost more per
+# multiply-add saved, from 16 tiles with at least 128 channels.
 MIN_CHANNELS = 32
-MIN_TILES = {4: 25, 2: 16}
+MIN_TILES_F4 = 25
+MIN_TILES_F2 = 16
+MIN_CHANNELS_F2 = 128
 DEFAULT_TILE = 4
 
 
 def choose_tile(conv: WinogradConv) -> int | None:
     """m of the F(m, 3) that beats the direct conv for this shape, None to keep the direct
     conv (see the measurements above). `conv.m` is ignored."""
-    if min(conv.c, conv.k) < MIN_CHANNELS:
+    channels = min(conv.c, conv.k)
+    if channels < MIN_CHANNELS:
         return None
-    return next((m for m, least in MIN_TILES.items() if replace(conv, m=m).tiles >= least), None)
+    if replace(conv, m=4).tiles >= MIN_TILES_F4:
+        return 4
+    if channels >= MIN_CHANNELS_F2 and replace(conv, m=2).tiles >= MIN_TILES_F2:
+        return 2
+    return None
 
 
 def _static_shape(expr: relax.Expr) -> list[int] | None:
