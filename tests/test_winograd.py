@@ -14,6 +14,7 @@ from tvm_ffi import structural_equal
 
 from tests.kernels import (
     AVX2,
+    NEON,
     TARGET,
     assert_schedule_matches,
     const,
@@ -162,22 +163,23 @@ def test_rules_leave_other_kernels_alone() -> None:
             assert rule.apply(func, TARGET, False) is None
 
 
-def test_gemm_prepacks_the_transformed_weight_and_lowers_for_avx2() -> None:
+def test_gemm_prepacks_the_transformed_weight_and_lowers_for_avx2_and_neon() -> None:
     kernels = _kernels()
     func = _by_prefix(kernels, "winograd_gemm")
     with TARGET:
         sch = WinogradGemm().apply(func, TARGET, False)
     assert sch is not None
     assert "layout_rewrite_preproc" in sch.mod["main"].script()
-    with AVX2:
-        for rule, prefix in (
-            (WinogradDataPack(), "winograd_data_pack"),
-            (WinogradGemm(), "winograd_gemm"),
-            (WinogradInverse(), "fused_winograd_inverse"),
-        ):
-            avx2 = rule.apply(_by_prefix(kernels, prefix), AVX2, False)
-            assert avx2 is not None
-            lowers_for(avx2, AVX2)
+    for target in (AVX2, NEON):
+        with target:
+            for rule, prefix in (
+                (WinogradDataPack(), "winograd_data_pack"),
+                (WinogradGemm(), "winograd_gemm"),
+                (WinogradInverse(), "fused_winograd_inverse"),
+            ):
+                other = rule.apply(_by_prefix(kernels, prefix), target, False)
+                assert other is not None
+                lowers_for(other, target)
 
 
 def test_gemm_default_decisions_reproduce_the_rule_schedule() -> None:
