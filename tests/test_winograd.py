@@ -108,7 +108,7 @@ def test_pass_replaces_the_conv_and_its_weight() -> None:
     "shape",
     [
         dict(cin=16, cout=48),  # too few input channels
-        dict(hw=(5, 5)),  # 9 F(2,3) tiles: too small a map
+        dict(hw=(9, 9)),  # 9 F(4,3) tiles: too small a map for 32 channels
     ],
 )
 def test_small_convs_stay_direct(shape: dict) -> None:
@@ -125,7 +125,7 @@ def test_strided_convs_stay_direct() -> None:
 
 CASES: dict[str, dict[str, Any]] = {
     "F4, 32->48 20x20": dict(),
-    "F2, odd map 13x10 pad 0": dict(cin=128, cout=128, hw=(13, 10), pad=0),
+    "F2, odd map 15x10 pad 0": dict(cin=128, cout=128, hw=(15, 10), pad=0),
     "batch 2, residual, 17x23": dict(cin=32, cout=32, hw=(17, 23), batch=2, residual=True),
     "asymmetric pad": dict(hw=(21, 19), pad=(0, 1, 2, 1)),
 }
@@ -208,5 +208,5 @@ def test_choose_tile_follows_the_measured_rule() -> None:
     wide = replace(conv, c=256, k=256, h=14, w=14)
     assert winograd.choose_tile(wide) == 2
     assert winograd.choose_tile(replace(wide, n=8)) == 4  # batch: more weight reuse
-    assert winograd.choose_tile(replace(wide, h=7, w=7)) == 2
-    assert winograd.choose_tile(replace(wide, h=5, w=5)) is None
+    assert winograd.choose_tile(replace(wide, h=7, w=7)) is None  # weight-bound
+    assert winograd.choose_tile(replace(wide, n=8, h=7, w=7)) == 4

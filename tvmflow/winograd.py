@@ -102,12 +102,14 @@ def transform_weight(weight: np.ndarray, m: int) -> np.ndarray:
 #   batch 8: 256->256 14x14: F4 0.49   512->512 7x7: F4 0.50, F2 0.71
 #   32->64 14x14: F2 1.07, F4 1.10     64->64 7x7: F2 1.31, F4 1.20
 # F(6,3) never won. A small map gives each transformed weight (alpha^2 / 9 times the
-# original's bytes) few tiles to be reused over, so its GEMMs stream weights: F(4,3) pays
-# from about 25 tiles (a 17x17 map at batch 1); F(2,3), whose transforms cost more per
-# multiply-add saved, from 16 tiles with at least 128 channels.
+# original's bytes: the weights file and resident memory grow by that) few tiles to be
+# reused over, so its GEMMs stream weights: F(4,3) pays from about 25 tiles (a 17x17 map at
+# batch 1); F(2,3), whose transforms cost more per multiply-add saved, from 25 tiles with at
+# least 128 channels. 512->512 at 7x7 (16 F(2,3) tiles) stays direct: 0.87x for 1.8x the
+# weight bytes (+22 MB on ResNet-18) did not show end to end.
 MIN_CHANNELS = 32
 MIN_TILES_F4 = 25
-MIN_TILES_F2 = 16
+MIN_TILES_F2 = 25
 MIN_CHANNELS_F2 = 128
 DEFAULT_TILE = 4
 
