@@ -207,6 +207,8 @@ def test_choose_tile_follows_the_measured_rule() -> None:
     assert winograd.choose_tile(replace(conv, h=14, w=14)) is None  # 16 F(4,3) tiles only
     wide = replace(conv, c=256, k=256, h=14, w=14)
     assert winograd.choose_tile(wide) == 2
-    assert winograd.choose_tile(replace(wide, n=8)) == 4  # batch: more weight reuse
+    assert winograd.choose_tile(replace(wide, c=128, k=128, n=8)) == 4  # batch: reuse
+    assert winograd.choose_tile(replace(wide, n=8)) == 2  # F(4,3)'s U: 9.4 MB
     assert winograd.choose_tile(replace(wide, h=7, w=7)) is None  # weight-bound
-    assert winograd.choose_tile(replace(wide, n=8, h=7, w=7)) == 4
+    big = replace(wide, c=512, k=512, n=8, h=7, w=7)
+    assert winograd.choose_tile(big) is None  # even F(2,3)'s U: 16.8 MB

@@ -107,6 +107,11 @@ def transform_weight(weight: np.ndarray, m: int) -> np.ndarray:
 # batch 1); F(2,3), whose transforms cost more per multiply-add saved, from 25 tiles with at
 # least 128 channels. 512->512 at 7x7 (16 F(2,3) tiles) stays direct: 0.87x for 1.8x the
 # weight bytes (+22 MB on ResNet-18) did not show end to end.
+# Memory: a transformed weight above this stays untransformed (F(2,3) is tried instead of
+# F(4,3), then the direct conv). Peak RSS is gated too (scripts/benchmark --check: +10 %
+# relative to onnxruntime's); ResNet-18 at batch 8 with F(4,3) on its 512->512 convs
+# (37.7 MB each instead of 9.4) would add 85 MB for 0.50x on those three convs.
+MAX_WEIGHT_BYTES = 8 << 20
 MIN_CHANNELS = 32
 MIN_TILES_F4 = 25
 MIN_TILES_F2 = 25
@@ -120,10 +125,14 @@ def choose_tile(conv: WinogradConv) -> int | None:
     channels = min(conv.c, conv.k)
     if channels < MIN_CHANNELS:
         return None
-    if replace(conv, m=4).tiles >= MIN_TILES_F4:
-        return 4
-    if channels >= MIN_CHANNELS_F2 and replace(conv, m=2).tiles >= MIN_TILES_F2:
-        return 2
+    for m, tiles, least_channels in (
+        (4, MIN_TILES_F4, MIN_CHANNELS),
+        (2, MIN_TILES_F2, MIN_CHANNELS_F2),
+    ):
+        tiled = replace(conv, m=m)
+        weight_bytes = (m + 2) ** 2 * conv.c * conv.k * 4
+        if channels >= least_channels and tiled.tiles >= tiles and weight_bytes <= MAX_WEIGHT_BYTES:
+            return m
     return None
 
 
