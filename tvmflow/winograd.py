@@ -112,26 +112,21 @@ def transform_weight(weight: np.ndarray, m: int) -> np.ndarray:
 # relative to onnxruntime's); ResNet-18 at batch 8 with F(4,3) on its 512->512 convs
 # (37.7 MB each instead of 9.4) would add 85 MB for 0.50x on those three convs.
 MAX_WEIGHT_BYTES = 8 << 20
-MIN_CHANNELS = 32
-MIN_TILES_F4 = 25
-MIN_TILES_F2 = 25
-MIN_CHANNELS_F2 = 128
+MIN_TILES = 25
+MIN_CHANNELS = {4: 32, 2: 128}  # per m, in the order tried
 DEFAULT_TILE = 4
 
 
 def choose_tile(conv: WinogradConv) -> int | None:
     """m of the F(m, 3) that beats the direct conv for this shape, None to keep the direct
     conv (see the measurements above). `conv.m` is ignored."""
-    channels = min(conv.c, conv.k)
-    if channels < MIN_CHANNELS:
-        return None
-    for m, tiles, least_channels in (
-        (4, MIN_TILES_F4, MIN_CHANNELS),
-        (2, MIN_TILES_F2, MIN_CHANNELS_F2),
-    ):
-        tiled = replace(conv, m=m)
+    for m, least in MIN_CHANNELS.items():
         weight_bytes = (m + 2) ** 2 * conv.c * conv.k * 4
-        if channels >= least_channels and tiled.tiles >= tiles and weight_bytes <= MAX_WEIGHT_BYTES:
+        if (
+            min(conv.c, conv.k) >= least
+            and replace(conv, m=m).tiles >= MIN_TILES
+            and weight_bytes <= MAX_WEIGHT_BYTES
+        ):
             return m
     return None
 
