@@ -203,7 +203,9 @@ def test_gemm_default_decisions_reproduce_the_rule_schedule() -> None:
 def test_choose_tile_follows_the_measured_rule() -> None:
     conv = winograd.WinogradConv(1, 64, 56, 56, 64, (1, 1, 1, 1), 4)
     assert winograd.choose_tile(conv) == 4
-    assert winograd.choose_tile(replace(conv, c=16)) is None
+    assert winograd.choose_tile(replace(conv, c=16, k=16)) is None
+    assert winograd.choose_tile(replace(conv, c=96, k=24, h=60, w=60)) == 4  # PP-OCR neck
+    assert winograd.choose_tile(replace(conv, c=16, k=48)) is None  # harmonic mean 24
     assert winograd.choose_tile(replace(conv, h=14, w=14)) is None  # 16 F(4,3) tiles only
     wide = replace(conv, c=256, k=256, h=14, w=14)
     assert winograd.choose_tile(wide) == 2
