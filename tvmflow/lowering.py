@@ -275,13 +275,16 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, tuple[np.ndarray, ...
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
-    """Code generation of a scheduled module (the preset's codegen settings)."""
+    """Code generation of a scheduled module (the preset's codegen settings). On CPUs the
+    intermediates go into one arena (`tvmflow.memory_plan`)."""
     from tvm import relax
 
     from tvmflow.export import codegen_scope
+    from tvmflow.memory_plan import build_pipeline
 
+    pipeline = build_pipeline() if target.kind.name == "llvm" else "default"
     with codegen_scope(target):
-        return relax.build(empty_constants_allocated(mod), target=target)
+        return relax.build(empty_constants_allocated(mod), target=target, relax_pipeline=pipeline)
 
 
 def empty_constants_allocated(mod: tvm.IRModule) -> tvm.IRModule:
