@@ -107,10 +107,10 @@ class DepthwiseConv2dRows(TiledRule):
 
 
 def padded_row(columns: int, stride: int, lanes: int) -> int:
-    """Output columns to compute for a depthwise conv whose rows are `columns` wide (`stride`:
-    its column stride, 1 or 2 here), so this
-    rule takes it with whole vectors (the extra ones are sliced off): `columns` itself when
-    it already has whole half-width vectors, or when full vectors would cost more than
+    """Output columns to compute for a depthwise conv with rows `columns` wide and column
+    stride `stride`, so this rule takes it with whole vectors (the extra ones are sliced
+    off): `columns` itself when it already has whole half-width vectors, when the stride is
+    one this rule does not take, or when full vectors would cost more than
     `MAX_EXTRA_COLUMNS` (7 -> 8 as half vectors measured no faster: left alone)."""
     if stride > 2 or columns % (lanes // 2) == 0:
         return columns
