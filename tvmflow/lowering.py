@@ -132,11 +132,13 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
+    from tvmflow.winograd import WinogradConv2d
 
     cpu_only = (
         [
             SplitUpsamplingConvTranspose(),
             Conv1dAsConv2d(),
+            WinogradConv2d(),  # 3x3 stride-1 convs it measured faster as F(4, 3)
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
             SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
