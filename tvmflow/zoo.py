@@ -273,11 +273,15 @@ def save(name: str, directory: Path) -> Path:
 
 # qconv: QDQ variants of the built-in models (int8 kernels' tests and benchmarks)
 def quantize_qdq(
-    model: onnx.ModelProto, directory: Path, shapes: Mapping[str, tuple[int, ...]]
+    model: onnx.ModelProto,
+    directory: Path,
+    shapes: Mapping[str, tuple[int, ...]],
+    activations: str = "uint8",
+    per_channel: bool = False,
 ) -> Path:
-    """onnxruntime's `quantize_static` of `model` in QDQ format (uint8 activations, int8
-    weights, per-tensor), calibrated on 4 seeded N(0, 1) batches of `shapes` (its float
-    inputs); writes `directory/<graph name>-qdq.onnx`."""
+    """onnxruntime's `quantize_static` of `model` in QDQ format (`activations` uint8 or
+    int8, int8 weights, per-tensor or `per_channel`), calibrated on 4 seeded N(0, 1) batches
+    of `shapes` (its float inputs); writes `directory/<graph name>-qdq.onnx`."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -307,7 +311,8 @@ def quantize_qdq(
         str(out),
         Feeds(),
         quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
+        activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        per_channel=per_channel,
     )
     return out
