@@ -128,6 +128,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.conv1d import Conv1dAsConv2d
     from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.fast_sigmoid import SigmoidAsTanh
+    from tvmflow.fp16_accumulate import Fp16Accumulate
     from tvmflow.qdq import QdqToInteger
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
@@ -160,6 +161,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     with target:
         return tvm.transform.Sequential(
             [
+                Fp16Accumulate(),  # an fp16 export's matmuls / convs sum in fp32
                 *integer,
                 *mixed,
                 relax.transform.DecomposeOpsForInference(),
