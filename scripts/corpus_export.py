@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,36 @@ from torch import nn
 
 OPSET = 17
 
+Built = tuple[nn.Module, tuple[Any, ...], list[str]]
+Builder = Callable[[], Built]
 
-def _vision(name: str) -> Callable[[], tuple[nn.Module, tuple[Any, ...], list[str]]]:
-    def build() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
+
+@dataclass(frozen=True)
+class Options:
+    """How one model is exported, where it differs from the default (TorchScript, opset 17)."""
+
+    opset: int = OPSET
+    dynamo: bool = False  # torch.export-based exporter instead of TorchScript tracing
+    dynamic: dict[str, dict[int, str]] = field(default_factory=dict)  # input -> {axis: name}
+    half: bool = False  # exported in fp16
+
+
+def _vision(name: str, size: int = 224) -> Builder:
+    def build() -> Built:
         import torchvision
 
         model = torchvision.models.get_model(name, weights=None)
-        return model, (torch.randn(1, 3, 224, 224),), ["image"]
+        return model, (torch.randn(1, 3, size, size),), ["image"]
+
+    return build
+
+
+def _batched(builder: Builder, batch: int) -> Builder:
+    """BUILDER's model exported at batch BATCH (float inputs drawn afresh)."""
+
+    def build() -> Built:
+        model, args, names = builder()
+        return model, tuple(torch.randn(batch, *a.shape[1:]) for a in args), names
 
     return build
 
@@ -329,6 +353,309 @@ def _wav2vec2() -> tuple[nn.Module, tuple[Any, ...], list[str]]:
     return _LogitsOnly(Wav2Vec2Model(config)), (torch.randn(1, 16000),), ["audio"]
 
 
+# ------------------------------------------------------------- session 3: unseen architectures
+
+
+class _Out(nn.Module):
+    """A model whose output is a dict/list/ModelOutput reduced to the tensors KEYS pick."""
+
+    def __init__(self, model: nn.Module, *keys: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.model, self.keys, self.kwargs = model, keys, kwargs
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        out = self.model(*args, **self.kwargs)
+        picked = tuple(out[k] for k in self.keys)
+        return picked[0] if len(picked) == 1 else picked
+
+
+class _Detector(nn.Module):
+    """A torchvision detector on one image tensor: boxes, scores and labels after its NMS.
+
+    Calibration trains only its norms (a detector in training mode wants targets).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True) -> _Detector:
+        super().train(False)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        det = self.model(list(x))[0]
+        return det["boxes"], det["scores"], det["labels"]
+
+
+def _tv_detection(name: str, size: int) -> Builder:
+    def build() -> Built:
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None)
+        return _Detector(model), (torch.rand(1, 3, size, size),), ["image"]
+
+    return build
+
+
+def _tv_segmentation(name: str, size: int = 256) -> Builder:
+    def build() -> Built:
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None)
+        return _Out(model, "out"), (torch.randn(1, 3, size, size),), ["image"]
+
+    return build
+
+
+class _Raft(_Detector):
+    """torchvision's RAFT (small) with a fixed number of flow updates; the last flow only."""
+
+    def __init__(self, updates: int) -> None:
+        import torchvision
+
+        super().__init__(torchvision.models.optical_flow.raft_small(weights=None))
+        self.updates = updates
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.model(a, b, num_flow_updates=self.updates)[-1]
+
+
+def _raft() -> Built:
+    return (
+        _Raft(3),
+        (torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128)),
+        ["frame0", "frame1"],
+    )
+
+
+def _ids(vocab: int, length: int, batch: int = 1) -> torch.Tensor:
+    return torch.randint(2, vocab, (batch, length))
+
+
+def _encoder(config_cls: str, model_cls: str, length: int = 64, **config: Any) -> Builder:
+    """A transformers text encoder (small config) on ids and an attention mask."""
+
+    def build() -> Built:
+        import transformers
+
+        cfg = getattr(transformers, config_cls)(**config)
+        model = getattr(transformers, model_cls)(cfg)
+        ids = _ids(cfg.vocab_size, length)
+        mask = torch.ones_like(ids)
+        mask[:, length - length // 4 :] = 0  # padded tail: masks must matter
+        return _LogitsOnly(model), (ids, mask), ["input_ids", "attention_mask"]
+
+    return build
+
+
+_SMALL_TEXT = {
+    "vocab_size": 1000,
+    "hidden_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+}
+
+
+def _t5() -> Built:
+    from transformers import T5Config, T5Model
+
+    cfg = T5Config(
+        vocab_size=1000,
+        d_model=128,
+        d_kv=32,
+        d_ff=512,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+    )
+    ids, dec = _ids(1000, 48), _ids(1000, 16)
+
+    class Step(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = T5Model(cfg)
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor, dec: torch.Tensor) -> Any:
+            out = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
+            return out.last_hidden_state
+
+    return Step(), (ids, torch.ones_like(ids), dec), ["input_ids", "attention_mask", "decoder_ids"]
+
+
+def _bart() -> Built:
+    from transformers import BartConfig, BartModel
+
+    cfg = BartConfig(
+        vocab_size=1000,
+        d_model=128,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=512,
+        decoder_ffn_dim=512,
+        max_position_embeddings=128,
+    )
+    ids = _ids(1000, 32)
+    return _LogitsOnly(BartModel(cfg)), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"]
+
+
+def _clip() -> Built:
+    from transformers import CLIPConfig, CLIPModel
+
+    small = {
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    }
+    cfg = CLIPConfig(
+        text_config=small | {"vocab_size": 1000, "max_position_embeddings": 32},
+        vision_config=small | {"image_size": 224, "patch_size": 32},
+        projection_dim=64,
+    )
+
+    class Logits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = CLIPModel(cfg)
+
+        def forward(self, ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=ids, pixel_values=pixels).logits_per_image
+
+    return Logits(), (_ids(1000, 32, 3), torch.randn(2, 3, 224, 224)), ["input_ids", "pixels"]
+
+
+def _hf_vision(config_cls: str, model_cls: str, size: int = 224, **config: Any) -> Builder:
+    def build() -> Built:
+        import transformers
+
+        model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
+        return _LogitsOnly(model), (torch.randn(1, 3, size, size),), ["pixels"]
+
+    return build
+
+
+def _hf_audio(config_cls: str, model_cls: str, **config: Any) -> Builder:
+    def build() -> Built:
+        import transformers
+
+        model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
+        return _LogitsOnly(model), (torch.randn(1, 16000),), ["audio"]
+
+    return build
+
+
+class _DecodeStep(nn.Module):
+    """A causal LM's one-token step: ids, mask and the KV cache in; logits and new cache out."""
+
+    def __init__(self, model: nn.Module, layers: int) -> None:
+        super().__init__()
+        self.model, self.layers = model, layers
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, *past: torch.Tensor) -> Any:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(self.layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        return (out.logits, *itertools.chain.from_iterable(out.past_key_values.to_legacy_cache()))
+
+
+def _causal_lm(config_cls: str, model_cls: str, past: int = 15, **config: Any) -> Builder:
+    def build() -> Built:
+        import transformers
+
+        cfg = getattr(transformers, config_cls)(**config)
+        model = getattr(transformers, model_cls)(cfg)
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        layers = cfg.num_hidden_layers
+        kv = [torch.randn(1, heads, past, dim) for _ in range(2 * layers)]
+        names = [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
+        args = (_ids(cfg.vocab_size, 1), torch.ones(1, past + 1, dtype=torch.int64), *kv)
+        return _DecodeStep(model, layers), args, ["input_ids", "attention_mask", *names]
+
+    return build
+
+
+def _whisper_decoder() -> Built:
+    from transformers import WhisperConfig
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+    from transformers.models.whisper.modeling_whisper import WhisperDecoder
+
+    cfg = WhisperConfig(
+        vocab_size=1000,
+        d_model=128,
+        decoder_layers=2,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=512,
+        max_target_positions=64,
+        pad_token_id=0,
+    )
+
+    class Step(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = WhisperDecoder(cfg)
+
+        def forward(self, ids: torch.Tensor, enc: torch.Tensor, *past: torch.Tensor) -> Any:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            for i in range(cfg.decoder_layers):
+                cache.self_attention_cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.decoder(
+                input_ids=ids, encoder_hidden_states=enc, past_key_values=cache, use_cache=True
+            )
+            layers = out.past_key_values.self_attention_cache.to_legacy_cache()
+            return (out.last_hidden_state, *itertools.chain.from_iterable(layers))
+
+    kv = [torch.randn(1, 4, 7, 32) for _ in range(4)]
+    names = [f"past_{kind}_{i}" for i in range(2) for kind in ("key", "value")]
+    return Step(), (_ids(1000, 1), torch.randn(1, 100, 128), *kv), ["ids", "encoder", *names]
+
+
+class _ConvMixer(nn.Sequential):
+    def __init__(self, dim: int = 256, depth: int = 8, kernel: int = 9, patch: int = 7) -> None:
+        class Residual(nn.Module):
+            def __init__(self, fn: nn.Module) -> None:
+                super().__init__()
+                self.fn = fn
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.fn(x) + x
+
+        act = nn.GELU
+        super().__init__(
+            nn.Conv2d(3, dim, patch, patch),
+            act(),
+            nn.BatchNorm2d(dim),
+            *[
+                nn.Sequential(
+                    Residual(
+                        nn.Sequential(
+                            nn.Conv2d(dim, dim, kernel, groups=dim, padding="same"),
+                            act(),
+                            nn.BatchNorm2d(dim),
+                        )
+                    ),
+                    nn.Conv2d(dim, dim, 1),
+                    act(),
+                    nn.BatchNorm2d(dim),
+                )
+                for _ in range(depth)
+            ],
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(dim, 1000),
+        )
+
+
 def _plain(
     factory: Callable[[], nn.Module], *shape: int, name: str = "x"
 ) -> Callable[[], tuple[nn.Module, tuple[Any, ...], list[str]]]:
@@ -360,6 +687,137 @@ EXPORTS: dict[str, Callable[[], tuple[nn.Module, tuple[Any, ...], list[str]]]] =
     "audio_conv1d": _plain(AudioConv1d, 1, 1, 16000, name="audio"),
     "lstm_tagger": _plain(lambda: Recurrent("lstm", False), 1, 100, 40, name="frames"),
     "bigru_tagger": _plain(lambda: Recurrent("gru", True), 1, 100, 40, name="frames"),
+    # session 3: architectures nobody had compiled (op, shape and exporter variety)
+    "mobilenet_v3_small_b8": _batched(_vision("mobilenet_v3_small"), 8),
+    "inception_v3": _vision("inception_v3", 299),
+    "resnext50_32x4d": _vision("resnext50_32x4d"),
+    "efficientnet_v2_s": _vision("efficientnet_v2_s"),
+    "maxvit_t": _vision("maxvit_t"),
+    "lraspp_mobilenet_v3": _tv_segmentation("lraspp_mobilenet_v3_large"),
+    "deeplabv3_mobilenet_v3": _tv_segmentation("deeplabv3_mobilenet_v3_large"),
+    "ssdlite320_mobilenet_v3": _tv_detection("ssdlite320_mobilenet_v3_large", 320),
+    "raft_small": _raft,
+    "ghostnet_100": _timm("ghostnet_100"),
+    "repvgg_a0": _timm("repvgg_a0"),
+    "convmixer_256_8": _plain(_ConvMixer, 1, 3, 224, 224, name="image"),
+    "levit_128s": _timm("levit_128s"),
+    "poolformer_s12": _timm("poolformer_s12"),
+    "edgenext_xx_small": _timm("edgenext_xx_small", 256),
+    "fastvit_t8": _timm("fastvit_t8", 256),
+    "efficientformer_l1": _timm("efficientformer_l1"),
+    "coatnet_nano_rw": _timm("coatnet_nano_rw_224"),
+    "convnextv2_atto": _timm("convnextv2_atto"),
+    "t5_small_step": _t5,
+    "bart_2l": _bart,
+    "xlm_roberta_2l": _encoder("XLMRobertaConfig", "XLMRobertaModel", **_SMALL_TEXT),
+    "albert_4l": _encoder("AlbertConfig", "AlbertModel", **(_SMALL_TEXT | {"embedding_size": 128})),
+    "electra_2l": _encoder(
+        "ElectraConfig", "ElectraModel", **(_SMALL_TEXT | {"embedding_size": 128})
+    ),
+    "deberta_v2_2l": _encoder(
+        "DebertaV2Config",
+        "DebertaV2Model",
+        **(
+            _SMALL_TEXT
+            | {
+                "relative_attention": True,
+                "pos_att_type": ["p2c", "c2p"],
+                "position_buckets": 64,
+                "norm_rel_ebd": "layer_norm",
+                "share_att_key": True,
+                "max_relative_positions": -1,
+            }
+        ),
+    ),
+    "clip_b2": _clip,
+    "segformer_b0": _hf_vision("SegformerConfig", "SegformerForSemanticSegmentation", 256),
+    "yolos_4l": _hf_vision(
+        "YolosConfig",
+        "YolosModel",
+        256,
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        intermediate_size=768,
+        num_detection_tokens=20,
+    ),
+    "dinov2_4l": _hf_vision(
+        "Dinov2Config",
+        "Dinov2Model",
+        224,
+        hidden_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        intermediate_size=1536,
+    ),
+    "wavlm_2l": _hf_audio(
+        "WavLMConfig",
+        "WavLMModel",
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        apply_spec_augment=False,
+    ),
+    "whisper_decoder_kv": _whisper_decoder,
+    "llama_kv": _causal_lm(
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    ),
+    "phi_kv": _causal_lm(
+        "PhiConfig",
+        "PhiForCausalLM",
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        partial_rotary_factor=0.5,
+    ),
+    "mistral_kv_dynamo": _causal_lm(
+        "MistralConfig",
+        "MistralForCausalLM",
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        sliding_window=8,
+    ),
+    "resnet18_dynamo_op18": _vision("resnet18"),
+    "squeezenet_op11": _vision("squeezenet1_0"),
+    "bert_dynbatch_op13": _encoder(  # opset 13 has no SDPA export: eager attention
+        "BertConfig", "BertModel", **_SMALL_TEXT, attn_implementation="eager"
+    ),
+    "mobilenet_v2_fp16": _vision("mobilenet_v2"),
+    "distilbert_fp16": _distilbert,
+}
+
+# Exported otherwise than the default (TorchScript, opset 17, static shapes, fp32).
+OPTIONS: dict[str, Options] = {
+    "mistral_kv_dynamo": Options(opset=18, dynamo=True),
+    "phi_kv": Options(dynamo=True),  # TorchScript tracing fails in transformers' mask code
+    "resnet18_dynamo_op18": Options(opset=18, dynamo=True),
+    "squeezenet_op11": Options(opset=11),
+    "bert_dynbatch_op13": Options(
+        opset=13,
+        dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
+    ),
+    "inception_v3": Options(dynamic={"image": {0: "batch"}}),
+    "mobilenet_v2_fp16": Options(half=True),
+    "distilbert_fp16": Options(half=True),
+    "segformer_b0": Options(opset=18, dynamo=True),
+    "llama_kv": Options(opset=18, dynamo=True),
 }
 
 
@@ -391,9 +849,13 @@ def _calibrate(model: nn.Module, args: tuple[Any, ...]) -> None:
     model.eval()
 
 
+def _first(out: Any) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
 def _check_depends_on_input(model: nn.Module, args: tuple[Any, ...]) -> None:
     with torch.no_grad():
-        a, b = model(*args), model(*_random_like(args))
+        a, b = _first(model(*args)), _first(model(*_random_like(args)))
     scale = float(a.abs().max())
     if not scale > 1e-6 or float((a - b).abs().max()) <= 1e-4 * scale:
         raise ValueError(f"degenerate model: output (max {scale:.3g}) ignores its input")
@@ -402,14 +864,26 @@ def _check_depends_on_input(model: nn.Module, args: tuple[Any, ...]) -> None:
 def export(name: str, out: Path) -> None:
     torch.manual_seed(0)
     model, args, input_names = EXPORTS[name]()
+    options = OPTIONS.get(name, Options())
     _calibrate(model, args)
     model.eval()
     if all(a.is_floating_point() for a in args):
         _check_depends_on_input(model, args)
+    if options.half:
+        model = model.half()
+        args = tuple(a.half() if a.is_floating_point() else a for a in args)
     tmp = out.with_suffix(".tmp.onnx")
+    extra: dict[str, Any] = {"external_data": False} if options.dynamo else {}
     with torch.no_grad():
         torch.onnx.export(
-            model, args, str(tmp), input_names=input_names, opset_version=OPSET, dynamo=False
+            model,
+            args,
+            str(tmp),
+            input_names=input_names,
+            opset_version=options.opset,
+            dynamo=options.dynamo,
+            dynamic_axes=options.dynamic or None,
+            **extra,
         )
     os.replace(tmp, out)
 

@@ -61,8 +61,7 @@ def _round_ms(fn: Callable[[], Any], runs: int) -> float:
 
 
 def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
-    import onnxruntime as ort
-
+    from tvmflow.engines import onnxruntime_session
     from tvmflow.runtime import load
 
     if model in SHAPES:
@@ -95,9 +94,7 @@ def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     feeds = random_inputs(imported.inputs, 0)
     cores = int(preset.target.get("num-cores", 1))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = cores
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(path, cores)
     runners: dict[str, Callable[[], Any]] = {
         "tvmflow tuned": functools.partial(load(tuned.directory).run, feeds),
         "tvmflow untuned": functools.partial(load(untuned.directory).run, feeds),

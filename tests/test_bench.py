@@ -272,7 +272,9 @@ def test_target_that_cannot_run_here_exits_2(zoo_dir: Path, capsys: pytest.Captu
 def test_cuda_target_without_gpu_exits_2(zoo_dir: Path, capsys: pytest.CaptureFixture) -> None:
     rc = _bench(zoo_dir / "mlp.onnx", "--target", "cuda-sm80", "--input-shape", "x=4,64")
     assert rc == 2
-    assert "cuda-sm80 runs on an NVIDIA GPU and this machine has none" in _error(capsys)
+    assert "cuda-sm80 runs on an NVIDIA GPU and no CUDA GPU is visible on this machine" in _error(
+        capsys
+    )
 
 
 @pytest.mark.parametrize(

@@ -239,6 +239,7 @@ m = tvmflow.load(sys.argv[1])
 out = m.run({"x": np.ones((4, 64), np.float32)})
 maps = open("/proc/self/maps").read()
 print(json.dumps({
+    "tvm_imported": sorted(k for k in sys.modules if k == "tvm" or k.startswith("tvm.")),
     "compiler_loaded": "libtvm_compiler" in maps,
     "runtime_loaded": "libtvm_runtime" in maps,
     "onnx_imported": "onnx" in sys.modules,
@@ -249,7 +250,7 @@ print(json.dumps({
 """
 
 
-def test_loader_imports_runtime_only(artifacts: dict[str, Artifact]) -> None:
+def test_loader_imports_neither_tvm_nor_its_compiler(artifacts: dict[str, Artifact]) -> None:
     directory = artifacts["mlp"].directory
     env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}
     proc = subprocess.run(
@@ -262,6 +263,7 @@ def test_loader_imports_runtime_only(artifacts: dict[str, Artifact]) -> None:
     )
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["runtime_loaded"] and not info["compiler_loaded"]
+    assert info["tvm_imported"] == []  # tvm_ffi and libtvm_runtime.so only
     assert not info["onnx_imported"] and not info["relax_imported"]
     assert not {"tvmflow.compile", "tvmflow.frontend", "tvmflow.tune"} & set(
         info["stages_imported"]

@@ -100,3 +100,29 @@ def test_channel_padding_gives_vector_counts_the_tile_rows_divide():
 def test_leaves_tile_friendly_and_grouped_convs_alone(x_shape, w_shape, attrs):
     mod = _module(x_shape, np.ones(w_shape, "float32"), **attrs)
     assert structural_equal(PadConvForTiles(16)(mod), mod)
+
+
+@pytest.mark.parametrize(
+    ("hw", "columns"),
+    [
+        (14, 16),  # MobileNetV2's 14x14 depthwise layers: rows of one 16-lane vector
+        (28, 32),
+        (7, 7),  # 7 -> 8 would be half vectors: left to DepthwiseConv2d
+        (56, 56),  # already whole 8-lane vectors
+    ],
+)
+def test_depthwise_rows_become_whole_vectors(hw, columns):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 8, hw, hw)).astype("float32")
+    w = rng.standard_normal((8, 1, 3, 3)).astype("float32")
+    mod = _module(x.shape, w, padding=1, groups=8)
+    assert _conv2d_shapes(PadConvForTiles(16)(mod)) == [(8, columns)]
+    fused = fuse(mod, TARGET)
+    rules = kernel_rules(relax.transform.AttachAttrLayoutFreeBuffers()(fused), TARGET)
+    assert "DepthwiseConv2dRows" in rules.values() or columns == hw == 7, rules
+    exe = build(apply_default_schedules(fused, TARGET), TARGET)
+    out = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    want = np.stack(
+        [_reference(x[:, c : c + 1], w[c : c + 1], padding=1)[:, 0] for c in range(8)], 1
+    )
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)

@@ -190,3 +190,85 @@ def test_shape_chain_is_folded_so_tvm_imports_it(tmp_path: Path) -> None:
     assert not any(n.op_type == "Shape" for n in imported.proto.graph.node)
     mod = to_relax(imported)
     assert "main" in [gv.name_hint for gv in mod.get_global_vars()]
+
+
+def _branching_on(inputs: list[onnx.ValueInfoProto], cond_from: str) -> onnx.ModelProto:
+    """A graph whose If condition is computed from input COND_FROM."""
+    const = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["one"], ["r"])],
+        "b",
+        [],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1])],
+    )
+    nodes = [
+        helper.make_node("ReduceSum", [cond_from], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["c"]),
+        helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch),
+    ]
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    return helper.make_model(helper.make_graph(nodes, "g", inputs, [y], [const, zero]))
+
+
+def test_freeze_hint_names_a_flag_sized_input_only() -> None:
+    """An importer failure in a model that branches on a sample rate suggests freezing it;
+    one that branches on its image (a detector's 'no boxes' If) must not: freezing the
+    image would bake one answer in (torchvision's SSD drew that advice)."""
+    from tvmflow.frontend import _freeze_hint
+
+    sr = helper.make_tensor_value_info("sr", TensorProto.FLOAT, [1])
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])
+    assert "--freeze sr=VALUE" in _freeze_hint(_branching_on([sr, image], "sr"))
+    assert _freeze_hint(_branching_on([sr, image], "image")) == ""
+
+
+def test_slimmed_graph_reading_an_undefined_value_is_folded_again_without_fusions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxslim 0.1.98's MatMul+Mul fusion dropped the Mul a Whisper decoder step's Reshape
+    still read (corpus model whisper_decoder_kv): TVM's importer then failed on a name. A
+    broken result is folded again with graph fusions skipped."""
+    import onnxslim
+
+    from tvmflow.frontend import _undefined_input
+
+    real = onnxslim.slim
+    calls: list[list[str]] = []
+
+    def breaking_slim(proto: onnx.ModelProto, **kwargs: object) -> onnx.ModelProto:
+        skip = list(kwargs.get("skip_optimizations") or [])  # type: ignore[call-overload]
+        calls.append(skip)
+        out = real(proto, **kwargs)  # type: ignore[arg-type]
+        if "graph_fusion" not in skip:  # what the buggy fusion leaves: a dangling input
+            out.graph.node[0].input[0] = "dropped_by_fusion"
+        return out
+
+    monkeypatch.setattr(onnxslim, "slim", breaking_slim)
+    path = _save(_tiny([helper.make_node("Relu", ["x"], ["y"])]), tmp_path / "m.onnx")
+    model = load_onnx(path, {"x": (2, 4)})
+    assert calls == [[], ["graph_fusion"]]
+    assert _undefined_input(model.proto.graph, set()) is None
+    assert model.proto.graph.node[0].input[0] == "x"
+    assert to_relax(model) is not None
+
+
+def test_undefined_input_sees_subgraph_scopes() -> None:
+    """A subgraph may read its enclosing graph's values; reading a later one is undefined."""
+    from tvmflow.frontend import _undefined_input
+
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["r"])],
+        "b",
+        [],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1])],
+    )
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    c = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    ok = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch),
+    ]
+    assert _undefined_input(helper.make_graph(ok, "g", [x, c], [y]), set()) is None
+    assert _undefined_input(helper.make_graph(ok[::-1], "g", [x, c], [y]), set()) == "a"

@@ -335,19 +335,50 @@ def _unknown_rank_shape(name: str, given: Sequence[int] | None) -> tuple[int, ..
 
 
 def _fold_shapes(proto: onnx.ModelProto, inputs: tuple[TensorSpec, ...]) -> onnx.ModelProto:
-    """Pin input shapes and let onnxslim fold shape arithmetic and dead nodes."""
+    """Pin input shapes and let onnxslim fold shape arithmetic and dead nodes.
+
+    onnxslim's pattern fusions can drop a node whose output is still read (0.1.98's MatMul+Mul
+    fusion on a Whisper decoder step's attention scaling): such a graph is folded again
+    without fusions, and imported unfolded if that is broken too."""
     import onnxslim
 
     # scalars are static already (and onnxslim cannot parse an empty shape)
     shapes = [f"{spec.name}:{','.join(map(str, spec.shape))}" for spec in inputs if spec.shape]
-    try:
-        slimmed = onnxslim.slim(proto, input_shapes=shapes or None)
-    except Exception as exc:  # onnxslim bugs must not block a model TVM may import as is
-        log.warning("onnxslim could not simplify the model (%s); importing it unfolded", exc)
-        return proto
-    if not isinstance(slimmed, onnx.ModelProto):  # pragma: no cover - defensive
-        return proto
-    return slimmed
+    for skip in ([], ["graph_fusion"]):
+        try:
+            slimmed = onnxslim.slim(proto, input_shapes=shapes or None, skip_optimizations=skip)
+        except Exception as exc:  # onnxslim bugs must not block a model TVM may import as is
+            log.warning("onnxslim could not simplify the model (%s); importing it unfolded", exc)
+            return proto
+        if not isinstance(slimmed, onnx.ModelProto):  # pragma: no cover - defensive
+            return proto
+        undefined = _undefined_input(slimmed.graph, set())
+        if undefined is None:
+            return slimmed
+        log.warning("onnxslim left node input %r undefined%s", undefined, _RETRY[bool(skip)])
+    return proto
+
+
+_RETRY = {False: "; folding again without fusions", True: "; importing the model unfolded"}
+
+
+def _undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | None:
+    """The first node input that nothing before it defines (in this graph or, for a
+    subgraph, its enclosing scopes), or None when the graph is well formed."""
+    known = outer | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    known |= {t.name for t in graph.sparse_initializer}
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in known:
+                return name
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subgraphs:
+                missing = _undefined_input(sub, known)
+                if missing is not None:
+                    return missing
+        known.update(node.output)
+    return None
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -457,8 +488,8 @@ def _freeze_hint(proto: onnx.ModelProto) -> str:
                 names.append(name)
             if name in producers:
                 stack.extend(i for i in producers[name].input if i)
-    small = [n for n in names if _is_scalar_like(inputs[n])] or names
-    if not small:
+    small = [n for n in names if _is_scalar_like(inputs[n])]
+    if not small:  # an image or a sequence: freezing it would fold the model to one answer
         return ""
     flags = " ".join(f"--freeze {n}=VALUE" for n in small)
     return (
@@ -468,8 +499,9 @@ def _freeze_hint(proto: onnx.ModelProto) -> str:
 
 
 def _is_scalar_like(value: onnx.ValueInfoProto) -> bool:
+    """A flag-sized input (a sample rate, a mode): a static shape of at most 16 values."""
     dims = value.type.tensor_type.shape.dim
-    return all(d.dim_value == 1 for d in dims)
+    return all(d.dim_value > 0 for d in dims) and math.prod(d.dim_value for d in dims) <= 16
 
 
 def tensor_outputs(mod: tvm.IRModule) -> tvm.IRModule:

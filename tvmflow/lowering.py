@@ -128,13 +128,17 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.conv1d import Conv1dAsConv2d
     from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.fast_sigmoid import SigmoidAsTanh
+    from tvmflow.qdq import QdqToInteger
     from tvmflow.schedules.cpu_common import vector_lanes
+    from tvmflow.schedules.cpu_int8_matmul import has_vnni
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
+    from tvmflow.winograd import WinogradConv2d
 
     cpu_only = (
         [
             SplitUpsamplingConvTranspose(),
             Conv1dAsConv2d(),
+            WinogradConv2d(),  # 3x3 stride-1 convs it measured faster as F(4, 3)
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
             SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
@@ -147,6 +151,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     from tvmflow.bf16 import Bf16Compute
 
+    # QDQ chains as int8 kernels where VNNI dot products run them (tvmflow.qdq)
+    integer = [QdqToInteger()] if target.kind.name == "llvm" and has_vnni(target) else []
     mixed = {
         "fp16": [relax.transform.ToMixedPrecision(out_dtype="float32")],
         "bf16": [Bf16Compute()],
@@ -154,6 +160,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     with target:
         return tvm.transform.Sequential(
             [
+                *integer,
                 *mixed,
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),

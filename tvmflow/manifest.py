@@ -135,6 +135,11 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def gpu_arch(self) -> str | None:
+        """The GPU architecture of a CUDA artifact's device code ("sm_90"); None on CPUs."""
+        return str(self.target.get("arch")) if self.device == "cuda" else None
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["inputs"] = [asdict(t) | {"shape": list(t.shape)} for t in self.inputs]

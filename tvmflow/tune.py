@@ -216,7 +216,7 @@ def tune_model(
     check_build_tools(preset)
     if options.farm is not None:
         check_farm(options.farm)
-    elif not _measurable_here(preset):
+    elif not preset.runs_on_host():  # its CPU here, or for a CUDA preset a GPU that runs it
         raise TvmflowError(
             f"target {preset.name!r} does not run on this machine, so candidates cannot be "
             "measured here; measure on devices with --rpc-tracker HOST:PORT --rpc-key KEY"
@@ -257,15 +257,6 @@ def _report_recovery(
                 f"--repair-log: dropped {dropped} damaged line(s) of {log_dir}; the damaged "
                 f"files are kept as {', '.join(b.name for b in backups)}"
             )
-
-
-def _measurable_here(preset: Preset) -> bool:
-    """Candidates run on this machine's CPU, or for a CUDA preset on a GPU here that runs it."""
-    if preset.device == "cuda":
-        from tvmflow import cuda
-
-        return cuda.why_not_runnable(str(preset.target["arch"])) is None
-    return preset.runs_on_host()
 
 
 def _check_options(options: TuneOptions) -> None:
