@@ -28,12 +28,16 @@ from tvmflow.schedules import design_spaces, kernel_rules
 from tvmflow.schedules.cpu_winograd import WinogradDataPack, WinogradGemm, WinogradInverse
 
 
-def _conv_body(cin: int, cout: int, pad: int | tuple[int, ...] = 1, residual: bool = False):
+def _conv_body(
+    cin: int, cout: int, pad: int | tuple[int, ...] = 1, residual: bool = False, silu=False
+):
     def body(x: relax.Expr) -> relax.Expr:
         y = relax.op.nn.conv2d(x, const((cout, cin, 3, 3)), padding=pad)
         y = relax.op.add(y, const((1, cout, 1, 1), 1))
         if residual:
             y = relax.op.add(y, x)
+        if silu:  # reads the conv's output twice (yolov8)
+            return relax.op.multiply(y, relax.op.sigmoid(y))
         return relax.op.nn.relu(y)
 
     return body
@@ -129,6 +133,7 @@ CASES: dict[str, dict[str, Any]] = {
     "batch 2, residual, 17x23": dict(cin=32, cout=32, hw=(17, 23), batch=2, residual=True),
     "asymmetric pad": dict(hw=(21, 19), pad=(0, 1, 2, 1)),
     "96->24, U padded to 32 channels": dict(cin=96, cout=24, hw=(20, 20)),
+    "SiLU epilogue": dict(hw=(20, 20), silu=True),
 }
 
 
@@ -218,3 +223,14 @@ def test_choose_tile_follows_the_measured_rule() -> None:
     neck = replace(conv, c=96, k=24, h=120, w=120)
     assert winograd.choose_tile(neck) == 4
     assert winograd.choose_tile(replace(neck, n=8)) is None  # V: 100 MB
+
+
+def test_an_epilogue_reading_the_conv_twice_keeps_one_transform() -> None:
+    """SiLU reads the conv output twice: the transform is computed once into its block and
+    the epilogue reads that, instead of the transform sum being inlined per read."""
+    func = _by_prefix(_kernels(silu=True), "fused_winograd_inverse")
+    with TARGET:
+        sch = WinogradInverse().apply(func, TARGET, False)
+    assert sch is not None
+    names = [str(sch.get(b).name_hint) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    assert names[0].startswith("winograd_inverse") and len(names) == 2, names

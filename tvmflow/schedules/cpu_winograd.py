@@ -131,7 +131,6 @@ class WinogradInverse(ScheduleRule):
         lanes = vector_lanes(target)
         epilogue = [info.block_rv for info in infos[1:]]
         try:
-            rest = _inline_epilogue(sch, epilogue)
             loops = sch.get_loops(block)
             sizes = extents(sch, loops)
             if sizes is None or len(sizes) not in (3, 4) or m is None:
@@ -148,8 +147,9 @@ class WinogradInverse(ScheduleRule):
             if v > 1:
                 sch.vectorize(k_i)
             sch.parallel(sch.fuse(*batch, th, tw))
-            for other in rest:
-                schedule_spatial(sch, other, lanes)
+            for tail in _epilogue_tails(sch, epilogue):
+                sch.reverse_compute_at(tail, k_o, preserve_unit_loops=True)
+                _vectorize_channels(sch, tail, v)
         except (ScheduleError, InternalError):
             return None
         return sch
@@ -164,13 +164,27 @@ def _tile_size(sch: s_tir.Schedule, block: Any) -> int | None:
     return alpha - 2 if alpha * alpha == int(shape[0]) and alpha > 2 else None
 
 
-def _inline_epilogue(sch: s_tir.Schedule, epilogue: list[Any]) -> list[Any]:
-    """Fold elementwise consumers into the transform's block (each output written once);
-    returns the blocks that would not fold, left to run as their own passes."""
-    rest = []
+def _epilogue_tails(sch: s_tir.Schedule, epilogue: list[Any]) -> list[Any]:
+    """Inline the epilogue's intermediate blocks into the ones that write outputs, which
+    are returned. Not into the transform itself: an epilogue reading its input several
+    times (SiLU: x * sigmoid(x)) would repeat the whole transform sum per read (yolov8n's
+    output transforms ran 5-10x slower so)."""
+    tails = []
     for block in epilogue:
         try:
-            sch.reverse_compute_inline(block)
+            sch.compute_inline(block)
         except (ScheduleError, InternalError):
-            rest.append(block)
-    return rest
+            tails.append(block)
+    return tails
+
+
+def _vectorize_channels(sch: s_tir.Schedule, block: Any, v: int) -> None:
+    """An epilogue block under the transform's channel-vector loop: its loops over
+    (channel, row, column) of one tile, reordered so the channel vector is innermost."""
+    loops = sch.get_loops(block)
+    sizes = extents(sch, loops)
+    if sizes is None or len(loops) < 3 or v <= 1 or sizes[-3] != v:
+        return
+    k, h, w = loops[-3:]
+    sch.reorder(h, w, k)
+    sch.vectorize(k)
