@@ -147,7 +147,11 @@ class WinogradInverse(ScheduleRule):
             if v > 1:
                 sch.vectorize(k_i)
             sch.parallel(sch.fuse(*batch, th, tw))
+            transformed = sch.get(block).writes[0].source
             for tail in _epilogue_tails(sch, epilogue):
+                if _loads_of(sch, tail, transformed) == 1:
+                    sch.reverse_compute_inline(tail)  # bias / relu / residual: no buffer
+                    continue
                 sch.reverse_compute_at(tail, k_o, preserve_unit_loops=True)
                 _vectorize_channels(sch, tail, v)
         except (ScheduleError, InternalError):
@@ -166,9 +170,10 @@ def _tile_size(sch: s_tir.Schedule, block: Any) -> int | None:
 
 def _epilogue_tails(sch: s_tir.Schedule, epilogue: list[Any]) -> list[Any]:
     """Inline the epilogue's intermediate blocks into the ones that write outputs, which
-    are returned. Not into the transform itself: an epilogue reading its input several
-    times (SiLU: x * sigmoid(x)) would repeat the whole transform sum per read (yolov8n's
-    output transforms ran 5-10x slower so)."""
+    are returned. Those are inlined into the transform only where they read its value
+    once: an epilogue reading it several times (SiLU: x * sigmoid(x)) would repeat the
+    whole transform sum per read (yolov8n's output transforms ran 5-10x slower so), and
+    is computed per tile from the transform's result instead."""
     tails = []
     for block in epilogue:
         try:
@@ -176,6 +181,21 @@ def _epilogue_tails(sch: s_tir.Schedule, epilogue: list[Any]) -> list[Any]:
         except (ScheduleError, InternalError):
             tails.append(block)
     return tails
+
+
+def _loads_of(sch: s_tir.Schedule, block: Any, buffer: Any) -> int:
+    """How many times a block's body reads `buffer`."""
+    import tvm
+    import tvm_ffi
+
+    loads: list[Any] = []
+
+    def visit(load: Any) -> None:
+        if load.source.same_as(buffer):
+            loads.append(load)
+
+    tvm_ffi.structural_walk(sch.get(block).body, [(tvm.ir.expr.TensorLoad, visit)], order="pre")
+    return len(loads)
 
 
 def _vectorize_channels(sch: s_tir.Schedule, block: Any, v: int) -> None:
