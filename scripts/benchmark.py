@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tvmflow.compile  # noqa: F401  (compile-capable TVM first; bench loads the runtime later)
-from tvmflow import bench, zoo
+from tvmflow import bench, reporting, zoo
 from tvmflow.errors import TvmflowError
 from tvmflow.lowering import BF16_PRESET
 from tvmflow.targets import resolve_preset
@@ -194,7 +194,7 @@ def baseline_of(reports: Sequence[bench.BenchReport], preset: str) -> dict:
         "preset": preset,
         "threads": reports[0].threads if reports else None,
         "slack": SLACK,
-        "machine": bench.machine_line(reports[0].machine) if reports else "",
+        "machine": reporting.machine_line(reports[0].machine) if reports else "",
         "models": models,
     }
 
@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for ref in args.models:
             print(f"== {ref.name}: compiling for {preset}, then measuring", flush=True)
             report = measure(ref, preset, opts, args.precision)
-            print(bench.format_table(report), flush=True)
+            print(reporting.format_table(report), flush=True)
             reports.append(report)
     except TvmflowError as exc:
         print(f"scripts/benchmark: error: {exc}", file=sys.stderr)
@@ -307,14 +307,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     low = "" if args.precision == "fp32" or args.precision in preset else f"-{args.precision}"
     stem = args.out / (preset + low + ("-quick" if args.quick else ""))
-    bench.write_json(reports, stem.with_suffix(".json"))
-    bench.write_markdown(reports, stem.with_suffix(".md"))
-    bench.plot(reports, stem.with_suffix(".png"))
+    reporting.write_json(reports, stem.with_suffix(".json"))
+    reporting.write_markdown(reports, stem.with_suffix(".md"))
+    reporting.plot(reports, stem.with_suffix(".png"))
     print(f"wrote {stem}.json, .md and .png")
     full = not args.quick and len(reports) == len(REFERENCE_SET) and args.precision == "fp32"
     if full and args.out == ROOT / "benchmarks":
         source = f"`scripts/benchmark`, [benchmarks/{preset}.md](benchmarks/{preset}.md)"
-        if update_readme(ROOT / "README.md", bench.to_markdown(reports), source):
+        if update_readme(ROOT / "README.md", reporting.to_markdown(reports), source):
             print("updated the table in README.md")
     return 3 if failed else 0
 
