@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import tvmflow.compile  # noqa: F401  (compile-capable TVM first; bench loads the runtime later)
-from tvmflow import bench, zoo
+from tvmflow import bench, reporting, zoo
 from tvmflow.errors import TvmflowError
 from tvmflow.targets import resolve_preset
 
@@ -85,15 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report = bench.run_bench(
                     model, artifact, opts, input_shapes=shapes, compile_s=compile_s, name=name
                 )
-                print(bench.format_table(report), flush=True)
+                print(reporting.format_table(report), flush=True)
                 reports.append(report)
     except TvmflowError as exc:
         print(f"scripts/benchmark-int8: error: {exc}", file=sys.stderr)
         return exc.exit_code
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / ("int8-quick" if args.quick else "int8")
-    bench.write_json(reports, stem.with_suffix(".json"))
-    bench.write_markdown(reports, stem.with_suffix(".md"))
+    reporting.write_json(reports, stem.with_suffix(".json"))
+    reporting.write_markdown(reports, stem.with_suffix(".md"))
     print(f"wrote {stem}.json and .md")
     failed = [r.label for r in reports if not r.passed]
     if failed:
