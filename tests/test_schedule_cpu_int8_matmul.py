@@ -135,3 +135,21 @@ def test_an_epilogue_value_used_twice_is_computed_once_per_tile():
     assert script.count(" / T.float32(3.0)") == 1  # one division: h is not recomputed
     if "avx512_vnni" in host_cpu_features():
         assert_schedule_matches(func, sch, VNNI)
+
+
+def test_replaying_records_registers_our_intrinsics_in_a_fresh_process():
+    """Compile replays tuning records before any rule runs; a record of a kernel these rules
+    tensorized names `tvmflow_dot_16x4_vnni_local` ("not registered" crashed the compile)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import tvm\n"
+        "from tvm.s_tir import TensorIntrin\n"
+        "from tvmflow.tunelog import register_tensor_intrinsics\n"
+        "register_tensor_intrinsics(tvm.target.Target({'kind': 'llvm', 'mcpu': 'znver4'}))\n"
+        "print(TensorIntrin.get('tvmflow_dot_16x4_vnni_local') is not None)\n"
+        "print('uint8x64' in TensorIntrin.get('dot_16x4_vnni').impl.script())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

@@ -74,16 +74,25 @@ def register_vnni_intrin() -> str:
     22-valid vpdpbusd call, and the same with its accumulator in registers (`local`), which
     this rule tensorizes with. Returns the latter's name."""
     import tvm
-    from tvm.s_tir import TensorIntrin
 
     from tvmflow.tunelog import register_tensor_intrinsics
 
-    # the stock x86 intrinsics first: registered after ours, they would clash on the name
+    # the stock x86 intrinsics first (registered after ours, they would clash on the name);
+    # that registers ours too, after them
     register_tensor_intrinsics(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}))
+    return VNNI_INTRIN_LOCAL
+
+
+@functools.cache
+def register_own_intrinsics() -> None:
+    """Ours over/after TVM's x86 ones (tunelog.register_tensor_intrinsics calls this once it
+    has imported them): replaying a tuning record of a kernel a rule here tensorized needs
+    the intrinsic its trace names."""
+    from tvm.s_tir import TensorIntrin
+
     for name, scope in ((VNNI_INTRIN, "global"), (VNNI_INTRIN_LOCAL, "local")):
         desc, impl = _vnni_funcs(scope)
         TensorIntrin.register(name, desc, impl, override=True)
-    return VNNI_INTRIN_LOCAL
 
 
 def _vnni_funcs(scope: str) -> tuple[Any, Any]:
