@@ -128,6 +128,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.conv1d import Conv1dAsConv2d
     from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.fast_sigmoid import SigmoidAsTanh
+    from tvmflow.matmul_reshape import MatmulReshape
     from tvmflow.qdq import QdqToInteger
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
@@ -141,6 +142,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             WinogradConv2d(),  # 3x3 stride-1 convs it measured faster as F(4, 3)
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
+            MatmulReshape(),  # a Linear's output reshape moves to its input: GELU fuses
             SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
             relax.transform.FastMathTransform(),
         ]
