@@ -44,6 +44,7 @@ SHIFT = 128  # int8 -> uint8
 CONV_FUNC, DW_FUNC = "qconv2d", "qdwconv2d"
 PACK_BLOCK, CONV_BLOCK, REQUANT_BLOCK = "qconv_pack", "qconv", "qconv_requant"
 DW_PACK_BLOCK, DW_BLOCK = "qdwconv_pack", "qdwconv"
+LAYOUT_ATTR = "tvmflow.qconv_input_layout"  # NCHW / NHWC: how the pack reads the input
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves the kernel as it is
 RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
@@ -163,7 +164,9 @@ class ConvSpec:
 def _padded_input(x: te.Tensor, spec: ConvSpec, group: int, name: str) -> te.Tensor:
     """The activation padded with its zero point, channels last ([N, H, W, C] for group 1,
     [N, H, W, C/4, 4] for group 4, channels beyond C also the zero point), int8 shifted by
-    +128 to uint8."""
+    +128 to uint8. Only the bounds that exist are tested: an NHWC uint8 input with no
+    padding and whole channel groups is a plain load (the rule then reads the input
+    directly, no pack pass)."""
     from tvm import te, tirx
 
     if spec.in_layout == "NCHW":
@@ -174,13 +177,20 @@ def _padded_input(x: te.Tensor, spec: ConvSpec, group: int, name: str) -> te.Ten
     shift = SHIFT if spec.in_dtype == "int8" else 0
 
     def value(n: Any, y: Any, xx: Any, c: Any) -> Any:
-        inside = tirx.all(c < c_, y >= top, y < h_ + top, xx >= left, xx < w_ + left)
-        c = tirx.min(c, c_ - 1)
+        bounds = [c < c_] if c_ % group else []
+        if top or bottom:
+            bounds += [y >= top, y < h_ + top]
+        if left or right:
+            bounds += [xx >= left, xx < w_ + left]
+        if bounds:
+            c = tirx.min(c, c_ - 1)
         nchw = spec.in_layout == "NCHW"
         v = x[n, c, y - top, xx - left] if nchw else x[n, y - top, xx - left, c]
         if shift:
             v = (v.astype("int32") + shift).astype("uint8")
-        return tirx.if_then_else(inside, v, tirx.const(spec.zx + shift, "uint8"))
+        if not bounds:
+            return v
+        return tirx.if_then_else(tirx.all(*bounds), v, tirx.const(spec.zx + shift, "uint8"))
 
     rows, cols = h_ + top + bottom, w_ + left + right
     if group == 1:
@@ -268,7 +278,7 @@ def conv_kernel(spec: ConvSpec, weight: np.ndarray, depthwise: bool) -> tvm.tirx
     compute = depthwise_compute if depthwise else conv2d_compute
     out = compute(xt, wt, ot, st, spec)
     func = te.create_prim_func([xt, wt, ot, st, out]).without_attr("global_symbol")
-    return func.with_attr("op_pattern", OPAQUE)
+    return func.with_attr("op_pattern", OPAQUE).with_attr(LAYOUT_ATTR, spec.in_layout)
 
 
 def conv_operands(

@@ -45,6 +45,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_pointwise_conv2d import PointwiseConv2d
     from tvmflow.schedules.cpu_pool import Pool
     from tvmflow.schedules.cpu_row_norm import RowNorm
+    from tvmflow.schedules.cpu_squeeze_excite import SqueezeExcite
     from tvmflow.schedules.cpu_transpose import Transpose
     from tvmflow.schedules.cpu_winograd import WinogradDataPack, WinogradGemm, WinogradInverse
 
@@ -63,6 +64,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         DepthwiseConv2dRows(),
         DepthwiseConv2d(),
         Int8Matmul(),
+        SqueezeExcite(),
         Matmul(),
         Pool(),
         PlaneReduction(),
