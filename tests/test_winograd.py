@@ -128,6 +128,7 @@ CASES: dict[str, dict[str, Any]] = {
     "F2, odd map 15x10 pad 0": dict(cin=128, cout=128, hw=(15, 10), pad=0),
     "batch 2, residual, 17x23": dict(cin=32, cout=32, hw=(17, 23), batch=2, residual=True),
     "asymmetric pad": dict(hw=(21, 19), pad=(0, 1, 2, 1)),
+    "96->24, U padded to 32 channels": dict(cin=96, cout=24, hw=(20, 20)),
 }
 
 
