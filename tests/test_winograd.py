@@ -215,3 +215,6 @@ def test_choose_tile_follows_the_measured_rule() -> None:
     assert winograd.choose_tile(replace(wide, h=7, w=7)) is None  # weight-bound
     big = replace(wide, c=512, k=512, n=8, h=7, w=7)
     assert winograd.choose_tile(big) is None  # even F(2,3)'s U: 16.8 MB
+    neck = replace(conv, c=96, k=24, h=120, w=120)
+    assert winograd.choose_tile(neck) == 4
+    assert winograd.choose_tile(replace(neck, n=8)) is None  # V: 100 MB

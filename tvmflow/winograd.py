@@ -115,6 +115,10 @@ def transform_weight(weight: np.ndarray, m: int) -> np.ndarray:
 # relative to onnxruntime's); ResNet-18 at batch 8 with F(4,3) on its 512->512 convs
 # (37.7 MB each instead of 9.4) would add 85 MB for 0.50x on those three convs.
 MAX_WEIGHT_BYTES = 8 << 20
+# Likewise the transformed input V ((m+2)^2 / m^2 times the input: 2.25x for F(4,3)) and
+# the GEMM's output live beside the input: PP-OCRv4 det at batch 8, 480x480, would hold a
+# 100 MB V for its 96->24 convs at 120x120. Above this the conv stays direct.
+MAX_TRANSFORMED_INPUT_BYTES = 32 << 20
 MIN_TILES = 25
 MIN_CHANNELS = {4: 32, 2: 128}  # per m, in the order tried: least harmonic mean of C, K
 DEFAULT_TILE = 4
@@ -124,11 +128,12 @@ def choose_tile(conv: WinogradConv) -> int | None:
     """m of the F(m, 3) that beats the direct conv for this shape, None to keep the direct
     conv (see the measurements above). `conv.m` is ignored."""
     for m, least in MIN_CHANNELS.items():
-        weight_bytes = (m + 2) ** 2 * conv.c * conv.k * 4
+        tiles = replace(conv, m=m).tiles
         if (
             2 * conv.c * conv.k >= least * (conv.c + conv.k)
-            and replace(conv, m=m).tiles >= MIN_TILES
-            and weight_bytes <= MAX_WEIGHT_BYTES
+            and tiles >= MIN_TILES
+            and (m + 2) ** 2 * conv.c * conv.k * 4 <= MAX_WEIGHT_BYTES
+            and (m + 2) ** 2 * tiles * conv.c * 4 <= MAX_TRANSFORMED_INPUT_BYTES
         ):
             return m
     return None
