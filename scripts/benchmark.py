@@ -48,8 +48,14 @@ class Reference:
     shapes: dict[str, tuple[int, ...]]
     zoo_name: str | None = None
     file: str | None = None
+    qdq: bool = False  # the zoo model through quantize_static (QDQ, made once, cached)
 
     def path(self) -> Path:
+        if self.zoo_name and self.qdq:
+            path = CACHE / "bench" / "models" / f"{self.zoo_name}-qdq.onnx"
+            if not path.is_file():
+                zoo.quantize_qdq(zoo.MODELS[self.zoo_name](), path.parent, self.shapes)
+            return path
         if self.zoo_name:
             return zoo.save(self.zoo_name, CACHE / "bench" / "models")
         path = CACHE / "models" / str(self.file)
@@ -64,6 +70,7 @@ SEQ = (1, 128)
 REFERENCE_SET = (
     Reference("resnet18", {"image": (1, 3, 224, 224)}, zoo_name="resnet18"),
     Reference("resnet18-b8", {"image": (8, 3, 224, 224)}, zoo_name="resnet18"),
+    Reference("resnet18-qdq", {"image": (1, 3, 224, 224)}, zoo_name="resnet18", qdq=True),
     Reference("mobilenet_v2", {"image": (1, 3, 224, 224)}, zoo_name="mobilenet_v2"),
     Reference("mobilenet_v2-b8", {"image": (8, 3, 224, 224)}, zoo_name="mobilenet_v2"),
     Reference("encoder", {"hidden_in": (1, 128, 256)}, zoo_name="encoder"),

@@ -442,7 +442,9 @@ def run_bench(
     expected = onnxruntime_outputs(model, {**feeds, **frozen_feeds}, threads)
     steps = quant_allowance(model, {**feeds, **frozen_feeds}, expected)
     accuracy = tuple(
-        _accuracy(k, e.outputs, expected, tolerance_for(e.precision, options.tolerance), steps)
+        _accuracy(
+            k, e.outputs, expected, tolerance_for(e.precision, options.tolerance, expected), steps
+        )
         for k, e in loaded.items()
         if k != REFERENCE
     )
