@@ -128,6 +128,7 @@ CASES: dict[str, dict[str, Any]] = {
     "F2, odd map 15x10 pad 0": dict(cin=128, cout=128, hw=(15, 10), pad=0),
     "batch 2, residual, 17x23": dict(cin=32, cout=32, hw=(17, 23), batch=2, residual=True),
     "asymmetric pad": dict(hw=(21, 19), pad=(0, 1, 2, 1)),
+    "96->24, U padded to 32 channels": dict(cin=96, cout=24, hw=(20, 20)),
 }
 
 
@@ -214,3 +215,6 @@ def test_choose_tile_follows_the_measured_rule() -> None:
     assert winograd.choose_tile(replace(wide, h=7, w=7)) is None  # weight-bound
     big = replace(wide, c=512, k=512, n=8, h=7, w=7)
     assert winograd.choose_tile(big) is None  # even F(2,3)'s U: 16.8 MB
+    neck = replace(conv, c=96, k=24, h=120, w=120)
+    assert winograd.choose_tile(neck) == 4
+    assert winograd.choose_tile(replace(neck, n=8)) is None  # V: 100 MB

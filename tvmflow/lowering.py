@@ -140,7 +140,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
         [
             SplitUpsamplingConvTranspose(),
             Conv1dAsConv2d(),
-            WinogradConv2d(),  # 3x3 stride-1 convs it measured faster as F(4, 3)
+            WinogradConv2d(vector_lanes(target)),  # 3x3 stride-1 convs, where faster
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
             MatmulReshape(),  # a Linear's output reshape moves to its input: GELU fuses
