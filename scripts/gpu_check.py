@@ -429,11 +429,8 @@ def check_model(
     if not result.ok:
         result.error = f"outputs differ from the CPU reference beyond {tolerance}"
 
-    import tvm
-
-    dev = model._device  # device-resident inputs: the same footing as PyTorch below
-    args = [tvm.runtime.tensor(feeds[s.name], dev) for s in model.inputs]
-    result.tvm_ms = time_ms(lambda: model.run_on_device(args), dev.sync, iters)
+    args = model.device_inputs(feeds)  # device-resident: the same footing as PyTorch below
+    result.tvm_ms = time_ms(lambda: model.run_on_device(args), model.sync, iters)
     result.tvm_run_ms = time_ms(lambda: model.run(feeds), lambda: None, iters)
     if use_torch and name in ("resnet18", "encoder"):
         _torch_timings(result, model.manifest.device, feeds, expected, iters)

@@ -239,15 +239,11 @@ def run_tvmflow(case: Path) -> Outcome:
 
 
 def run_onnxruntime(case: Path) -> Outcome:
-    import onnxruntime as ort
+    from tvmflow.engines import onnxruntime_session
 
     model, sets = _load_case(case)
     try:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        session = onnxruntime_session(model.SerializeToString(), threads=1)
         names = [i.name for i in session.get_inputs()]
         for inputs, ref in sets:
             got = session.run(None, dict(zip(names, inputs, strict=False)))

@@ -1,17 +1,24 @@
-"""Weights outside the library, measured: format 1 (weights embedded in model.so) against
-format 2 (weights.npz, mapped once) of the same lowering, beside onnxruntime and OpenVINO.
+"""Memory of load + first run per reference model: tvmflow beside onnxruntime and OpenVINO.
 
-For each reference model (scripts/benchmark's set) it compiles the artifact, builds the
-format-1 twin from the same lowering (the weights bound back as constants), then reports in
-one run: peak RSS of load + first run in a fresh process per engine (`tvmflow.bench`'s probe,
-the benchmark's RSS column), `/usr/bin/time -v tvmflow run` of both artifacts, and CPU time
-per run of both (1 TVM thread, the calling thread's CPU time, interleaved: robust on a busy
-machine). Usage: .venv/bin/python scripts/weights_memory.py [--models a,b] [--seconds S]
+For each reference model (scripts/benchmark's set) it compiles the artifact and reports, in
+one run, the peak RSS of a fresh process per engine that imports it, loads the model and runs
+it once (`tvmflow.bench`'s probe, the benchmark's RSS column), and that process's RSS after
+the imports. tvmflow is probed twice on the same artifact: as it loads (tvm_ffi and
+`libtvm_runtime.so`, no `tvm` package) and with `import tvm` (runtime library only) first, as
+the loader did before, so the table shows what the import costs. `tvmflow run`'s max RSS
+(`/usr/bin/time -v`) is the command-line view of the same.
+
+`--format-1` adds the artifact's format-1 twin (the same lowering with its weights bound back
+into model.so, as artifact format 1 stored them) and the CPU time per run of both (1 TVM
+thread, the calling thread's CPU time, interleaved: robust on a busy machine).
+
+Usage: .venv/bin/python scripts/weights_memory.py [--models a,b] [--format-1] [--seconds S]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import statistics
@@ -31,6 +38,11 @@ from tvmflow.inputs import random_inputs
 from tvmflow.manifest import sha256_file
 
 TVMFLOW = Path(sys.executable).parent / "tvmflow"
+# bench.probe_main after the import the loader made before it ran without the tvm package
+WITH_TVM_PROBE = (
+    "import os; os.environ['TVM_USE_RUNTIME_LIB'] = '1'; import tvm; "
+    "from tvmflow.bench import probe_main; probe_main()"
+)
 
 
 def format_1_twin(onnx_path: Path, shapes: dict, v2: Path, v1: Path) -> None:
@@ -56,6 +68,20 @@ def format_1_twin(onnx_path: Path, shapes: dict, v2: Path, v1: Path) -> None:
     (v1 / "manifest.json").write_text(json.dumps(data))
 
 
+def probe_with_tvm(spec: EngineSpec, feeds: Path) -> tuple[float, float]:
+    """`bench.probe_memory` of a tvmflow artifact in a process that imported tvm first."""
+    request = json.dumps({"spec": dataclasses.asdict(spec), "feeds": str(feeds)})
+    proc = subprocess.run(
+        [sys.executable, "-c", WITH_TVM_PROBE],
+        input=request,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return float(result["base_rss_mb"]), float(result["peak_rss_mb"])
+
+
 def run_rss_mb(directory: Path) -> float:
     proc = subprocess.run(
         ["/usr/bin/time", "-v", str(TVMFLOW), "run", str(directory), "--random"],
@@ -69,11 +95,8 @@ def run_rss_mb(directory: Path) -> float:
 
 def cpu_ms(v1: Path, v2: Path, seconds: float) -> tuple[float, float]:
     """Median CPU time per run of each, interleaved, one TVM thread."""
-    import tvm
-
     models = {k: tvmflow.load(d, num_threads=1) for k, d in (("v1", v1), ("v2", v2))}
-    feeds = random_inputs(models["v1"].inputs, 0)
-    args = [tvm.runtime.tensor(feeds[s.name]) for s in models["v1"].inputs]
+    args = models["v1"].device_inputs(random_inputs(models["v1"].inputs, 0))
     times: dict[str, list[float]] = {"v1": [], "v2": []}
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -88,40 +111,56 @@ def cpu_ms(v1: Path, v2: Path, seconds: float) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", help="comma-separated subset of the reference set")
+    parser.add_argument(
+        "--format-1", action="store_true", help="also measure the format-1 twin and CPU time"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="timing per model")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tvmflow-wm")
     args = parser.parse_args()
     chosen = args.models.split(",") if args.models else [r.name for r in benchmark.REFERENCE_SET]
-    print(
-        "| model | weights MB | peak RSS MB: format 1 | format 2 | onnxruntime | openvino "
-        "| `tvmflow run` max RSS MB: format 1 | format 2 | CPU ms/run: format 1 | format 2 "
-        "| format 2 / 1 |\n|" + "---|" * 11,
-        flush=True,
-    )
+    head = [
+        "model",
+        "weights MB",
+        "peak RSS MB: tvmflow",
+        "tvmflow after `import tvm`",
+        "onnxruntime",
+        "openvino",
+        "RSS after imports MB: tvmflow",
+        "tvmflow after `import tvm`",
+        "onnxruntime",
+        "`tvmflow run` max RSS MB",
+    ]
+    if args.format_1:
+        head += ["format 1: peak RSS MB", "`tvmflow run` MB", "CPU ms/run: format 1", "format 2"]
+    print(f"| {' | '.join(head)} |\n|" + "---|" * len(head), flush=True)
     for ref in [r for r in benchmark.REFERENCE_SET if r.name in chosen]:
         onnx_path, v1, v2 = ref.path(), args.work / f"{ref.name}-v1", args.work / f"{ref.name}-v2"
         if not (v2 / "manifest.json").is_file():
             tvmflow.compile(onnx_path, output=v2, input_shapes=ref.shapes, verify=False)
-        if not (v1 / "manifest.json").is_file():
+        if args.format_1 and not (v1 / "manifest.json").is_file():
             format_1_twin(onnx_path, ref.shapes, v2, v1)
         manifest = tvmflow.load(v2).manifest
         shapes = {s.name: list(s.shape) for s in manifest.inputs}
-        peak = {}
+        rss: dict[str, tuple[float, float]] = {}
         with tempfile.TemporaryDirectory() as tmp:
             feeds = Path(tmp) / "feeds.npz"
             np.savez(feeds, **random_inputs(manifest.inputs, 0))  # type: ignore[arg-type]
-            engines = (("v1", "tvmflow", v1), ("v2", "tvmflow", v2))
-            engines += (("ort", "onnxruntime", onnx_path), ("ov", "openvino", onnx_path))
-            for key, kind, path in engines:
-                peak[key] = probe_memory(EngineSpec(kind, str(path), 2, shapes=shapes), feeds)[1]
-        t1, t2 = cpu_ms(v1, v2, args.seconds)
+            spec = EngineSpec("tvmflow", str(v2), 2, shapes=shapes)
+            rss["tvmflow"] = probe_memory(spec, feeds)
+            rss["with_tvm"] = probe_with_tvm(spec, feeds)
+            for kind in ("onnxruntime", "openvino"):
+                rss[kind] = probe_memory(EngineSpec(kind, str(onnx_path), 2, shapes=shapes), feeds)
+            if args.format_1:
+                rss["v1"] = probe_memory(EngineSpec("tvmflow", str(v1), 2, shapes=shapes), feeds)
         weights_mb = (manifest.weights.bytes if manifest.weights else 0) / 2**20
-        print(
-            f"| {ref.name} | {weights_mb:.1f} | {peak['v1']:.0f} | {peak['v2']:.0f} "
-            f"| {peak['ort']:.0f} | {peak['ov']:.0f} | {run_rss_mb(v1):.0f} | {run_rss_mb(v2):.0f} "
-            f"| {t1:.2f} | {t2:.2f} | {t2 / t1:.3f} |",
-            flush=True,
-        )
+        cells = [f"{weights_mb:.1f}"]
+        cells += [f"{rss[k][1]:.0f}" for k in ("tvmflow", "with_tvm", "onnxruntime", "openvino")]
+        cells += [f"{rss[k][0]:.0f}" for k in ("tvmflow", "with_tvm", "onnxruntime")]
+        cells.append(f"{run_rss_mb(v2):.0f}")
+        if args.format_1:
+            t1, t2 = cpu_ms(v1, v2, args.seconds)
+            cells += [f"{rss['v1'][1]:.0f}", f"{run_rss_mb(v1):.0f}", f"{t1:.2f}", f"{t2:.2f}"]
+        print(f"| {ref.name} | {' | '.join(cells)} |", flush=True)
     return 0
 
 

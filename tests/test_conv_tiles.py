@@ -100,3 +100,48 @@ def test_channel_padding_gives_vector_counts_the_tile_rows_divide():
 def test_leaves_tile_friendly_and_grouped_convs_alone(x_shape, w_shape, attrs):
     mod = _module(x_shape, np.ones(w_shape, "float32"), **attrs)
     assert structural_equal(PadConvForTiles(16)(mod), mod)
+
+
+@pytest.mark.parametrize(
+    ("hw", "columns"),
+    [
+        (14, 16),  # MobileNetV2's 14x14 depthwise layers: rows of one 16-lane vector
+        (28, 32),
+        (7, 7),  # 7 -> 8 would be half vectors: left to DepthwiseConv2d
+        (56, 56),  # already whole 8-lane vectors
+    ],
+)
+def test_depthwise_rows_become_whole_vectors(hw, columns):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 8, hw, hw)).astype("float32")
+    w = rng.standard_normal((8, 1, 3, 3)).astype("float32")
+    mod = _module(x.shape, w, padding=1, groups=8)
+    assert _conv2d_shapes(PadConvForTiles(16)(mod)) == [(8, columns)]
+    fused = fuse(mod, TARGET)
+    rules = kernel_rules(relax.transform.AttachAttrLayoutFreeBuffers()(fused), TARGET)
+    assert "DepthwiseConv2dRows" in rules.values() or columns == hw == 7, rules
+    exe = build(apply_default_schedules(fused, TARGET), TARGET)
+    out = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    want = np.stack(
+        [_reference(x[:, c : c + 1], w[c : c + 1], padding=1)[:, 0] for c in range(8)], 1
+    )
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
+def test_odd_stride_2_depthwise_rows_are_evened_without_a_slice():
+    """TF-style one-sided padding leaves a stride-2 depthwise conv 33 padded columns; one more
+    (same outputs) lets `DepthwiseConv2dRows` split them in two phases: no slice needed."""
+    w = np.ones((8, 1, 3, 3), "float32")
+    mod = _module((1, 8, 32, 32), w, strides=2, padding=(0, 0, 1, 1), groups=8)
+    rewritten = PadConvForTiles(16)(mod)
+    assert _conv2d_shapes(rewritten) == [(8, 16)]
+    paddings, slices = [], []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
+            paddings.append([int(p) for p in expr.attrs.padding])
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.strided_slice":
+            slices.append(expr)
+
+    relax.analysis.post_order_visit(rewritten["main"], visit)
+    assert paddings == [[0, 0, 1, 2]] and not slices

@@ -19,9 +19,10 @@ from tests.kernels import (
 from tvmflow.schedules.cpu_depthwise_conv2d_rows import DepthwiseConv2dRows
 
 
-def _depthwise(c, hw, k=3, stride=1, n=1, epilogue=True):
+def _depthwise(c, hw, k=3, stride=1, n=1, epilogue=True, padding=None):
     def body(x):
-        y = relax.op.nn.conv2d(x, const((c, 1, k, k)), strides=stride, padding=k // 2, groups=c)
+        pad = k // 2 if padding is None else padding
+        y = relax.op.nn.conv2d(x, const((c, 1, k, k)), strides=stride, padding=pad, groups=c)
         if not epilogue:
             return y
         return relax.op.clip(relax.op.add(y, const((1, c, 1, 1), 1)), 0, 6)
@@ -36,6 +37,10 @@ def _depthwise(c, hw, k=3, stride=1, n=1, epilogue=True):
         dict(c=6, hw=(13, 48), k=5),  # a 5x5 kernel, rows the tile height does not divide
         dict(c=4, hw=(10, 24), epilogue=False),  # 8-lane rows; the conv writes the output
         dict(c=5, hw=(9, 16), n=3),  # batched
+        dict(c=8, hw=(32, 64), stride=2),  # stride 2: even and odd columns apart
+        dict(c=4, hw=(28, 28), k=5, stride=2, n=2),  # 5x5, 14 -> 16 columns, batched
+        dict(c=4, hw=(32, 32), stride=2, padding=(0, 0, 1, 1)),  # one-sided: odd rows
+        dict(c=4, hw=(31, 31), stride=2),  # odd input rows
     ],
 )
 def test_rows_match_unscheduled(case):
@@ -49,12 +54,36 @@ def test_rows_match_unscheduled(case):
 @pytest.mark.parametrize(
     "case",
     [
-        dict(c=8, hw=(28, 28)),  # rows of 28: 4-lane vectors, DepthwiseConv2d's
-        dict(c=8, hw=(32, 32), stride=2),  # strided rows: measured slower here
+        dict(c=8, hw=(12, 12)),  # rows of 12: 4-lane vectors (16 is +33 %), DepthwiseConv2d's
+        dict(c=8, hw=(48, 48), stride=3),
     ],
 )
-def test_narrow_or_strided_rows_are_left_to_depthwise(case):
+def test_narrow_or_wide_strided_rows_are_left_to_depthwise(case):
     assert DepthwiseConv2dRows().apply(_depthwise(**case), TARGET, False) is None
+
+
+@pytest.mark.parametrize(("hw", "width"), [(14, 16), (28, 32)])
+def test_a_slice_of_padded_rows_follows_the_tile(hw, width):
+    """`conv_tiles` computes rows of 14 as 16 and slices 14 off: the slice and the epilogue
+    are written from the tile's accumulators, as vectors, not in a pass of their own."""
+
+    def body(x):
+        y = relax.op.nn.conv2d(x, const((8, 1, 3, 3)), padding=(1, 1, 1, 1 + width - hw), groups=8)
+        y = relax.op.strided_slice(y, axes=[3], begin=[0], end=[hw])
+        return relax.op.clip(relax.op.add(y, const((1, 8, 1, 1), 1)), 0, 6)
+
+    func = only_kernel({"x": ((1, 8, hw, hw), "float32")}, body)
+    sch = DepthwiseConv2dRows().apply(func, TARGET, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch)
+    assert _one_loop_nest(sch)
+
+
+def _one_loop_nest(sch):
+    """Whether the scheduled kernel is a single loop nest (no epilogue pass of its own)."""
+    import tvm
+
+    return isinstance(sch.mod["main"].body.block.body, tvm.tirx.For)
 
 
 def test_dense_and_grouped_convs_are_not_claimed():

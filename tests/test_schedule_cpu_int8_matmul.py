@@ -115,3 +115,23 @@ def test_fixed_intrinsic_coexists_with_tvms_x86_intrinsics():
     register_vnni_intrin()
     register_tensor_intrinsics(VNNI)
     assert "uint8x64" in TensorIntrin.get(VNNI_INTRIN).impl.script()
+
+
+def test_an_epilogue_value_used_twice_is_computed_once_per_tile():
+    """h = requantized(acc) read twice (h * (h + 1), as a QDQ GELU reads its input): it is
+    computed once into a per-tile buffer, not inlined into both uses, and stays exact."""
+    w = _weight()
+
+    def body(x):
+        acc = relax.op.matmul(x, relax.const(w), out_dtype="int32")
+        h = relax.op.divide(relax.op.astype(acc, "float32"), relax.const(np.float32(3.0)))
+        return relax.op.multiply(h, relax.op.add(h, relax.const(np.float32(1.0))))
+
+    inputs: dict[str, tuple[tuple[int, ...], str]] = {"x": ((M, K), "uint8")}
+    func = only_kernel(inputs, body, VNNI)
+    sch = Int8Matmul().apply(func, VNNI, False)
+    assert sch is not None
+    script = sch.mod["main"].script()
+    assert script.count(" / T.float32(3.0)") == 1  # one division: h is not recomputed
+    if "avx512_vnni" in host_cpu_features():
+        assert_schedule_matches(func, sch, VNNI)

@@ -407,3 +407,18 @@ def test_console_progress_draws_a_bar_or_prints_plain_lines() -> None:
     assert lines.getvalue().count("\n") == 1 and "tuning: 2/10 trials" in lines.getvalue()
     table = format_table(result)
     assert "k " in table and "3.00x" in table and "estimated end-to-end: 20.00 µs" in table
+
+
+def test_kernels_that_cannot_move_the_model_are_not_searched() -> None:
+    from tvmflow.tune import MIN_TASK_SHARE, _negligible
+
+    # ResNet-18's shape: convs of ~1 ms, a 24 µs mean and a 0.03 µs reshape (weights 2, 1, 1, 1)
+    untuned = [1000.0, 900.0, 24.0, 0.03]
+    skipped = _negligible([2, 1, 1, 1], untuned)
+    assert skipped == {2, 3}
+    total = 2 * 1000.0 + 900.0 + 24.0 + 0.03
+    assert all(untuned[i] < MIN_TASK_SHARE * total for i in skipped)
+    # a kernel called often enough counts by its total time
+    assert _negligible([2, 1, 100, 1], untuned) == {3}
+    # nothing is left out while a default time is unknown (it failed to build or run)
+    assert _negligible([1, 1], [1000.0, None]) == frozenset()

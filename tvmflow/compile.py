@@ -223,8 +223,6 @@ def _verifier(preset: Preset, options: CompileOptions) -> tuple[HostRunner | Non
     runner = host_runner(preset)
     if runner is not None:
         return runner, ""
-    if preset.device == "cuda":
-        return None, cuda.why_not_runnable(str(preset.target["arch"])) or "not checked"
     emulable = preset.arch == "aarch64"
     hint = " (run scripts/arm-sysroot to check it under emulation)" if emulable else ""
     return None, f"not checked: this machine cannot run it (it {preset.host_mismatch()}){hint}"

@@ -8,7 +8,8 @@ columns with one-row tiles (one broadcast per vector FMA). Here a constant weigh
 zero filters up to whole vectors (folded at compile time), the input's right padding grows
 until the output columns are a multiple of 8, 7 or 6 (rows of a tile), and the extra
 channels and columns are sliced off the result: a few percent more multiply-adds for
-full tiles.
+full tiles. Depthwise convs get columns only: `DepthwiseConv2dRows` vectorizes along the
+output row, so rows of 14 or 28 become 16 or 32 (`padded_row`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from tvmflow.schedules.cpu_depthwise_conv2d_rows import padded_row
 
 if TYPE_CHECKING:
     import tvm
@@ -47,15 +50,25 @@ def _padded(call: relax.Call, lanes: int) -> relax.Expr | None:
     if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
         return None
     out_shape = getattr(call.ty, "shape", None)
-    if int(attrs.groups) != 1 or out_shape is None or len(out_shape) != 4:
+    if out_shape is None or len(out_shape) != 4:
         return None
     if not all(isinstance(d, tvm.tirx.IntImm) for d in out_shape):
         return None
     channels, columns = int(out_shape[1]), int(out_shape[3])
-    extra = _channel_padding(channels, lanes) if isinstance(w, tvm.ir.expr.Constant) else 0
-    more = 0
-    if columns >= MIN_COLUMNS and not any(columns % r == 0 for r in range(4, 9)):
-        more = next(p for p in range(1, 8) if any((columns + p) % r == 0 for r in (8, 7, 6)))
+    if int(attrs.groups) != 1:
+        if not _is_depthwise(call):
+            return None
+        extra = 0
+        stride = int(attrs.strides[1])
+        more = (padded_row(columns, stride, lanes) - columns) * stride
+        if stride == 2 and _odd_padded_row(call) and int(w.ty.shape[3]) % 2:
+            more += 1  # the row rule splits stride-2 rows in two phases; same outputs
+    else:
+        extra = _channel_padding(channels, lanes) if isinstance(w, tvm.ir.expr.Constant) else 0
+        more = 0
+        if columns >= MIN_COLUMNS and not any(columns % r == 0 for r in range(4, 9)):
+            more = next(p for p in range(1, 8) if any((columns + p) % r == 0 for r in (8, 7, 6)))
+            more *= int(attrs.strides[1])
     if not (extra or more):
         return None
     if extra:
@@ -65,15 +78,39 @@ def _padded(call: relax.Call, lanes: int) -> relax.Expr | None:
         x,
         w,
         strides=attrs.strides,
-        padding=(top, left, bottom, right + more * int(attrs.strides[1])),
+        padding=(top, left, bottom, right + more),
         dilation=attrs.dilation,
-        groups=1,
+        groups=attrs.groups,
         data_layout="NCHW",
         kernel_layout="OIHW",
         out_layout="NCHW",
         out_dtype=str(call.ty.dtype),
     )
+    span = int(attrs.dilation[1]) * (int(w.ty.shape[3]) - 1) + 1
+    if (
+        not extra
+        and (int(x.ty.shape[3]) + left + right + more - span) // int(attrs.strides[1]) + 1
+        == columns
+    ):
+        return y  # only an evened row: the same outputs
     return relax.op.strided_slice(y, axes=[1, 3], begin=[0, 0], end=[channels, columns])
+
+
+def _is_depthwise(call: relax.Call) -> bool:
+    """One filter per input channel (`DepthwiseConv2dRows`' kind), no dilation."""
+    groups = int(call.attrs.groups)
+    x_shape, w_shape = call.args[0].ty.shape, call.args[1].ty.shape
+    return (
+        int(x_shape[1]) == groups
+        and int(w_shape[0]) == groups
+        and int(w_shape[1]) == 1
+        and all(int(d) == 1 for d in call.attrs.dilation)
+    )
+
+
+def _odd_padded_row(call: relax.Call) -> bool:
+    _, left, _, right = (int(p) for p in call.attrs.padding)
+    return (int(call.args[0].ty.shape[3]) + left + right) % 2 == 1
 
 
 def PadConvForTiles(lanes: int) -> tvm.transform.Pass:

@@ -306,28 +306,14 @@ def describe_device_code(library: Path) -> dict[str, Any]:
     }
 
 
-def check_gpu(compute_version: str, arch: str, what: str) -> None:
-    """Refuse a GPU older than the artifact: sm_XY code runs on compute capability >= X.Y
-    (same major through its machine code, newer ones through its PTX)."""
+def gpu_mismatch(compute_version: str, arch: str) -> str | None:
+    """Why a GPU of `compute_version` ("8.6") cannot run `arch` code (None: it can): sm_XY
+    code runs on compute capability >= X.Y (same major through its machine code, newer ones
+    through its PTX). `targets.host_mismatch` asks it."""
     need = arch_number(arch)
-    have = int(compute_version.replace(".", ""))
-    if have < need:
-        raise TvmflowError(
-            f"{what} was built for {arch} (compute capability {need // 10}.{need % 10}), but "
-            f"this GPU has compute capability {compute_version}: compile it with a CUDA preset "
-            "for this GPU or an older one (see `tvmflow targets`)"
+    if int(compute_version.replace(".", "")) < need:
+        return (
+            f"needs compute capability {need // 10}.{need % 10} or newer and this GPU has "
+            f"compute capability {compute_version}"
         )
-
-
-def why_not_runnable(arch: str) -> str | None:
-    """None when a GPU here can run `arch` code, else why not (for the manifest's note)."""
-    import tvm
-
-    dev = tvm.cuda(0)
-    if not dev.exist:
-        return "not checked: no CUDA GPU on the build machine"
-    try:
-        check_gpu(str(dev.compute_version), arch, "the artifact")
-    except TvmflowError as exc:
-        return f"not checked: {exc}"
     return None

@@ -151,12 +151,7 @@ def _raise_for(proc: subprocess.CompletedProcess[str], directory: Path) -> None:
 def host_runner(preset: Preset) -> HostRunner | None:
     """How this machine can run artifacts of `preset`: natively, emulated, or not at all."""
     if preset.runs_on_host():
-        return HostRunner("native", _run_native)
-    if preset.device == "cuda":
-        from tvmflow import cuda
-
-        runnable = cuda.why_not_runnable(str(preset.target["arch"])) is None
-        return HostRunner("native (CUDA GPU)", _run_native) if runnable else None
+        return HostRunner("native (CUDA GPU)" if preset.device == "cuda" else "native", _run_native)
     if preset.device == "cpu" and preset.arch == EMULATED_ARCH and emulator_python() is not None:
         return HostRunner(f"emulated: {QEMU} -cpu {qemu_cpu(preset.target)}", run_emulated)
     return None

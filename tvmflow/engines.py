@@ -66,9 +66,9 @@ class Tvmflow(Engine):
     peer = False
 
     def import_package(self) -> None:
-        from tvmflow.runtime import _import_tvm
+        from tvmflow.runtime import load_runtime_library
 
-        _import_tvm()
+        load_runtime_library()
 
     def open(self, spec: EngineSpec) -> Opened:
         from tvmflow.runtime import load
@@ -100,12 +100,13 @@ class OnnxRuntime(Engine):
 
 
 def onnxruntime_session(
-    path: str | Path, threads: int = 0, device: str = "cpu", as_written: bool = False
+    model: str | Path | bytes, threads: int = 0, device: str = "cpu", as_written: bool = False
 ) -> Any:
     """The onnxruntime session a user would have (default graph optimizations): the one way
-    tvmflow opens onnxruntime, for benchmarks, serving, kernel profiles and, `as_written`,
-    as the accuracy reference. `threads=0` leaves onnxruntime's default; `device="cuda"`
-    takes the CUDA provider when this onnxruntime build has it.
+    tvmflow opens onnxruntime, for benchmarks, serving, kernel profiles, scripts and,
+    `as_written`, as the accuracy reference. `model`: a file, or a serialized ModelProto.
+    `threads=0` leaves onnxruntime's default; `device="cuda"` takes the CUDA provider when
+    this onnxruntime build has it.
 
     `as_written`: basic graph optimizations only (constant folding, no-op removal), which
     keep every value. The extended ones fuse quantized ops into kernels that round
@@ -122,7 +123,8 @@ def onnxruntime_session(
     provider = "CPUExecutionProvider"
     if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         provider = "CUDAExecutionProvider"
-    return ort.InferenceSession(str(path), opts, providers=[provider])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=[provider])
 
 
 def import_openvino() -> Any:

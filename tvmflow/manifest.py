@@ -82,8 +82,9 @@ class OutputAccuracy:
     max_rel_err: float
     cosine: float
     # the output is a DequantizeLinear's: `quant_steps` of its quantization step (its scale)
-    # were allowed on top of atol/rtol (`tvmflow.accuracy.quant_allowance`); None / 0 when
-    # it was held to atol/rtol alone
+    # were allowed on top of atol/rtol (`tvmflow.accuracy.quant_allowance`); for a float
+    # output of a quantized model, 1 x onnxruntime's int8 session's own max deviation;
+    # None / 0 when it was held to atol/rtol alone
     quant_step: float | None = None
     quant_steps: int = 0
 
@@ -134,6 +135,11 @@ class Manifest:
     frozen: tuple[FrozenInput, ...] = ()  # inputs baked in at compile time (not in `inputs`)
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gpu_arch(self) -> str | None:
+        """The GPU architecture of a CUDA artifact's device code ("sm_90"); None on CPUs."""
+        return str(self.target.get("arch")) if self.device == "cuda" else None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -1,29 +1,33 @@
-"""Runtime: load an artifact directory and run it, importing TVM's runtime library only.
+"""Runtime: load an artifact directory and run it, without TVM's Python package.
 
-This is the module production services import. It never imports onnx, TVM's compiler
-library or any other tvmflow stage: when TVM is not yet imported in the process it sets
-`TVM_USE_RUNTIME_LIB=1`, so only `libtvm_runtime.so` is loaded. Before anything is loaded,
-the manifest is checked (format version, machine, CPU features) and the sha256 of the library
-and of the weights file are compared with the manifest, so a tampered or foreign file is
-refused, not executed. The weights are mapped once and passed to every call as arguments
-after the model's inputs: on the CPU TVM reads them in place (no copy), on a GPU they are
-copied to the device once.
+This is the module production services import. It never imports `tvm`, onnx or any other
+tvmflow stage: it loads TVM's runtime library (`libtvm_runtime.so`, from the installed `tvm`
+package's `lib/` folder, found without importing the package) into `tvm_ffi`, and drives the
+Relax VM through the global functions that library registers. A process that serves models
+holds tvm_ffi, the runtime library and numpy, about 35 MB less than `import tvm`. Before
+anything is loaded, the manifest is checked (format version, machine, CPU features) and the
+sha256 of the library and of the weights file are compared with the manifest, so a tampered
+or foreign file is refused, not executed. The weights are mapped once and passed to every
+call as arguments after the model's inputs: on the CPU TVM reads them in place (no copy), on a
+GPU they are copied to the device once.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import importlib.util
 import os
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
+import tvm_ffi
 
 from tvmflow import weights
-from tvmflow.cuda import check_gpu
 from tvmflow.dtypes import from_storage, to_storage
 from tvmflow.errors import TvmflowError
 from tvmflow.inputs import check_inputs, native_byte_order
@@ -35,55 +39,116 @@ from tvmflow.manifest import (
     read_manifest,
     sha256_file,
 )
-from tvmflow.targets import host_mismatch
+from tvmflow.targets import DEVICES, host_mismatch
+
+RUNTIME_LIBRARY = "libtvm_runtime.so"
+CUDA_RUNTIME_LIBRARY = "libtvm_runtime_cuda.so"  # TVM's CUDA device API, a separate library
+_POOLED_ALLOCATOR = 2  # the Relax VM's allocator kinds: 1 naive, 2 pooled (TVM's default)
+_DEVICE_EXISTS, _COMPUTE_VERSION = 0, 4  # TVM's DeviceAttrKind (runtime.GetDeviceAttr)
 
 
-def _import_tvm() -> Any:
-    """Import TVM, runtime library only unless the process already has the full TVM."""
-    if "tvm" not in sys.modules:
-        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-    import tvm
+def _tvm_lib_dir() -> Path:
+    """The installed `tvm` package's `lib/` folder, found without importing the package."""
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        raise TvmflowError(
+            "TVM's runtime library is not installed: pip install apache-tvm==0.27.0.post1"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "lib"
 
-    return tvm
+
+@functools.cache
+def load_runtime_library() -> None:
+    """Load `libtvm_runtime.so` once, globally, so model libraries resolve against it and its
+    global functions (the Relax VM, tensors, the thread pool) reach `tvm_ffi`. Where `tvm`
+    is already imported this finds the copy it loaded."""
+    ctypes.CDLL(str(_tvm_lib_dir() / RUNTIME_LIBRARY), mode=ctypes.RTLD_GLOBAL)
+
+
+@functools.cache
+def _global(name: str) -> tvm_ffi.Function:
+    load_runtime_library()
+    return tvm_ffi.get_global_func(name)
+
+
+def _call(name: str, *args: Any) -> Any:
+    """Call one of the global functions TVM's runtime library registers."""
+    return _global(name)(*args)
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    try:
+        return np.dtype(name)
+    except TypeError:  # bfloat16, float8_*: ml_dtypes' types, which numpy cannot name
+        return np.dtype(getattr(ml_dtypes, name))
 
 
 def check_compatible(manifest: Manifest, directory: Path) -> None:
-    """Refuse artifacts this machine cannot run, saying why."""
-    why = host_mismatch(manifest.arch, manifest.cpu_features)
+    """Refuse artifacts this machine cannot run, saying why (`targets.host_mismatch`)."""
+    if manifest.device not in DEVICES:
+        raise TvmflowError(
+            f"{directory}: unknown device {manifest.device!r} in manifest; recompile the artifact"
+        )
+    why = host_mismatch(manifest.arch, manifest.cpu_features, manifest.gpu_arch)
     if why is not None:
         raise TvmflowError(
-            f"{directory} was built for {manifest.arch} (preset {manifest.preset}): it {why}; "
-            "compile it for a preset this machine supports (`tvmflow targets` lists them)"
+            f"{directory} was built for {manifest.gpu_arch or manifest.arch} (preset "
+            f"{manifest.preset}): "
+            f"it {why}; run it on such a machine, or compile it for a preset this one supports "
+            "(`tvmflow targets` lists them)"
         )
 
 
-def _device(tvm: Any, manifest: Manifest, directory: Path) -> Any:
-    if manifest.device == "cpu":
-        return tvm.cpu(0)
-    if manifest.device == "cuda":
-        _load_cuda_runtime(tvm)
-        dev = tvm.cuda(0)
-        if not dev.exist:
-            raise TvmflowError(
-                f"{directory} is a CUDA artifact (preset {manifest.preset}) but no CUDA GPU is "
-                "visible on this machine: run it on a GPU host, or compile for a CPU preset "
-                "(e.g. --target x86)"
-            )
-        check_gpu(str(dev.compute_version), str(manifest.target.get("arch")), str(directory))
-        return dev
-    raise TvmflowError(f"{directory}: unknown device {manifest.device!r} in manifest")
-
-
-def _load_cuda_runtime(tvm: Any) -> None:
-    """TVM's CUDA runtime is a separate library; it must be loaded before a CUDA artifact."""
-    lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+def gpu_compute_version() -> str | None:
+    """CUDA GPU 0's compute capability ("9.0"); None when no GPU is visible or TVM's CUDA
+    runtime cannot load (no NVIDIA driver)."""
     try:
-        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+        _load_cuda_runtime()
+    except TvmflowError:
+        return None
+    kind = tvm_ffi.device("cuda", 0).dlpack_device_type()
+    if not _call("runtime.GetDeviceAttr", kind, 0, _DEVICE_EXISTS):
+        return None
+    return str(_call("runtime.GetDeviceAttr", kind, 0, _COMPUTE_VERSION))
+
+
+def _load_cuda_runtime() -> None:
+    """TVM's CUDA runtime is a separate library; it must be loaded before a CUDA artifact."""
+    load_runtime_library()
+    try:
+        ctypes.CDLL(str(_tvm_lib_dir() / CUDA_RUNTIME_LIBRARY), mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:
         raise TvmflowError(
             f"cannot load TVM's CUDA runtime ({exc}); CUDA artifacts need a GPU host with the "
             "NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime (libcudart.so.13)"
         ) from exc
+
+
+def _is_cpu(device: tvm_ffi.Device) -> bool:
+    return device.dlpack_device_type() == tvm_ffi.device("cpu", 0).dlpack_device_type()
+
+
+def _empty(shape: Sequence[int], dtype: str, device: tvm_ffi.Device) -> tvm_ffi.Tensor:
+    shape_obj = tvm_ffi.Shape(tuple(int(d) for d in shape))
+    return _call("runtime.TVMTensorAllocWithScope", shape_obj, tvm_ffi.dtype(dtype), device, None)
+
+
+def to_tensor(array: np.ndarray, device: tvm_ffi.Device) -> tvm_ffi.Tensor:
+    """A copy of a numpy array in a new TVM tensor on `device` (64-byte aligned, as TVM's
+    kernels assume)."""
+    array = np.asarray(array, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
+    tensor = _empty(array.shape, array.dtype.name, device)
+    data = ctypes.c_void_p(array.ctypes.data)
+    _call("runtime.TVMTensorCopyFromBytes", tensor, data, array.nbytes)
+    return tensor
+
+
+def to_numpy(tensor: tvm_ffi.Tensor) -> np.ndarray:
+    """A numpy copy of a TVM tensor on any device (bfloat16 and float8 as ml_dtypes arrays)."""
+    array = np.empty(tuple(tensor.shape), _numpy_dtype(str(tensor.dtype)))
+    data = ctypes.c_void_p(array.ctypes.data)
+    _call("runtime.TVMTensorCopyToBytes", tensor, data, array.nbytes)
+    return array
 
 
 class CompiledModel:
@@ -93,9 +158,9 @@ class CompiledModel:
         self,
         directory: Path,
         manifest: Manifest,
-        library: Any,
-        device: Any,
-        weight_tensors: list[Any],
+        library: tvm_ffi.Module,
+        device: tvm_ffi.Device,
+        weight_tensors: list[tvm_ffi.Tensor],
     ) -> None:
         self.directory = directory
         self.manifest = manifest
@@ -122,34 +187,26 @@ class CompiledModel:
         vm = getattr(self._local, "vm", None)
         if vm is None:
             vm = self._library["vm_load_executable"]()
-            dev, host = self._device, _import_tvm().cpu(0)
+            dev, host = self._device, tvm_ffi.device("cpu", 0)
             vm["vm_initialization"](
-                dev.dlpack_device_type(), dev.index, 2, host.dlpack_device_type(), 0, 2
+                *(dev.dlpack_device_type(), dev.index, _POOLED_ALLOCATOR),
+                *(host.dlpack_device_type(), host.index, _POOLED_ALLOCATOR),
             )
             self._local.vm = vm
         return vm
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on named numpy arrays; returns named numpy arrays."""
-        check_inputs(inputs, self.inputs, self.manifest.frozen)
-        tvm = _import_tvm()
-        args = [
-            # np.asarray keeps a rank-0 input 0-d (ascontiguousarray would make it shape (1,))
-            tvm.runtime.tensor(
-                np.asarray(to_storage(native_byte_order(np.asarray(inputs[s.name]))), order="C"),
-                self._device,
-            )
-            for s in self.inputs
-        ]
+        args = self.device_inputs(inputs)
         try:
             result = self._vm()["main"](*args, *self._weights)
         except Exception as exc:
             if not _is_signature_error(exc):
                 raise
             raise self._signature_mismatch(str(exc).strip().splitlines()[-1]) from exc
-        values = [result] if hasattr(result, "numpy") else list(result)
+        values = [result] if isinstance(result, tvm_ffi.Tensor) else list(result)
         outputs = [
-            from_storage(v.numpy(), s.dtype) for v, s in zip(values, self.outputs, strict=False)
+            from_storage(to_numpy(v), s.dtype) for v, s in zip(values, self.outputs, strict=False)
         ]
         got = tuple((tuple(o.shape), o.dtype.name) for o in outputs)
         fits = [
@@ -160,10 +217,23 @@ class CompiledModel:
             raise self._signature_mismatch(f"it returned {shown}")
         return {s.name: o for s, o in zip(self.outputs, outputs, strict=True)}
 
-    def run_on_device(self, tensors: Sequence[Any]) -> Any:
-        """Run on TVM tensors already on the model's device, in input order, without numpy
-        copies or checks (for timing device-resident calls); returns what the VM returns."""
+    def device_inputs(self, inputs: Mapping[str, np.ndarray]) -> list[tvm_ffi.Tensor]:
+        """Named numpy arrays, checked against the inputs, as tensors on the model's device
+        in argument order (what `run` does first; `run_on_device` takes the result)."""
+        check_inputs(inputs, self.inputs, self.manifest.frozen)
+        return [
+            to_tensor(to_storage(native_byte_order(np.asarray(inputs[s.name]))), self._device)
+            for s in self.inputs
+        ]
+
+    def run_on_device(self, tensors: Sequence[tvm_ffi.Tensor]) -> Any:
+        """Run on `device_inputs`' tensors without numpy copies or checks (for timing
+        device-resident calls); returns what the VM returns (tensors on the device)."""
         return self._vm()["main"](*tensors, *self._weights)
+
+    def sync(self) -> None:
+        """Wait until the device has finished the work queued on it (a no-op on the CPU)."""
+        _call("runtime.Device_StreamSync", self._device, 0)
 
     def _signature_mismatch(self, detail: str) -> TvmflowError:
         """The library disagrees with the manifest it was checked against: an edited manifest."""
@@ -193,10 +263,10 @@ def _is_signature_error(exc: Exception) -> bool:
 _SHARE_ALL_CORES = -3
 
 
-def _size_thread_pool(tvm: Any, num_threads: int) -> None:
+def _size_thread_pool(num_threads: int) -> None:
     """Resize TVM's CPU thread pool without pinning the caller's threads."""
     cpus = [str(c) for c in sorted(os.sched_getaffinity(0))]
-    tvm.get_global_func("runtime.config_threadpool")(_SHARE_ALL_CORES, num_threads, cpus)
+    _call("runtime.config_threadpool", _SHARE_ALL_CORES, num_threads, cpus)
 
 
 def _check_num_threads(num_threads: int) -> None:
@@ -219,7 +289,7 @@ def configure_threads(num_threads: int) -> None:
     of its threads (e.g. as the pool's initializer).
     """
     _check_num_threads(num_threads)
-    _size_thread_pool(_import_tvm(), int(num_threads))
+    _size_thread_pool(int(num_threads))
 
 
 def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel:
@@ -231,19 +301,23 @@ def load(directory: str | Path, num_threads: int | None = None) -> CompiledModel
     if num_threads is not None:
         _check_num_threads(num_threads)
     manifest = read_manifest(directory)
+    if manifest.device == "cuda":
+        _load_cuda_runtime()  # first: its failure names the missing driver libraries
     check_compatible(manifest, directory)
     library_path = directory / LIBRARY_NAME
     _check_sha256(library_path, manifest.library_sha256)
-    tvm = _import_tvm()
+    load_runtime_library()
     if num_threads is not None:
-        _size_thread_pool(tvm, int(num_threads))
-    device = _device(tvm, manifest, directory)
+        _size_thread_pool(int(num_threads))
+    device = tvm_ffi.device(manifest.device, 0)
     tensors = weight_tensors(directory, manifest, device)
-    library = tvm.runtime.load_module(str(library_path))
+    library = tvm_ffi.load_module(str(library_path))
     return CompiledModel(directory, manifest, library, device, tensors)
 
 
-def weight_tensors(directory: Path, manifest: Manifest, device: Any) -> list[Any]:
+def weight_tensors(
+    directory: Path, manifest: Manifest, device: tvm_ffi.Device
+) -> list[tvm_ffi.Tensor]:
     """The artifact's weights as TVM tensors on `device`, in argument order, after checking
     the file's sha256 (none for a format-1 artifact: its weights are inside the library).
 
@@ -257,18 +331,23 @@ def weight_tensors(directory: Path, manifest: Manifest, device: Any) -> list[Any
     if Path(info.file).name != info.file:
         raise TvmflowError(f"{directory}: weights file {info.file!r} is not a file name")
     _check_sha256(path, info.sha256)
-    tvm = _import_tvm()
-    on_cpu = device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type()
+    load_runtime_library()
+    cpu = tvm_ffi.device("cpu", 0)
     tensors = []
     for index, array in enumerate(weights.load(path, info.count)):
         if array.ctypes.data % weights.ALIGNMENT == 0:
-            tensor = tvm.runtime.from_dlpack(array)
+            tensor = tvm_ffi.from_dlpack(array, require_alignment=weights.ALIGNMENT)
         else:
-            tensor = tvm.runtime.tensor(np.asarray(array, order="C"))
+            tensor = to_tensor(array, cpu)
         dtype = info.raw_dtypes.get(weights.member_name(index))
-        if dtype is not None:
-            tensor = tensor._create_view(array.shape, dtype)
-        tensors.append(tensor if on_cpu else tensor.copyto(device))
+        if dtype is not None:  # same bytes, seen as the dtype .npy could not name
+            shape = tvm_ffi.Shape(array.shape)
+            tensor = _call("runtime.TVMTensorCreateView", tensor, shape, tvm_ffi.dtype(dtype), 0)
+        if not _is_cpu(device):
+            on_device = _empty(array.shape, str(tensor.dtype), device)
+            _call("runtime.TVMTensorCopyFromTo", tensor, on_device)
+            tensor = on_device
+        tensors.append(tensor)
     return tensors
 
 

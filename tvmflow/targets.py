@@ -42,13 +42,18 @@ class Preset:
     def is_alias(self) -> bool:
         return bool(self.select_best_of)
 
+    @property
+    def gpu_arch(self) -> str | None:
+        """The GPU architecture a CUDA preset's device code is for ("sm_90"); None on CPUs."""
+        return str(self.target.get("arch")) if self.device == "cuda" else None
+
     def host_mismatch(self) -> str | None:
-        """Why this preset's code cannot run on this machine's CPU (None: it can)."""
-        return host_mismatch(self.arch, self.cpu_features)
+        """Why this preset's code cannot run on this machine (None: it can)."""
+        return host_mismatch(self.arch, self.cpu_features, self.gpu_arch)
 
     def runs_on_host(self) -> bool:
         """True when artifacts for this preset can be loaded and checked on this machine."""
-        return self.device == "cpu" and self.host_mismatch() is None
+        return self.host_mismatch() is None
 
 
 def host_arch() -> str:
@@ -56,17 +61,30 @@ def host_arch() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
-def host_mismatch(arch: str, cpu_features: Iterable[str]) -> str | None:
-    """Why code for `arch` using `cpu_features` cannot run on this machine (None: it can).
+def host_mismatch(
+    arch: str, cpu_features: Iterable[str], gpu_arch: str | None = None
+) -> str | None:
+    """Why code for `arch` using `cpu_features` (and, for a CUDA artifact, device code for
+    `gpu_arch`) cannot run on this machine (None: it can), as a clause after "it".
 
-    The one host-compatibility check: compile (can it verify?), load and bench all ask it.
+    The one host-compatibility check: compile (can it verify?), tune (can it measure?), load
+    and bench all ask it. The GPU is probed through TVM's runtime library, not guessed from
+    device files.
     """
     if arch != host_arch():
         return f"runs on {arch} and this machine is {host_arch()}"
     missing = sorted(set(cpu_features) - host_cpu_features())
     if missing:
         return f"needs CPU features {', '.join(missing)} that this machine lacks"
-    return None
+    if gpu_arch is None:
+        return None
+    from tvmflow.cuda import gpu_mismatch
+    from tvmflow.runtime import gpu_compute_version  # lazy: the runtime imports this module
+
+    version = gpu_compute_version()
+    if version is None:
+        return "runs on an NVIDIA GPU and no CUDA GPU is visible on this machine"
+    return gpu_mismatch(version, gpu_arch)
 
 
 @cache
@@ -199,7 +217,7 @@ def resolve_preset(name_or_path: str) -> Preset:
         )
     if preset.is_alias:
         preset = _select_for_host(preset, presets)
-    if preset.runs_on_host() and "num-cores" not in preset.target:
+    if preset.device == "cpu" and preset.runs_on_host() and "num-cores" not in preset.target:
         preset = replace(preset, target={**preset.target, "num-cores": host_cores()})
     return preset
 

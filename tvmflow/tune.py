@@ -216,7 +216,7 @@ def tune_model(
     check_build_tools(preset)
     if options.farm is not None:
         check_farm(options.farm)
-    elif not _measurable_here(preset):
+    elif not preset.runs_on_host():  # its CPU here, or for a CUDA preset a GPU that runs it
         raise TvmflowError(
             f"target {preset.name!r} does not run on this machine, so candidates cannot be "
             "measured here; measure on devices with --rpc-tracker HOST:PORT --rpc-key KEY"
@@ -233,7 +233,8 @@ def tune_model(
     with locked(log_dir) as killed:
         _report_recovery(log_dir, killed, options.repair_log, progress)
         summary = check_log_for_job(log_dir, identity) or {}
-        job = _Job(model, preset, target, identity, tasks, log_dir, summary, options, progress)
+        plan = _Plan.of(tasks, options)
+        job = _Job(model, preset, target, identity, plan, log_dir, summary, options, progress)
         try:
             return job.run()
         finally:
@@ -256,15 +257,6 @@ def _report_recovery(
                 f"--repair-log: dropped {dropped} damaged line(s) of {log_dir}; the damaged "
                 f"files are kept as {', '.join(b.name for b in backups)}"
             )
-
-
-def _measurable_here(preset: Preset) -> bool:
-    """Candidates run on this machine's CPU, or for a CUDA preset on a GPU here that runs it."""
-    if preset.device == "cuda":
-        from tvmflow import cuda
-
-        return cuda.why_not_runnable(str(preset.target["arch"])) is None
-    return preset.runs_on_host()
 
 
 def _check_options(options: TuneOptions) -> None:
@@ -298,8 +290,164 @@ def _extract_tasks(
     return chosen
 
 
+# A kernel whose default schedule costs less than this share of the model's default latency
+# is not searched: no record of it can move the model (ResNet-18's reshape costs 0.03 µs of
+# ~25 ms, its mean 24 µs), and each of its trials is a build + measurement taken from a
+# kernel that can.
+MIN_TASK_SHARE = 0.01
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a job searches: its tasks and its trial budget (the log's trials count toward it)."""
+
+    tasks: tuple[TuningTask, ...]
+    budget: int
+    per_task: int
+
+    @classmethod
+    def of(cls, tasks: Sequence[TuningTask], options: TuneOptions) -> _Plan:
+        budget = options.trials or DEFAULT_TRIALS_PER_TASK * len(tasks)
+        return cls(tuple(tasks), budget, options.trials_per_task or budget)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def weights(self) -> list[int]:
+        return [t.weight for t in self.tasks]
+
+
+@dataclass(frozen=True)
+class _Bench:
+    """Where candidates are built and measured (this machine, or a device farm's runner)."""
+
+    builder: ms.builder.Builder
+    runner: ms.runner.Runner
+    target: tvm.target.Target
+
+    @classmethod
+    def open(
+        cls, preset: Preset, target: tvm.target.Target, log_dir: Path, options: TuneOptions
+    ) -> _Bench:
+        return cls(_builder(preset, log_dir, options), _runner(options), target)
+
+    def measure(self, mods: Sequence[tvm.IRModule], rounds: int = 1) -> list[list[list[Any]]]:
+        """Build `mods` and run them `rounds` times in turns, so each round's load hits all
+        alike: per module, the run_secs of each run that succeeded."""
+        import shutil
+
+        from tvm.s_tir import meta_schedule as ms
+
+        built = self.builder.build([ms.builder.BuilderInput(m, self.target) for m in mods])
+        device = "cuda" if "gpu" in self.target.keys else "cpu"
+        inputs = [
+            (k, ms.runner.RunnerInput(b.artifact_path, device, _args_info(mods[k])))
+            for k, b in enumerate(built)
+            if b.error_msg is None and b.artifact_path
+        ]
+        runs: list[list[list[Any]]] = [[] for _ in mods]
+        try:
+            for _ in range(rounds):
+                for (k, _), future in zip(
+                    inputs, self.runner.run([r for _, r in inputs]), strict=True
+                ):
+                    result = future.result()
+                    if result.error_msg is None and result.run_secs:
+                        runs[k].append(list(result.run_secs))
+        finally:
+            for b in built:
+                if b.artifact_path:
+                    shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+        return runs
+
+    def close(self) -> None:
+        """Stop the runner's worker processes now rather than at garbage collection."""
+        pool = getattr(self.runner, "pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+
+class _Book:
+    """The record policy of a job: its working copy of the log's database, and per task the
+    trials and best time (the log's records count toward the budget and seed the search)."""
+
+    def __init__(self, work: Path, plan: _Plan) -> None:
+        from tvm.s_tir import meta_schedule as ms
+
+        self.db = ms.database.JSONDatabase(
+            path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
+        )
+        self.workloads = [self.db.commit_workload(t.workload) for t in plan.tasks]
+        self.trials = [0] * len(plan.tasks)
+        index = {w: i for i, w in enumerate(self.workloads)}
+        for record in self.db.get_all_tuning_records():
+            i = index.get(record.workload)
+            if i is not None:
+                self.trials[i] += 1
+        self.best_s: list[float | None] = [None] * len(plan.tasks)
+        for i in range(len(plan.tasks)):
+            if (top := self.best_record(i)) is not None:
+                self.best_s[i] = mean_secs(top.run_secs)
+        self.new_trials = 0
+        self.errors = 0
+
+    def best_record(self, task: int) -> ms.database.TuningRecord | None:
+        top = self.db.get_top_k(self.workloads[task], 1)
+        return top[0] if top else None
+
+    def commit(
+        self, task: int, trace: Any, run_secs: list[Any], target: Any, args: list[Any]
+    ) -> None:
+        """Record a schedule this job measured itself (the default schedules, trial 0)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        self.db.commit_tuning_record(
+            ms.database.TuningRecord(trace, self.workloads[task], run_secs, target, args)
+        )
+        self._count(task, 1)
+        self._improve(task, mean_secs(run_secs))
+
+    def account(
+        self,
+        task: int,
+        builds: Sequence[ms.builder.BuilderResult],
+        runs: Sequence[ms.runner.RunnerResult],
+    ) -> None:
+        """Count a batch MetaSchedule's AddToDatabase just recorded."""
+        self._count(task, len(runs))
+        for build, run in zip(builds, runs, strict=True):
+            if build.error_msg is not None or run.error_msg is not None or not run.run_secs:
+                self.errors += 1
+            else:
+                self._improve(task, mean_secs(run.run_secs))
+
+    def _count(self, task: int, n: int) -> None:
+        self.trials[task] += n  # trials count the log's records
+        self.new_trials += n
+
+    def _improve(self, task: int, secs: float) -> None:
+        best = self.best_s[task]
+        if best is None or secs < best:
+            self.best_s[task] = secs
+
+
+def _negligible(weights: Sequence[int], untuned_us: Sequence[float | None]) -> frozenset[int]:
+    """Tasks below MIN_TASK_SHARE of the model's default latency (none while one is unknown)."""
+    if any(u is None for u in untuned_us):
+        return frozenset()
+    costs = [w * float(u or 0.0) for w, u in zip(weights, untuned_us, strict=True)]
+    total = sum(costs)
+    return frozenset(i for i, c in enumerate(costs) if c < MIN_TASK_SHARE * total)
+
+
 class _Job:
-    """One tuning run on one log directory (holds the lock while it exists)."""
+    """One tuning run on one log directory (holds the lock while it exists): the task loop.
+
+    Measuring is `_Bench`'s, the records and trial counts `_Book`'s, the report the
+    `_task_results`/`_summary_json` functions'; the job orders them and answers the
+    scheduler's questions at batch boundaries (`scheduler.BatchHooks`)."""
 
     def __init__(
         self,
@@ -307,39 +455,31 @@ class _Job:
         preset: Preset,
         target: tvm.target.Target,
         identity: LogIdentity,
-        tasks: list[TuningTask],
+        plan: _Plan,
         log_dir: Path,
         summary: dict[str, Any],
         options: TuneOptions,
         progress: ProgressSink | None,
     ) -> None:
         self.model, self.preset, self.target = model, preset, target
-        self.identity, self.tasks, self.log_dir = identity, tasks, log_dir
+        self.identity, self.plan, self.log_dir = identity, plan, log_dir
         self.summary, self.options, self.progress = summary, options, progress
-        self.names = [t.name for t in tasks]
-        self.weights = [t.weight for t in tasks]
-        self.budget = options.trials or DEFAULT_TRIALS_PER_TASK * len(tasks)
-        self.per_task = options.trials_per_task or self.budget
         self.start = time.monotonic()
-        self.new_trials = 0
-        self.errors = 0
         self.interrupts = 0
         self.stopped: str | None = None
         self.farm_error: str | None = None
         self.last_task = ""
+        self.skipped: frozenset[int] = frozenset()
+        self.exhausted: set[int] = set()
 
     # -- the job ---------------------------------------------------------------------------
     def run(self) -> TuningResult:
-        from tvm.s_tir import meta_schedule as ms
-
-        work = stage(self.log_dir)
-        self.db = ms.database.JSONDatabase(
-            path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
-        )
-        self.workloads = [self.db.commit_workload(t.workload) for t in self.tasks]
-        self.trials, self.best_s = self._prior_records()
-        self.untuned = self._known_untuned()
-        self.checked = self._known_checks()
+        self.book = _Book(stage(self.log_dir), self.plan)
+        known = {t["name"]: t for t in self.summary.get("tasks", [])}
+        self.untuned = [_opt_float(known.get(n, {}).get("untuned_us")) for n in self.plan.names]
+        self.checked = {
+            i: c for i, n in enumerate(self.plan.names) if (c := _checked(known.get(n, {})))
+        }
         if self.stop_reason_now() is None:
             with _sigint_deferred(self._on_sigint):
                 self._search()
@@ -358,48 +498,48 @@ class _Job:
         return result
 
     def _search(self) -> None:
-        from tvm.s_tir import meta_schedule as ms
-
-        from tvmflow import scheduler
-
-        builder = self._builder()
-        runner = self._runner()
-        with contextlib.ExitStack() as stack:
-            stack.callback(_shutdown, runner)
-            missing = [i for i, u in enumerate(self.untuned) if u is None]
-            if missing:
-                if self.progress:
-                    self.progress.message(
-                        f"measuring the untuned schedule of {len(missing)} kernel(s)"
-                    )
-                measured = self._measure_untuned(missing, builder, runner)
-                for i, us in zip(missing, measured, strict=True):
-                    self.untuned[i] = us
+        bench = _Bench.open(self.preset, self.target, self.log_dir, self.options)
+        try:
+            self._measure_defaults(bench)
             self.write_summary()
             if self.progress:
                 self.progress.started(self.status())
             if self.stop_reason_now() is not None:  # e.g. the untuned trials met the budget
                 return
-            if self.progress:
-                self.progress.message("preparing the search (the first time takes a while)")
-            register_tensor_intrinsics(self.target)
-            contexts = self._contexts(stack)
+            self._skip_negligible()
+            self._tune(bench)
+            if not self.interrupts and self.farm_error is None:
+                self._check_best(bench)
+        finally:
+            bench.close()
+
+    def _tune(self, bench: _Bench) -> None:
+        """MetaSchedule's task loop, one batch at a time (`scheduler.BatchScheduler`)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        from tvmflow import scheduler
+
+        if self.progress:
+            self.progress.message("preparing the search (the first time takes a while)")
+        register_tensor_intrinsics(self.target)
+        with contextlib.ExitStack() as stack:
+            contexts = _contexts(self.plan, self.target, self.log_dir, self.options, stack)
             self.cost_model = ms.cost_model.XGBModel(
                 num_tuning_cores=self._cores(), tree_method="auto"
             )
-            sched = scheduler.BatchScheduler(self, self.weights, self.options.seed)
-            remaining = self.budget - sum(self.trials)
+            sched = scheduler.BatchScheduler(self, self.plan.weights, self.options.seed)
+            remaining = self.plan.budget - sum(self.book.trials)
             try:
                 sched.tune(
                     tasks=contexts,
-                    task_weights=[float(w) for w in self.weights],
+                    task_weights=[float(w) for w in self.plan.weights],
                     max_trials_global=remaining,
-                    max_trials_per_task=min(self.per_task, remaining),
+                    max_trials_per_task=min(self.plan.per_task, remaining),
                     num_trials_per_iter=self.options.batch_size,
-                    builder=builder,
-                    runner=runner,
+                    builder=bench.builder,
+                    runner=bench.runner,
                     measure_callbacks=scheduler.measure_callbacks(self),
-                    database=self.db,
+                    database=self.book.db,
                     cost_model=self.cost_model,
                 )
             except Exception:
@@ -407,119 +547,67 @@ class _Job:
                     raise KeyboardInterrupt from None
                 raise
             self.stopped = sched.stopped_because
-            if not self.interrupts and self.farm_error is None:
-                self._check_best(builder, runner)
 
-    # -- MetaSchedule objects --------------------------------------------------------------
     def _cores(self) -> int:
         return int(self.preset.target.get("num-cores") or os.cpu_count() or 1)
 
-    def _builder(self) -> ms.builder.Builder:
-        import functools
-
-        from tvm.s_tir import meta_schedule as ms
-
-        return ms.builder.LocalBuilder(
-            max_workers=self.options.build_workers or os.cpu_count() or 1,
-            f_build=build_candidate,
-            f_export=functools.partial(
-                export_candidate, self.preset, directory=candidates_dir(self.log_dir)
-            ),
-            initializer=functools.partial(die_with_job, os.getpid()),
-        )
-
-    def _runner(self) -> ms.runner.Runner:
-        import functools
-
-        from tvm.s_tir import meta_schedule as ms
-
-        evaluator = ms.runner.EvaluatorConfig(
-            number=3,
-            repeat=self.options.repeat,
-            min_repeat_ms=self.options.min_repeat_ms,
-            enable_cpu_cache_flush=False,
-        )
-        initializer = functools.partial(die_with_job, os.getpid())
-        if self.options.farm is not None:
-            from tvmflow.farm import make_runner
-
-            return make_runner(self.options.farm, evaluator, initializer)
-        return ms.runner.LocalRunner(evaluator_config=evaluator, initializer=initializer)
-
-    def _contexts(self, stack: contextlib.ExitStack) -> list[ms.TuneContext]:
-        """One TuneContext per task, each logging to `logs/` in the log directory.
-
-        MetaSchedule's own helper configures logging process-wide (dictConfig, a console
-        handler on stdout); tvmflow keeps its output to the progress sink and the files.
-        """
-        from tvm.s_tir import meta_schedule as ms
-
-        population = self.options.population
-        strategy = ms.search_strategy.EvolutionarySearch(
-            population_size=population, init_min_unmeasured=min(50, max(1, population // 2))
-        )
-        seeds = ms.utils.fork_seed(self.options.seed, n=len(self.tasks))
-        contexts = []
-        for i, (task, seed) in enumerate(zip(self.tasks, seeds, strict=True)):
-            logger = stack.enter_context(_task_logger(self.log_dir / "logs", i, self.names[i]))
-            ctx = ms.TuneContext(
-                mod=task.workload,
-                target=self.target,
-                space_generator=_space_generator(task, self.target),
-                search_strategy=strategy,
-                task_name=self.names[i],
-                logger=logger,
-                rand_state=seed,
-                num_threads="physical",
+    def _skip_negligible(self) -> None:
+        """Leave out of the search the kernels no record could move the model by."""
+        self.skipped = _negligible(self.plan.weights, self.untuned)
+        if self.skipped and self.progress:
+            names = ", ".join(self.plan.names[i] for i in sorted(self.skipped))
+            self.progress.message(
+                f"not searching {len(self.skipped)} kernel(s) under {MIN_TASK_SHARE:.0%} of the "
+                f"model's default time: {names}"
             )
-            contexts.append(ctx.clone())
-        return contexts
 
-    # -- records ---------------------------------------------------------------------------
-    def _prior_records(self) -> tuple[list[int], list[float | None]]:
-        """Trials and best mean run time per task from the records already in the log."""
-        index = {w: i for i, w in enumerate(self.workloads)}
-        trials = [0] * len(self.tasks)
-        for record in self.db.get_all_tuning_records():
-            i = index.get(record.workload)
-            if i is not None:
-                trials[i] += 1
-        best: list[float | None] = []
-        for workload in self.workloads:
-            top = self.db.get_top_k(workload, 1)
-            best.append(mean_secs(top[0].run_secs) if top else None)
-        return trials, best
+    # -- default schedules -----------------------------------------------------------------
+    def _measure_defaults(self, bench: _Bench) -> None:
+        """Measure each kernel not yet measured as compile builds it without records, and
+        record that as trial 0 (also as the default point of its rule's design space).
 
-    def _known_untuned(self) -> list[float | None]:
-        known = {t["name"]: t.get("untuned_us") for t in self.summary.get("tasks", [])}
-        return [_opt_float(known.get(name)) for name in self.names]
+        With tvmflow's default schedule in the database, compile never picks a tuned schedule
+        slower than what it would build untuned, and the search starts from it (evolutionary
+        search seeds its population from the database's best, not the space's decisions).
+        """
+        missing = [i for i, u in enumerate(self.untuned) if u is None]
+        if not missing:
+            return
+        if self.progress:
+            self.progress.message(f"measuring the untuned schedule of {len(missing)} kernel(s)")
+        tasks = [self.plan.tasks[i] for i in missing]
+        schedules = [default_schedule(t.kernel, self.target) for t in tasks]
+        spaces = [_rule_space(t, self.target) for t in tasks]
+        runs = bench.measure([s.mod for s in schedules])
+        for i, schedule, space, run in zip(missing, schedules, spaces, runs, strict=True):
+            if not run:
+                continue
+            run_secs, args = run[0], _args_info(schedule.mod)
+            self.untuned[i] = mean_secs(run_secs) * 1e6
+            self.book.commit(i, schedule.trace, run_secs, self.target, args)
+            if space is not None:  # the same schedule as a point of its rule's design space
+                self.book.commit(i, space[0].trace, run_secs, self.target, args)
+        publish(self.log_dir)
 
-    def _known_checks(self) -> dict[int, tuple[float, float]]:
-        known = {t["name"]: _checked(t) for t in self.summary.get("tasks", [])}
-        return {i: c for i, name in enumerate(self.names) if (c := known.get(name)) is not None}
-
-    def _check_best(self, builder: ms.builder.Builder, runner: ms.runner.Runner) -> None:
+    def _check_best(self, bench: _Bench) -> None:
         """Re-measure each improved kernel's best record and its default schedule side by side
         (alternating, CHECK_ROUNDS times), so both see the same machine load: measured minutes
         apart on a shared machine the two drift by tens of percent. Compile applies a record
         only where this check found it faster (`tunelog.improving_records`)."""
-        import shutil
         import statistics
 
         from tvm import s_tir
-        from tvm.s_tir import meta_schedule as ms
 
         todo = []
-        for i, workload in enumerate(self.workloads):
-            top = self.db.get_top_k(workload, 1)
-            untuned = self.untuned[i]
-            if not top or is_baseline(top[0]) or untuned is None:
+        for i, task in enumerate(self.plan.tasks):
+            top, untuned = self.book.best_record(i), self.untuned[i]
+            if top is None or is_baseline(top) or untuned is None:
                 continue
-            if mean_secs(top[0].run_secs) * 1e6 >= untuned:
+            if mean_secs(top.run_secs) * 1e6 >= untuned:
                 continue  # not faster even measured alone
-            tuned = s_tir.Schedule(self.tasks[i].workload)
-            top[0].trace.apply_to_schedule(tuned, remove_postproc=False)
-            todo.append((i, default_schedule(self.tasks[i].kernel, self.target), tuned))
+            tuned = s_tir.Schedule(task.workload)
+            top.trace.apply_to_schedule(tuned, remove_postproc=False)
+            todo.append((i, default_schedule(task.kernel, self.target), tuned))
         if not todo:
             return
         if self.progress:
@@ -527,94 +615,20 @@ class _Job:
                 f"checking the best schedule of {len(todo)} kernel(s) against the default"
             )
         mods = [s.mod for _, default, tuned in todo for s in (default, tuned)]
-        built = builder.build([ms.builder.BuilderInput(m, self.target) for m in mods])
-        device = "cuda" if "gpu" in self.target.keys else "cpu"
-        inputs = [
-            (k, ms.runner.RunnerInput(b.artifact_path, device, _args_info(mods[k])))
-            for k, b in enumerate(built)
-            if b.error_msg is None and b.artifact_path
-        ]
-        times: list[list[float]] = [[] for _ in mods]
-        for _ in range(CHECK_ROUNDS):
-            for (k, _), future in zip(inputs, runner.run([r for _, r in inputs]), strict=True):
-                result = future.result()
-                if result.error_msg is None and result.run_secs:
-                    times[k].append(mean_secs(result.run_secs) * 1e6)
+        runs = bench.measure(mods, CHECK_ROUNDS)
         for j, (i, _, _) in enumerate(todo):
-            default_us, best_us = times[2 * j], times[2 * j + 1]
+            default_us = [mean_secs(r) * 1e6 for r in runs[2 * j]]
+            best_us = [mean_secs(r) * 1e6 for r in runs[2 * j + 1]]
             if default_us and best_us:
                 self.checked[i] = (statistics.median(default_us), statistics.median(best_us))
-        for b in built:
-            if b.artifact_path:
-                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-
-    def _measure_untuned(
-        self, indices: Sequence[int], builder: ms.builder.Builder, runner: ms.runner.Runner
-    ) -> list[float | None]:
-        """Measure each kernel as compile builds it without records, and record that as trial 0.
-
-        With tvmflow's default schedule in the database, compile never picks a tuned schedule
-        slower than what it would build untuned, and the search starts from it.
-        """
-        import shutil
-
-        from tvm.s_tir import meta_schedule as ms
-
-        schedules = [default_schedule(self.tasks[i].kernel, self.target) for i in indices]
-        spaces = [_rule_space(self.tasks[i], self.target) for i in indices]
-        built = builder.build([ms.builder.BuilderInput(s.mod, self.target) for s in schedules])
-        device = "cuda" if "gpu" in self.target.keys else "cpu"
-        args = [_args_info(s.mod) for s in schedules]
-        runs = [
-            (k, ms.runner.RunnerInput(b.artifact_path, device, args[k]))
-            for k, b in enumerate(built)
-            if b.error_msg is None and b.artifact_path
-        ]
-        futures = runner.run([r for _, r in runs])
-        out: list[float | None] = [None] * len(schedules)
-        for (k, _), future in zip(runs, futures, strict=True):
-            result = future.result()
-            if result.error_msg is not None or not result.run_secs:
-                continue
-            secs = mean_secs(result.run_secs)
-            out[k] = secs * 1e6
-            task = indices[k]
-            self.db.commit_tuning_record(
-                ms.database.TuningRecord(
-                    schedules[k].trace,
-                    self.workloads[task],
-                    result.run_secs,
-                    self.target,
-                    args[k],
-                )
-            )
-            space = spaces[k]
-            if space is not None:  # the same schedule as a point of its rule's design space
-                self.db.commit_tuning_record(
-                    ms.database.TuningRecord(
-                        space[0].trace, self.workloads[task], result.run_secs, self.target, args[k]
-                    )
-                )
-                self.trials[task] += 1  # trials count the log's records
-                self.new_trials += 1
-            self.trials[task] += 1
-            self.new_trials += 1
-            best = self.best_s[task]
-            if best is None or secs < best:
-                self.best_s[task] = secs
-        for b in built:
-            if b.artifact_path:
-                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-        publish(self.log_dir)
-        return out
 
     # -- scheduler hooks (scheduler.BatchHooks) ---------------------------------------------
     def first_boundary(self, scheduler: ms.task_scheduler.TaskScheduler) -> None:
         """Warm start: teach the cost model the log's measurements before the first batch."""
         from tvm.s_tir import meta_schedule as ms
 
-        for i, workload in enumerate(self.workloads):
-            records = self.db.get_top_k(workload, 256)
+        for i, workload in enumerate(self.book.workloads):
+            records = self.book.db.get_top_k(workload, 256)
             if not records:
                 continue
             self.cost_model.update(
@@ -624,10 +638,12 @@ class _Job:
             )
 
     def task_capped(self, task_id: int) -> bool:
-        return self.trials[task_id] >= self.per_task
+        if task_id in self.skipped or task_id in self.exhausted:
+            return True
+        return self.book.trials[task_id] >= self.plan.per_task
 
     def best_seconds(self, task_id: int) -> float | None:
-        return self.best_s[task_id]
+        return self.book.best_s[task_id]
 
     def stop_reason(self) -> str | None:
         reason = self.stop_reason_now()
@@ -645,32 +661,28 @@ class _Job:
         builds: Sequence[ms.builder.BuilderResult],
         runs: Sequence[ms.runner.RunnerResult],
     ) -> None:
-        """Publish the batch the database just recorded, then account for it."""
-        if not runs:  # the search found no new candidate this time
+        """Publish the batch the database just recorded, then account for it.
+
+        A batch without candidates means the search sampled and evolved a whole population
+        and every schedule in it was measured already: the space is exhausted (a rule's
+        design space has a few dozen points). MetaSchedule would keep asking it for batches
+        (~20 s of search each, ResNet-18 lost 24 of 30 minutes so), so the task ends here."""
+        if not runs:
+            self.exhausted.add(task_id)
             return
         publish(self.log_dir)
-        self.last_task = self.names[task_id]
-        self.trials[task_id] += len(runs)
-        self.new_trials += len(runs)
-        for build, run in zip(builds, runs, strict=True):
-            if build.error_msg is not None or run.error_msg is not None or not run.run_secs:
-                self.errors += 1
-                continue
-            secs = mean_secs(run.run_secs)
-            best = self.best_s[task_id]
-            if best is None or secs < best:
-                self.best_s[task_id] = secs
+        self.last_task = self.plan.names[task_id]
+        self.book.account(task_id, builds, runs)
         self.write_summary()
         if self.progress:
             self.progress.batch_done(self.status())
 
     def stop_reason_now(self) -> str | None:
         """Why no further batch should start, if so."""
+        trials = self.book.trials
         if self.interrupts:
             return STOP_INTERRUPT
-        if sum(self.trials) >= self.budget:
-            return STOP_BUDGET
-        if all(t >= self.per_task for t in self.trials):
+        if sum(trials) >= self.plan.budget or all(t >= self.plan.per_task for t in trials):
             return STOP_BUDGET
         limit = self.options.time_limit_s
         if limit is not None and time.monotonic() - self.start >= limit:
@@ -687,42 +699,19 @@ class _Job:
             )
 
     # -- reporting -------------------------------------------------------------------------
-    def task_results(self) -> tuple[TaskResult, ...]:
-        return tuple(
-            TaskResult(
-                name,
-                weight,
-                trials,
-                None if best is None or best >= FAILED_SECS else best * 1e6,
-                untuned,
-                str(workload.as_json()[0]),
-                self.checked.get(i),
-            )
-            for i, (name, weight, trials, best, untuned, workload) in enumerate(
-                zip(
-                    self.names,
-                    self.weights,
-                    self.trials,
-                    self.best_s,
-                    self.untuned,
-                    self.workloads,
-                    strict=True,
-                )
-            )
-        )
-
     def status(self) -> TuneProgress:
-        tasks = self.task_results()
+        tasks = _task_results(self.plan, self.book, self.untuned, self.checked)
         elapsed = time.monotonic() - self.start
-        left = max(0, self.budget - sum(self.trials))
-        eta = left * elapsed / self.new_trials if self.new_trials else None
+        new = self.book.new_trials
+        left = max(0, self.plan.budget - sum(self.book.trials))
+        eta = left * elapsed / new if new else None
         if eta is not None and self.options.time_limit_s is not None:
             eta = min(eta, max(0.0, self.options.time_limit_s - elapsed))
         return TuneProgress(
-            trials=sum(self.trials),
-            budget=self.budget,
-            new_trials=self.new_trials,
-            errors=self.errors,
+            trials=sum(self.book.trials),
+            budget=self.plan.budget,
+            new_trials=new,
+            errors=self.book.errors,
             elapsed_s=elapsed,
             eta_s=eta,
             estimated_us=_weighted(tasks, lambda t: t.latency_us),
@@ -734,11 +723,11 @@ class _Job:
         elapsed = time.monotonic() - self.start
         return TuningResult(
             log_dir=self.log_dir,
-            tasks=self.task_results(),
-            trials=sum(self.trials),
-            budget=self.budget,
-            new_trials=self.new_trials,
-            errors=self.errors,
+            tasks=_task_results(self.plan, self.book, self.untuned, self.checked),
+            trials=sum(self.book.trials),
+            budget=self.plan.budget,
+            new_trials=self.book.new_trials,
+            errors=self.book.errors,
             seconds=elapsed,
             total_seconds=float(self.summary.get("seconds", 0.0)) + elapsed,
             stop_reason=reason,
@@ -748,38 +737,143 @@ class _Job:
         write_summary(self.log_dir, self._summary(self._result("running")))
 
     def _summary(self, result: TuningResult) -> dict[str, Any]:
-        """summary.json: this job's tasks, plus the log's other tasks (other --tasks shares)."""
-        import tvm
+        return _summary_json(
+            result,
+            self.summary,
+            self.identity,
+            self.model,
+            self.preset,
+            self.options,
+            len(self.book.db),
+        )
 
-        mine = {t.name for t in result.tasks}
-        others = [
-            TaskResult.from_json(t) for t in self.summary.get("tasks", []) if t["name"] not in mine
-        ]
-        tasks = sorted((*result.tasks, *others), key=lambda t: t.name)
-        i, n = self.options.split
-        return {
-            "summary_version": SUMMARY_VERSION,
-            "identity": self.identity.to_json(),
-            "model": {"file": self.model.path.name, "sha256": self.model.sha256},
-            "preset": self.preset.name,
-            "target": dict(self.preset.target),
-            "tvmflow_version": __version__,
-            "tvm_version": tvm.__version__,
-            "trials": len(self.db),
-            "seconds": round(result.total_seconds, 3),
-            "estimated_latency_us": _round(_weighted(tasks, lambda t: t.latency_us)),
-            "untuned_latency_us": _round(_weighted(tasks, lambda t: t.untuned_us)),
-            "last_job": {
-                "tasks": f"{i}/{n}",
-                "budget": result.budget,
-                "new_trials": result.new_trials,
-                "errors": result.errors,
-                "seconds": round(result.seconds, 3),
-                "stopped": result.stop_reason,
-                "measured_on": str(self.options.farm.tracker) if self.options.farm else "local",
-            },
-            "tasks": [t.to_json() for t in tasks],
-        }
+
+def _task_results(
+    plan: _Plan, book: _Book, untuned: Sequence[float | None], checked: dict[int, Any]
+) -> tuple[TaskResult, ...]:
+    """Each task's state for reports: trials and best from the log, default and check."""
+    return tuple(
+        TaskResult(
+            task.name,
+            task.weight,
+            book.trials[i],
+            None if best is None or best >= FAILED_SECS else best * 1e6,
+            untuned[i],
+            str(book.workloads[i].as_json()[0]),
+            checked.get(i),
+        )
+        for i, (task, best) in enumerate(zip(plan.tasks, book.best_s, strict=True))
+    )
+
+
+def _summary_json(
+    result: TuningResult,
+    previous: dict[str, Any],
+    identity: LogIdentity,
+    model: ImportedModel,
+    preset: Preset,
+    options: TuneOptions,
+    records: int,
+) -> dict[str, Any]:
+    """summary.json: this job's tasks, plus the log's other tasks (other --tasks shares)."""
+    import tvm
+
+    mine = {t.name for t in result.tasks}
+    others = [TaskResult.from_json(t) for t in previous.get("tasks", []) if t["name"] not in mine]
+    tasks = sorted((*result.tasks, *others), key=lambda t: t.name)
+    i, n = options.split
+    return {
+        "summary_version": SUMMARY_VERSION,
+        "identity": identity.to_json(),
+        "model": {"file": model.path.name, "sha256": model.sha256},
+        "preset": preset.name,
+        "target": dict(preset.target),
+        "tvmflow_version": __version__,
+        "tvm_version": tvm.__version__,
+        "trials": records,
+        "seconds": round(result.total_seconds, 3),
+        "estimated_latency_us": _round(_weighted(tasks, lambda t: t.latency_us)),
+        "untuned_latency_us": _round(_weighted(tasks, lambda t: t.untuned_us)),
+        "last_job": {
+            "tasks": f"{i}/{n}",
+            "budget": result.budget,
+            "new_trials": result.new_trials,
+            "errors": result.errors,
+            "seconds": round(result.seconds, 3),
+            "stopped": result.stop_reason,
+            "measured_on": str(options.farm.tracker) if options.farm else "local",
+        },
+        "tasks": [t.to_json() for t in tasks],
+    }
+
+
+# -- MetaSchedule objects ------------------------------------------------------------------
+def _builder(preset: Preset, log_dir: Path, options: TuneOptions) -> ms.builder.Builder:
+    import functools
+
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.builder.LocalBuilder(
+        max_workers=options.build_workers or os.cpu_count() or 1,
+        f_build=build_candidate,
+        f_export=functools.partial(export_candidate, preset, directory=candidates_dir(log_dir)),
+        initializer=functools.partial(die_with_job, os.getpid()),
+    )
+
+
+def _runner(options: TuneOptions) -> ms.runner.Runner:
+    import functools
+
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(
+        number=3,
+        repeat=options.repeat,
+        min_repeat_ms=options.min_repeat_ms,
+        enable_cpu_cache_flush=False,
+    )
+    initializer = functools.partial(die_with_job, os.getpid())
+    if options.farm is not None:
+        from tvmflow.farm import make_runner
+
+        return make_runner(options.farm, evaluator, initializer)
+    return ms.runner.LocalRunner(evaluator_config=evaluator, initializer=initializer)
+
+
+def _contexts(
+    plan: _Plan,
+    target: tvm.target.Target,
+    log_dir: Path,
+    options: TuneOptions,
+    stack: contextlib.ExitStack,
+) -> list[ms.TuneContext]:
+    """One TuneContext per task, each logging to `logs/` in the log directory.
+
+    MetaSchedule's own helper configures logging process-wide (dictConfig, a console
+    handler on stdout); tvmflow keeps its output to the progress sink and the files.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    strategy = ms.search_strategy.EvolutionarySearch(
+        population_size=options.population,
+        init_min_unmeasured=min(50, max(1, options.population // 2)),
+    )
+    seeds = ms.utils.fork_seed(options.seed, n=len(plan.tasks))
+    contexts = []
+    for i, (task, seed) in enumerate(zip(plan.tasks, seeds, strict=True)):
+        logger = stack.enter_context(_task_logger(log_dir / "logs", i, task.name))
+        ctx = ms.TuneContext(
+            mod=task.workload,
+            target=target,
+            space_generator=_space_generator(task, target),
+            search_strategy=strategy,
+            task_name=task.name,
+            logger=logger,
+            rand_state=seed,
+            num_threads="physical",
+        )
+        contexts.append(ctx.clone())
+    return contexts
 
 
 def _rule_space(task: TuningTask, target: tvm.target.Target) -> list[tvm.s_tir.Schedule] | None:
@@ -840,13 +934,6 @@ def _checked(data: dict[str, Any]) -> tuple[float, float] | None:
 
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _shutdown(runner: ms.runner.Runner) -> None:
-    """Stop the runner's worker processes now rather than at garbage collection."""
-    pool = getattr(runner, "pool", None)
-    if pool is not None:
-        pool.shutdown(wait=False)
 
 
 def build_candidate(

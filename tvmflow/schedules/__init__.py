@@ -37,26 +37,43 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_elementwise import Elementwise
     from tvmflow.schedules.cpu_fallback import Fallback
     from tvmflow.schedules.cpu_full_reduction import FullReduction
+    from tvmflow.schedules.cpu_int8_conv2d import Int8Conv2d
+    from tvmflow.schedules.cpu_int8_depthwise_conv2d import Int8DepthwiseConv2d
     from tvmflow.schedules.cpu_int8_matmul import Int8Matmul
     from tvmflow.schedules.cpu_matmul import Matmul
+    from tvmflow.schedules.cpu_plane_reduction import PlaneReduction
     from tvmflow.schedules.cpu_pointwise_conv2d import PointwiseConv2d
     from tvmflow.schedules.cpu_pool import Pool
+    from tvmflow.schedules.cpu_row_norm import RowNorm
+    from tvmflow.schedules.cpu_squeeze_excite import SqueezeExcite
+    from tvmflow.schedules.cpu_transpose import Transpose
+    from tvmflow.schedules.cpu_winograd import WinogradDataPack, WinogradGemm, WinogradInverse
 
     # bf16 kernels (`--precision bf16`) exist only where the target has AVX512_BF16
     bf16 = [Bf16Gemm()] if has_bf16(target) else []
     return [
         *bf16,
+        # the three kernels of a Winograd conv (tvmflow.winograd), claimed by block name
+        WinogradGemm(),
+        WinogradDataPack(),
+        WinogradInverse(),
+        Int8Conv2d(),  # only tvmflow.qdq's int8 conv kernels
+        Int8DepthwiseConv2d(),
         PointwiseConv2d(),
         Conv2d(),
         DepthwiseConv2dRows(),
         DepthwiseConv2d(),
         Int8Matmul(),
+        SqueezeExcite(),
         Matmul(),
         Pool(),
+        PlaneReduction(),
+        RowNorm(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),
         FullReduction(),
+        Transpose(),
         Elementwise(),
         Fallback(),
     ]

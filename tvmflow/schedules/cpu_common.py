@@ -325,6 +325,7 @@ def fuse_epilogue(
     writeback: s_tir.schedule.SBlockRV,
     epilogue: Sequence[s_tir.schedule.SBlockRV],
     lanes: int,
+    slices: bool = False,
 ) -> s_tir.schedule.SBlockRV | None:
     """Apply the injective blocks after a tiled reduction to each tile as it is written.
 
@@ -334,8 +335,12 @@ def fuse_epilogue(
     writes more values than the reduction produces (a pad, a concat, a broadcast) cannot:
     under the tile loop `reverse_compute_at` keeps only the iterations that read the tile
     and silently drops the rest (a pad's border was never written). Such blocks run as
-    their own pass after the tiled loop nest instead. Returns the block that now writes
-    the tile, or None if the epilogue cannot be scheduled.
+    their own pass after the tiled loop nest instead. With `slices`, a block that writes
+    fewer values (a slice dropping the padding `conv_tiles` added) follows the tile when
+    every iteration reads it (no if_then_else); only for tiles that are boxes of the output
+    the slice indexes the same way (a tile of a fused row * column index, as
+    `PointwiseConv2d`'s, maps to a bounding box of rows: wrong values). Returns the block
+    that now writes the tile, or None if the epilogue cannot be scheduled.
     """
     from tvm.error import InternalError
     from tvm.s_tir.schedule import ScheduleError
@@ -350,7 +355,7 @@ def fuse_epilogue(
         if not remaining:
             return writeback
         produced = _elements(sch.get(writeback).writes[0].source.shape)
-        if any(_instances(sch, block) != produced for block in remaining):
+        if not all(_follows_tile(sch, block, produced, slices) for block in remaining):
             for block in remaining:
                 schedule_spatial(sch, block, lanes)
             return writeback
@@ -361,6 +366,21 @@ def fuse_epilogue(
     except (ScheduleError, InternalError):
         return None
     return remaining[-1]
+
+
+def _follows_tile(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, produced: int | None, slices: bool
+) -> bool:
+    """Whether `reverse_compute_at` into the tile loop keeps all of an epilogue block's
+    iterations: as many as the reduction produces, or (`slices`) fewer that each read it."""
+    import tvm
+
+    count = _instances(sch, block)
+    if count is None or produced is None or count > produced:
+        return False
+    if count == produced:
+        return True
+    return slices and not tvm.get_global_func("s_tir.schedule.HasIfThenElse")(sch.get(block))
 
 
 def _instances(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int | None:
