@@ -20,12 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import tvmflow.compile  # noqa: F401  (compile-capable TVM first; bench loads the runtime later)
-from tvmflow import bench, zoo
+from tvmflow import bench, reporting, zoo
 from tvmflow.errors import TvmflowError
 from tvmflow.targets import resolve_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "bench"
+README_START, README_END = "<!-- int8:start -->", "<!-- int8:end -->"
 MODELS = {
     "resnet18-qdq": ("resnet18", {"image": (1, 3, 224, 224)}),
     "mobilenet_v2-qdq": ("mobilenet_v2", {"image": (1, 3, 224, 224)}),
@@ -85,20 +86,46 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report = bench.run_bench(
                     model, artifact, opts, input_shapes=shapes, compile_s=compile_s, name=name
                 )
-                print(bench.format_table(report), flush=True)
+                print(reporting.format_table(report), flush=True)
                 reports.append(report)
     except TvmflowError as exc:
         print(f"scripts/benchmark-int8: error: {exc}", file=sys.stderr)
         return exc.exit_code
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / ("int8-quick" if args.quick else "int8")
-    bench.write_json(reports, stem.with_suffix(".json"))
-    bench.write_markdown(reports, stem.with_suffix(".md"))
+    reporting.write_json(reports, stem.with_suffix(".json"))
+    reporting.write_markdown(reports, stem.with_suffix(".md"))
     print(f"wrote {stem}.json and .md")
+    if not args.quick and args.out == ROOT / "benchmarks":
+        update_readme(ROOT / "README.md", summary(reports))
     failed = [r.label for r in reports if not r.passed]
     if failed:
         print(f"scripts/benchmark-int8: accuracy failed for {', '.join(failed)}", file=sys.stderr)
     return 3 if failed else 0
+
+
+def summary(reports: Sequence[bench.BenchReport]) -> str:
+    """The README's short table: one row per model and preset, p50 ratios with their 95 %
+    bootstrap intervals (the full tables are in benchmarks/int8.md)."""
+    peers = [r.baseline for r in reports[0].ratios] if reports else []
+    head = ["model", "preset (path)", "tvmflow p50 ms", *(f"tvmflow/{p}" for p in peers)]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rep in reports:
+        path = "int8 kernels" if "vnni" in rep.preset else "float"
+        ratios = [f"{r.p50_ratio:.2f}x [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in rep.ratios]
+        p50 = rep.engine("tvmflow").p50_ms
+        rows.append(f"| {rep.label} | {rep.preset} ({path}) | {p50:.2f} | {' | '.join(ratios)} |")
+    return "\n".join(rows)
+
+
+def update_readme(readme: Path, table: str) -> None:
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return
+    new = text[: start + len(README_START)] + "\n" + table + "\n" + text[end:]
+    readme.write_text(new)
+    print("updated the int8 table in README.md")
 
 
 if __name__ == "__main__":

@@ -422,3 +422,14 @@ def test_kernels_that_cannot_move_the_model_are_not_searched() -> None:
     assert _negligible([2, 1, 100, 1], untuned) == {3}
     # nothing is left out while a default time is unknown (it failed to build or run)
     assert _negligible([1, 1], [1000.0, None]) == frozenset()
+
+
+def test_why_a_search_ended_early_is_kept_in_the_summary() -> None:
+    from tvmflow.tune import TaskResult
+
+    for end in ("exhausted", "negligible", None):
+        task = TaskResult("k", 1, 14, 900.0, 1000.0, "abc", (1000.0, 950.0), end)
+        again = TaskResult.from_json(json.loads(json.dumps(task.to_json())))
+        assert again == task and again.search_end == end
+    # summaries written before the field existed still load
+    assert TaskResult.from_json({"name": "k", "weight": 1, "trials": 2}).search_end is None

@@ -16,7 +16,9 @@ from tvmflow.tunelog import (
     WORKLOADS,
     apply_records,
     improving_records,
+    is_baseline,
     logs_digest,
+    open_database,
     workload_key,
     write_summary,
 )
@@ -131,3 +133,23 @@ def test_records_of_a_preset_apply_to_one_that_only_adds_cpu_features() -> None:
     assert not any(
         SHIPPED_LOGS / "x86-avx512" in d.parents for d in shipped_log_dirs("x86-avx2", avx2)
     )
+
+
+def test_merge_improving_only_keeps_what_compile_applies(fused, tmp_path: Path) -> None:
+    """The form to ship: a log reduced to the records that beat the default schedule."""
+    from tvmflow.tunelog import merge_logs
+
+    mod, target = fused
+    kernel = _kernel(mod)
+    fixed, sampled = _traces(kernel)
+    for name, records, kept in (
+        ("won", [(fixed, 2e-3), (sampled, 1e-3)], 1),
+        ("lost", [(fixed, 1e-3), (sampled, 2e-3)], 0),
+    ):
+        log = _log(tmp_path / name, kernel, target, records)
+        write_summary(log, {"target": {"kind": "llvm"}, "tasks": []})
+        merged = merge_logs([log], tmp_path / f"{name}-ship", improving_only=True)
+        assert merged.records == kept
+        shipped = open_database([merged.out]).get_all_tuning_records()
+        assert len(shipped) == kept
+        assert all(not is_baseline(r) for r in shipped)

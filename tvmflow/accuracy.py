@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,9 +61,14 @@ def output_quant_steps(model: Path) -> dict[str, float]:
     fraction of a step, which can cross the next layer's boundaries in turn. Per-axis scales
     are left out: those outputs are held to atol/rtol alone."""
     import onnx
+
+    return _quant_steps(onnx.load(str(model), load_external_data=False).graph)
+
+
+def _quant_steps(graph: Any) -> dict[str, float]:
+    import onnx
     from onnx import numpy_helper
 
-    graph = onnx.load(str(model), load_external_data=False).graph
     external = onnx.TensorProto.EXTERNAL
     constants = {t.name: t for t in graph.initializer if t.data_location != external}
     for node in graph.node:
@@ -83,6 +89,12 @@ def output_quant_steps(model: Path) -> dict[str, float]:
     return steps
 
 
+# A QDQ model (Q / DQ at the graph's top level, where quantizers put them): tvmflow runs its
+# float ops as int8 kernels (`tvmflow.qdq`). Integer-op models (QLinearConv, MatMulInteger)
+# compute exactly what onnxruntime does: no allowance for their float outputs.
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
 def quant_allowance(
     model: Path, feeds: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]
 ) -> dict[str, tuple[float, int]]:
@@ -98,13 +110,17 @@ def quant_allowance(
     no step; it may be off by as much as onnxruntime's int8 session is (returned as one
     "step" of that size): a QDQ encoder's int8 session differs from the reference by 0.25
     where tvmflow's int8 kernels differ by 0.11."""
-    steps = output_quant_steps(model)
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    steps = _quant_steps(graph)
     floats = [n for n in expected if n not in steps and _is_float_array(expected[n])]
-    if not steps and not (floats and _is_quantized(model)):
+    qdq = any(node.op_type in QDQ_OPS for node in graph.node)
+    names = list(steps) + (floats if qdq else [])
+    if not names:
         return {}
     from tvmflow.engines import onnxruntime_session
 
-    names = list(steps) + (floats if _is_quantized(model) else [])
     try:
         fused = dict(zip(names, onnxruntime_session(model).run(names, dict(feeds)), strict=True))
     except Exception:  # onnxruntime's own errors: its optimized session is only a yardstick
@@ -122,19 +138,6 @@ def quant_allowance(
         most = worst / step if step > 0 else 0.0
         allowance[name] = (step, max(1, round(most)) if math.isfinite(most) else 1)
     return allowance
-
-
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
-
-
-def _is_quantized(model: Path) -> bool:
-    """Whether the graph is a QDQ model (Q / DQ at its top level, where quantizers put
-    them): the ones whose float ops tvmflow runs as int8 kernels (`tvmflow.qdq`). Integer
-    ops (QLinearConv, MatMulInteger) compute exactly what onnxruntime does: no allowance."""
-    import onnx
-
-    graph = onnx.load(str(model), load_external_data=False).graph
-    return any(node.op_type in QDQ_OPS for node in graph.node)
 
 
 def _is_float_array(value: np.ndarray) -> bool:

@@ -701,11 +701,18 @@ def logs_group() -> None:
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True)
 @click.option("--best-only", is_flag=True, help="Keep only each kernel's fastest record.")
-def logs_merge_cmd(sources: Sequence[Path], output: Path, best_only: bool) -> None:
+@click.option(
+    "--improving-only",
+    is_flag=True,
+    help="Keep only the records that beat the default schedule (the form to ship).",
+)
+def logs_merge_cmd(
+    sources: Sequence[Path], output: Path, best_only: bool, improving_only: bool
+) -> None:
     """Union tuning logs (e.g. from `tune --tasks i/N` on several machines) into one."""
     from tvmflow.tunelog import merge_logs
 
-    merged = merge_logs(list(sources), output, best_only)
+    merged = merge_logs(list(sources), output, best_only, improving_only)
     click.echo(
         f"merged {len(sources)} log(s) into {merged.out}: {merged.records} records for "
         f"{merged.workloads} kernels ({merged.duplicates} duplicates dropped)"

@@ -129,6 +129,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.fast_sigmoid import SigmoidAsTanh
     from tvmflow.fp16_accumulate import Fp16Accumulate
+    from tvmflow.matmul_reshape import MatmulReshape
     from tvmflow.qdq import QdqToInteger
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
@@ -142,6 +143,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             WinogradConv2d(vector_lanes(target)),  # 3x3 stride-1 convs, where faster
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
+            MatmulReshape(),  # a Linear's output reshape moves to its input: GELU fuses
             SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
             relax.transform.FastMathTransform(),
         ]

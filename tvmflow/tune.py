@@ -95,6 +95,10 @@ class TaskResult:
     workload: str | None = None  # structural hash: what records are keyed by (logs show)
     # the best record and the default schedule re-measured side by side (default µs, best µs)
     checked: tuple[float, float] | None = None
+    # why the last job stopped searching it early: "exhausted" (every schedule its space
+    # offered was measured) or "negligible" (under MIN_TASK_SHARE of the model); None: it
+    # was still searched when the job ended
+    search_end: str | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -124,6 +128,7 @@ class TaskResult:
             "workload": self.workload,
             "checked_default_us": _round(self.checked[0]) if self.checked else None,
             "checked_best_us": _round(self.checked[1]) if self.checked else None,
+            "search_end": self.search_end,
         }
 
     @classmethod
@@ -136,6 +141,7 @@ class TaskResult:
             _opt_float(data.get("untuned_us")),
             data.get("workload"),
             _checked(data),
+            data.get("search_end"),
         )
 
 
@@ -548,6 +554,11 @@ class _Job:
                 raise
             self.stopped = sched.stopped_because
 
+    def _ended(self) -> dict[int, str]:
+        """Tasks whose search ended before the job's: exhausted, or left out as negligible."""
+        ended = dict.fromkeys(self.exhausted, "exhausted")
+        return ended | dict.fromkeys(self.skipped, "negligible")
+
     def _cores(self) -> int:
         return int(self.preset.target.get("num-cores") or os.cpu_count() or 1)
 
@@ -700,7 +711,7 @@ class _Job:
 
     # -- reporting -------------------------------------------------------------------------
     def status(self) -> TuneProgress:
-        tasks = _task_results(self.plan, self.book, self.untuned, self.checked)
+        tasks = _task_results(self.plan, self.book, self.untuned, self.checked, self._ended())
         elapsed = time.monotonic() - self.start
         new = self.book.new_trials
         left = max(0, self.plan.budget - sum(self.book.trials))
@@ -723,7 +734,7 @@ class _Job:
         elapsed = time.monotonic() - self.start
         return TuningResult(
             log_dir=self.log_dir,
-            tasks=_task_results(self.plan, self.book, self.untuned, self.checked),
+            tasks=_task_results(self.plan, self.book, self.untuned, self.checked, self._ended()),
             trials=sum(self.book.trials),
             budget=self.plan.budget,
             new_trials=self.book.new_trials,
@@ -749,7 +760,11 @@ class _Job:
 
 
 def _task_results(
-    plan: _Plan, book: _Book, untuned: Sequence[float | None], checked: dict[int, Any]
+    plan: _Plan,
+    book: _Book,
+    untuned: Sequence[float | None],
+    checked: dict[int, Any],
+    ended: dict[int, str],
 ) -> tuple[TaskResult, ...]:
     """Each task's state for reports: trials and best from the log, default and check."""
     return tuple(
@@ -761,6 +776,7 @@ def _task_results(
             untuned[i],
             str(book.workloads[i].as_json()[0]),
             checked.get(i),
+            ended.get(i),
         )
         for i, (task, best) in enumerate(zip(plan.tasks, book.best_s, strict=True))
     )

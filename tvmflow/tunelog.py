@@ -418,11 +418,16 @@ class MergeResult:
     duplicates: int
 
 
-def merge_logs(sources: Sequence[Path], out: Path, best_only: bool = False) -> MergeResult:
+def merge_logs(
+    sources: Sequence[Path], out: Path, best_only: bool = False, improving_only: bool = False
+) -> MergeResult:
     """Union tuning logs of one target into `out` (duplicate records dropped).
 
-    With `best_only`, only the fastest record of each workload is kept: what to ship in
-    `tuning_logs/`. Logs for different targets are refused: records are never mixed.
+    With `best_only`, only the fastest record of each workload is kept. With
+    `improving_only`, only the records compile would apply (`improving_records`: each
+    kernel's best where it beat the default schedule): what to ship in `tuning_logs/`, where
+    baselines and losing records would only add megabytes of workloads. Logs for different
+    targets are refused: records are never mixed.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -456,7 +461,11 @@ def merge_logs(sources: Sequence[Path], out: Path, best_only: bool = False) -> M
             merged = ms.database.JSONDatabase(
                 path_workload=str(work / WORKLOADS), path_tuning_record=str(work / RECORDS)
             )
-            kept, duplicates = _union_records([open_database([s]) for s in sources], best_only)
+            if improving_only:
+                kept, duplicates = improving_records(sources).get_all_tuning_records(), 0
+            else:
+                dbs = [open_database([s]) for s in sources]
+                kept, duplicates = _union_records(dbs, best_only)
             for record in kept:
                 workload = merged.commit_workload(record.workload.mod)
                 merged.commit_tuning_record(
@@ -739,3 +748,7 @@ def register_tensor_intrinsics(target: tvm.target.Target) -> None:
         module = kind if kind in ("cuda", "rocm", "metal", "hexagon") else ""
     if module:
         importlib.import_module(f"{package}.{module}")
+    if module == "x86":  # tvmflow's int8 rules tensorize with their own (fixed) VNNI intrinsics
+        from tvmflow.schedules.cpu_int8_matmul import register_own_intrinsics
+
+        register_own_intrinsics()

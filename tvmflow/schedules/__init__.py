@@ -67,8 +67,8 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         SqueezeExcite(),
         Matmul(),
         Pool(),
-        RowNorm(),
         PlaneReduction(),
+        RowNorm(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),
