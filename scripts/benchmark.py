@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tvmflow.compile  # noqa: F401  (compile-capable TVM first; bench loads the runtime later)
-from tvmflow import bench, zoo
+from tvmflow import bench, reporting, zoo
 from tvmflow.errors import TvmflowError
 from tvmflow.lowering import BF16_PRESET
 from tvmflow.targets import resolve_preset
@@ -48,8 +48,14 @@ class Reference:
     shapes: dict[str, tuple[int, ...]]
     zoo_name: str | None = None
     file: str | None = None
+    qdq: bool = False  # the zoo model through quantize_static (QDQ, made once, cached)
 
     def path(self) -> Path:
+        if self.zoo_name and self.qdq:
+            path = CACHE / "bench" / "models" / f"{self.zoo_name}-qdq.onnx"
+            if not path.is_file():
+                zoo.quantize_qdq(zoo.MODELS[self.zoo_name](), path.parent, self.shapes)
+            return path
         if self.zoo_name:
             return zoo.save(self.zoo_name, CACHE / "bench" / "models")
         path = CACHE / "models" / str(self.file)
@@ -64,6 +70,7 @@ SEQ = (1, 128)
 REFERENCE_SET = (
     Reference("resnet18", {"image": (1, 3, 224, 224)}, zoo_name="resnet18"),
     Reference("resnet18-b8", {"image": (8, 3, 224, 224)}, zoo_name="resnet18"),
+    Reference("resnet18-qdq", {"image": (1, 3, 224, 224)}, zoo_name="resnet18", qdq=True),
     Reference("mobilenet_v2", {"image": (1, 3, 224, 224)}, zoo_name="mobilenet_v2"),
     Reference("mobilenet_v2-b8", {"image": (8, 3, 224, 224)}, zoo_name="mobilenet_v2"),
     Reference("encoder", {"hidden_in": (1, 128, 256)}, zoo_name="encoder"),
@@ -187,7 +194,7 @@ def baseline_of(reports: Sequence[bench.BenchReport], preset: str) -> dict:
         "preset": preset,
         "threads": reports[0].threads if reports else None,
         "slack": SLACK,
-        "machine": bench.machine_line(reports[0].machine) if reports else "",
+        "machine": reporting.machine_line(reports[0].machine) if reports else "",
         "models": models,
     }
 
@@ -284,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for ref in args.models:
             print(f"== {ref.name}: compiling for {preset}, then measuring", flush=True)
             report = measure(ref, preset, opts, args.precision)
-            print(bench.format_table(report), flush=True)
+            print(reporting.format_table(report), flush=True)
             reports.append(report)
     except TvmflowError as exc:
         print(f"scripts/benchmark: error: {exc}", file=sys.stderr)
@@ -300,14 +307,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     low = "" if args.precision == "fp32" or args.precision in preset else f"-{args.precision}"
     stem = args.out / (preset + low + ("-quick" if args.quick else ""))
-    bench.write_json(reports, stem.with_suffix(".json"))
-    bench.write_markdown(reports, stem.with_suffix(".md"))
-    bench.plot(reports, stem.with_suffix(".png"))
+    reporting.write_json(reports, stem.with_suffix(".json"))
+    reporting.write_markdown(reports, stem.with_suffix(".md"))
+    reporting.plot(reports, stem.with_suffix(".png"))
     print(f"wrote {stem}.json, .md and .png")
     full = not args.quick and len(reports) == len(REFERENCE_SET) and args.precision == "fp32"
     if full and args.out == ROOT / "benchmarks":
         source = f"`scripts/benchmark`, [benchmarks/{preset}.md](benchmarks/{preset}.md)"
-        if update_readme(ROOT / "README.md", bench.to_markdown(reports), source):
+        if update_readme(ROOT / "README.md", reporting.to_markdown(reports), source):
             print("updated the table in README.md")
     return 3 if failed else 0
 

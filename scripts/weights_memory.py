@@ -10,9 +10,12 @@ the loader did before, so the table shows what the import costs. `tvmflow run`'s
 
 `--format-1` adds the artifact's format-1 twin (the same lowering with its weights bound back
 into model.so, as artifact format 1 stored them) and the CPU time per run of both (1 TVM
-thread, the calling thread's CPU time, interleaved: robust on a busy machine).
+thread, the calling thread's CPU time, interleaved: robust on a busy machine). `--static-plan`
+does the same for the twin built with TVM's default pipeline (StaticPlanBlockMemory's
+storages, no arena: `tvmflow.memory_plan`), and the largest output difference of the two.
 
-Usage: .venv/bin/python scripts/weights_memory.py [--models a,b] [--format-1] [--seconds S]
+Usage: .venv/bin/python scripts/weights_memory.py [--models a,b] [--format-1] [--static-plan]
+       [--seconds S]
 """
 
 from __future__ import annotations
@@ -68,6 +71,39 @@ def format_1_twin(onnx_path: Path, shapes: dict, v2: Path, v1: Path) -> None:
     (v1 / "manifest.json").write_text(json.dumps(data))
 
 
+def static_plan_twin(onnx_path: Path, shapes: dict, v2: Path, out: Path) -> None:
+    """The same lowering built by TVM's default pipeline: intermediates in the storages
+    StaticPlanBlockMemory planned, not in tvmflow's arena."""
+    import shutil
+
+    import tvm
+    from tvm import relax
+
+    from tvmflow.export import codegen_scope, export_library
+    from tvmflow.frontend import load_onnx
+    from tvmflow.lowering import LoweringOptions, empty_constants_allocated, lower
+    from tvmflow.targets import resolve_preset
+
+    data = json.loads((v2 / "manifest.json").read_text())
+    preset = resolve_preset(data["preset"])
+    lowered = lower(load_onnx(onnx_path, shapes), preset, LoweringOptions())
+    target = tvm.target.Target(preset.target)
+    shutil.copytree(v2, out)  # the same weights file and manifest, another library
+    with codegen_scope(target):
+        executable = relax.build(empty_constants_allocated(lowered.mod), target=target)
+    export_library(executable, preset, target, out / "model.so")
+    data["library_sha256"] = sha256_file(out / "model.so")
+    (out / "manifest.json").write_text(json.dumps(data))
+
+
+def max_difference(a: Path, b: Path) -> float:
+    """Largest absolute difference of two artifacts' outputs on the same seeded inputs."""
+    first, second = tvmflow.load(a), tvmflow.load(b)
+    feeds = random_inputs(first.inputs, 0)
+    x, y = first.run(feeds), second.run(feeds)
+    return max(float(np.max(np.abs(x[k].astype(np.float64) - y[k]))) for k in x)
+
+
 def probe_with_tvm(spec: EngineSpec, feeds: Path) -> tuple[float, float]:
     """`bench.probe_memory` of a tvmflow artifact in a process that imported tvm first."""
     request = json.dumps({"spec": dataclasses.asdict(spec), "feeds": str(feeds)})
@@ -114,6 +150,11 @@ def main() -> int:
     parser.add_argument(
         "--format-1", action="store_true", help="also measure the format-1 twin and CPU time"
     )
+    parser.add_argument(
+        "--static-plan",
+        action="store_true",
+        help="also time the twin without the arena (StaticPlanBlockMemory alone)",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="timing per model")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tvmflow-wm")
     args = parser.parse_args()
@@ -132,6 +173,8 @@ def main() -> int:
     ]
     if args.format_1:
         head += ["format 1: peak RSS MB", "`tvmflow run` MB", "CPU ms/run: format 1", "format 2"]
+    if args.static_plan:
+        head += ["static plan: peak RSS MB", "CPU ms/run: static plan", "arena", "max abs diff"]
     print(f"| {' | '.join(head)} |\n|" + "---|" * len(head), flush=True)
     for ref in [r for r in benchmark.REFERENCE_SET if r.name in chosen]:
         onnx_path, v1, v2 = ref.path(), args.work / f"{ref.name}-v1", args.work / f"{ref.name}-v2"
@@ -139,6 +182,9 @@ def main() -> int:
             tvmflow.compile(onnx_path, output=v2, input_shapes=ref.shapes, verify=False)
         if args.format_1 and not (v1 / "manifest.json").is_file():
             format_1_twin(onnx_path, ref.shapes, v2, v1)
+        static = args.work / f"{ref.name}-static"
+        if args.static_plan and not (static / "manifest.json").is_file():
+            static_plan_twin(onnx_path, ref.shapes, v2, static)
         manifest = tvmflow.load(v2).manifest
         shapes = {s.name: list(s.shape) for s in manifest.inputs}
         rss: dict[str, tuple[float, float]] = {}
@@ -152,6 +198,9 @@ def main() -> int:
                 rss[kind] = probe_memory(EngineSpec(kind, str(onnx_path), 2, shapes=shapes), feeds)
             if args.format_1:
                 rss["v1"] = probe_memory(EngineSpec("tvmflow", str(v1), 2, shapes=shapes), feeds)
+            if args.static_plan:
+                spec = EngineSpec("tvmflow", str(static), 2, shapes=shapes)
+                rss["static"] = probe_memory(spec, feeds)
         weights_mb = (manifest.weights.bytes if manifest.weights else 0) / 2**20
         cells = [f"{weights_mb:.1f}"]
         cells += [f"{rss[k][1]:.0f}" for k in ("tvmflow", "with_tvm", "onnxruntime", "openvino")]
@@ -160,6 +209,10 @@ def main() -> int:
         if args.format_1:
             t1, t2 = cpu_ms(v1, v2, args.seconds)
             cells += [f"{rss['v1'][1]:.0f}", f"{run_rss_mb(v1):.0f}", f"{t1:.2f}", f"{t2:.2f}"]
+        if args.static_plan:
+            t1, t2 = cpu_ms(static, v2, args.seconds)
+            diff = max_difference(static, v2)
+            cells += [f"{rss['static'][1]:.0f}", f"{t1:.2f}", f"{t2:.2f}", f"{diff:.1e}"]
         print(f"| {ref.name} | {' | '.join(cells)} |", flush=True)
     return 0
 

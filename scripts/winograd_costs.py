@@ -4,7 +4,8 @@ Run through `scripts/winograd-costs`. For each shape (batch, in channels, out ch
 side) it builds a one-layer model (3x3 conv, pad 1, bias, relu), compiles it once per variant
 (`direct`: Winograd off; `F2`, `F4`, `F6`: every conv forced to that tile) with verification
 against onnxruntime on, and prints process-CPU-time p50s and each variant's ratio to the
-direct conv: the data behind `tvmflow.winograd.choose_tile`.
+direct conv: the data behind `tvmflow.winograd.choose_tile`. `--model M.onnx` instead A/Bs a
+whole model: every conv direct vs `choose_tile`'s decisions, beside onnxruntime.
 """
 
 from __future__ import annotations
@@ -60,32 +61,70 @@ def _caller(func: Any, args: list[Any]) -> Callable[[], object]:
 
 def measure(shape: tuple[int, int, int, int], tiles: list[int], rounds: int, scratch: Path) -> str:
     """One line: p50 ms of each variant and its ratio to the direct conv."""
-    import numpy as np
     import onnx
-    import tvm
-    from tvm import relax
 
     path = scratch / ("conv_" + "x".join(map(str, shape)) + ".onnx")
     onnx.save(conv_model(*shape), str(path))
-    model = load_onnx(path, {})
+    variants = {f"F{t}" if t else "direct": (lambda conv, t=t: t or None) for t in [0, *tiles]}
+    p50 = _timed(path, {}, variants, rounds, scratch)
+    cells = " ".join(f"{k} {v * 1e3:.3f} ms ({v / p50['direct']:.2f}x)" for k, v in p50.items())
+    return f"N={shape[0]} C={shape[1]} K={shape[2]} {shape[3]}x{shape[3]}: {cells}"
+
+
+def measure_model(
+    path: Path, shapes: dict[str, tuple[int, ...]], rounds: int, scratch: Path
+) -> str:
+    """A whole model with `choose_tile`'s decisions vs all convs direct, beside onnxruntime."""
+    variants = {"direct": lambda conv: None, "winograd": winograd.choose_tile}
+    p50 = _timed(path, shapes, variants, rounds, scratch, onnxruntime=True)
+    ort = p50["onnxruntime"]
+    return (
+        f"{path.stem} {shapes}: CPU p50 ms direct {p50['direct'] * 1e3:.2f} winograd "
+        f"{p50['winograd'] * 1e3:.2f} onnxruntime {ort * 1e3:.2f} | direct/onnxruntime "
+        f"{p50['direct'] / ort:.2f}x winograd/onnxruntime {p50['winograd'] / ort:.2f}x "
+        f"winograd/direct {p50['winograd'] / p50['direct']:.2f}x"
+    )
+
+
+def _timed(
+    path: Path,
+    shapes: dict[str, tuple[int, ...]],
+    variants: dict[str, Callable[[Any], int | None]],
+    rounds: int,
+    scratch: Path,
+    onnxruntime: bool = False,
+) -> dict[str, float]:
+    """Compile `path` once per `choose_tile` variant (verified), then p50 process CPU time of
+    each (and of onnxruntime), all in interleaved rounds."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from tvmflow.engines import onnxruntime_session
+
+    model = load_onnx(path, shapes)
     preset = resolve_preset("x86")
     chosen = winograd.choose_tile
     runs: dict[str, Callable[[], object]] = {}
     feeds = random_inputs(model.inputs, seed=0)
     try:
-        for tile in [0, *tiles]:
-            label = f"F{tile}" if tile else "direct"
-            winograd.choose_tile = lambda conv, tile=tile: tile or None  # type: ignore[misc]
+        for label, choose in variants.items():
+            winograd.choose_tile = choose  # type: ignore[assignment]
             out = scratch / f"{path.stem}_{label}"  # a fresh path: dlopen caches by path
             directory = compile_model(model, preset, out, CompileOptions()).directory
             vm = relax.VirtualMachine(
                 tvm.runtime.load_module(str(directory / "model.so")), tvm.cpu(0)
             )
-            tensors = [tvm.runtime.tensor(np.asarray(feeds["x"]), tvm.cpu(0))]
+            tensors = [
+                tvm.runtime.tensor(np.asarray(feeds[i.name]), tvm.cpu(0)) for i in model.inputs
+            ]
             tensors += weight_tensors(directory, read_manifest(directory), tvm.cpu(0))
             runs[label] = _caller(vm["main"], tensors)
     finally:
         winograd.choose_tile = chosen
+    if onnxruntime:
+        session = onnxruntime_session(path, 1)
+        runs["onnxruntime"] = lambda: session.run(None, dict(feeds))
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     for run in runs.values():
         run()
@@ -95,9 +134,7 @@ def measure(shape: tuple[int, int, int, int], tiles: list[int], rounds: int, scr
                 start = time.process_time()
                 run()
                 cpu[key].append(time.process_time() - start)
-    p50 = {k: statistics.median(v) for k, v in cpu.items()}
-    cells = " ".join(f"{k} {v * 1e3:.3f} ms ({v / p50['direct']:.2f}x)" for k, v in p50.items())
-    return f"N={shape[0]} C={shape[1]} K={shape[2]} {shape[3]}x{shape[3]}: {cells}"
+    return {k: statistics.median(v) for k, v in cpu.items()}
 
 
 def main(argv: list[str]) -> int:
@@ -105,9 +142,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="NxCxKxSIDE,...")
     parser.add_argument("--tiles", default="2,4,6", help="Winograd output tile sizes m")
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--model", type=Path, help="A/B a whole model instead (.onnx)")
+    parser.add_argument("--input-shape", action="append", default=[], help="NAME=D1,D2,...")
     args = parser.parse_args(argv)
     set_threads(1)
     scratch = Path(tempfile.mkdtemp(prefix="tvmflow-winograd-costs-"))
+    if args.model:
+        shapes = {
+            name: tuple(int(d) for d in dims.split(","))
+            for name, _, dims in (text.partition("=") for text in args.input_shape)
+        }
+        print(measure_model(args.model, shapes, args.rounds, scratch), flush=True)
+        return 0
     tiles = [int(t) for t in args.tiles.split(",")]
     for text in args.shapes.split(","):
         n, c, k, side = (int(d) for d in text.split("x"))

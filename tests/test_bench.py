@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tvmflow import bench, zoo
+from tvmflow import bench, reporting, zoo
 from tvmflow.cli import main
 from tvmflow.compile import Artifact
 from tvmflow.manifest import read_manifest, write_manifest
@@ -114,10 +114,10 @@ def test_bench_library_report(zoo_dir: Path, artifacts: dict[str, Artifact]) -> 
     assert len(report.engine("tvmflow").samples_ms) == report.engine("tvmflow").runs
     (acc,) = report.accuracy
     assert acc.passed and {o.name for o in acc.outputs} == {"hidden", "logits"}
-    doc = bench.reports_json([report, report])
+    doc = reporting.reports_json([report, report])
     assert len(doc["results"]) == 2
     json.dumps(doc, allow_nan=False)
-    assert bench.to_markdown([report]).count("| mlp |") == 3  # summary row + one per engine
+    assert reporting.to_markdown([report]).count("| mlp |") == 3  # summary row + one per engine
 
 
 def test_bootstrap_ratio_is_seeded_and_brackets_the_point_estimate() -> None:

@@ -126,3 +126,22 @@ def test_depthwise_rows_become_whole_vectors(hw, columns):
         [_reference(x[:, c : c + 1], w[c : c + 1], padding=1)[:, 0] for c in range(8)], 1
     )
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
+def test_odd_stride_2_depthwise_rows_are_evened_without_a_slice():
+    """TF-style one-sided padding leaves a stride-2 depthwise conv 33 padded columns; one more
+    (same outputs) lets `DepthwiseConv2dRows` split them in two phases: no slice needed."""
+    w = np.ones((8, 1, 3, 3), "float32")
+    mod = _module((1, 8, 32, 32), w, strides=2, padding=(0, 0, 1, 1), groups=8)
+    rewritten = PadConvForTiles(16)(mod)
+    assert _conv2d_shapes(rewritten) == [(8, 16)]
+    paddings, slices = [], []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
+            paddings.append([int(p) for p in expr.attrs.padding])
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.strided_slice":
+            slices.append(expr)
+
+    relax.analysis.post_order_visit(rewritten["main"], visit)
+    assert paddings == [[0, 0, 1, 2]] and not slices

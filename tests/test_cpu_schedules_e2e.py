@@ -15,7 +15,7 @@ from tvmflow.lowering import fuse
 from tvmflow.schedules import kernel_rules
 from tvmflow.targets import resolve_preset
 
-HOT_RULES = {"PointwiseConv2d", "Conv2d", "DepthwiseConv2d", "Matmul"}
+HOT_RULES = {"PointwiseConv2d", "Conv2d", "DepthwiseConv2d", "DepthwiseConv2dRows", "Matmul"}
 
 
 def _rules(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, str | None]:

@@ -48,7 +48,7 @@ KERNELS = {
     "conv 16->32 14x14": lambda: _conv(16, 32, 14),
     "conv 8->48 17x17 s2": lambda: _conv(8, 48, 17, stride=2),
     "dense 56x64x96": lambda: _dense(56, 64, 96),
-    "depthwise 96 28x28 s2": lambda: _depthwise(96, 28, stride=2),
+    "depthwise 96 24x24 s2": lambda: _depthwise(96, 24, stride=2),  # rows of 12: channel vectors
     "pointwise 16->48 28x28": lambda: _pointwise(16, 48, 28),
     "depthwise rows 32 32x32": lambda: _depthwise(32, 32),
 }

@@ -56,6 +56,9 @@ CASES = {
     "stem_7x7_c3_s2": ((1, 3, 20, 20), "uint8", "NCHW", 16, 7, 2, 3, 1, True),
     "1x1_int8_nhwc": ((2, 20, 6, 6), "int8", "NHWC", 48, 1, 1, 0, 1, False),
     "3x3_dilated_o24": ((1, 8, 9, 9), "uint8", "NHWC", 24, 3, 1, 2, 2, True),
+    # no pack pass: the conv reads the NHWC input itself
+    "1x1_nhwc_direct": ((1, 32, 7, 7), "uint8", "NHWC", 32, 1, 1, 0, 1, False),
+    "3x3_s2_nopad_nhwc_direct": ((1, 16, 9, 9), "uint8", "NHWC", 16, 3, 2, 0, 1, False),
 }
 
 
@@ -146,5 +149,6 @@ def test_default_schedule_is_bit_exact(name: str):
     func, sch, args = scheduled(spec, data)
     assert sch is not None
     assert_schedule_matches(func, sch, VNNI)  # the compile-time kernel check
+    assert ("qconv_pack" in sch.mod["main"].script()) != name.endswith("_direct")
     expected = reference(data["x"], data["w"], data["bias"], data["scale"], spec)
     np.testing.assert_array_equal(run(sch, args, spec), expected)

@@ -54,6 +54,14 @@ def qdq_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return quantize_qdq(inverted_residual_net(), tmp_path_factory.mktemp("qdq-pass"), SIZE)
 
 
+@pytest.fixture(scope="module")
+def qdq_net_s8_per_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """int8 activations (shifted to uint8 inside the kernels), per-channel weight scales."""
+    directory = tmp_path_factory.mktemp("qdq-pass-s8")
+    shapes = {"image": (1, 3, SIZE, SIZE)}
+    return zoo.quantize_qdq(inverted_residual_net(), directory, shapes, "int8", per_channel=True)
+
+
 def _feeds(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {"image": rng.standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)}
@@ -81,9 +89,13 @@ def test_every_quantized_op_is_an_integer_kernel_on_vnni(qdq_net: Path):
 
 
 @needs_vnni
-def test_bit_exact_against_onnxruntime_int8_kernels(qdq_net: Path, tmp_path: Path):
+@pytest.mark.parametrize("variant", ["qdq_net", "qdq_net_s8_per_channel"])
+def test_bit_exact_against_onnxruntime_int8_kernels(
+    variant: str, tmp_path: Path, request: pytest.FixtureRequest
+):
     """Compiled with verification on (the step allowance); then compared with
     onnxruntime's int8 session, which runs QLinearConv / QLinearAdd: no value differs."""
+    qdq_net = request.getfixturevalue(variant)
     artifact = compile_model(
         qdq_net, "x86", output=tmp_path / "art", input_shapes={"image": (1, 3, SIZE, SIZE)}
     )

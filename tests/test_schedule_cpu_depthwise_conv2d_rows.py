@@ -19,9 +19,10 @@ from tests.kernels import (
 from tvmflow.schedules.cpu_depthwise_conv2d_rows import DepthwiseConv2dRows
 
 
-def _depthwise(c, hw, k=3, stride=1, n=1, epilogue=True):
+def _depthwise(c, hw, k=3, stride=1, n=1, epilogue=True, padding=None):
     def body(x):
-        y = relax.op.nn.conv2d(x, const((c, 1, k, k)), strides=stride, padding=k // 2, groups=c)
+        pad = k // 2 if padding is None else padding
+        y = relax.op.nn.conv2d(x, const((c, 1, k, k)), strides=stride, padding=pad, groups=c)
         if not epilogue:
             return y
         return relax.op.clip(relax.op.add(y, const((1, c, 1, 1), 1)), 0, 6)
@@ -36,6 +37,10 @@ def _depthwise(c, hw, k=3, stride=1, n=1, epilogue=True):
         dict(c=6, hw=(13, 48), k=5),  # a 5x5 kernel, rows the tile height does not divide
         dict(c=4, hw=(10, 24), epilogue=False),  # 8-lane rows; the conv writes the output
         dict(c=5, hw=(9, 16), n=3),  # batched
+        dict(c=8, hw=(32, 64), stride=2),  # stride 2: even and odd columns apart
+        dict(c=4, hw=(28, 28), k=5, stride=2, n=2),  # 5x5, 14 -> 16 columns, batched
+        dict(c=4, hw=(32, 32), stride=2, padding=(0, 0, 1, 1)),  # one-sided: odd rows
+        dict(c=4, hw=(31, 31), stride=2),  # odd input rows
     ],
 )
 def test_rows_match_unscheduled(case):
@@ -50,10 +55,10 @@ def test_rows_match_unscheduled(case):
     "case",
     [
         dict(c=8, hw=(12, 12)),  # rows of 12: 4-lane vectors (16 is +33 %), DepthwiseConv2d's
-        dict(c=8, hw=(32, 32), stride=2),  # strided rows: measured slower here
+        dict(c=8, hw=(48, 48), stride=3),
     ],
 )
-def test_narrow_or_strided_rows_are_left_to_depthwise(case):
+def test_narrow_or_wide_strided_rows_are_left_to_depthwise(case):
     assert DepthwiseConv2dRows().apply(_depthwise(**case), TARGET, False) is None
 
 

@@ -115,3 +115,41 @@ def test_fixed_intrinsic_coexists_with_tvms_x86_intrinsics():
     register_vnni_intrin()
     register_tensor_intrinsics(VNNI)
     assert "uint8x64" in TensorIntrin.get(VNNI_INTRIN).impl.script()
+
+
+def test_an_epilogue_value_used_twice_is_computed_once_per_tile():
+    """h = requantized(acc) read twice (h * (h + 1), as a QDQ GELU reads its input): it is
+    computed once into a per-tile buffer, not inlined into both uses, and stays exact."""
+    w = _weight()
+
+    def body(x):
+        acc = relax.op.matmul(x, relax.const(w), out_dtype="int32")
+        h = relax.op.divide(relax.op.astype(acc, "float32"), relax.const(np.float32(3.0)))
+        return relax.op.multiply(h, relax.op.add(h, relax.const(np.float32(1.0))))
+
+    inputs: dict[str, tuple[tuple[int, ...], str]] = {"x": ((M, K), "uint8")}
+    func = only_kernel(inputs, body, VNNI)
+    sch = Int8Matmul().apply(func, VNNI, False)
+    assert sch is not None
+    script = sch.mod["main"].script()
+    assert script.count(" / T.float32(3.0)") == 1  # one division: h is not recomputed
+    if "avx512_vnni" in host_cpu_features():
+        assert_schedule_matches(func, sch, VNNI)
+
+
+def test_replaying_records_registers_our_intrinsics_in_a_fresh_process():
+    """Compile replays tuning records before any rule runs; a record of a kernel these rules
+    tensorized names `tvmflow_dot_16x4_vnni_local` ("not registered" crashed the compile)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import tvm\n"
+        "from tvm.s_tir import TensorIntrin\n"
+        "from tvmflow.tunelog import register_tensor_intrinsics\n"
+        "register_tensor_intrinsics(tvm.target.Target({'kind': 'llvm', 'mcpu': 'znver4'}))\n"
+        "print(TensorIntrin.get('tvmflow_dot_16x4_vnni_local') is not None)\n"
+        "print('uint8x64' in TensorIntrin.get('dot_16x4_vnni').impl.script())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

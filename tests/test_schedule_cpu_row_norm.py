@@ -75,12 +75,28 @@ def test_elementwise_epilogue_after_the_norm_is_fused_in():
     assert_schedule_matches(func, sch)
 
 
+def test_mean_and_variance_of_a_whole_tensor():
+    # GroupNorm with one group, as ONNX exports spell it: two whole-tensor reductions
+    func = only_kernel(
+        {"x": ((1, 1, 10037), "float32")},
+        lambda x: relax.op.sqrt(
+            relax.op.add(relax.op.variance(x, axis=[2], keepdims=True), relax.const(1e-5))
+        ),
+    )
+    sch = RowNorm().apply(func, TARGET, False)
+    assert sch is not None
+    assert "vectorized" in loop_kinds(sch)
+    assert_schedule_matches(func, sch)
+
+
 def test_reductions_over_other_axes_are_not_claimed():
     # a softmax over columns: the reduced axis is not the innermost one
     columns = only_kernel({"x": ((64, 48), "float32")}, lambda x: relax.op.nn.softmax(x, axis=0))
     plain = only_kernel({"x": ((64, 48), "float32")}, lambda x: relax.op.sum(x, axis=[1]))
-    assert RowNorm().apply(columns, TARGET, False) is None
-    assert RowNorm().apply(plain, TARGET, False) is None
+    # one whole-tensor reduction is FullReduction's
+    whole = only_kernel({"x": ((1, 4096), "float32")}, lambda x: relax.op.mean(x))
+    for func in (columns, plain, whole):
+        assert RowNorm().apply(func, TARGET, False) is None
 
 
 def test_default_rules_pick_it_for_softmax():

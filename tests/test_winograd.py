@@ -14,6 +14,7 @@ from tvm_ffi import structural_equal
 
 from tests.kernels import (
     AVX2,
+    NEON,
     TARGET,
     assert_schedule_matches,
     const,
@@ -38,7 +39,7 @@ def _conv_body(cin: int, cout: int, pad: int | tuple[int, ...] = 1, residual: bo
     return body
 
 
-def _kernels(cin=32, cout=48, hw=(16, 16), batch=1, **kw) -> dict[str, tvm.tirx.PrimFunc]:
+def _kernels(cin=32, cout=48, hw=(20, 20), batch=1, **kw) -> dict[str, tvm.tirx.PrimFunc]:
     return fused_kernels({"x": ((batch, cin, *hw), "float32")}, _conv_body(cin, cout, **kw))
 
 
@@ -86,7 +87,7 @@ def test_transforms_compute_the_convolution(m: int) -> None:
 def test_pass_replaces_the_conv_and_its_weight() -> None:
     """Three kernels instead of the conv; the bias and relu fuse into the output transform;
     the weight constant left is the transformed one only."""
-    mod = fused_module({"x": ((1, 32, 16, 16), "float32")}, _conv_body(32, 48))
+    mod = fused_module({"x": ((1, 32, 20, 20), "float32")}, _conv_body(32, 48))
     names = sorted(
         gv.name_hint.rstrip("0123456789")
         for gv, f in mod.functions_items()
@@ -107,7 +108,7 @@ def test_pass_replaces_the_conv_and_its_weight() -> None:
     "shape",
     [
         dict(cin=16, cout=48),  # too few input channels
-        dict(hw=(6, 40)),  # a 6-row output: too small a map
+        dict(hw=(9, 9)),  # 9 F(4,3) tiles: too small a map for 32 channels
     ],
 )
 def test_small_convs_stay_direct(shape: dict) -> None:
@@ -123,10 +124,11 @@ def test_strided_convs_stay_direct() -> None:
 
 
 CASES: dict[str, dict[str, Any]] = {
-    "32->48 16x16": dict(),
-    "odd map 13x10 pad 0": dict(hw=(13, 10), pad=0),
-    "batch 2, residual": dict(cin=32, cout=32, hw=(9, 12), batch=2, residual=True),
-    "asymmetric pad": dict(hw=(11, 11), pad=(0, 1, 2, 1)),
+    "F4, 32->48 20x20": dict(),
+    "F2, odd map 15x10 pad 0": dict(cin=128, cout=128, hw=(15, 10), pad=0),
+    "batch 2, residual, 17x23": dict(cin=32, cout=32, hw=(17, 23), batch=2, residual=True),
+    "asymmetric pad": dict(hw=(21, 19), pad=(0, 1, 2, 1)),
+    "96->24, U padded to 32 channels": dict(cin=96, cout=24, hw=(20, 20)),
 }
 
 
@@ -162,22 +164,23 @@ def test_rules_leave_other_kernels_alone() -> None:
             assert rule.apply(func, TARGET, False) is None
 
 
-def test_gemm_prepacks_the_transformed_weight_and_lowers_for_avx2() -> None:
+def test_gemm_prepacks_the_transformed_weight_and_lowers_for_avx2_and_neon() -> None:
     kernels = _kernels()
     func = _by_prefix(kernels, "winograd_gemm")
     with TARGET:
         sch = WinogradGemm().apply(func, TARGET, False)
     assert sch is not None
     assert "layout_rewrite_preproc" in sch.mod["main"].script()
-    with AVX2:
-        for rule, prefix in (
-            (WinogradDataPack(), "winograd_data_pack"),
-            (WinogradGemm(), "winograd_gemm"),
-            (WinogradInverse(), "fused_winograd_inverse"),
-        ):
-            avx2 = rule.apply(_by_prefix(kernels, prefix), AVX2, False)
-            assert avx2 is not None
-            lowers_for(avx2, AVX2)
+    for target in (AVX2, NEON):
+        with target:
+            for rule, prefix in (
+                (WinogradDataPack(), "winograd_data_pack"),
+                (WinogradGemm(), "winograd_gemm"),
+                (WinogradInverse(), "fused_winograd_inverse"),
+            ):
+                other = rule.apply(_by_prefix(kernels, prefix), target, False)
+                assert other is not None
+                lowers_for(other, target)
 
 
 def test_gemm_default_decisions_reproduce_the_rule_schedule() -> None:
@@ -198,8 +201,20 @@ def test_gemm_default_decisions_reproduce_the_rule_schedule() -> None:
         assert_schedule_matches(func, sch)
 
 
-def test_choose_tile_keeps_direct_below_the_measured_thresholds() -> None:
+def test_choose_tile_follows_the_measured_rule() -> None:
     conv = winograd.WinogradConv(1, 64, 56, 56, 64, (1, 1, 1, 1), 4)
-    assert winograd.choose_tile(conv) == winograd.DEFAULT_TILE
-    assert winograd.choose_tile(replace(conv, c=16)) is None
-    assert winograd.choose_tile(replace(conv, h=4, w=4)) is None
+    assert winograd.choose_tile(conv) == 4
+    assert winograd.choose_tile(replace(conv, c=16, k=16)) is None
+    assert winograd.choose_tile(replace(conv, c=96, k=24, h=60, w=60)) == 4  # PP-OCR neck
+    assert winograd.choose_tile(replace(conv, c=16, k=48)) is None  # harmonic mean 24
+    assert winograd.choose_tile(replace(conv, h=14, w=14)) is None  # 16 F(4,3) tiles only
+    wide = replace(conv, c=256, k=256, h=14, w=14)
+    assert winograd.choose_tile(wide) == 2
+    assert winograd.choose_tile(replace(wide, c=128, k=128, n=8)) == 4  # batch: reuse
+    assert winograd.choose_tile(replace(wide, n=8)) == 2  # F(4,3)'s U: 9.4 MB
+    assert winograd.choose_tile(replace(wide, h=7, w=7)) is None  # weight-bound
+    big = replace(wide, c=512, k=512, n=8, h=7, w=7)
+    assert winograd.choose_tile(big) is None  # even F(2,3)'s U: 16.8 MB
+    neck = replace(conv, c=96, k=24, h=120, w=120)
+    assert winograd.choose_tile(neck) == 4
+    assert winograd.choose_tile(replace(neck, n=8)) is None  # V: 100 MB

@@ -493,7 +493,7 @@ def bench_cmd(
     """Benchmark a tvmflow artifact against onnxruntime on identical inputs (exit 3: inaccurate)."""
     import tempfile
 
-    from tvmflow import bench
+    from tvmflow import bench, reporting
     from tvmflow.accuracy import Tolerance
     from tvmflow.inputs import load_inputs
     from tvmflow.manifest import check_writable
@@ -525,7 +525,7 @@ def bench_cmd(
             if report_path.resolve() in {model.resolve(), Path(npz or model).resolve()}:
                 raise TvmflowError(f"{flag} {report_path} is an input of this benchmark")
     if plot:
-        bench.plot_format(plot)
+        reporting.plot_format(plot)
     arrays = load_inputs(npz=npz) if npz else None
     _warn_nonfinite(arrays or {})
     with tempfile.TemporaryDirectory(prefix="tvmflow-bench-") as scratch:
@@ -543,13 +543,14 @@ def bench_cmd(
         report = bench.run_bench(
             model, artifact, options, arrays, str(npz), dict(input_shapes), compile_s
         )
-    click.echo(bench.format_table(report))
-    for path, write in ((json_path, bench.write_json), (markdown, bench.write_markdown)):
+    click.echo(reporting.format_table(report))
+    writers = ((json_path, reporting.write_json), (markdown, reporting.write_markdown))
+    for path, write in writers:
         if path:
             write([report], path)
             click.echo(f"wrote {path}")
     if plot:
-        bench.plot([report], plot)
+        reporting.plot([report], plot)
         click.echo(f"wrote {plot}")
     bench.check_accuracy(report)
 

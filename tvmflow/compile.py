@@ -236,10 +236,10 @@ def _verify(
     It runs twice: the second run gets memory the first one freed, so a kernel that reads
     memory it never wrote gives different outputs (the first run often gets fresh, zeroed
     pages and matches by luck)."""
-    tolerance = tolerance_for(options.precision, options.tolerance)
     feeds = random_inputs(model.inputs, options.seed)
     reference_feeds = model.reference_feeds(feeds)
     expected = onnxruntime_outputs(model.path, reference_feeds)
+    tolerance = tolerance_for(options.precision, options.tolerance, expected)
     first = runner.run(directory, feeds)
     actual = runner.run(directory, feeds)
     unstable = [

@@ -59,12 +59,16 @@ def _padded(call: relax.Call, lanes: int) -> relax.Expr | None:
         if not _is_depthwise(call):
             return None
         extra = 0
-        more = padded_row(columns, int(attrs.strides[1]), lanes) - columns
+        stride = int(attrs.strides[1])
+        more = (padded_row(columns, stride, lanes) - columns) * stride
+        if stride == 2 and _odd_padded_row(call) and int(w.ty.shape[3]) % 2:
+            more += 1  # the row rule splits stride-2 rows in two phases; same outputs
     else:
         extra = _channel_padding(channels, lanes) if isinstance(w, tvm.ir.expr.Constant) else 0
         more = 0
         if columns >= MIN_COLUMNS and not any(columns % r == 0 for r in range(4, 9)):
             more = next(p for p in range(1, 8) if any((columns + p) % r == 0 for r in (8, 7, 6)))
+            more *= int(attrs.strides[1])
     if not (extra or more):
         return None
     if extra:
@@ -74,7 +78,7 @@ def _padded(call: relax.Call, lanes: int) -> relax.Expr | None:
         x,
         w,
         strides=attrs.strides,
-        padding=(top, left, bottom, right + more * int(attrs.strides[1])),
+        padding=(top, left, bottom, right + more),
         dilation=attrs.dilation,
         groups=attrs.groups,
         data_layout="NCHW",
@@ -82,6 +86,13 @@ def _padded(call: relax.Call, lanes: int) -> relax.Expr | None:
         out_layout="NCHW",
         out_dtype=str(call.ty.dtype),
     )
+    span = int(attrs.dilation[1]) * (int(w.ty.shape[3]) - 1) + 1
+    if (
+        not extra
+        and (int(x.ty.shape[3]) + left + right + more - span) // int(attrs.strides[1]) + 1
+        == columns
+    ):
+        return y  # only an evened row: the same outputs
     return relax.op.strided_slice(y, axes=[1, 3], begin=[0, 0], end=[channels, columns])
 
 
@@ -95,6 +106,11 @@ def _is_depthwise(call: relax.Call) -> bool:
         and int(w_shape[1]) == 1
         and all(int(d) == 1 for d in call.attrs.dilation)
     )
+
+
+def _odd_padded_row(call: relax.Call) -> bool:
+    _, left, _, right = (int(p) for p in call.attrs.padding)
+    return (int(call.args[0].ty.shape[3]) + left + right) % 2 == 1
 
 
 def PadConvForTiles(lanes: int) -> tvm.transform.Pass:

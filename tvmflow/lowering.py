@@ -128,6 +128,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.conv1d import Conv1dAsConv2d
     from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.fast_sigmoid import SigmoidAsTanh
+    from tvmflow.fp16_accumulate import Fp16Accumulate
+    from tvmflow.matmul_reshape import MatmulReshape
     from tvmflow.qdq import QdqToInteger
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
@@ -138,9 +140,10 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
         [
             SplitUpsamplingConvTranspose(),
             Conv1dAsConv2d(),
-            WinogradConv2d(),  # 3x3 stride-1 convs it measured faster as F(4, 3)
+            WinogradConv2d(vector_lanes(target)),  # 3x3 stride-1 convs, where faster
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
+            MatmulReshape(),  # a Linear's output reshape moves to its input: GELU fuses
             SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
             relax.transform.FastMathTransform(),
         ]
@@ -160,6 +163,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     with target:
         return tvm.transform.Sequential(
             [
+                Fp16Accumulate(),  # an fp16 export's matmuls / convs sum in fp32
                 *integer,
                 *mixed,
                 relax.transform.DecomposeOpsForInference(),
@@ -275,13 +279,16 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, tuple[np.ndarray, ...
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
-    """Code generation of a scheduled module (the preset's codegen settings)."""
+    """Code generation of a scheduled module (the preset's codegen settings). On CPUs the
+    intermediates go into one arena (`tvmflow.memory_plan`)."""
     from tvm import relax
 
     from tvmflow.export import codegen_scope
+    from tvmflow.memory_plan import build_pipeline
 
+    pipeline = build_pipeline() if target.kind.name == "llvm" else "default"
     with codegen_scope(target):
-        return relax.build(empty_constants_allocated(mod), target=target)
+        return relax.build(empty_constants_allocated(mod), target=target, relax_pipeline=pipeline)
 
 
 def empty_constants_allocated(mod: tvm.IRModule) -> tvm.IRModule:

@@ -82,8 +82,9 @@ class OutputAccuracy:
     max_rel_err: float
     cosine: float
     # the output is a DequantizeLinear's: `quant_steps` of its quantization step (its scale)
-    # were allowed on top of atol/rtol (`tvmflow.accuracy.quant_allowance`); None / 0 when
-    # it was held to atol/rtol alone
+    # were allowed on top of atol/rtol (`tvmflow.accuracy.quant_allowance`); for a float
+    # output of a quantized model, 1 x onnxruntime's int8 session's own max deviation;
+    # None / 0 when it was held to atol/rtol alone
     quant_step: float | None = None
     quant_steps: int = 0
 

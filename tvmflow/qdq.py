@@ -13,12 +13,15 @@ bound: zy). Weight scales stay per channel. A Relu, a missing bias, int8 or uint
 activations and outputs are all matched; weights must be int8 with zero points of 0
 (symmetric, what `quantize_static` makes), the scales and zero points constants.
 
-Convolutions become one `qconv2d` kernel (`int8_conv2d`), in the operand layout x86's VNNI
-dot product reads (`tvmflow.schedules.cpu_int8_conv2d` tensorizes it): the weight packed
-here, at compile time, as [O/16, KH, KW, C/4, 16, 4]; the activation padded with its zero
-point and packed as [N, H, W, C/4, 4] inside the kernel (int8 activations shifted by +128 to
-uint8 there, zero point with them). With padding by the zero point the zero-point term is a
-constant per output channel (zx * sum(w)), folded with the bias. MatMul / Gemm become
+Convolutions become one `qconv2d` kernel, in the operand layout x86's VNNI dot product
+reads (`tvmflow.schedules.cpu_int8_conv2d` tensorizes it): the weight packed here, at
+compile time, as [O/16, KH, KW, C/4, 16, 4]; the activation padded with its zero point and
+packed as [N, H, W, C/4, 4] inside the kernel (int8 activations shifted by +128 to uint8
+there, zero point with them). With padding by the zero point the zero-point term is a
+constant per output channel (zx * sum(w)), folded with the bias. Depthwise convs become
+`qdwconv2d` (`cpu_int8_depthwise_conv2d`). Both write NHWC: later integer convs, QDQ
+residual adds (`qadd`, onnxruntime's QLinearAdd arithmetic) and QDQ max pools read that
+directly; other consumers get a transpose. MatMul / Gemm become
 `tvmflow.ops.quantized.integer_matmul` plus the same requantize (`cpu_int8_matmul`).
 
 Only on targets with AVX512-VNNI: elsewhere nothing tensorizes the integer kernels and the
@@ -44,6 +47,7 @@ SHIFT = 128  # int8 -> uint8
 CONV_FUNC, DW_FUNC = "qconv2d", "qdwconv2d"
 PACK_BLOCK, CONV_BLOCK, REQUANT_BLOCK = "qconv_pack", "qconv", "qconv_requant"
 DW_PACK_BLOCK, DW_BLOCK = "qdwconv_pack", "qdwconv"
+LAYOUT_ATTR = "tvmflow.qconv_input_layout"  # NCHW / NHWC: how the pack reads the input
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps leaves the kernel as it is
 RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
@@ -100,14 +104,21 @@ def _dequantized(
     return Quant(call.args[0], scale.astype("float32").reshape(-1), zp.astype("int64").reshape(-1))
 
 
-def _weight(var2val: dict[Any, Any], expr: Any, ndim: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """A constant symmetric int8 weight as (values, per-output-channel float32 scales)."""
+def _weight(
+    var2val: dict[Any, Any], expr: Any, ndim: int, channel_axis: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A constant symmetric int8 weight as (values, float32 scales: one, or one per output
+    channel along `channel_axis`)."""
     q = _dequantized(var2val, expr)
     if q is None:
         return None
     w = _const(q.data)
     if w is None or w.dtype != np.int8 or w.ndim != ndim or q.zero_point.any():
         return None
+    if q.scale.size > 1:
+        axis = int(_call(var2val, expr, "relax.dequantize").attrs.axis) % ndim
+        if axis != channel_axis or q.scale.size != w.shape[axis]:
+            return None
     return w, q.scale
 
 
@@ -163,7 +174,9 @@ class ConvSpec:
 def _padded_input(x: te.Tensor, spec: ConvSpec, group: int, name: str) -> te.Tensor:
     """The activation padded with its zero point, channels last ([N, H, W, C] for group 1,
     [N, H, W, C/4, 4] for group 4, channels beyond C also the zero point), int8 shifted by
-    +128 to uint8."""
+    +128 to uint8. Only the bounds that exist are tested: an NHWC uint8 input with no
+    padding and whole channel groups is a plain load (the rule then reads the input
+    directly, no pack pass)."""
     from tvm import te, tirx
 
     if spec.in_layout == "NCHW":
@@ -174,13 +187,20 @@ def _padded_input(x: te.Tensor, spec: ConvSpec, group: int, name: str) -> te.Ten
     shift = SHIFT if spec.in_dtype == "int8" else 0
 
     def value(n: Any, y: Any, xx: Any, c: Any) -> Any:
-        inside = tirx.all(c < c_, y >= top, y < h_ + top, xx >= left, xx < w_ + left)
-        c = tirx.min(c, c_ - 1)
+        bounds = [c < c_] if c_ % group else []
+        if top or bottom:
+            bounds += [y >= top, y < h_ + top]
+        if left or right:
+            bounds += [xx >= left, xx < w_ + left]
+        if bounds:
+            c = tirx.min(c, c_ - 1)
         nchw = spec.in_layout == "NCHW"
         v = x[n, c, y - top, xx - left] if nchw else x[n, y - top, xx - left, c]
         if shift:
             v = (v.astype("int32") + shift).astype("uint8")
-        return tirx.if_then_else(inside, v, tirx.const(spec.zx + shift, "uint8"))
+        if not bounds:
+            return v
+        return tirx.if_then_else(tirx.all(*bounds), v, tirx.const(spec.zx + shift, "uint8"))
 
     rows, cols = h_ + top + bottom, w_ + left + right
     if group == 1:
@@ -268,7 +288,7 @@ def conv_kernel(spec: ConvSpec, weight: np.ndarray, depthwise: bool) -> tvm.tirx
     compute = depthwise_compute if depthwise else conv2d_compute
     out = compute(xt, wt, ot, st, spec)
     func = te.create_prim_func([xt, wt, ot, st, out]).without_attr("global_symbol")
-    return func.with_attr("op_pattern", OPAQUE)
+    return func.with_attr("op_pattern", OPAQUE).with_attr(LAYOUT_ATTR, spec.in_layout)
 
 
 def conv_operands(
@@ -452,7 +472,7 @@ class _Rewriter:
         if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW"):
             return None
         x = _dequantized(self.var2val, conv.args[0])
-        weight = _weight(self.var2val, conv.args[1], 4)
+        weight = _weight(self.var2val, conv.args[1], 4, 0)
         if x is None or weight is None or len(conv.ty.shape.values) != 4:
             return None
         w, w_scale = weight
@@ -508,7 +528,7 @@ class _Rewriter:
         permute = _call(self.var2val, w_expr, "relax.permute_dims")
         if permute is not None and len(permute.args[0].ty.shape.values) == 2:
             w_expr, transposed = permute.args[0], True
-        weight = _weight(self.var2val, w_expr, 2)
+        weight = _weight(self.var2val, w_expr, 2, 0 if transposed else 1)
         if x is None or weight is None or str(matmul.attrs.out_dtype) not in ("None", "float32"):
             return None
         w, w_scale = weight

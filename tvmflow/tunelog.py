@@ -748,3 +748,7 @@ def register_tensor_intrinsics(target: tvm.target.Target) -> None:
         module = kind if kind in ("cuda", "rocm", "metal", "hexagon") else ""
     if module:
         importlib.import_module(f"{package}.{module}")
+    if module == "x86":  # tvmflow's int8 rules tensorize with their own (fixed) VNNI intrinsics
+        from tvmflow.schedules.cpu_int8_matmul import register_own_intrinsics
+
+        register_own_intrinsics()

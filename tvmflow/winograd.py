@@ -94,21 +94,49 @@ def transform_weight(weight: np.ndarray, m: int) -> np.ndarray:
     )
 
 
-# Cost rule, measured with scripts/winograd-costs (1 thread, AVX-512; direct conv vs F(2,3),
-# F(4,3), F(6,3) side by side per conv shape): Winograd beat the direct register-tiled conv
-# from 32 input and output channels on maps of at least 8x8 outputs; below that the
-# transforms' per-channel cost and the tile padding dominate.
-MIN_CHANNELS = 32
-MIN_OUTPUT_SIDE = 8
+# Cost rule, measured with scripts/winograd-costs (1 thread, AVX-512, conv + bias + relu,
+# direct conv vs F(2,3), F(4,3), F(6,3) side by side; time relative to the direct conv):
+#   64->64 56x56: F4 0.52, F2 0.73     128->128 28x28: F4 0.42, F2 0.53
+#   32->32 56x56: F4 0.83              16->16 112x112: F4 1.02, F2 1.39
+#   256->256 14x14: F2 0.57, F4 0.64   512->512 7x7: F2 0.87, F4 0.99
+#   batch 8: 256->256 14x14: F4 0.49   512->512 7x7: F4 0.50, F2 0.71
+#   32->64 14x14: F2 1.07, F4 1.10     64->64 7x7: F2 1.31, F4 1.20
+#   96->24 120x120: F4 0.80, F2 1.36   96->24 60x60: F4 0.71, F2 1.01 (PP-OCR neck; U padded)
+# F(6,3) never won. The GEMM's work per tile grows with C*K, the transforms' with C + K, so
+# channels are judged by their harmonic mean 2CK / (C + K) (32 for 32->32, 38 for 96->24,
+# 16 for 16->16). A small map gives each transformed weight (alpha^2 / 9 times the
+# original's bytes: the weights file and resident memory grow by that) few tiles to be
+# reused over, so its GEMMs stream weights: F(4,3) pays from about 25 tiles (a 17x17 map at
+# batch 1); F(2,3), whose transforms cost more per multiply-add saved, from 25 tiles with
+# 128 channels. 512->512 at 7x7 (16 F(2,3) tiles) stays direct: 0.87x for 1.8x the
+# weight bytes (+22 MB on ResNet-18) did not show end to end.
+# Memory: a transformed weight above this stays untransformed (F(2,3) is tried instead of
+# F(4,3), then the direct conv). Peak RSS is gated too (scripts/benchmark --check: +10 %
+# relative to onnxruntime's); ResNet-18 at batch 8 with F(4,3) on its 512->512 convs
+# (37.7 MB each instead of 9.4) would add 85 MB for 0.50x on those three convs.
+MAX_WEIGHT_BYTES = 8 << 20
+# Likewise the transformed input V ((m+2)^2 / m^2 times the input: 2.25x for F(4,3)) and
+# the GEMM's output live beside the input: PP-OCRv4 det at batch 8, 480x480, would hold a
+# 100 MB V for its 96->24 convs at 120x120. Above this the conv stays direct.
+MAX_TRANSFORMED_INPUT_BYTES = 32 << 20
+MIN_TILES = 25
+MIN_CHANNELS = {4: 32, 2: 128}  # per m, in the order tried: least harmonic mean of C, K
 DEFAULT_TILE = 4
 
 
 def choose_tile(conv: WinogradConv) -> int | None:
     """m of the F(m, 3) that beats the direct conv for this shape, None to keep the direct
-    conv (see the constants above). `conv.m` is ignored."""
-    if min(conv.c, conv.k) < MIN_CHANNELS or min(conv.out_h, conv.out_w) < MIN_OUTPUT_SIDE:
-        return None
-    return DEFAULT_TILE
+    conv (see the measurements above). `conv.m` is ignored."""
+    for m, least in MIN_CHANNELS.items():
+        tiles = replace(conv, m=m).tiles
+        if (
+            2 * conv.c * conv.k >= least * (conv.c + conv.k)
+            and tiles >= MIN_TILES
+            and (m + 2) ** 2 * conv.c * conv.k * 4 <= MAX_WEIGHT_BYTES
+            and (m + 2) ** 2 * tiles * conv.c * 4 <= MAX_TRANSFORMED_INPUT_BYTES
+        ):
+            return m
+    return None
 
 
 def _static_shape(expr: relax.Expr) -> list[int] | None:
@@ -263,11 +291,18 @@ def inverse(mm: te.Tensor, conv: WinogradConv) -> te.Tensor:
     return te.compute((conv.n, conv.k, conv.out_h, conv.out_w), compute, name=INVERSE)
 
 
-def _rewrite(bb: relax.BlockBuilder, call: relax.Call, conv: WinogradConv) -> relax.Expr:
+def _rewrite(
+    bb: relax.BlockBuilder, call: relax.Call, conv: WinogradConv, lanes: int
+) -> relax.Expr:
+    """The three kernels. U gets zero output channels up to whole vectors (the GEMM's tile
+    needs them: 24 channels ran on 8-lane vectors); the output transform reads the real ones."""
     from tvm import relax
 
     attrs = {"op_pattern": OUT_EWISE_FUSABLE}
-    u = relax.const(transform_weight(call.args[1].value.numpy(), conv.m))
+    u = transform_weight(call.args[1].value.numpy(), conv.m)
+    if conv.k > lanes and conv.k % lanes:
+        u = np.pad(u, [(0, 0), (0, 0), (0, lanes - conv.k % lanes)])
+    u = relax.const(u)
     v = bb.emit(
         bb.call_te(
             lambda x: data_pack(x, conv),
@@ -282,8 +317,9 @@ def _rewrite(bb: relax.BlockBuilder, call: relax.Call, conv: WinogradConv) -> re
     )
 
 
-def WinogradConv2d() -> tvm.transform.Pass:
-    """Module pass: rewrite every conv2d `choose_tile` picks (see the module docstring)."""
+def WinogradConv2d(lanes: int) -> tvm.transform.Pass:
+    """Module pass: rewrite every conv2d `choose_tile` picks (see the module docstring);
+    `lanes`: the target's fp32 vector width, which the GEMM's output channels are padded to."""
     import tvm
     from tvm import relax
 
@@ -296,7 +332,7 @@ def WinogradConv2d() -> tvm.transform.Pass:
             conv = _match(call)
             if conv is None:
                 return call
-            return _rewrite(self.builder_, call, conv)
+            return _rewrite(self.builder_, call, conv, lanes)
 
     def transform(mod: tvm.IRModule, _: Any) -> tvm.IRModule:
         rewriter = Rewriter(mod)

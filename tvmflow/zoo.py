@@ -5,7 +5,7 @@ Built with onnx.helper and seeded weights, so they need no download and are repr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +269,50 @@ def save(name: str, directory: Path) -> Path:
     path = directory / f"{name}.onnx"
     onnx.save(MODELS[name](), str(path))
     return path
+
+
+# qconv: QDQ variants of the built-in models (int8 kernels' tests and benchmarks)
+def quantize_qdq(
+    model: onnx.ModelProto,
+    directory: Path,
+    shapes: Mapping[str, tuple[int, ...]],
+    activations: str = "uint8",
+    per_channel: bool = False,
+) -> Path:
+    """onnxruntime's `quantize_static` of `model` in QDQ format (`activations` uint8 or
+    int8, int8 weights, per-tensor or `per_channel`), calibrated on 4 seeded N(0, 1) batches
+    of `shapes` (its float inputs); writes `directory/<graph name>-qdq.onnx`."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Feeds(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.feeds = iter(
+                [
+                    {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+                    for _ in range(4)
+                ]
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fp32 = directory / f"{model.graph.name}.onnx"
+    out = directory / f"{model.graph.name}-qdq.onnx"
+    onnx.save(model, fp32)
+    quantize_static(
+        str(fp32),
+        str(out),
+        Feeds(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+    )
+    return out

@@ -45,6 +45,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_pointwise_conv2d import PointwiseConv2d
     from tvmflow.schedules.cpu_pool import Pool
     from tvmflow.schedules.cpu_row_norm import RowNorm
+    from tvmflow.schedules.cpu_squeeze_excite import SqueezeExcite
     from tvmflow.schedules.cpu_transpose import Transpose
     from tvmflow.schedules.cpu_winograd import WinogradDataPack, WinogradGemm, WinogradInverse
 
@@ -63,10 +64,11 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         DepthwiseConv2dRows(),
         DepthwiseConv2d(),
         Int8Matmul(),
+        SqueezeExcite(),
         Matmul(),
         Pool(),
-        RowNorm(),
         PlaneReduction(),
+        RowNorm(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),

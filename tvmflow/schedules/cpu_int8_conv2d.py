@@ -65,16 +65,17 @@ class Int8Conv2d(ScheduleRule):
         except (ScheduleError, InternalError, ValueError):
             return None
         try:
-            return self._schedule(sch, *blocks)
+            pack, conv, requant = blocks
+            return self._schedule(sch, pack, conv, requant, nhwc_input(func))
         except (ScheduleError, InternalError):
             return None
 
-    def _schedule(self, sch: s_tir.Schedule, pack: Any, conv: Any, requant: Any) -> Any:
+    def _schedule(self, sch: s_tir.Schedule, pack: Any, conv: Any, requant: Any, nhwc: bool) -> Any:
         loops = sch.get_loops(conv)
         sizes = extents(sch, loops)
         if sizes is None or len(loops) != 8 or sizes[3] % LANES or sizes[-1] != GROUP:
             return None
-        _schedule_pack(sch, pack)
+        schedule_pack(sch, pack, nhwc)
         cols, vecs = register_tile(sizes[2], sizes[3] // LANES)
         acc = sch.cache_write(conv, 0, "local")
         n, y, x, o, ry, rx, rc, ri = sch.get_loops(conv)
@@ -111,15 +112,32 @@ def _channels(sch: s_tir.Schedule, requant: Any) -> int:
     return int(sch.get(requant).writes[0].source.shape[3])
 
 
-def _schedule_pack(sch: s_tir.Schedule, pack: Any) -> None:
-    """The pack runs once over the whole input: rows in parallel, the channels (a 4-byte
-    group, or whole 16-byte vectors) unrolled or vectorized."""
+def nhwc_input(func: tvm.tirx.PrimFunc) -> bool:
+    from tvmflow.qdq import LAYOUT_ATTR
+
+    return bool(func.attrs and str(func.attrs.get(LAYOUT_ATTR, "")) == "NHWC")
+
+
+def schedule_pack(sch: s_tir.Schedule, pack: Any, nhwc: bool) -> None:
+    """A pack that is a plain load (NHWC uint8, no padding) is inlined: the conv reads the
+    input itself. Otherwise it runs once over the whole input, rows in parallel; from NHWC
+    its channels (groups of 4 fused) are contiguous 16-byte vectors, from NCHW a transpose
+    (the 4-byte groups unrolled)."""
+    import tvm
+
+    body = sch.get(pack).body
+    if isinstance(body, tvm.tirx.stmt.BufferStore) and isinstance(body.value, tvm.ir.TensorLoad):
+        sch.compute_inline(pack)
+        return
     n, y, *rest = sch.get_loops(pack)
     sizes = extents(sch, [n, y, *rest])
     if sizes is None:
         return
-    if sizes[-1] % LANES == 0:
-        _, lane = sch.split(rest[-1], factors=[None, LANES])
+    channels = rest[-2:] if len(rest) == 3 else rest[-1:]
+    width = math.prod(sizes[-len(channels) :])
+    if nhwc and width % LANES == 0:
+        fused = sch.fuse(*channels) if len(channels) > 1 else channels[0]
+        _, lane = sch.split(fused, factors=[None, LANES])
         sch.vectorize(lane)
     else:
         sch.unroll(rest[-1])

@@ -19,7 +19,12 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 
 from tvmflow.schedules.cpu_common import MIN_PARALLEL_WORK, extents, is_cpu
-from tvmflow.schedules.cpu_int8_conv2d import _schedule_pack, register_tile, requantize_tile
+from tvmflow.schedules.cpu_int8_conv2d import (
+    nhwc_input,
+    register_tile,
+    requantize_tile,
+    schedule_pack,
+)
 from tvmflow.schedules.cpu_int8_matmul import LANES, has_vnni
 
 if TYPE_CHECKING:
@@ -46,16 +51,17 @@ class Int8DepthwiseConv2d(ScheduleRule):
         except (ScheduleError, InternalError, ValueError):
             return None
         try:
-            return self._schedule(sch, *blocks)
+            pack, conv, requant = blocks
+            return self._schedule(sch, pack, conv, requant, nhwc_input(func))
         except (ScheduleError, InternalError):
             return None
 
-    def _schedule(self, sch: s_tir.Schedule, pack: Any, conv: Any, requant: Any) -> Any:
+    def _schedule(self, sch: s_tir.Schedule, pack: Any, conv: Any, requant: Any, nhwc: bool) -> Any:
         loops = sch.get_loops(conv)
         sizes = extents(sch, loops)
         if sizes is None or len(loops) != 6 or sizes[3] % LANES:
             return None
-        _schedule_pack(sch, pack)
+        schedule_pack(sch, pack, nhwc)
         cols, vecs = register_tile(sizes[2], sizes[3] // LANES)
         acc = sch.cache_write(conv, 0, "local")
         n, y, x, c, ry, rx = sch.get_loops(conv)

@@ -14,6 +14,7 @@ Matmul rule takes the kernel): AVX-512's pmaddubsw fallback saturates its 16-bit
 from __future__ import annotations
 
 import functools
+import math
 from typing import TYPE_CHECKING, Any
 
 from tvm.error import InternalError
@@ -73,16 +74,25 @@ def register_vnni_intrin() -> str:
     22-valid vpdpbusd call, and the same with its accumulator in registers (`local`), which
     this rule tensorizes with. Returns the latter's name."""
     import tvm
-    from tvm.s_tir import TensorIntrin
 
     from tvmflow.tunelog import register_tensor_intrinsics
 
-    # the stock x86 intrinsics first: registered after ours, they would clash on the name
+    # the stock x86 intrinsics first (registered after ours, they would clash on the name);
+    # that registers ours too, after them
     register_tensor_intrinsics(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}))
+    return VNNI_INTRIN_LOCAL
+
+
+@functools.cache
+def register_own_intrinsics() -> None:
+    """Ours over/after TVM's x86 ones (tunelog.register_tensor_intrinsics calls this once it
+    has imported them): replaying a tuning record of a kernel a rule here tensorized needs
+    the intrinsic its trace names."""
+    from tvm.s_tir import TensorIntrin
+
     for name, scope in ((VNNI_INTRIN, "global"), (VNNI_INTRIN_LOCAL, "local")):
         desc, impl = _vnni_funcs(scope)
         TensorIntrin.register(name, desc, impl, override=True)
-    return VNNI_INTRIN_LOCAL
 
 
 def _vnni_funcs(scope: str) -> tuple[Any, Any]:
@@ -223,7 +233,7 @@ class Int8Matmul(ScheduleRule):
         sch.parallel(sch.fuse(*tiles) if len(tiles) > 1 else tiles[0])
         sch.decompose_reduction(block, k_o)
         sch.tensorize(n_v, register_vnni_intrin())
-        out = fuse_epilogue(sch, acc, [i.block_rv for i in infos[index + 1 :]], LANES)
+        out = _fuse_epilogue(sch, acc, [i.block_rv for i in infos[index + 1 :]])
         if out is None:
             return None
         wb = sch.get_loops(out)
@@ -231,3 +241,60 @@ class Int8Matmul(ScheduleRule):
             _, vec = sch.split(wb[-1], factors=[None, LANES])
             sch.vectorize(vec)
         return sch
+
+
+def _fuse_epilogue(sch: s_tir.Schedule, writeback: Any, epilogue: list[Any]) -> Any:
+    """`fuse_epilogue`, except that a value the epilogue reads more than once is computed
+    once per tile (in its own vectorized loop) instead of inlined into each use. A QDQ
+    transformer's GELU reads h = DQ(Q(acc)) twice at each of its Q/DQ levels: inlined, the
+    chain was recomputed into 48 divisions per element and the kernel ran 5x the time of
+    the same-sized matmul without it."""
+    from tvmflow.schedules.cpu_common import schedule_spatial
+
+    shared = [b for b in epilogue if _uses(sch, b) > 1]
+    if not shared:
+        return fuse_epilogue(sch, writeback, epilogue, LANES)
+    remaining = []
+    for block in epilogue:
+        if any(block.same_as(b) for b in shared):
+            remaining.append(block)
+            continue
+        try:
+            sch.compute_inline(block)
+        except ScheduleError:
+            remaining.append(block)
+    produced = math.prod(int(d) for d in sch.get(writeback).writes[0].source.shape)
+    if any(_instances(sch, b) != produced for b in remaining):
+        for block in remaining:
+            schedule_spatial(sch, block, LANES)
+        return writeback
+    tile_loop = sch.get_loops(writeback)[0]
+    for block in remaining:
+        sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
+    sch.compute_inline(writeback)
+    for block in remaining[:-1]:
+        inner = sch.get_loops(block)[-1]
+        if sch.get(inner).extent.value % LANES == 0:
+            sch.vectorize(sch.split(inner, factors=[None, LANES])[1])
+    return remaining[-1]
+
+
+def _uses(sch: s_tir.Schedule, block: Any) -> int:
+    """How many loads of `block`'s output its consumers make (per element)."""
+    import tvm
+    import tvm_ffi
+
+    buffer = sch.get(block).writes[0].source
+    count = [0]
+
+    def visit(load: Any) -> None:
+        if load.source.same_as(buffer):
+            count[0] += 1
+
+    for consumer in sch.get_consumers(block):
+        tvm_ffi.structural_walk(sch.get(consumer).body, [(tvm.ir.TensorLoad, visit)], order="pre")
+    return count[0]
+
+
+def _instances(sch: s_tir.Schedule, block: Any) -> int:
+    return math.prod(int(iv.dom.extent) for iv in sch.get(block).iter_vars)

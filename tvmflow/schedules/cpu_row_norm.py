@@ -62,10 +62,15 @@ def _row_dims(sch: s_tir.Schedule, infos: list[Any]) -> int | None:
     """How many leading dims are rows: every block iterates them first, with the same
     extents, and indexes every buffer it writes with them as its leading dims (so merging
     the blocks' row loops keeps each row's producers before its consumers). Reductions
-    reduce their last iter only. None when the kernel is not shaped so."""
+    reduce their last iter only. 0 when every reduction makes one value (GroupNorm's mean
+    and variance of a whole [1, 1, C*H*W] tensor). None when the kernel is not shaped so."""
     kinds = [info.dom_kind() for info in infos]
     if any(k.count("R") > 1 or ("R" in k and not k.endswith("R")) for k in kinds):
         return None
+    reductions = [info.block_rv for info in infos if not info.is_injective()]
+    # one reduction of a whole tensor is FullReduction's (more accumulators)
+    if len(reductions) > 1 and all(_one_row(sch, block) for block in reductions):
+        return 0  # nothing to merge: each block keeps its own loops
     rows = min(len(k) - len(k.lstrip("S")) for k in kinds)
     reduced = [k for k in kinds if "R" in k]
     rows = min(rows, *(len(k) - 1 for k in reduced))
@@ -85,6 +90,18 @@ def _row_dims(sch: s_tir.Schedule, infos: list[Any]) -> int | None:
         if not all(_row_led(access, heads) for access in accesses):
             return None
     return rows
+
+
+def _one_row(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """Whether a reduction block reduces everything into a single value."""
+    import tvm
+
+    spatial = [
+        iv.dom.extent
+        for iv in sch.get(block).iter_vars
+        if iv.iter_type != tvm.tirx.IterVar.CommReduce
+    ]
+    return all(isinstance(e, tvm.tirx.IntImm) and e.value == 1 for e in spatial)
 
 
 def _row_led(access: Any, heads: list[Any]) -> bool:
@@ -130,7 +147,7 @@ def _schedule(sch: s_tir.Schedule, infos: list[Any], rows: int, lanes: int) -> s
                 sch.set_scope(partial, 0, "local")
                 step, lane = sch.get_loops(partial)[-2:]
             tails += _vectorize_row(sch, step, lane)
-        for nest in [partial, block] if partial is not None else [block]:
+        for nest in ([partial, block] if partial is not None else [block]) if rows else []:
             loops = sch.get_loops(nest)
             heads.append(sch.fuse(*loops[:rows]) if rows > 1 else loops[0])
         if partial is not None:

@@ -81,7 +81,8 @@ class WinogradGemm(TiledRule):
 
 
 class WinogradDataPack(ScheduleRule):
-    """The input transform: unrolled over the tile position, vectorized over channels."""
+    """The input transform: the channels-last staging copy as a plain parallel, vectorized
+    pass, then the transform per tile and channel vector, unrolled over the tile position."""
 
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
@@ -90,8 +91,7 @@ class WinogradDataPack(ScheduleRule):
         if opened is None:
             return None
         sch, infos = opened
-        names = [str(sch.get(info.block_rv).name_hint) for info in infos]
-        if len(infos) != 2 or not names[1].startswith(DATA_PACK):
+        if len(infos) != 2 or not _named(sch, infos[1].block_rv, DATA_PACK):
             return None
         stage, block = infos[0].block_rv, infos[1].block_rv
         loops = sch.get_loops(block)
