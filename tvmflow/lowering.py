@@ -127,6 +127,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # get output channels and columns the register tile divides (padded, then sliced off).
     from tvmflow.conv1d import Conv1dAsConv2d
     from tvmflow.conv_tiles import PadConvForTiles
+    from tvmflow.fast_pow import PowerAsMultiply
     from tvmflow.fast_sigmoid import SigmoidAsTanh
     from tvmflow.fp16_accumulate import Fp16Accumulate
     from tvmflow.matmul_reshape import MatmulReshape
@@ -145,6 +146,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             conv_weights_hwio(),
             MatmulReshape(),  # a Linear's output reshape moves to its input: GELU fuses
             SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
+            PowerAsMultiply(),  # x ** 3 (tanh GELU) as multiplies, not a powf per element
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
