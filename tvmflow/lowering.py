@@ -126,6 +126,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM; conv2ds
     # get output channels and columns the register tile divides (padded, then sliced off).
     from tvmflow.conv1d import Conv1dAsConv2d
+    from tvmflow.conv_dead_taps import DropDeadConvTaps
     from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.fast_pow import PowerAsMultiply
     from tvmflow.fast_sigmoid import SigmoidAsTanh
@@ -141,6 +142,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
         [
             SplitUpsamplingConvTranspose(),
             Conv1dAsConv2d(),
+            DropDeadConvTaps(),  # dilated taps reading only padding (ASPP on small maps)
             WinogradConv2d(vector_lanes(target)),  # 3x3 stride-1 convs, where faster
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
