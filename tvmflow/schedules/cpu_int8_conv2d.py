@@ -47,28 +47,40 @@ def register_tile(columns: int, vectors: int) -> tuple[int, int]:
     return max(fits, key=lambda t: (t[0] * t[1], t[0]))
 
 
-class Int8Conv2d(ScheduleRule):
-    """`qconv2d` kernels (pack, u8 x i8 conv, requantize) on AVX512-VNNI targets."""
+class QdqKernelRule(ScheduleRule):
+    """A `tvmflow.qdq` kernel found by its three block names (pack, integer conv,
+    requantize), on the AVX512-VNNI targets the pass makes them for; `_schedule` does the rest."""
+
+    blocks: tuple[str, str, str]
 
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
         from tvm import s_tir
 
-        from tvmflow.qdq import CONV_BLOCK, PACK_BLOCK, REQUANT_BLOCK
-
         if not is_cpu(target) or not has_vnni(target):
             return None
         sch = s_tir.Schedule(func)
         try:
-            blocks = [sch.get_sblock(name) for name in (PACK_BLOCK, CONV_BLOCK, REQUANT_BLOCK)]
+            pack, conv, requant = (sch.get_sblock(name) for name in self.blocks)
         except (ScheduleError, InternalError, ValueError):
             return None
         try:
-            pack, conv, requant = blocks
             return self._schedule(sch, pack, conv, requant, nhwc_input(func))
         except (ScheduleError, InternalError):
             return None
+
+    def _schedule(self, sch: s_tir.Schedule, pack: Any, conv: Any, requant: Any, nhwc: bool) -> Any:
+        raise NotImplementedError
+
+
+class Int8Conv2d(QdqKernelRule):
+    """`qconv2d` kernels (pack, u8 x i8 conv, requantize) on AVX512-VNNI targets."""
+
+    def __init__(self) -> None:
+        from tvmflow.qdq import CONV_BLOCK, PACK_BLOCK, REQUANT_BLOCK
+
+        self.blocks = (PACK_BLOCK, CONV_BLOCK, REQUANT_BLOCK)
 
     def _schedule(self, sch: s_tir.Schedule, pack: Any, conv: Any, requant: Any, nhwc: bool) -> Any:
         loops = sch.get_loops(conv)

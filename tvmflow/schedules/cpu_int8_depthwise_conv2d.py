@@ -14,47 +14,27 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from tvm.error import InternalError
-from tvm.s_tir.dlight import ScheduleRule
-from tvm.s_tir.schedule import ScheduleError
-
-from tvmflow.schedules.cpu_common import MIN_PARALLEL_WORK, extents, is_cpu
+from tvmflow.schedules.cpu_common import MIN_PARALLEL_WORK, extents
 from tvmflow.schedules.cpu_int8_conv2d import (
-    nhwc_input,
+    QdqKernelRule,
     register_tile,
     requantize_tile,
     schedule_pack,
 )
-from tvmflow.schedules.cpu_int8_matmul import LANES, has_vnni
+from tvmflow.schedules.cpu_int8_matmul import LANES
 
 if TYPE_CHECKING:
-    import tvm
     from tvm import s_tir
 
 
-class Int8DepthwiseConv2d(ScheduleRule):
+class Int8DepthwiseConv2d(QdqKernelRule):
     """`qdwconv2d` kernels (pack, i32 depthwise multiply-adds, requantize) on the targets
     `tvmflow.qdq` makes them for (AVX512-VNNI)."""
 
-    def apply(
-        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
-    ) -> s_tir.Schedule | None:
-        from tvm import s_tir
-
+    def __init__(self) -> None:
         from tvmflow.qdq import DW_BLOCK, DW_PACK_BLOCK, REQUANT_BLOCK
 
-        if not is_cpu(target) or not has_vnni(target):
-            return None
-        sch = s_tir.Schedule(func)
-        try:
-            blocks = [sch.get_sblock(name) for name in (DW_PACK_BLOCK, DW_BLOCK, REQUANT_BLOCK)]
-        except (ScheduleError, InternalError, ValueError):
-            return None
-        try:
-            pack, conv, requant = blocks
-            return self._schedule(sch, pack, conv, requant, nhwc_input(func))
-        except (ScheduleError, InternalError):
-            return None
+        self.blocks = (DW_PACK_BLOCK, DW_BLOCK, REQUANT_BLOCK)
 
     def _schedule(self, sch: s_tir.Schedule, pack: Any, conv: Any, requant: Any, nhwc: bool) -> Any:
         loops = sch.get_loops(conv)
