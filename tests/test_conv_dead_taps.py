@@ -83,3 +83,24 @@ def test_dead_taps_dropped_and_same_numbers(size, k, stride, pad, dilation, left
 def test_live_taps_all_live_is_none():
     assert live_taps(size=16, out=16, kernel=3, stride=1, dilation=1, before=1) is None
     assert live_taps(size=16, out=16, kernel=3, stride=1, dilation=16, before=16) == range(1, 2)
+
+
+def test_weight_as_input_is_sliced_in_the_graph():
+    """A non-constant weight (a function parameter) gets a strided_slice: same numbers."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 16, 16), "float32"))
+    w = relax.Var("w", relax.TensorType((4, 8, 3, 3), "float32"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.conv2d(x, w, padding=24, dilation=24))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    assert _kernel_shapes(DropDeadConvTaps()(mod)) == [(1, 1)]
+    exe = build(apply_default_schedules(fuse(mod, TARGET), TARGET), TARGET)
+    rng = np.random.default_rng(1)
+    x_np = rng.standard_normal((1, 8, 16, 16), dtype="float32")
+    w_np = rng.standard_normal((4, 8, 3, 3), dtype="float32")
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x_np), tvm.runtime.tensor(w_np)).numpy()
+    want = _reference(x_np, w_np, 1, (24,) * 4, 24)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
