@@ -122,6 +122,17 @@ def _weight(
     return w, q.scale
 
 
+def _int_bias(
+    var2val: Any, bias_expr: Any, x: Any, w_scale: np.ndarray, channels: int
+) -> np.ndarray | None:
+    """The int32 bias of an integer conv / matmul: zeros without a bias, else the float bias
+    in units of x_scale * w_scale (None where it is not such a constant)."""
+    if bias_expr is None:
+        return np.zeros(channels, np.int32)
+    sxw = np.float32(x.scale[0]) * np.broadcast_to(w_scale, (channels,))
+    return _bias(var2val, bias_expr, channels, sxw.astype(np.float32))
+
+
 def _bias(var2val: dict[Any, Any], expr: Any, channels: int, scale: np.ndarray) -> Any:
     """An int32 bias DQ'd with scale sx * sw (as `quantize_static` writes it; onnxruntime's
     QLinearConv adds it to the accumulator as is), possibly reshaped: the int32 values, or
@@ -483,13 +494,9 @@ class _Rewriter:
         rq = _requant(q_call, x, w_scale, channels, relu)
         if rq is None:
             return None
-        bias = np.zeros(channels, np.int32)
-        if bias_expr is not None:
-            sxw = np.float32(x.scale[0]) * np.broadcast_to(w_scale, (channels,))
-            found = _bias(self.var2val, bias_expr, channels, sxw.astype(np.float32))
-            if found is None:
-                return None
-            bias = found
+        bias = _int_bias(self.var2val, bias_expr, x, w_scale, channels)
+        if bias is None:
+            return None
         zx = int(x.zero_point[0])
         packed, offset = conv_operands(w, bias, zx, str(x.data.ty.dtype), depthwise)
         source = self._nhwc_of(x.data)
@@ -540,13 +547,9 @@ class _Rewriter:
         rq = _requant(q_call, x, w_scale, channels, relu)
         if rq is None:
             return None
-        bias = np.zeros(channels, np.int32)
-        if bias_expr is not None:
-            sxw = np.float32(x.scale[0]) * np.broadcast_to(w_scale, (channels,))
-            found = _bias(self.var2val, bias_expr, channels, sxw.astype(np.float32))
-            if found is None:
-                return None
-            bias = found
+        bias = _int_bias(self.var2val, bias_expr, x, w_scale, channels)
+        if bias is None:
+            return None
         # zero columns up to whole 16-lane vectors (the int8 matmul rule's tile), sliced off
         extra = -channels % LANES
         w = np.pad(w, [(0, 0), (0, extra)])
