@@ -26,6 +26,7 @@ from tvmflow.ops.recurrent_kernel import (
     activation,
     pack_columns,
     recurrent_kernel,
+    scratch_shapes,
 )
 
 Expr = Any  # relax.Expr (TVM ships no type stubs)
@@ -176,6 +177,7 @@ def run(rec: Recurrent, spec: KernelSpec, peepholes: Expr | None = None) -> list
                 relax.TensorType((spec.steps, *states), spec.dtype),
                 relax.TensorType(states, spec.dtype),
                 relax.TensorType(c_shape, spec.dtype),
+                *(relax.TensorType(s, spec.compute_dtype) for s in scratch_shapes(spec)),
             ],
         )
     )

@@ -150,6 +150,17 @@ def pack_columns(rt: Any, ranges: tuple[tuple[int, int], ...]) -> Any:
     return np.ascontiguousarray(np.concatenate(parts, axis=-3))
 
 
+def scratch_shapes(spec: KernelSpec) -> tuple[tuple[int, ...], ...]:
+    """Shapes of the kernel's scratch outputs (in `spec.compute_dtype`), after y, h and c."""
+    ndir, width = len(spec.directions), spec.gates * spec.hidden
+    return (
+        (spec.batch, width),
+        (ndir, spec.batch, spec.hidden),
+        (spec.hidden,),
+        (spec.hidden,),
+    )
+
+
 def recurrent_kernel(spec: KernelSpec) -> Any:
     """The PrimFunc (proj, rt, rb, h0, c0, lens, peep) -> (y, h, c) of a whole node.
 
@@ -158,7 +169,9 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
     [D, B, H]: initial states; lens [B] int32: steps per row (a row's later steps keep its
     state and write zeros to Y); peep [D, 3H]: LSTM peepholes. Outputs y [T, D, B, H] and
     the final states h, c [D, B, H] (ONNX's Y, Y_h, Y_c). c0, c and peep are [1] where the
-    op has no such tensor.
+    op has no such tensor. `scratch_shapes` are four more outputs the kernel works in (the
+    recurrence matmul's result, GRU's r * h, the new h and c): outputs, not allocations of
+    the kernel, so the graph's memory plan places them and GPU targets accept them.
     """
     from tvm import tirx
     from tvm.script import tirx as T
@@ -335,13 +348,13 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
         y: T.Buffer((steps, ndir, batch, hidden), dtype),  # type: ignore[valid-type]
         h: T.Buffer((ndir, batch, hidden), dtype),  # type: ignore[valid-type]
         c: T.Buffer(c_shape, dtype),  # type: ignore[valid-type]
+        acc: T.Buffer((batch, width), ct),  # type: ignore[valid-type]
+        rh: T.Buffer((ndir, batch, hidden), ct),  # type: ignore[valid-type]
+        hn: T.Buffer((hidden,), ct),  # type: ignore[valid-type]
+        cn: T.Buffer((hidden,), ct),  # type: ignore[valid-type]
     ) -> None:
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True, KERNEL_ATTR: True})
-        acc = T.alloc_buffer((batch, width), ct)
-        rh = T.alloc_buffer((ndir, batch, hidden), ct)
         tile = T.alloc_buffer((TILE,), ct, scope="local")
-        hn = T.alloc_buffer((hidden,), ct)
-        cn = T.alloc_buffer((hidden,), ct)
         for d, b, j in T.grid(ndir, batch, hidden):
             h[d, b, j] = h0[d, b, j]
         if lstm:
@@ -352,3 +365,40 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
             direction(proj, rt, rb, h, c, p, lens, y, acc, rh, tile, hn, cn, 1)
 
     return kernel.without_attr("global_symbol")  # the module names it (bb.add_func)
+
+
+def on_one_gpu_thread() -> Any:
+    """GPU targets: each recurrent kernel runs as one GPU thread, its loops serial.
+
+    The kernel is written for CPUs; left unbound on a GPU target it would be built as host
+    code reading device memory. One thread is correct, not fast (CPU targets are the goal).
+    """
+    import tvm
+    from tvm import tirx
+
+    def serial(stmt: Any) -> Any:
+        """The kernel's loops (sequences of loops and stores) with vectorized ones serial."""
+        if isinstance(stmt, tirx.SeqStmt):
+            return tirx.SeqStmt([serial(s) for s in stmt.seq])
+        if isinstance(stmt, tirx.For):
+            kind = tirx.ForKind.SERIAL if stmt.kind == tirx.ForKind.VECTORIZED else stmt.kind
+            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, kind, serial(stmt.body))
+        return stmt
+
+    def one_thread(func: Any) -> Any:
+        body = serial(func.body)
+        for tag in ("threadIdx.x", "blockIdx.x"):
+            var = tirx.Var(tag.split(".")[0], "int32")
+            bound = tirx.IterVar(tvm.ir.Range(0, 1), var, tirx.IterVar.ThreadIndex, tag)
+            body = tirx.For(var, 0, 1, tirx.ForKind.THREAD_BINDING, body, thread_binding=bound)
+        return func.with_body(body)
+
+    @tvm.transform.module_pass(opt_level=0, name="RecurrentOnOneGpuThread")
+    def transform(mod: Any, _ctx: Any) -> Any:
+        out = mod.clone()
+        for gv, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc) and func.attrs and KERNEL_ATTR in func.attrs:
+                out[gv] = one_thread(func)
+        return out
+
+    return transform
