@@ -64,8 +64,16 @@ def serial(func: tvm.tirx.PrimFunc, sch: s_tir.Schedule) -> s_tir.Schedule:
     trace = sch.trace
     if trace is None or not any(i.kind.name == "Parallel" for i in trace.insts):
         return sch
+    replayed = s_tir.Schedule(tvm.IRModule({"main": func}))
+    serial_trace(trace).apply_to_schedule(replayed, remove_postproc=False)
+    return replayed
+
+
+def serial_trace(trace: s_tir.schedule.Trace) -> s_tir.schedule.Trace:
+    """`trace` without its `Parallel` instructions (a tuning record's too: compile applies
+    records for a one-core target through this)."""
+    from tvm import s_tir
+
     kept = [i for i in trace.insts if i.kind.name != "Parallel"]
     decisions = {i: d for i, d in trace.decisions.items() if i.kind.name != "Parallel"}
-    replayed = s_tir.Schedule(tvm.IRModule({"main": func}))
-    s_tir.schedule.Trace(kept, decisions).apply_to_schedule(replayed, remove_postproc=False)
-    return replayed
+    return s_tir.schedule.Trace(kept, decisions)
