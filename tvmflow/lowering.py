@@ -167,6 +167,10 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     with target:
         return tvm.transform.Sequential(
             [
+                # a function with control flow (an ONNX If) is one plain binding block:
+                # FuseOps only fuses inside dataflow blocks, so its straight-line runs get
+                # theirs back (else every op is its own kernel, one VM call each)
+                relax.transform.ConvertToDataflow(),
                 Fp16Accumulate(),  # an fp16 export's matmuls / convs sum in fp32
                 *integer,
                 *mixed,
