@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 import tvm
-from onnx import TensorProto, helper, numpy_helper
 
-import tvmflow
-from tvmflow.accuracy import onnxruntime_outputs
 from tvmflow.cli import main
 from tvmflow.frontend import load_onnx
 from tvmflow.lowering import LoweringOptions, fused_module, kernel_names, lower, tuning_tasks
@@ -48,54 +43,3 @@ def test_log_identity_keeps_precision_and_reads_old_logs_as_fp32() -> None:
     assert LogIdentity.from_json(ident.to_json()) == ident
     old = {k: v for k, v in ident.to_json().items() if k != "precision"}
     assert LogIdentity.from_json(old).precision == "fp32"
-
-
-def gated_model(path: Path) -> Path:
-    """y = relu(h) if flag else -h, h = tanh(x * w + b) * 2: an If on a run-time input, so
-    the imported function has control flow and no dataflow block of its own."""
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((1, 64)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.standard_normal((1, 64)).astype(np.float32), "b")
-    two = numpy_helper.from_array(np.full((1, 64), 2.0, np.float32), "two")
-
-    def branch(op: str) -> onnx.GraphProto:
-        out = helper.make_tensor_value_info(op, TensorProto.FLOAT, [1, 64])
-        return helper.make_graph([helper.make_node(op, ["h"], [op])], op, [], [out])
-
-    graph = helper.make_graph(
-        [
-            helper.make_node("Mul", ["x", "w"], ["xw"]),
-            helper.make_node("Add", ["xw", "b"], ["pre"]),
-            helper.make_node("Tanh", ["pre"], ["t"]),
-            helper.make_node("Mul", ["t", "two"], ["h"]),
-            helper.make_node(
-                "If", ["flag"], ["y"], then_branch=branch("Relu"), else_branch=branch("Neg")
-            ),
-        ],
-        "gated",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64]),
-            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
-        [w, b, two],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
-
-
-def test_ops_around_control_flow_are_fused(tmp_path: Path) -> None:
-    """FuseOps fuses only inside dataflow blocks: the elementwise chain before the If is one
-    kernel (one VM call), not one per op, and both branches still give onnxruntime's numbers."""
-    path = gated_model(tmp_path / "gated.onnx")
-    target = tvm.target.Target(resolve_preset("x86").target)
-    names = kernel_names(fused_module(load_onnx(path), target, "fp32"))
-    assert any(n.startswith("fused_") and "tanh" in n and "add" in n for n in names), names
-    assert not any(n in ("add", "multiply") or n.startswith("fast_tanh") for n in names), names
-    assert main(["compile", str(path), "-t", "x86", "-o", str(tmp_path / "art")]) == 0
-    model = tvmflow.load(tmp_path / "art")
-    x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
-    for flag in (True, False):
-        feeds = {"x": x, "flag": np.array(flag)}
-        expected = onnxruntime_outputs(path, feeds)["y"]
-        np.testing.assert_allclose(model.run(feeds)["y"], expected, rtol=1e-5, atol=1e-5)
