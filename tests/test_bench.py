@@ -340,7 +340,49 @@ def test_openvino_comparator(
     assert data["machine"]["versions"]["openvino"]
 
 
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed (tvmflow[openvino])")
+def test_openvino_outputs_keep_their_onnx_names(tmp_path: Path) -> None:
+    """OpenVINO drops the Identity, so the compiled port also carries the Relu's name and
+    reports that one first; the engine must still answer under the graph's output name."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tvmflow.engines import ENGINES, EngineSpec
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a_relu"]),
+        helper.make_node("Identity", ["a_relu"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "renamed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / "renamed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    opened = ENGINES["openvino"].open(EngineSpec("openvino", str(path), 1, shapes={"x": [1, 4]}))
+    x = np.array([[-1.0, 0.0, 2.0, -3.0]], np.float32)
+    out = opened.run({"x": x})
+    assert list(out) == ["z"]
+    np.testing.assert_array_equal(out["z"], np.maximum(x, 0))
+
+
 def test_demo_prints_a_latency_comparison(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["demo", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "latency   p50 tvmflow" in out and "tvmflow/onnxruntime" in out
+
+
+def test_compile_for_bench_builds_for_the_benchmarks_thread_count(
+    zoo_dir: Path, tmp_path: Path
+) -> None:
+    """`threads` becomes the target's num-cores (1: serial kernels, as the peers' 1-thread
+    sessions are built for one thread); the artifact still verifies."""
+    model = zoo_dir / "conv_net.onnx"
+    shapes = {"image": (1, 3, 32, 32)}
+    artifact, _ = bench.compile_for_bench(model, "x86", tmp_path / "one", shapes, threads=1)
+    assert read_manifest(artifact).target["num-cores"] == 1
+    options = bench.BenchOptions(1, 1, 2, 0.05, (), measure_rss=False)
+    report = bench.run_bench(model, artifact, options, input_shapes=shapes)
+    assert report.passed
