@@ -93,7 +93,8 @@ def lower(model: ImportedModel, preset: Preset, options: LoweringOptions) -> Low
 
     check_precision(preset, options.precision)
     target = tvm.target.Target(preset.target)
-    mod = to_relax(model)
+    with target:  # converters that size kernels for it read it (tvmflow.ops.recurrent_kernel)
+        mod = to_relax(model)
     outputs = output_specs(mod, model)
     mod = fuse(mod, target, options.precision)
     mod, tuning = schedule(mod, target, log_dirs(preset, options))
@@ -105,7 +106,9 @@ def fused_module(model: ImportedModel, target: tvm.target.Target, precision: str
     """The model's fused, still unscheduled kernels: what tuning searches."""
     from tvmflow.frontend import to_relax
 
-    return fuse(to_relax(model), target, precision)
+    with target:  # as `lower` imports it
+        mod = to_relax(model)
+    return fuse(mod, target, precision)
 
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") -> tvm.IRModule:
