@@ -3,6 +3,9 @@ buffer, whatever their memory looks like, and outputs the caller owns."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,3 +167,20 @@ def test_bool_float16_and_scalar_inputs(
         assert actual["y"].dtype == np.float16 and actual["flipped"].dtype == np.bool_
         np.testing.assert_array_equal(actual["flipped"], expected["flipped"])
         np.testing.assert_allclose(actual["y"], expected["y"], rtol=1e-3, atol=1e-3)
+
+
+def test_call_overhead_script_times_all_three(
+    artifacts: dict[str, Artifact], zoo_dir: Path, tmp_path: Path
+) -> None:
+    """scripts/call_overhead.py on an artifact and its ONNX file: µs per call of run(), the
+    VM call alone and onnxruntime, as JSON."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "call_overhead.py"
+    pair = f"{artifacts['mlp'].directory}={zoo_dir / 'mlp.onnx'}"
+    out = tmp_path / "times.json"
+    argv = ["--artifact", pair, "--rounds", "1", "--round-s", "0.02", "--json", str(out)]
+    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text()).values()
+    assert set(row) == {"run", "vm", "onnxruntime"}
+    assert all(0 < us < 1e6 for us in row.values()), row
+    assert "run/VM" in proc.stdout
