@@ -93,7 +93,8 @@ def lower(model: ImportedModel, preset: Preset, options: LoweringOptions) -> Low
 
     check_precision(preset, options.precision)
     target = tvm.target.Target(preset.target)
-    mod = to_relax(model)
+    with target:  # converters that size kernels for it read it (tvmflow.ops.recurrent_kernel)
+        mod = to_relax(model)
     outputs = output_specs(mod, model)
     mod = fuse(mod, target, options.precision)
     mod, tuning = schedule(mod, target, log_dirs(preset, options))
@@ -105,7 +106,9 @@ def fused_module(model: ImportedModel, target: tvm.target.Target, precision: str
     """The model's fused, still unscheduled kernels: what tuning searches."""
     from tvmflow.frontend import to_relax
 
-    return fuse(to_relax(model), target, precision)
+    with target:  # as `lower` imports it
+        mod = to_relax(model)
+    return fuse(mod, target, precision)
 
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") -> tvm.IRModule:
@@ -135,6 +138,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.matmul_reshape import MatmulReshape
     from tvmflow.ops.recurrent_kernel import on_one_gpu_thread
     from tvmflow.qdq import QdqToInteger
+    from tvmflow.resize_matmul import ResizeAsMatmul
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
@@ -151,6 +155,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             MatmulReshape(),  # a Linear's output reshape moves to its input: GELU fuses
             SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
             PowerAsMultiply(),  # x ** 3 (tanh GELU) as multiplies, not a powf per element
+            ResizeAsMatmul(),  # bilinear resizes of small maps as two matmuls, not gathers
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
