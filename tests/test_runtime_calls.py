@@ -237,3 +237,32 @@ def test_a_big_output_fed_back_is_read_in_place(
         outputs.append(state)
     assert in_place == [(256, 256), (256, 256)]  # the 2nd and 3rd calls took the state as is
     assert not np.shares_memory(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("in_place_from", [0, runtime.ZERO_COPY_BYTES], ids=["in-place", "copied"])
+def test_an_output_that_is_the_input_is_still_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_place_from: int
+) -> None:
+    """An Identity's output is the VM's input tensor itself (the caller's array, or this
+    thread's buffer the next call overwrites): run copies it."""
+    monkeypatch.setattr(runtime, "ZERO_COPY_BYTES", in_place_from)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Neg", ["x"], ["z"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 16])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 16]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [16, 16]),
+        ],
+    )
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    compile_model(load_onnx(path), resolve_preset("x86"), tmp_path / "art", CompileOptions())
+    model = tvmflow.load(tmp_path / "art")
+    values = np.arange(256, dtype=np.float32).reshape(16, 16)
+    x = _aligned(values)
+    first = model.run({"x": x})["y"]
+    x[...] = -1.0  # the caller reuses its array
+    second = model.run({"x": _aligned(np.zeros((16, 16), np.float32))})["y"]
+    np.testing.assert_array_equal(first, values)
+    assert not second.any() and not np.shares_memory(first, x)
