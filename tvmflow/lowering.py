@@ -138,6 +138,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.matmul_reshape import MatmulReshape
     from tvmflow.ops.recurrent_kernel import on_one_gpu_thread
     from tvmflow.qdq import QdqToInteger
+    from tvmflow.resize_matmul import ResizeAsMatmul
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
@@ -154,6 +155,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             MatmulReshape(),  # a Linear's output reshape moves to its input: GELU fuses
             SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
             PowerAsMultiply(),  # x ** 3 (tanh GELU) as multiplies, not a powf per element
+            ResizeAsMatmul(),  # bilinear resizes of small maps as two matmuls, not gathers
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
