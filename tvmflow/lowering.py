@@ -131,6 +131,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.branch_sink import LiftBranches, SinkIntoBranches
     from tvmflow.conv1d import Conv1dAsConv2d
     from tvmflow.conv_dead_taps import DropDeadConvTaps
+    from tvmflow.conv_phases import DilatedConvAsPhases
+    from tvmflow.conv_tap_regions import ConvAsTapRegions
     from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.fast_pow import PowerAsMultiply
     from tvmflow.fast_sigmoid import SigmoidAsTanh
@@ -149,6 +151,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             SplitUpsamplingConvTranspose(),
             Conv1dAsConv2d(),
             DropDeadConvTaps(),  # dilated taps reading only padding (ASPP on small maps)
+            ConvAsTapRegions(),  # dilated convs mostly over padding: per-tap 1x1 convs
+            DilatedConvAsPhases(),  # stride-1 dilated convs as undilated ones, where no waste
             WinogradConv2d(vector_lanes(target)),  # 3x3 stride-1 convs, where faster
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
