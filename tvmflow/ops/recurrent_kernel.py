@@ -1,4 +1,4 @@
-"""One TIR kernel runs a recurrent op's whole time loop for one direction.
+"""One TIR kernel runs a recurrent node's whole time loop, every direction.
 
 Unrolled in Relax, a T-step sequence is T copies of the step: 3T VM calls per direction (the
 step's slice of the input projection, the recurrence matmul, the gates) and a graph whose
@@ -6,7 +6,9 @@ size, fusion and kernel checks grow with T (plcmos-v2 took 820 s to compile). Th
 written once per shape: the time loop is a TIR loop, each step a matrix-vector product
 (columns in register tiles of `TILE` floats, the previous hidden state broadcast) followed by
 one vectorized pass over the hidden units that applies the gates and writes Y and the state
-in place. The input projection of all steps (X·W^T + Wb) stays one matmul in Relax.
+in place; a bidirectional node runs its reverse pass after the forward one in the same
+kernel. The input projection of all steps and directions (X·W^T + Wb) stays one matmul in
+Relax.
 
 The kernel is already scheduled (`tirx.is_scheduled`): default rules and tuning leave it as
 written. Weights reach it prepared at import (`pack_columns`): R transposed into column
@@ -25,7 +27,7 @@ Activation = Callable[[PrimExpr], PrimExpr]
 
 TILE = 64  # columns of the recurrence matmul held in registers (4 AVX-512 / 8 AVX2 vectors)
 LANES = 16  # hidden units per vector in the gates pass
-KERNEL_ATTR = "tvmflow.recurrent"  # marks the kernels `single_thread_on_gpu` wraps
+KERNEL_ATTR = "tvmflow.recurrent"  # marks the kernels `on_one_gpu_thread` binds
 
 # tanh(x) as Eigen's (and TVM's fast_tanh's) rational polynomial: vectorizes, where tanh
 # would be one libm call per element. Inputs are clamped to [-9, 9], beyond which tanh
@@ -195,6 +197,7 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
     ranges, tiles = spec.column_ranges, spec.tiles
     split = len(ranges) == 2
     first = (0, -(-ranges[0][1] // TILE))  # each range's first tile in the packed weights
+    partial = tuple(count % TILE for _, count in ranges)  # columns of its last, partial tile
     c_shape = (ndir, batch, hidden) if lstm else (1,)
     peep_shape = (ndir, 3 * hidden) if spec.peepholes else (1,)
     one = tirx.const(1.0, ct)
@@ -261,62 +264,42 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
         r: int,
         jo: Any,
         b0: Any,
-        rows: int,
+        nrows: int,
         cols: int,
     ) -> None:
-        # acc[b0:b0+rows, tile jo of range r] = rb + src[d, rows, :] · rt[:, tile]: `rows`
-        # batch rows x TILE columns of accumulators in registers, each weight load used
-        # `rows` times; of a last partial tile only the real `cols` columns are stored.
-        for bb in T.unroll(rows):
+        # acc[b0:b0+nrows, tile jo of range r] = rb + src[d, those rows] · rt[:, tile]:
+        # nrows x TILE accumulators in registers, each weight load used nrows times; of a
+        # last partial tile only the real `cols` columns are stored.
+        for bb in T.unroll(nrows):
             for ji in T.vectorized(TILE):
                 tile[bb, ji] = cast(rb[d, first[r] + jo, ji])
         for k in range(hidden):
-            for bb in T.unroll(rows):
+            for bb in T.unroll(nrows):
                 for ji in T.vectorized(TILE):
                     tile[bb, ji] = tile[bb, ji] + cast(src[d, b0 + bb, k]) * cast(
                         rt[d, first[r] + jo, k, ji]
                     )
-        for bb in T.unroll(rows):
+        for bb in T.unroll(nrows):
             for ji in T.vectorized(cols):
                 acc[b0 + bb, ranges[r][0] + jo * TILE + ji] = tile[bb, ji]
+
+    @T.macro
+    def row_block(
+        src: Any, d: int, rt: Any, rb: Any, acc: Any, tile: Any, r: int, b0: Any, nrows: int
+    ) -> None:
+        # Batch rows b0 .. b0+nrows over column range r: whole tiles, then a partial one.
+        for jo in range(ranges[r][1] // TILE):
+            block(src, d, rt, rb, acc, tile, r, jo, b0, nrows, TILE)
+        if partial[r] != 0:
+            block(src, d, rt, rb, acc, tile, r, ranges[r][1] // TILE, b0, nrows, partial[r])
 
     @T.macro
     def matvec(src: Any, d: int, rt: Any, rb: Any, acc: Any, tile: Any, r: int) -> None:
         # acc[:, range r] = rb + src[d] · rt[:, range r], in blocks of rows x TILE.
         for bo in range(batch // rows):
-            for jo in range(ranges[r][1] // TILE):
-                block(src, d, rt, rb, acc, tile, r, jo, bo * rows, rows, TILE)
-            if ranges[r][1] % TILE != 0:
-                block(
-                    src,
-                    d,
-                    rt,
-                    rb,
-                    acc,
-                    tile,
-                    r,
-                    ranges[r][1] // TILE,
-                    bo * rows,
-                    rows,
-                    ranges[r][1] % TILE,
-                )
+            row_block(src, d, rt, rb, acc, tile, r, bo * rows, rows)
         if batch % rows != 0:
-            for jo in range(ranges[r][1] // TILE):
-                block(src, d, rt, rb, acc, tile, r, jo, batch // rows * rows, batch % rows, TILE)
-            if ranges[r][1] % TILE != 0:
-                block(
-                    src,
-                    d,
-                    rt,
-                    rb,
-                    acc,
-                    tile,
-                    r,
-                    ranges[r][1] // TILE,
-                    batch // rows * rows,
-                    batch % rows,
-                    ranges[r][1] % TILE,
-                )
+            row_block(src, d, rt, rb, acc, tile, r, batch // rows * rows, batch % rows)
 
     @T.macro
     def update(
