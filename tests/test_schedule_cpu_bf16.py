@@ -113,7 +113,8 @@ def test_dense_matches_fp32_numpy_within_bf16_rounding():
 def test_default_decisions_tile_and_packing():
     """The tile is pick_tile's for 16-lane vectors in 32 registers, the weight is packed
     [n / tile width, taps.., pair / 2, tile width, 2] and folded out of the kernel."""
-    func = _bf16_kernel(_kernels({"x": ((1, 128, 28, 28), "float32")}, _conv(128, 128, 28, 3, 1)))
+    # stride 2: at stride 1 this conv is a Winograd F(4,3) one (see test_winograd_f4_stays_fp32)
+    func = _bf16_kernel(_kernels({"x": ((1, 128, 56, 56), "float32")}, _conv(128, 128, 56, 3, 2)))
     sch = Bf16Gemm().apply(func, BF16, False)
     assert sch is not None
     script = sch.mod["main"].script()
@@ -124,7 +125,8 @@ def test_default_decisions_tile_and_packing():
 
 def test_pass_keeps_fp32_where_the_kernel_cannot_run():
     """Channels not a multiple of 16, activation x activation matmuls, vector x matrix and
-    depthwise convs stay fp32 (bf16 without the kernel is slower)."""
+    depthwise convs stay fp32 (bf16 without the kernel is slower), and so do 1x1 convs over
+    a large plane (the fp32 PointwiseConv2d rule runs them faster)."""
     Inputs = dict[str, tuple[tuple[int, ...], str]]
     cases: dict[str, tuple[Inputs, Callable[..., Any]]] = {
         "10 channels": ({"x": ((1, 16, 8, 8), "float32")}, _conv(16, 10, 8, 3, 1)),
@@ -133,6 +135,7 @@ def test_pass_keeps_fp32_where_the_kernel_cannot_run():
             lambda q, k: relax.op.matmul(q, k),
         ),
         "gemv": ({"v": ((32,), "float32")}, lambda v: relax.op.matmul(v, const((32, 16)))),
+        "1x1 over 56x56": ({"x": ((1, 16, 56, 56), "float32")}, _conv(16, 96, 56, 1, 1)),
         "depthwise": (
             {"x": ((1, 32, 8, 8), "float32")},
             lambda x: relax.op.nn.conv2d(x, const((32, 1, 3, 3)), padding=1, groups=32),
@@ -142,6 +145,19 @@ def test_pass_keeps_fp32_where_the_kernel_cannot_run():
         kernels = _kernels(inputs, body)
         dtypes = {str(p.dtype) for f in kernels.values() for p in f.params}
         assert dtypes == {"float32"}, name
+
+
+def test_winograd_f4_stays_fp32_and_f2_convs_run_in_bf16():
+    """3x3 stride-1 convs that Winograd F(4,3) takes stay fp32 Winograd (it beats the bf16
+    kernel); those fp32 would give F(2,3) run in the bf16 kernel instead."""
+    f4 = _kernels({"x": ((1, 128, 28, 28), "float32")}, _conv(128, 128, 28, 3, 1))
+    assert any(name.startswith("winograd_gemm") for name in f4)
+    assert {str(p.dtype) for f in f4.values() for p in f.params} == {"float32"}
+    f2 = _kernels({"x": ((1, 256, 14, 14), "float32")}, _conv(256, 256, 14, 3, 1))
+    assert not any("winograd" in name for name in f2)
+    assert Bf16Gemm().apply(_bf16_kernel(f2), BF16, False) is not None
+    fp32 = fused_kernels({"x": ((1, 256, 14, 14), "float32")}, _conv(256, 256, 14, 3, 1), BF16)
+    assert any(name.startswith("winograd_gemm") for name in fp32)  # F(2,3) at fp32
 
 
 @runs_bf16
