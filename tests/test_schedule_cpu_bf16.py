@@ -124,9 +124,9 @@ def test_default_decisions_tile_and_packing():
 
 
 def test_pass_keeps_fp32_where_the_kernel_cannot_run():
-    """Channels not a multiple of 16, activation x activation matmuls, vector x matrix and
-    depthwise convs stay fp32 (bf16 without the kernel is slower), and so do 1x1 convs over
-    a large plane (the fp32 PointwiseConv2d rule runs them faster)."""
+    """Channels not a multiple of 16, activation x activation matmuls and vector x matrix
+    stay fp32 (bf16 without the kernel is slower), and so do 1x1 convs over a large plane
+    (the fp32 PointwiseConv2d rule runs them faster)."""
     Inputs = dict[str, tuple[tuple[int, ...], str]]
     cases: dict[str, tuple[Inputs, Callable[..., Any]]] = {
         "10 channels": ({"x": ((1, 16, 8, 8), "float32")}, _conv(16, 10, 8, 3, 1)),
@@ -136,10 +136,6 @@ def test_pass_keeps_fp32_where_the_kernel_cannot_run():
         ),
         "gemv": ({"v": ((32,), "float32")}, lambda v: relax.op.matmul(v, const((32, 16)))),
         "1x1 over 56x56": ({"x": ((1, 16, 56, 56), "float32")}, _conv(16, 96, 56, 1, 1)),
-        "depthwise": (
-            {"x": ((1, 32, 8, 8), "float32")},
-            lambda x: relax.op.nn.conv2d(x, const((32, 1, 3, 3)), padding=1, groups=32),
-        ),
     }
     for name, (inputs, body) in cases.items():
         kernels = _kernels(inputs, body)
@@ -158,6 +154,34 @@ def test_winograd_f4_stays_fp32_and_f2_convs_run_in_bf16():
     assert Bf16Gemm().apply(_bf16_kernel(f2), BF16, False) is not None
     fp32 = fused_kernels({"x": ((1, 256, 14, 14), "float32")}, _conv(256, 256, 14, 3, 1), BF16)
     assert any(name.startswith("winograd_gemm") for name in fp32)  # F(2,3) at fp32
+
+
+def _expand_depthwise(stride: int, channels: int) -> Callable[..., Any]:
+    """MobileNet's expand conv -> depthwise 3x3 conv pair."""
+
+    def body(x: relax.Expr) -> relax.Expr:
+        y = relax.op.clip(relax.op.nn.conv2d(x, const((channels, 16, 1, 1))), 0, 6)
+        z = relax.op.nn.conv2d(
+            y, const((channels, 1, 3, 3)), strides=stride, padding=1, groups=channels
+        )
+        return relax.op.clip(z, 0, 6)
+
+    return body
+
+
+@runs_bf16
+@pytest.mark.parametrize(("stride", "size", "channels"), [(1, 56, 96), (2, 56, 96), (1, 7, 64)])
+def test_depthwise_reads_bf16_its_producer_writes(stride, size, channels):
+    """A depthwise conv reads its input in bf16 (fp32 math): the expand conv before it writes
+    half the bytes; the depthwise rules schedule it and agree with the unscheduled kernel."""
+    kernels = _kernels({"x": ((1, 16, size, size), "float32")}, _expand_depthwise(stride, channels))
+    writes = {name: str(f.params[-1].dtype) for name, f in kernels.items()}
+    assert any(w == "bfloat16" for name, w in writes.items() if "conv2d_" in name)  # expand
+    depthwise = next(f for f in kernels.values() if str(f.params[-1].dtype) == "float32")
+    assert [str(p.dtype) for p in depthwise.params] == ["bfloat16", "bfloat16", "float32"]
+    rules = default_rules(BF16)
+    sch = next(s for r in rules if (s := r.apply(depthwise, BF16, False)) is not None)
+    assert_schedule_matches(depthwise, sch, BF16)
 
 
 @runs_bf16
