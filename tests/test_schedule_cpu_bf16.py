@@ -21,7 +21,7 @@ from tvmflow.accuracy import BF16_TOLERANCE, Tolerance, tolerance_for
 from tvmflow.cli import main
 from tvmflow.lowering import BF16_FEATURE, BF16_PRESET, fuse
 from tvmflow.schedules import default_rules
-from tvmflow.schedules.cpu_bf16 import Bf16Gemm, has_bf16
+from tvmflow.schedules.cpu_bf16 import Bf16Gemm, Bf16PointwiseConv2d, has_bf16
 from tvmflow.targets import builtin_presets, host_cpu_features
 
 BF16 = tvm.target.Target(builtin_presets()[BF16_PRESET].target)
@@ -126,7 +126,7 @@ def test_default_decisions_tile_and_packing():
 def test_pass_keeps_fp32_where_the_kernel_cannot_run():
     """Channels not a multiple of 16, activation x activation matmuls and vector x matrix
     stay fp32 (bf16 without the kernel is slower), and so do 1x1 convs over a large plane
-    (the fp32 PointwiseConv2d rule runs them faster)."""
+    with an odd channel count (the fp32 PointwiseConv2d rule runs them faster)."""
     Inputs = dict[str, tuple[tuple[int, ...], str]]
     cases: dict[str, tuple[Inputs, Callable[..., Any]]] = {
         "10 channels": ({"x": ((1, 16, 8, 8), "float32")}, _conv(16, 10, 8, 3, 1)),
@@ -135,7 +135,7 @@ def test_pass_keeps_fp32_where_the_kernel_cannot_run():
             lambda q, k: relax.op.matmul(q, k),
         ),
         "gemv": ({"v": ((32,), "float32")}, lambda v: relax.op.matmul(v, const((32, 16)))),
-        "1x1 over 56x56": ({"x": ((1, 16, 56, 56), "float32")}, _conv(16, 96, 56, 1, 1)),
+        "odd 1x1 over 56x56": ({"x": ((1, 15, 56, 56), "float32")}, _conv(15, 96, 56, 1, 1)),
     }
     for name, (inputs, body) in cases.items():
         kernels = _kernels(inputs, body)
@@ -154,6 +154,25 @@ def test_winograd_f4_stays_fp32_and_f2_convs_run_in_bf16():
     assert Bf16Gemm().apply(_bf16_kernel(f2), BF16, False) is not None
     fp32 = fused_kernels({"x": ((1, 256, 14, 14), "float32")}, _conv(256, 256, 14, 3, 1), BF16)
     assert any(name.startswith("winograd_gemm") for name in fp32)  # F(2,3) at fp32
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "size"), [(16, 96, 56), (32, 16, 32)])
+def test_pointwise_over_a_large_plane_runs_in_the_planes_kernel(c_in, c_out, size):
+    """A 1x1 conv over a plane of whole vectors: vectorized over the plane (whole output
+    rows), not over output channels; vdpbf16ps in the object code; same values."""
+    func = _bf16_kernel(
+        _kernels({"x": ((1, c_in, size, size), "float32")}, _conv(c_in, c_out, size, 1, 1))
+    )
+    rules = default_rules(BF16)
+    claims = next(type(r) for r in rules if r.apply(func, BF16, False) is not None)
+    assert claims is Bf16PointwiseConv2d
+    sch = Bf16PointwiseConv2d().apply(func, BF16, False)
+    assert sch is not None
+    prim = sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("global_symbol", "main")
+    asm = tvm.compile(tvm.IRModule({"main": prim}), target=BF16).mod.inspect_source("asm")
+    assert "vdpbf16ps" in asm
+    if BF16_FEATURE in host_cpu_features():
+        assert_schedule_matches(func, sch, BF16)
 
 
 def _expand_depthwise(stride: int, channels: int) -> Callable[..., Any]:
@@ -197,11 +216,14 @@ def test_rgb_stem_gets_a_zero_channel_and_the_kernel():
 
 def test_rule_only_on_bf16_targets_and_bf16_kernels():
     fp32 = fused_kernels({"x": ((1, 32, 8, 8), "float32")}, _conv(32, 32, 8, 3, 1), BF16)
-    assert fp32 and all(Bf16Gemm().apply(f, BF16, False) is None for f in fp32.values())
+    bf16_rules = (Bf16PointwiseConv2d, Bf16Gemm)
+    assert fp32 and all(
+        r().apply(f, BF16, False) is None for r in bf16_rules for f in fp32.values()
+    )
     avx512 = tvm.target.Target(builtin_presets()["x86-avx512"].target)
     assert not has_bf16(avx512) and has_bf16(BF16)
-    assert not any(isinstance(r, Bf16Gemm) for r in default_rules(avx512))
-    assert isinstance(default_rules(BF16)[0], Bf16Gemm)
+    assert not any(isinstance(r, bf16_rules) for r in default_rules(avx512))
+    assert [type(r) for r in default_rules(BF16)[:2]] == list(bf16_rules)
 
 
 def test_tolerance_floor_is_bf16s():

@@ -10,8 +10,8 @@ Only ops the bf16 micro-kernel (`schedules.cpu_bf16`) can run are rewritten: a c
 weight, output channels / columns a multiple of 16 (one `vdpbf16ps` vector), an even K for
 matmuls (dpbf16 multiplies pairs; a conv with an odd channel count, an RGB stem, gets one
 zero channel) and no groups. Anything else stays fp32: bf16 math without the kernel is fp32
-math plus conversions, i.e. slower. So do 1x1 convs over large planes, which the fp32
-`PointwiseConv2d` rule runs faster than the bf16 kernel (`_pointwise_fp32`).
+math plus conversions, i.e. slower. 1x1 convs over large planes run in the planes variant
+(`Bf16PointwiseConv2d`), or, with an odd channel count, stay fp32 (`_pointwise_fp32`).
 """
 
 from __future__ import annotations
@@ -56,15 +56,16 @@ def _conv_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> bool:
         and (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
         and int(attrs.groups) == 1
         and w_shape[0] % LANES == 0
-        and not _pointwise_fp32(call, w_shape)
+        and not (w_shape[1] % 2 and _pointwise_fp32(call, w_shape))
     )
 
 
 def _pointwise_fp32(call: relax.Call, w_shape: list[int]) -> bool:
-    """A 1x1 conv the fp32 `PointwiseConv2d` rule runs (a large plane, few channels): that
-    rule vectorizes over the plane and writes whole output rows, where the bf16 kernel
-    vectorizes over output channels and scatters its tiles over the NCHW planes (MobileNetV2's
-    expand convs at 56x56 and 112x112 ran 1.6-2x slower in bf16, measured)."""
+    """A 1x1 conv the fp32 `PointwiseConv2d` rule runs (a large plane, few channels). Its
+    bf16 version runs in `Bf16PointwiseConv2d` (also vectorized over the plane) where the
+    input channels pair up; with an odd count it stays fp32: `Bf16Gemm` vectorizes over
+    output channels and scatters its tiles over the NCHW planes (MobileNetV2's expand convs
+    at 56x56 and 112x112 ran 1.6-2x slower than in fp32)."""
     from tvmflow.schedules.cpu_bf16 import REGISTERS
     from tvmflow.schedules.cpu_pointwise_conv2d import pointwise_tile
 
