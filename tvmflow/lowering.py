@@ -133,6 +133,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.fast_sigmoid import SigmoidAsTanh
     from tvmflow.fp16_accumulate import Fp16Accumulate
     from tvmflow.matmul_reshape import MatmulReshape
+    from tvmflow.ops.recurrent_kernel import on_one_gpu_thread
     from tvmflow.qdq import QdqToInteger
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
@@ -160,7 +161,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
-        else []
+        else [on_one_gpu_thread()]  # recurrent kernels are CPU code (tvmflow.ops.recurrent_kernel)
     )
     # QDQ chains as int8 kernels where VNNI dot products run them (tvmflow.qdq)
     integer = [QdqToInteger()] if target.kind.name == "llvm" and has_vnni(target) else []
