@@ -124,9 +124,11 @@ def test_default_decisions_tile_and_packing():
 
 
 def test_pass_keeps_fp32_where_the_kernel_cannot_run():
-    """Channels not a multiple of 16, activation x activation matmuls and vector x matrix
-    stay fp32 (bf16 without the kernel is slower), and so do 1x1 convs over a large plane
-    with an odd channel count (the fp32 PointwiseConv2d rule runs them faster)."""
+    """Channels not a multiple of 16, activation x activation matmuls, vector x matrix and
+    depthwise convs stay fp32 (bf16 without the kernel is slower), and so do 1x1 convs over
+    a large plane with an odd channel count (the fp32 PointwiseConv2d rule runs them faster).
+    Depthwise inputs stay fp32: read in bf16 they took MobileNetV2 at batch 8 past the bf16
+    tolerance (max abs err 0.36 against 0.27, allowed 0.35)."""
     Inputs = dict[str, tuple[tuple[int, ...], str]]
     cases: dict[str, tuple[Inputs, Callable[..., Any]]] = {
         "10 channels": ({"x": ((1, 16, 8, 8), "float32")}, _conv(16, 10, 8, 3, 1)),
@@ -136,6 +138,10 @@ def test_pass_keeps_fp32_where_the_kernel_cannot_run():
         ),
         "gemv": ({"v": ((32,), "float32")}, lambda v: relax.op.matmul(v, const((32, 16)))),
         "odd 1x1 over 56x56": ({"x": ((1, 15, 56, 56), "float32")}, _conv(15, 96, 56, 1, 1)),
+        "depthwise": (
+            {"x": ((1, 32, 8, 8), "float32")},
+            lambda x: relax.op.nn.conv2d(x, const((32, 1, 3, 3)), padding=1, groups=32),
+        ),
     }
     for name, (inputs, body) in cases.items():
         kernels = _kernels(inputs, body)
@@ -173,34 +179,6 @@ def test_pointwise_over_a_large_plane_runs_in_the_planes_kernel(c_in, c_out, siz
     assert "vdpbf16ps" in asm
     if BF16_FEATURE in host_cpu_features():
         assert_schedule_matches(func, sch, BF16)
-
-
-def _expand_depthwise(stride: int, channels: int) -> Callable[..., Any]:
-    """MobileNet's expand conv -> depthwise 3x3 conv pair."""
-
-    def body(x: relax.Expr) -> relax.Expr:
-        y = relax.op.clip(relax.op.nn.conv2d(x, const((channels, 16, 1, 1))), 0, 6)
-        z = relax.op.nn.conv2d(
-            y, const((channels, 1, 3, 3)), strides=stride, padding=1, groups=channels
-        )
-        return relax.op.clip(z, 0, 6)
-
-    return body
-
-
-@runs_bf16
-@pytest.mark.parametrize(("stride", "size", "channels"), [(1, 56, 96), (2, 56, 96), (1, 7, 64)])
-def test_depthwise_reads_bf16_its_producer_writes(stride, size, channels):
-    """A depthwise conv reads its input in bf16 (fp32 math): the expand conv before it writes
-    half the bytes; the depthwise rules schedule it and agree with the unscheduled kernel."""
-    kernels = _kernels({"x": ((1, 16, size, size), "float32")}, _expand_depthwise(stride, channels))
-    writes = {name: str(f.params[-1].dtype) for name, f in kernels.items()}
-    assert any(w == "bfloat16" for name, w in writes.items() if "conv2d_" in name)  # expand
-    depthwise = next(f for f in kernels.values() if str(f.params[-1].dtype) == "float32")
-    assert [str(p.dtype) for p in depthwise.params] == ["bfloat16", "bfloat16", "float32"]
-    rules = default_rules(BF16)
-    sch = next(s for r in rules if (s := r.apply(depthwise, BF16, False)) is not None)
-    assert_schedule_matches(depthwise, sch, BF16)
 
 
 @runs_bf16

@@ -94,57 +94,30 @@ def _matmul_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> boo
     )
 
 
-def _depthwise_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> bool:
-    """A depthwise conv: it reads its input in bf16 (half the bytes of a memory-bound op;
-    its producer writes bf16) and multiplies in fp32."""
-    attrs = call.attrs
-    x, w = call.args
-    w_shape = _shape(w)
-    return (
-        x.ty.dtype == "float32"
-        and w.ty.dtype == "float32"
-        and _is_constant(w, bound)
-        and w_shape is not None
-        and (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
-        and int(attrs.groups) > 1
-        and int(attrs.groups) == w_shape[0]
-        and w_shape[1] == 1
-    )
-
-
-def _conv_like(call: relax.Call, x: relax.Expr, w: relax.Expr) -> relax.Expr:
-    """`call`'s conv2d on new operands, accumulating in fp32."""
-    from tvm import relax
-
-    a = call.attrs
-    return relax.op.nn.conv2d(
-        x,
-        w,
-        strides=a.strides,
-        padding=a.padding,
-        dilation=a.dilation,
-        groups=a.groups,
-        data_layout=a.data_layout,
-        kernel_layout=a.kernel_layout,
-        out_layout=a.out_layout,
-        out_dtype="float32",
-    )
-
-
 def _rewrite(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> relax.Expr:
     from tvm import relax
 
     name = call.op.name
-    if name == "relax.nn.conv2d" and _depthwise_fits(call, bound):
-        x, w = (relax.op.astype(arg, "bfloat16") for arg in call.args)
-        return _conv_like(call, x, w)
     if name == "relax.nn.conv2d" and _conv_fits(call, bound):
+        a = call.attrs
         x, w = call.args
         if (_shape(w) or [0, 0])[1] % 2:
             # an odd channel count (an RGB stem): one zero channel more, as dpbf16 sums pairs
             x = relax.op.nn.pad(x, [0, 0, 0, 1, 0, 0, 0, 0])
             w = relax.op.nn.pad(w, [0, 0, 0, 1, 0, 0, 0, 0])
-        return _conv_like(call, relax.op.astype(x, "bfloat16"), relax.op.astype(w, "bfloat16"))
+        x, w = relax.op.astype(x, "bfloat16"), relax.op.astype(w, "bfloat16")
+        return relax.op.nn.conv2d(
+            x,
+            w,
+            strides=a.strides,
+            padding=a.padding,
+            dilation=a.dilation,
+            groups=a.groups,
+            data_layout=a.data_layout,
+            kernel_layout=a.kernel_layout,
+            out_layout=a.out_layout,
+            out_dtype="float32",
+        )
     if name == "relax.matmul" and _matmul_fits(call, bound):
         a, b = (relax.op.astype(arg, "bfloat16") for arg in call.args)
         return relax.op.matmul(a, b, out_dtype="float32")

@@ -218,9 +218,7 @@ def _copy_phases(sch: s_tir.Schedule, pad: s_tir.schedule.SBlockRV, outer: int) 
     column (TVM's strided vector load) cost one scalar load per float."""
     zeros = sch.decompose_padding(pad, sch.get_loops(pad)[outer])
     pairs = _pairs(sch, zeros)
-    # bf16 input (--precision bf16): TIR's bf16 legalization cannot store a vector of zeros
-    # (LLVM turns the scalar loop into a memset anyway)
-    if pairs is not None and str(sch.get(zeros).writes[0].source.dtype) != "bfloat16":
+    if pairs is not None:
         sch.reorder(pairs[1], pairs[0])
         sch.vectorize(pairs[0])
     pairs = _pairs(sch, pad)
