@@ -144,10 +144,16 @@ def tir_class(func: tvm.tirx.PrimFunc) -> str:
 
 
 def _block_class(block: Any) -> str:
+    from tvmflow.qdq import CONV_BLOCK, DW_BLOCK
+
     name = str(block.name_hint).lower()
     reduce = [int(iv.dom.extent) for iv in block.iter_vars if int(iv.iter_type) == 2]
     if name.startswith("winograd"):
         return CONV_3X3  # tvmflow.winograd's kernels: 3x3 stride-1 convs only
+    if name == DW_BLOCK:  # tvmflow.qdq's int8 depthwise conv: (ry, rx)
+        return DEPTHWISE
+    if name == CONV_BLOCK and len(reduce) == 4:  # tvmflow.qdq's int8 conv: (rc, ry, rx, ri)
+        return conv_class(reduce[1:3], reduce[0] * reduce[3], 1)
     if "softmax" in name:
         return ATTENTION
     if "conv" in name and reduce:
@@ -309,9 +315,10 @@ def ort_node_class(op: str, shapes: Sequence[Sequence[int]]) -> str:
     """An onnxruntime node's class from its op type and its inputs' shapes (as its profiler
     writes them: a prepacked weight is left out)."""
     if op in _ORT_CONV:
-        if len(shapes) < 2 or len(shapes[1]) < 3:
+        w = 3 if op == "QLinearConv" else 1  # x, x_scale, x_zero_point, w, ...
+        if len(shapes) <= w or len(shapes[w]) < 3:
             return CONV_OTHER
-        data, weight = shapes[0], shapes[1]
+        data, weight = shapes[0], shapes[w]
         in_per_group = int(weight[1])
         groups = int(data[1]) // in_per_group if in_per_group and data[1] % in_per_group == 0 else 1
         return conv_class([int(k) for k in weight[2:]], in_per_group, groups)
@@ -564,8 +571,7 @@ def ov_profile(
                 in_run += seconds
         covered.append(min(in_run / wall, 1.0))
     ops = tuple(
-        OpTime(name, *nodes[name], min(t + [0.0] * (runs - len(t))))
-        for name, t in samples.items()
+        OpTime(name, *nodes[name], min(t + [0.0] * (runs - len(t)))) for name, t in samples.items()
     )
     return PeerProfile(ops, tuple(covered))
 
