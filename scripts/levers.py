@@ -192,18 +192,23 @@ def to_markdown(rows: dict[str, Any]) -> str:
         "# Standing per model and the next lever",
         "",
         "Written by `scripts/levers` (method: `tvmflow/levers.py`). Per model, at 1 thread per "
-        "engine on a shared machine: end-to-end p50 of tvmflow, onnxruntime and OpenVINO (f32 "
-        "hint) in interleaved rounds; then each engine profiled per op (tvmflow: every kernel "
-        "call of one inference replayed with `time_evaluator`; onnxruntime: its profiler's "
-        "node durations; OpenVINO: PERF_COUNT), mapped onto one set of op classes (a fused "
-        "epilogue counts with its conv / matmul; `call overhead` = p50 − Σ ops). The **next "
-        "lever** is the class where tvmflow spends the most time beyond the best peer (the "
-        "peer with the lower p50); **ratio after** is tvmflow/best peer had tvmflow matched "
-        "that peer in that class (the second: in both classes). Coverage = Σ ops / p50 per "
-        "engine (tvmflow / onnxruntime / OpenVINO): near 100 % means the profile explains "
-        "the latency; a replayed kernel runs with warm caches, so tvmflow's can exceed 100 % "
-        "(negative overhead) or fall short. Standings move with every kernel change: each "
-        "row names the commit it measured.",
+        "engine on a shared 2-core machine: end-to-end p50 of tvmflow, onnxruntime and OpenVINO "
+        "(f32 hint) in interleaved rounds, as process CPU time per inference (at one thread it "
+        "leaves out the time other processes held the core; wall times on this machine are "
+        "2-3x longer and noisier); then each engine profiled per op and the ops mapped onto one "
+        "set of classes (a fused epilogue counts with its conv / matmul): tvmflow's kernels "
+        "timed in place (the Relax VM's instrument hook brackets every kernel call with CPU "
+        "time, median of the profiled runs), onnxruntime's profiler node durations and "
+        "OpenVINO's PERF_COUNT (fastest of the profiled runs per node, sized to the CPU-time "
+        "p50 by their share of the run's wall time). `call overhead` = p50 − Σ ops (for "
+        "tvmflow also measurement residue: the in-place kernel times and the p50 come from "
+        "different runs). The **next lever** is the class where tvmflow spends the most time "
+        "beyond the best peer (the peer with the lower p50); **ratio after** is tvmflow/best "
+        "peer had tvmflow matched that peer in that class and nothing else changed (after "
+        "both: in the first two classes). Coverage = Σ ops / p50 (tvmflow / onnxruntime / "
+        "OpenVINO): the share of the latency the profile explains. Standings move with every "
+        "kernel change: each row names the commit it measured (`ratio` here is CPU time; "
+        "`corpus.md` / the reference table are wall time).",
         "",
         "| model | commit | tvmflow ms | best peer | ratio | next lever | ratio after | "
         "second lever | after both | coverage |",
@@ -226,6 +231,16 @@ def to_markdown(rows: dict[str, Any]) -> str:
             " / ".join(f"{v:.0%}" for v in r["coverage"].values()),
         ]
         out.append("| " + " | ".join(cells) + " |")
+    behind = json.loads(CORPUS_JSON.read_text())["models"] if CORPUS_JSON.is_file() else {}
+    absent = [n for n in corpus_behind(1.0) if n not in rows]
+    if absent:
+        out += [
+            "",
+            f"Not profiled yet ({len(absent)} corpus models above 1.0× in corpus.json; their "
+            "last corpus compile in seconds): "
+            + ", ".join(f"{n} ({behind[n].get('compile_s') or 0:.0f} s)" for n in absent)
+            + ".",
+        ]
     out += ["", "## Per-class times (ms)", ""]
     for r in ordered:
         engines = list(r["p50_ms"])
