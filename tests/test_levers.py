@@ -27,6 +27,7 @@ from tvmflow.levers import (
     NORM,
     OVERHEAD,
     POOL,
+    RECURRENT,
     EngineBreakdown,
     OpTime,
 )
@@ -51,6 +52,20 @@ def test_conv_classes_from_the_kernel_window_and_groups():
     assert levers.conv_class([7, 7], 3, 1) == CONV_OTHER
     assert levers.conv_class([3, 3], 1, 32) == DEPTHWISE
     assert levers.conv_class([3, 3], 8, 4) == GROUPED
+
+
+def test_peer_node_classes_from_op_type_and_shapes():
+    qconv = [[1, 32, 8, 8], [], [], [32, 1, 3, 3], [], []]  # QLinearConv's weight is input 3
+    assert levers.ort_node_class("QLinearConv", qconv) == DEPTHWISE
+    assert levers.ort_node_class("FusedConv", [[1, 16, 8, 8], [32, 16, 1, 1]]) == CONV_1X1
+    assert levers.ort_node_class("MatMul", [[1, 4, 8, 16], [1, 4, 16, 8]]) == ATTENTION
+    assert levers.ort_node_class("MatMul", [[1, 8, 16], [16, 32]]) == MATMUL
+    assert levers.ort_node_class("LSTM", [[5, 1, 8]]) == RECURRENT
+    assert levers.ov_node_class("Convolution", [[1, 8, 4, 4], [8, 1, 1, 3, 3]], []) == DEPTHWISE
+    assert levers.ov_node_class("Convolution", [[1, 8, 4, 4], [16, 8, 3, 3]], []) == CONV_3X3
+    matmul = [[1, 4, 8, 16], [1, 4, 16, 8]]
+    assert levers.ov_node_class("MatMul", matmul, ["Reshape", "Transpose"]) == ATTENTION
+    assert levers.ov_node_class("MatMul", [[1, 8, 16], [16, 32]], ["Add", "Const"]) == MATMUL
 
 
 def test_mobilenet_kernels_and_onnxruntime_nodes_fall_in_the_same_classes(zoo_dir: Path, tmp_path):

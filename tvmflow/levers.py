@@ -33,6 +33,7 @@ CONV_OTHER = "conv other"
 DEPTHWISE = "depthwise conv"
 GROUPED = "grouped conv"
 MATMUL = "matmul"
+RECURRENT = "recurrent"
 ATTENTION = "attention"
 NORM = "normalization"
 POOL = "pool/reduce"
@@ -47,6 +48,7 @@ CLASSES = (
     DEPTHWISE,
     GROUPED,
     MATMUL,
+    RECURRENT,
     ATTENTION,
     NORM,
     POOL,
@@ -57,6 +59,7 @@ CLASSES = (
 )
 # A node holding several ops gets the class of its heaviest one (first in this order).
 PRIORITY = (
+    RECURRENT,
     ATTENTION,
     GROUPED,
     DEPTHWISE,
@@ -94,10 +97,15 @@ def kernel_classes(mod: tvm.IRModule) -> dict[str, str]:
     import tvm
 
     return {
-        gv.name_hint: tir_class(func)
+        gv.name_hint: RECURRENT if gv.name_hint.startswith(_RECURRENT_KERNELS) else tir_class(func)
         for gv, func in mod.functions_items()
         if isinstance(func, tvm.tirx.PrimFunc)
     }
+
+
+# tvmflow.ops.recurrent's kernels: a whole LSTM / GRU / RNN time loop each (the input
+# projection X*W runs before, as a matmul)
+_RECURRENT_KERNELS = ("lstm_sequence", "gru_sequence", "rnn_sequence")
 
 
 def lowered_classes(fused: tvm.IRModule, lowered: tvm.IRModule) -> dict[str, str]:
@@ -211,13 +219,10 @@ _ORT_CLASSES = {
             "MatMulNBits",
             "DynamicQuantizeMatMul",
             "MatMulIntegerToFloat",
-            "LSTM",
-            "GRU",
-            "RNN",
-            "DynamicQuantizeLSTM",
         ),
         MATMUL,
     ),
+    **dict.fromkeys(("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"), RECURRENT),
     **dict.fromkeys(
         (
             "Softmax",
@@ -308,6 +313,7 @@ _ORT_SPANS = {
     "MultiHeadAttention": (MATMUL, ATTENTION),
     "GroupQueryAttention": (MATMUL, ATTENTION),
     "EmbedLayerNormalization": (NORM, MOVE),
+    **dict.fromkeys(("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"), (MATMUL, RECURRENT)),
 }
 
 
@@ -438,7 +444,8 @@ def after_first_run(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
 
 _OV_CLASSES = {
     **dict.fromkeys(("Deconvolution", "DeformableConvolution"), CONV_OTHER),
-    **dict.fromkeys(("FullyConnected", "Gemm", "RNNSeq", "RNNCell", "LSTMSequence"), MATMUL),
+    **dict.fromkeys(("FullyConnected", "Gemm"), MATMUL),
+    **dict.fromkeys(("RNNSeq", "RNNCell", "LSTMSequence", "GRUSequence"), RECURRENT),
     **dict.fromkeys(("Softmax", "ScaledDotProductAttention", "RoPE"), ATTENTION),
     **dict.fromkeys(
         ("MVN", "NormalizeL2", "RMS", "BatchNormInference", "LayerNorm", "GroupNormalization"),
@@ -571,7 +578,13 @@ def ov_profile(
                 in_run += seconds
         covered.append(min(in_run / wall, 1.0))
     ops = tuple(
-        OpTime(name, *nodes[name], min(t + [0.0] * (runs - len(t)))) for name, t in samples.items()
+        OpTime(
+            name,
+            *nodes[name],
+            min(t + [0.0] * (runs - len(t))),
+            (MATMUL, RECURRENT) if nodes[name][1] == RECURRENT else (),
+        )
+        for name, t in samples.items()
     )
     return PeerProfile(ops, tuple(covered))
 
