@@ -340,6 +340,34 @@ def test_openvino_comparator(
     assert data["machine"]["versions"]["openvino"]
 
 
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed (tvmflow[openvino])")
+def test_openvino_outputs_keep_their_onnx_names(tmp_path: Path) -> None:
+    """OpenVINO drops the Identity, so the compiled port also carries the Relu's name and
+    reports that one first; the engine must still answer under the graph's output name."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tvmflow.engines import ENGINES, EngineSpec
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a_relu"]),
+        helper.make_node("Identity", ["a_relu"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "renamed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / "renamed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    opened = ENGINES["openvino"].open(EngineSpec("openvino", str(path), 1, shapes={"x": [1, 4]}))
+    x = np.array([[-1.0, 0.0, 2.0, -3.0]], np.float32)
+    out = opened.run({"x": x})
+    assert list(out) == ["z"]
+    np.testing.assert_array_equal(out["z"], np.maximum(x, 0))
+
+
 def test_demo_prints_a_latency_comparison(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["demo", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

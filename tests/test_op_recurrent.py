@@ -8,7 +8,9 @@ opsets 7/14/22. onnxruntime 1.32 refuses `layout=1`; those cases use onnx's refe
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,6 +37,8 @@ def recurrent_model(
     peepholes: bool = False,
     layout: int = 0,
     seed: int = 0,
+    hidden: int = H,
+    steps: int = T,
     **attrs: object,
 ) -> tuple:
     rng = np.random.default_rng(seed)
@@ -43,22 +47,22 @@ def recurrent_model(
     def rand(*shape: int) -> np.ndarray:
         return rng.uniform(-1, 1, shape).astype(np.float32)
 
-    x = rand(T, B, IN) if layout == 0 else rand(B, T, IN)
-    state_shape = (directions, B, H) if layout == 0 else (B, directions, H)
+    x = rand(steps, B, IN) if layout == 0 else rand(B, steps, IN)
+    state_shape = (directions, B, hidden) if layout == 0 else (B, directions, hidden)
     inputs: dict[str, np.ndarray | None] = {
         "X": x,
-        "W": rand(directions, g * H, IN),
-        "R": rand(directions, g * H, H),
-        "B": rand(directions, 2 * g * H) if bias else None,
-        "sequence_lens": np.array([T, 2, 4][:B], np.int32) if seq_lens else None,
+        "W": rand(directions, g * hidden, IN),
+        "R": rand(directions, g * hidden, hidden),
+        "B": rand(directions, 2 * g * hidden) if bias else None,
+        "sequence_lens": np.array([steps, 2, 4][:B], np.int32) if seq_lens else None,
         "initial_h": rand(*state_shape) if initial else None,
     }
     if op == "LSTM":
         inputs["initial_c"] = rand(*state_shape) if initial else None
-        inputs["P"] = rand(directions, 3 * H) if peepholes else None
+        inputs["P"] = rand(directions, 3 * hidden) if peepholes else None
     if layout:
         attrs["layout"] = layout
-    return one_node_model(op, inputs, OUTPUTS[op], opset, hidden_size=H, **attrs)
+    return one_node_model(op, inputs, OUTPUTS[op], opset, hidden_size=hidden, **attrs)
 
 
 CASES = [
@@ -119,6 +123,15 @@ CASES = [
         ),
     ),
     ("RNN", 7, dict(bias=True, activations=["Elu"], clip=0.9)),
+    # Sizes the kernel's register tiles (64 columns) and vectors (16 units) do not divide:
+    # full and partial tiles, GRU's two-part recurrence matmul, a scalar tail of units.
+    (
+        "LSTM",
+        14,
+        dict(hidden=20, directions=2, direction="bidirectional", bias=True, seq_lens=True),
+    ),
+    ("GRU", 14, dict(hidden=40, bias=True, initial=True)),
+    ("GRU", 14, dict(hidden=40, bias=True, linear_before_reset=1)),
 ]
 
 
@@ -147,3 +160,70 @@ def test_unsupported_listing_sees_recurrent_converters(tmp_path: Path) -> None:
     path = tmp_path / "lstm.onnx"
     onnx.save(model, path)
     assert load_onnx(path).opset == 18
+
+
+def test_kernels_do_not_grow_with_the_sequence() -> None:
+    """The time loop is one kernel: 5 and 60 steps lower to the same number of kernels and
+    Relax bindings (unrolled steps made plcmos-v2 take 820 s to compile)."""
+    import tvm
+
+    from tvmflow.lowering import fuse
+    from tvmflow.targets import resolve_preset
+
+    target = tvm.target.Target(resolve_preset("x86").target)
+    sizes = []
+    for steps in (5, 60):
+        module = fuse(_relax(recurrent_model("LSTM", 14, steps=steps, bias=True)[0]), target)
+        kernels = [f for _, f in module.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+        bindings = sum(len(b.bindings) for b in module["main"].body.blocks)
+        sizes.append((len(kernels), bindings))
+    assert sizes[0] == sizes[1]
+
+
+def test_gpu_targets_run_the_kernel_on_one_gpu_thread() -> None:
+    """The CPU-written kernel, unbound, would build as host code reading device memory."""
+    import tvm
+
+    from tvmflow.lowering import fuse
+    from tvmflow.ops.recurrent_kernel import KERNEL_ATTR
+    from tvmflow.targets import resolve_preset
+
+    target = tvm.target.Target(resolve_preset("cuda-sm90").target)
+    module = fuse(_relax(recurrent_model("GRU", 14)[0]), target)
+    kernels = [
+        f
+        for _, f in module.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and KERNEL_ATTR in f.attrs
+    ]
+    assert len(kernels) == 1
+    outer = kernels[0].body
+    assert outer.kind == tvm.tirx.ForKind.THREAD_BINDING
+    assert outer.body.kind == tvm.tirx.ForKind.THREAD_BINDING
+    assert "T.vectorized" not in str(kernels[0])
+
+
+def _relax(model: Any) -> Any:
+    import onnx
+
+    from tvmflow.frontend import load_onnx, to_relax
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(model, path)
+        return to_relax(load_onnx(path))
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_constant_weights_match_onnxruntime(op: str) -> None:
+    """Real models' W, R, B, P are initializers: prepared (transposed, packed) at import."""
+    from onnx import numpy_helper
+
+    model, feeds = recurrent_model(
+        op, 14, hidden=40, directions=2, direction="bidirectional", bias=True, peepholes=True
+    )
+    weights = [name for name in ("W", "R", "B", "P") if name in feeds]
+    model.graph.initializer.extend(numpy_helper.from_array(feeds.pop(n), n) for n in weights)
+    kept = [i for i in model.graph.input if i.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    assert_matches(model, feeds)

@@ -132,6 +132,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.fast_sigmoid import SigmoidAsTanh
     from tvmflow.fp16_accumulate import Fp16Accumulate
     from tvmflow.matmul_reshape import MatmulReshape
+    from tvmflow.ops.recurrent_kernel import on_one_gpu_thread
     from tvmflow.qdq import QdqToInteger
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
@@ -152,7 +153,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
-        else []
+        else [on_one_gpu_thread()]  # recurrent kernels are CPU code (tvmflow.ops.recurrent_kernel)
     )
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")

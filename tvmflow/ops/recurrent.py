@@ -1,26 +1,35 @@
 """What ONNX's recurrent ops (RNN, GRU, LSTM) share: attributes, activations and the time loop.
 
-The sequence is unrolled in Relax (tvmflow compiles static shapes only): the input projection
-of all time steps is one matmul, then each step is one small matmul with the recurrence weights
-plus the cell's elementwise gates, which FuseOps merges into one kernel per step. With
-`sequence_lens`, steps past a batch row's length keep its state and write zeros to `Y`; a
-reverse pass walks t = T-1 .. 0, so each row's first real step is its own last element.
-Semantics follow the ONNX spec and onnxruntime (activation alpha/beta consumed in order by the
-activations that take them; `clip` bounds every gate's input to its activation).
+The input projection of all time steps and directions is one matmul in Relax; the time loop
+is one TIR kernel per node (`tvmflow.ops.recurrent_kernel`), which reads that projection and
+writes Y, Y_h and Y_c in ONNX's layout. With `sequence_lens`, steps past a batch row's length
+keep its state and write zeros to `Y`; a reverse pass walks t = T-1 .. 0, so each row's first
+real step is its own last element. Semantics follow the ONNX spec and onnxruntime (activation
+alpha/beta consumed in order by the activations that take them; `clip` bounds every gate's
+input to its activation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tvm
 from tvm import relax
 
+from tvmflow.ops.recurrent_kernel import (
+    TILE,
+    Activation,
+    KernelSpec,
+    activation,
+    pack_columns,
+    recurrent_kernel,
+    scratch_shapes,
+)
+
 Expr = Any  # relax.Expr (TVM ships no type stubs)
-Activation = Callable[[Expr], Expr]
 
 # name → (default alpha, default beta); None: the activation takes no such parameter.
 _PARAMS: dict[str, tuple[float | None, float | None]] = {
@@ -38,34 +47,11 @@ _PARAMS: dict[str, tuple[float | None, float | None]] = {
 }
 
 
-def _activation(name: str, alpha: float | None, beta: float | None, dtype: str) -> Activation:
-    op = relax.op
-
-    def c(v: float | None) -> Expr:
-        return relax.const(float(v or 0.0), dtype)
-
-    table: dict[str, Activation] = {
-        "relu": op.nn.relu,
-        "tanh": op.tanh,
-        "sigmoid": op.sigmoid,
-        "softsign": lambda x: op.divide(x, op.add(op.abs(x), c(1.0))),
-        "softplus": lambda x: op.log(op.add(op.exp(x), c(1.0))),
-        "affine": lambda x: op.add(op.multiply(c(alpha), x), c(beta)),
-        "leakyrelu": lambda x: op.where(op.less(x, c(0.0)), op.multiply(c(alpha), x), x),
-        "thresholdedrelu": lambda x: op.where(op.greater(x, c(alpha)), x, c(0.0)),
-        "scaledtanh": lambda x: op.multiply(c(alpha), op.tanh(op.multiply(c(beta), x))),
-        "hardsigmoid": lambda x: op.clip(op.add(op.multiply(c(alpha), x), c(beta)), 0.0, 1.0),
-        "elu": lambda x: op.where(
-            op.less(x, c(0.0)), op.multiply(c(alpha), op.subtract(op.exp(x), c(1.0))), x
-        ),
-    }
-    return table[name]
-
-
 def activations(
     attr: dict[str, Any], defaults: Sequence[str], num_directions: int, dtype: str
-) -> list[list[Activation]]:
-    """Per direction, the op's activation functions (f, g[, h]) from the node attributes."""
+) -> tuple[tuple[Activation, ...], ...]:
+    """Per direction, the op's activation functions (f, g[, h]) from the node attributes,
+    on TIR values of `dtype`."""
     names = [_str(n).lower() for n in attr.get("activations", ())] or list(defaults)
     if len(names) == len(defaults) and num_directions == 2:
         names = names * 2
@@ -82,9 +68,9 @@ def activations(
             alpha = alphas.pop(0)
         if beta is not None and betas:
             beta = betas.pop(0)
-        fns.append(_activation(name, alpha, beta, dtype))
+        fns.append(activation(name, float(alpha or 0.0), float(beta or 0.0), dtype))
     n = len(defaults)
-    return [fns[d * n : (d + 1) * n] for d in range(num_directions)]
+    return tuple(tuple(fns[d * n : (d + 1) * n]) for d in range(num_directions))
 
 
 def _str(value: Any) -> str:
@@ -100,7 +86,8 @@ def static_shape(expr: Expr, what: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Recurrent:
-    """A recurrent node's attributes and inputs, normalized to layout 0 ([T, B, ...])."""
+    """A recurrent node's inputs, normalized to layout 0 ([T, B, ...]), and its kernel's spec
+    (activations still to be filled in by the op)."""
 
     bb: Any
     x: Expr  # [T, B, I]
@@ -109,58 +96,16 @@ class Recurrent:
     b: Expr | None  # [D, 2*G*H]
     seq_lens: Expr | None  # [B] int
     initial: tuple[Expr | None, ...]  # each [D, B, H]
-    hidden: int
-    directions: tuple[str, ...]
     layout: int
-    clip: float | None
-    dtype: str
-    memo: dict[tuple[Any, ...], Expr] = field(default_factory=dict)
-
-    @property
-    def steps(self) -> int:
-        return static_shape(self.x, "X")[0]
-
-    @property
-    def batch(self) -> int:
-        return static_shape(self.x, "X")[1]
+    spec: KernelSpec
 
     def emit(self, expr: Expr) -> Expr:
         return self.bb.emit(expr)
 
-    def clipped(self, x: Expr) -> Expr:
-        if self.clip is None:
-            return x
-        return self.emit(relax.op.clip(x, -self.clip, self.clip))
 
-    def direction(self, tensor: Expr, d: int) -> Expr:
-        return self.emit(relax.op.take(tensor, relax.const(d, "int64"), axis=0))
-
-    def weight(self, tensor: Expr, d: int, start: int, stop: int, transpose: bool = False) -> Expr:
-        """tensor[d, start:stop] (transposed), prepared once: every time step reuses it.
-
-        Constant weights are sliced in numpy; preparing them per step made FoldConstant build
-        and run a kernel for each (20 s for a 20-step LSTM).
-        """
-        key = (id(tensor), d, start, stop, transpose)
-        if key not in self.memo:
-            if isinstance(tensor, tvm.ir.GenericConst):
-                value = tensor.value.numpy()[d, start:stop]
-                self.memo[key] = relax.const(np.ascontiguousarray(value.T if transpose else value))
-            else:
-                value = relax.op.strided_slice(self.direction(tensor, d), [0], [start], [stop])
-                if transpose:
-                    value = relax.op.permute_dims(value, [1, 0])
-                self.memo[key] = self.emit(value)
-        return self.memo[key]
-
-    def state(self, index: int, d: int) -> Expr:
-        init = self.initial[index] if index < len(self.initial) else None
-        if init is None:
-            return relax.op.zeros((self.batch, self.hidden), self.dtype)
-        return self.direction(init, d)
-
-
-def parse(bb: Any, inputs: Sequence[Any], attr: dict[str, Any], num_states: int) -> Recurrent:
+def parse(
+    bb: Any, inputs: Sequence[Any], attr: dict[str, Any], kind: str, num_states: int
+) -> Recurrent:
     """Read the common inputs (X, W, R, B, sequence_lens, initial states) and attributes."""
     x, w, r = inputs[0], inputs[1], inputs[2]
     b = inputs[3] if len(inputs) > 3 else None
@@ -180,80 +125,85 @@ def parse(bb: Any, inputs: Sequence[Any], attr: dict[str, Any], num_states: int)
     }[direction]
     hidden = int(attr["hidden_size"]) if "hidden_size" in attr else static_shape(r, "R")[2]
     clip = attr.get("clip")
-    return Recurrent(
-        bb=bb,
-        x=x,
-        w=w,
-        r=r,
-        b=b,
-        seq_lens=seq_lens,
-        initial=initial,
+    steps, batch = static_shape(x, "X")[:2]
+    spec = KernelSpec(
+        kind=kind,
+        steps=steps,
+        batch=batch,
         hidden=hidden,
-        directions=directions,
-        layout=layout,
-        clip=None if clip is None else float(clip),
         dtype=str(x.ty.dtype),
+        directions=directions,
+        acts=(),
+        clip=None if clip is None else float(clip),
     )
+    return Recurrent(bb, x, w, r, b, seq_lens, initial, layout, spec)
 
 
-# A cell: (step input projection [B, G*H] incl. W bias, states, direction index) → new states;
-# the first state is the hidden state H that goes to Y.
-Cell = Callable[[Expr, list[Expr], int], list[Expr]]
-
-
-def run(rec: Recurrent, num_states: int, cell: Cell) -> list[Expr]:
-    """Unroll every direction; returns [Y, final state 0 (Y_h), final state 1 (Y_c), ...]."""
+def run(rec: Recurrent, spec: KernelSpec, peepholes: Expr | None = None) -> list[Expr]:
+    """The node's outputs [Y, Y_h(, Y_c)]: the input projection (one matmul), then one call of
+    the node's kernel."""
     op = relax.op
-    ys, finals = [], []
-    for d, direction in enumerate(rec.directions):
-        gates = static_shape(rec.w, "W")[1]  # G*H
-        w_t = rec.weight(rec.w, d, 0, gates, transpose=True)  # [I, G*H]
-        proj = rec.emit(op.matmul(rec.x, w_t))  # [T, B, G*H]: every step's input projection
-        if rec.b is not None:
-            proj = rec.emit(op.add(proj, rec.weight(rec.b, d, 0, gates)))
-        states = [rec.state(i, d) for i in range(num_states)]
-        order = range(rec.steps) if direction == "forward" else reversed(range(rec.steps))
-        outputs: dict[int, Expr] = {}
-        for t in order:
-            new = cell(rec.direction(proj, t), states, d)
-            if rec.seq_lens is None:
-                states, outputs[t] = new, new[0]
-                continue
-            valid = rec.emit(
-                op.expand_dims(op.less(relax.const(t, str(rec.seq_lens.ty.dtype)), rec.seq_lens), 1)
-            )
-            states = [rec.emit(op.where(valid, n, s)) for n, s in zip(new, states, strict=True)]
-            zero = relax.const(0.0, rec.dtype)
-            outputs[t] = rec.emit(op.where(valid, new[0], zero))
-        ys.append(rec.emit(stack([outputs[t] for t in range(rec.steps)], axis=0)))
-        finals.append(states)
-    y = rec.emit(stack(ys, axis=1))  # [T, D, B, H]
-    results = [rec.emit(stack([f[i] for f in finals], axis=0)) for i in range(num_states)]
-    if rec.layout == 1:
-        y = rec.emit(op.permute_dims(y, [2, 0, 1, 3]))
-        results = [rec.emit(op.permute_dims(s, [1, 0, 2])) for s in results]
-    return [y, *results]
+    width = spec.gates * spec.hidden
+    ndir = len(spec.directions)
+    ranges = spec.column_ranges
 
+    def w_t(w: np.ndarray) -> np.ndarray:  # [D, G*H, I] -> [I, D*G*H]
+        return np.concatenate(list(w.transpose(0, 2, 1)), axis=-1)
 
-def stack(values: Sequence[Expr], axis: int) -> Expr:
-    """relax.op.stack as expand_dims + concat: TVM 0.27's ConvertLayout crashes on stack."""
-    return relax.op.concat([relax.op.expand_dims(v, axis) for v in values], axis=axis)
-
-
-def recurrence(rec: Recurrent, h: Expr, d: int, first: int = 0, count: int | None = None) -> Expr:
-    """H · R^T + R bias for direction d over gates first..first+count: [B, count*H]."""
-    op = relax.op
-    size = rec.hidden
-    total = static_shape(rec.w, "W")[1] // size  # G: gates per direction
-    count = total - first if count is None else count
-    r_t = rec.weight(rec.r, d, first * size, (first + count) * size, transpose=True)
-    out = rec.emit(op.matmul(h, r_t))
+    proj = rec.emit(op.matmul(rec.x, _prepared(rec, rec.w, w_t)))  # [T, B, D*G*H]: all steps
     if rec.b is not None:
-        start = (total + first) * size
-        out = rec.emit(op.add(out, rec.weight(rec.b, d, start, start + count * size)))
-    return out
+        proj = rec.emit(op.add(proj, _prepared(rec, rec.b, lambda b: b[:, :width].reshape(-1))))
+    rt = _prepared(rec, rec.r, lambda r: pack_columns(r.transpose(0, 2, 1), ranges))
+    if rec.b is None:
+        rb = relax.const(np.zeros((ndir, spec.tiles, TILE), spec.dtype))
+    else:
+        rb = _prepared(rec, rec.b, lambda b: pack_columns(b[:, None, width:], ranges)[:, :, 0])
+    states = (ndir, spec.batch, spec.hidden)
+    none = relax.const(np.zeros(1, spec.dtype))  # for the kernel's c0 / peep an op lacks
+    h0 = _initial(rec.initial[0], states, spec.dtype)
+    c0 = _initial(rec.initial[1], states, spec.dtype) if spec.kind == "LSTM" else none
+    if rec.seq_lens is None:
+        lens = relax.const(np.full(spec.batch, spec.steps, "int32"))
+    else:
+        lens = rec.emit(op.astype(rec.seq_lens, "int32"))
+    peep = none if peepholes is None else peepholes
+    kernel = rec.bb.add_func(recurrent_kernel(spec), f"{spec.kind.lower()}_sequence")
+    c_shape = states if spec.kind == "LSTM" else (1,)
+    out = rec.emit(
+        relax.call_tir(
+            kernel,
+            relax.Tuple([proj, rt, rb, h0, c0, lens, peep]),
+            [
+                relax.TensorType((spec.steps, *states), spec.dtype),
+                relax.TensorType(states, spec.dtype),
+                relax.TensorType(c_shape, spec.dtype),
+                *(relax.TensorType(s, spec.compute_dtype) for s in scratch_shapes(spec)),
+            ],
+        )
+    )
+    results = [rec.emit(relax.TupleGetItem(out, i)) for i in range(3 if spec.kind == "LSTM" else 2)]
+    if rec.layout == 1:
+        results[0] = rec.emit(op.permute_dims(results[0], [2, 0, 1, 3]))
+        results[1:] = [rec.emit(op.permute_dims(s, [1, 0, 2])) for s in results[1:]]
+    return results
 
 
-def gate(x: Expr, index: int, hidden: int) -> Expr:
-    """Gate `index` ([B, H]) of a gate-stacked tensor [B, G*H]."""
-    return relax.op.strided_slice(x, [1], [index * hidden], [(index + 1) * hidden])
+def _prepared(rec: Recurrent, tensor: Expr, transform: Any) -> Expr:
+    """`transform` (a numpy rearrangement that may zero-pad) of a weight tensor.
+
+    It runs on an index array, so one function serves both cases: constants (every real
+    model) are rearranged here at import, anything else is gathered by a `take` in the graph.
+    """
+    shape = static_shape(tensor, "a weight")
+    index = transform(np.arange(1, int(np.prod(shape)) + 1).reshape(shape))  # 0: padding
+    if isinstance(tensor, tvm.ir.GenericConst):
+        flat = tensor.value.numpy().reshape(-1)
+        return relax.const(np.concatenate([np.zeros(1, flat.dtype), flat])[index])
+    op = relax.op
+    dtype = str(tensor.ty.dtype)
+    flat = rec.emit(op.concat([op.zeros((1,), dtype), op.reshape(tensor, (-1,))], axis=0))
+    return rec.emit(op.take(flat, relax.const(index.astype("int64")), axis=0))
+
+
+def _initial(state: Expr | None, shape: tuple[int, ...], dtype: str) -> Expr:
+    return relax.const(np.zeros(shape, dtype)) if state is None else state

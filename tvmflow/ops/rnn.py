@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
 from tvmflow.ops import Converter
-from tvmflow.ops.recurrent import Expr, activations, parse, recurrence, run
+from tvmflow.ops.recurrent import Expr, activations, parse, run
 
 
 class RNN(OnnxOpConverter):
@@ -16,14 +17,12 @@ class RNN(OnnxOpConverter):
 
     @classmethod
     def _impl_v7(cls, bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Expr:
-        rec = parse(bb, inputs, attr, num_states=1)
-        acts = activations(attr, ("tanh",), len(rec.directions), rec.dtype)
-
-        def cell(x: Expr, states: list[Expr], d: int) -> list[Expr]:
-            pre = rec.emit(relax.op.add(x, recurrence(rec, states[0], d)))
-            return [rec.emit(acts[d][0](rec.clipped(pre)))]
-
-        return relax.Tuple(run(rec, 1, cell))
+        rec = parse(bb, inputs, attr, "RNN", num_states=1)
+        spec = replace(
+            rec.spec,
+            acts=activations(attr, ("tanh",), len(rec.spec.directions), rec.spec.compute_dtype),
+        )
+        return relax.Tuple(run(rec, spec))
 
 
 CONVERTERS = (Converter("RNN", RNN, since=7, until=22),)
