@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -186,6 +187,36 @@ def _lever_cell(lv: dict[str, Any] | None) -> str:
     return f"**{lv['class']}** (−{_ms(lv['gap_ms'])} ms{where})"
 
 
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Per class: the models it is the next lever of, and what matching the best peer in it
+    would do to their geomean ratio."""
+    behind = [r for r in rows if r["ratio"] > 1.0 and r["levers"]]
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for r in behind:
+        by_class.setdefault(r["levers"][0]["class"], []).append(r)
+    first = [r["levers"][0]["ratio_after"] for r in behind]
+    two = [r.get("ratio_after_two") or r["levers"][0]["ratio_after"] for r in behind]
+    lines = [
+        "",
+        f"**{len(behind)} of {len(rows)} rows are behind their best peer** (geomean ratio "
+        f"{_geomean([r['ratio'] for r in behind]):.2f}×; after each one's next lever "
+        f"{_geomean(first):.2f}×, after its first two {_geomean(two):.2f}×). Next lever by class:",
+        "",
+        "| next lever | models | geomean ratio now → after it | models |",
+        "| --- | ---: | --- | --- |",
+    ]
+    for cls, members in sorted(by_class.items(), key=lambda kv: -len(kv[1])):
+        now = _geomean([r["ratio"] for r in members])
+        after = _geomean([r["levers"][0]["ratio_after"] for r in members])
+        names = ", ".join(r["name"] for r in members)
+        lines.append(f"| {cls} | {len(members)} | {now:.2f}× → {after:.2f}× | {names} |")
+    return lines
+
+
 def to_markdown(rows: dict[str, Any]) -> str:
     ordered = sorted(rows.values(), key=lambda r: (r.get("kind") != "reference", -r["ratio"]))
     out = [
@@ -231,6 +262,7 @@ def to_markdown(rows: dict[str, Any]) -> str:
             " / ".join(f"{v:.0%}" for v in r["coverage"].values()),
         ]
         out.append("| " + " | ".join(cells) + " |")
+    out += summary(ordered)
     behind = json.loads(CORPUS_JSON.read_text())["models"] if CORPUS_JSON.is_file() else {}
     absent = [n for n in corpus_behind(1.0) if n not in rows]
     if absent:
