@@ -183,3 +183,25 @@ def test_a_measured_standing_adds_up(
         assert total == pytest.approx(e.p50)
     assert {o.op_class for o in s.tvmflow.ops} >= {CONV_3X3, POOL}
     assert all(a.gap >= b.gap > 0 for a, b in zip(s.levers, s.levers[1:], strict=False))
+
+
+def test_script_rows_and_table(tmp_path):
+    """scripts/levers: a standing becomes a JSON row and a table line with its levers."""
+    import importlib.util
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "levers.py"
+    spec = importlib.util.spec_from_file_location("levers_script", script)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    mine = _engine("tvmflow", 0.010, matmul=0.004, elementwise=0.003)
+    ort = _engine("onnxruntime", 0.008, matmul=0.003, elementwise=0.001)
+    row = module.row_of(levers.standing("m", mine, [ort]), {"openvino": "cannot read it"})
+    assert row["ratio"] == pytest.approx(1.25) and row["best_peer"] == "onnxruntime"
+    assert [lv["class"] for lv in row["levers"]] == ["elementwise", "matmul"]
+    assert row["ratio_after_two"] == pytest.approx((10 - 2 - 1) / 8)
+    text = module.to_markdown({"m": row | {"kind": "corpus"}})
+    assert "| m | " in text and "**elementwise** (−2 ms" in text
+    assert "1 of 1 rows are behind their best peer" in text
