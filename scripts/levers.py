@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ OUT_JSON = ROOT / "benchmarks" / "levers.json"
 OUT_MD = ROOT / "benchmarks" / "levers.md"
 ARTIFACTS = ROOT / ".cache" / "levers"
 CORPUS_JSON = ROOT / "benchmarks" / "corpus.json"
+ENGINES = ("tvmflow", "onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,15 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
         after = _geomean([r["levers"][0]["ratio_after"] for r in members])
         names = ", ".join(r["name"] for r in members)
         lines.append(f"| {cls} | {len(members)} | {now:.2f}× → {after:.2f}× | {names} |")
+    engines = [e for e in ENGINES if any(e in r["coverage"] for r in rows)]
+    spans = []
+    for engine in engines:
+        values = sorted(r["coverage"][engine] for r in rows if engine in r["coverage"])
+        spans.append(
+            f"{engine} median {statistics.median(values):.0%} "
+            f"(range {values[0]:.0%}–{values[-1]:.0%}, {len(values)} rows)"
+        )
+    lines += ["", "Attribution check, Σ profiled ops / p50 per engine: " + "; ".join(spans) + "."]
     return lines
 
 
