@@ -248,7 +248,9 @@ def to_markdown(rows: dict[str, Any]) -> str:
         "beyond the best peer (the peer with the lower p50); **ratio after** is tvmflow/best "
         "peer had tvmflow matched that peer in that class and nothing else changed (after "
         "both: in the first two classes). Coverage = Σ ops / p50 (tvmflow / onnxruntime / "
-        "OpenVINO): the share of the latency the profile explains. Standings move with every "
+        "OpenVINO): the share of the latency the profile explains; tvmflow's is an independent "
+        "check (in-place kernel CPU times against the p50 of other runs), the peers' is the "
+        "share of their profiled runs' wall time spent inside nodes. Standings move with every "
         "kernel change: each row names the commit it measured (`ratio` here is CPU time; "
         "`corpus.md` / the reference table are wall time).",
         "",
