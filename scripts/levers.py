@@ -165,6 +165,7 @@ def row_of(s: Any, missing: dict[str, str]) -> dict[str, Any]:
         "best_peer": s.best.engine,
         "ratio": round(s.ratio, 4),
         "coverage": {e.engine: round(e.coverage, 3) for e in engines},
+        "classes_calls": {e.engine: e.calls(levers.compare_groups(engines)) for e in engines},
         "classes_ms": {
             k: {e: round(v * 1e3, 4) for e, v in row.items()} for k, row in s.table.items()
         },
@@ -179,6 +180,10 @@ def row_of(s: Any, missing: dict[str, str]) -> dict[str, Any]:
 
 def _ms(v: float) -> str:
     return f"{v:.3g}" if v < 10 else f"{v:.0f}"
+
+
+def _cell(ms: float, calls: int | None) -> str:
+    return f"{ms:.3f}" + (f" ({calls})" if calls else "")
 
 
 def _lever_cell(lv: dict[str, Any] | None) -> str:
@@ -299,14 +304,17 @@ def to_markdown(rows: dict[str, Any]) -> str:
             + f" ms; ratio {r['ratio']:.2f}× vs {best}"
             + (f"; not measured: {missing}" if missing else ""),
             "",
-            "| class | " + " | ".join(engines) + f" | tvmflow − {best} |",
+            "| class | "
+            + " | ".join(f"{e} ms (calls)" for e in engines)
+            + f" | tvmflow − {best} |",
             "| --- | " + " | ".join("---:" for _ in engines) + " | ---: |",
         ]
+        calls = r.get("classes_calls", {})
         for cls, row in r["classes_ms"].items():
             gap = row["tvmflow"] - row[best]
             out.append(
                 f"| {cls} | "
-                + " | ".join(f"{row.get(e, 0.0):.3f}" for e in engines)
+                + " | ".join(_cell(row.get(e, 0.0), calls.get(e, {}).get(cls)) for e in engines)
                 + f" | {gap:+.3f} |"
             )
         for lv in r["levers"][:2]:

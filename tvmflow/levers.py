@@ -345,6 +345,7 @@ class OpTime:
     op_class: str
     seconds: float
     spans: tuple[str, ...] = ()
+    calls: int = 1  # a tvmflow kernel called several times per inference
 
 
 @dataclass(frozen=True)
@@ -650,7 +651,7 @@ def tvm_profile(
         entry[0] += 1
         entry[1] += statistics.median(s[i] for s in samples if i < len(s))
     return tuple(
-        OpTime(name, f"{int(n)} calls", classes[name], seconds)
+        OpTime(name, f"{int(n)} calls", classes[name], seconds, calls=int(n))
         for name, (n, seconds) in sorted(totals.items(), key=lambda kv: -kv[1][1])
     )
 
@@ -743,6 +744,15 @@ class EngineBreakdown:
     def coverage(self) -> float:
         """Sum of the profiled ops over the end-to-end p50 (1.0: the profile explains it)."""
         return self.op_total / self.p50 if self.p50 else 0.0
+
+    def calls(self, groups: Mapping[str, str]) -> dict[str, int]:
+        """Kernel calls / executed nodes per class: where engines agree on how many convs of
+        a kind a model has, the mapping is sane (fusion makes small differences)."""
+        out: dict[str, int] = {}
+        for o in self.ops:
+            key = groups.get(o.op_class, o.op_class)
+            out[key] = out.get(key, 0) + o.calls
+        return out
 
     def by_class(self, groups: Mapping[str, str]) -> dict[str, float]:
         out: dict[str, float] = {}
