@@ -61,6 +61,11 @@ def test_peer_node_classes_from_op_type_and_shapes():
     assert levers.ort_node_class("MatMul", [[1, 4, 8, 16], [1, 4, 16, 8]]) == ATTENTION
     assert levers.ort_node_class("MatMul", [[1, 8, 16], [16, 32]]) == MATMUL
     assert levers.ort_node_class("LSTM", [[5, 1, 8]]) == RECURRENT
+    upsample = [[1, 16, 8, 8], [16, 8, 2, 2]]  # kernel 2 = stride 2: a 1x1 conv + shuffle
+    assert levers.ort_node_class("ConvTranspose", upsample, [[1, 8, 16, 16]]) == CONV_1X1
+    assert levers.ort_node_class("ConvTranspose", upsample, [[1, 8, 17, 17]]) == CONV_OTHER
+    deconv = [[1, 16, 8, 8], [16, 8, 4, 4]]
+    assert levers.ov_node_class("Deconvolution", deconv, [], [[1, 8, 16, 16]]) == CONV_OTHER
     assert levers.ov_node_class("Convolution", [[1, 8, 4, 4], [8, 1, 1, 3, 3]], []) == DEPTHWISE
     assert levers.ov_node_class("Convolution", [[1, 8, 4, 4], [16, 8, 3, 3]], []) == CONV_3X3
     matmul = [[1, 4, 8, 16], [1, 4, 16, 8]]

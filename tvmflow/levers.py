@@ -84,6 +84,20 @@ def conv_class(spatial: Sequence[int], in_per_group: int, groups: int) -> str:
     return CONV_3X3 if tuple(spatial) == (3, 3) else CONV_OTHER
 
 
+def transposed_conv_class(kernel: Sequence[int], data: Sequence[int], output: Sequence[int]) -> str:
+    """A transposed conv whose kernel equals its stride (an upsampling one, output/input per
+    spatial dim) is a 1x1 conv to stride² times the channels plus a pixel shuffle: what
+    tvmflow computes it as (`tvmflow.upsample_conv`), so it is compared as a conv 1x1."""
+    spatial = len(kernel)
+    if spatial and len(data) >= spatial and len(output) >= spatial:
+        strides = [
+            o / i if i else 0 for o, i in zip(output[-spatial:], data[-spatial:], strict=True)
+        ]
+        if all(k == s for k, s in zip(kernel, strides, strict=True)):
+            return CONV_1X1
+    return CONV_OTHER
+
+
 def heaviest(classes: Iterable[str]) -> str:
     found = set(classes)
     return next((c for c in PRIORITY if c in found), MOVE)
@@ -164,6 +178,8 @@ def _block_class(block: Any) -> str:
         return conv_class(reduce[1:3], reduce[0] * reduce[3], 1)
     if "softmax" in name:
         return ATTENTION
+    if "conv" in name and "transpose" in name and reduce:
+        return CONV_OTHER  # zero-dilated input (an upsampling one became a 1x1 conv before)
     if "conv" in name and reduce:
         grouped = "group" in name or "depthwise" in name
         in_per_group, spatial = (reduce[0], reduce[1:]) if len(reduce) > 1 else (1, reduce)
@@ -209,7 +225,7 @@ def _is_copy(expr: Any) -> bool:
 
 _ORT_CONV = {"Conv", "FusedConv", "NhwcConv", "NhwcFusedConv", "QLinearConv", "ConvInteger"}
 _ORT_CLASSES = {
-    **dict.fromkeys(("ConvTranspose", "DeformConv"), CONV_OTHER),
+    "DeformConv": CONV_OTHER,
     **dict.fromkeys(
         (
             "Gemm",
@@ -317,9 +333,15 @@ _ORT_SPANS = {
 }
 
 
-def ort_node_class(op: str, shapes: Sequence[Sequence[int]]) -> str:
-    """An onnxruntime node's class from its op type and its inputs' shapes (as its profiler
-    writes them: a prepacked weight is left out)."""
+def ort_node_class(
+    op: str, shapes: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]] = ()
+) -> str:
+    """An onnxruntime node's class from its op type and its inputs' (and outputs') shapes,
+    as its profiler writes them (a prepacked weight is left out)."""
+    if op == "ConvTranspose":
+        if len(shapes) < 2 or not outputs:
+            return CONV_OTHER
+        return transposed_conv_class(shapes[1][2:], shapes[0][2:], outputs[0][2:])
     if op in _ORT_CONV:
         w = 3 if op == "QLinearConv" else 1  # x, x_scale, x_zero_point, w, ...
         if len(shapes) <= w or len(shapes[w]) < 3:
@@ -383,8 +405,9 @@ def ort_op_times(events: Sequence[Mapping[str, Any]], walls: Sequence[float] = (
         args = e.get("args", {})
         op = str(args.get("op_name", "?"))
         shapes = [next(iter(s.values())) for s in args.get("input_type_shape", [])]
+        outputs = [next(iter(s.values())) for s in args.get("output_type_shape", [])]
         node = f"{name[: -len('_kernel_time')]}#{args.get('node_index', '')}"
-        kind[node] = (op, ort_node_class(op, shapes))
+        kind[node] = (op, ort_node_class(op, shapes, outputs))
         per_node.setdefault(node, []).append(float(e["dur"]) * 1e-6)
         run = next(
             (i for i, r in enumerate(runs) if r["ts"] <= e["ts"] <= r["ts"] + r["dur"]), None
@@ -444,7 +467,7 @@ def after_first_run(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
 # -------------------------------------------------------------------------------- OpenVINO
 
 _OV_CLASSES = {
-    **dict.fromkeys(("Deconvolution", "DeformableConvolution"), CONV_OTHER),
+    "DeformableConvolution": CONV_OTHER,
     **dict.fromkeys(("FullyConnected", "Gemm"), MATMUL),
     **dict.fromkeys(("RNNSeq", "RNNCell", "LSTMSequence", "GRUSequence"), RECURRENT),
     **dict.fromkeys(("Softmax", "ScaledDotProductAttention", "RoPE"), ATTENTION),
@@ -501,9 +524,18 @@ _OV_OPSET = {
 }
 
 
-def ov_node_class(layer: str, shapes: Sequence[Sequence[int]], inputs: Sequence[str]) -> str:
-    """An OpenVINO executed node's class from its layer type, its inputs' shapes and the
-    layer types of the nodes feeding it ("Const" for weights)."""
+def ov_node_class(
+    layer: str,
+    shapes: Sequence[Sequence[int]],
+    inputs: Sequence[str],
+    outputs: Sequence[Sequence[int]] = (),
+) -> str:
+    """An OpenVINO executed node's class from its layer type, its inputs' (and outputs')
+    shapes and the layer types of the nodes feeding it ("Const" for weights)."""
+    if layer == "Deconvolution":
+        if len(shapes) < 2 or not outputs:
+            return CONV_OTHER
+        return transposed_conv_class(shapes[1][2:], shapes[0][2:], outputs[0][2:])
     if layer in ("Convolution", "GroupConvolution") and len(shapes) > 1 and len(shapes[1]) >= 3:
         data, weight = shapes[0], shapes[1]
         if len(weight) == len(data) + 1:  # grouped: [groups, out per group, in per group, k..]
@@ -555,7 +587,11 @@ def ov_profile(
             op.input_value(i).get_node().get_rt_info()["layerType"].astype(str)
             for i in range(op.get_input_size())
         ]
-        cls = ov_node_class(layer, shapes_in, sources)
+        shapes_out = [
+            [d.get_length() if d.is_static else 1 for d in op.output(i).get_partial_shape()]
+            for i in range(op.get_output_size())
+        ]
+        cls = ov_node_class(layer, shapes_in, sources, shapes_out)
         held = [
             originals.get(n.strip(), "") for n in rt["originalLayersNames"].astype(str).split(",")
         ]
