@@ -125,14 +125,17 @@ def profile_one(model: Model, options: Any, reuse: bool) -> dict[str, Any]:
             ),
         )
         compile_s = round(time.perf_counter() - start, 1)
-        saved.write_text(json.dumps(found, indent=0))
-    classes = json.loads(saved.read_text())
+        saved.write_text(json.dumps({"commit": _commit(), "classes": found}, indent=0))
+    built = json.loads(saved.read_text())
+    classes = built["classes"]
     with tempfile.TemporaryDirectory(prefix="levers-") as scratch:
         result, missing = levers.measure(
             model.name, art, model.path, classes, options, Path(scratch)
         )
     print(levers.format_standing(result), flush=True)
-    return row_of(result, missing) | {"kind": model.kind, "compile_s": compile_s}
+    # the commit the artifact was built at (a --reuse run measures an older build)
+    row = row_of(result, missing) | {"kind": model.kind, "compile_s": compile_s}
+    return row | {"commit": built["commit"]}
 
 
 def row_of(s: Any, missing: dict[str, str]) -> dict[str, Any]:
