@@ -157,6 +157,7 @@ def measure(
         CACHE / "bench" / (preset if precision == "fp32" else f"{preset}-{precision}") / ref.name,
         ref.shapes,
         precision=precision,
+        threads=opts.threads,
     )
     return bench.run_bench(
         model, artifact, opts, input_shapes=ref.shapes, compile_s=compile_s, name=ref.name

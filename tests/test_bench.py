@@ -372,3 +372,17 @@ def test_demo_prints_a_latency_comparison(tmp_path: Path, capsys: pytest.Capture
     assert main(["demo", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "latency   p50 tvmflow" in out and "tvmflow/onnxruntime" in out
+
+
+def test_compile_for_bench_builds_for_the_benchmarks_thread_count(
+    zoo_dir: Path, tmp_path: Path
+) -> None:
+    """`threads` becomes the target's num-cores (1: serial kernels, as the peers' 1-thread
+    sessions are built for one thread); the artifact still verifies."""
+    model = zoo_dir / "conv_net.onnx"
+    shapes = {"image": (1, 3, 32, 32)}
+    artifact, _ = bench.compile_for_bench(model, "x86", tmp_path / "one", shapes, threads=1)
+    assert read_manifest(artifact).target["num-cores"] == 1
+    options = bench.BenchOptions(1, 1, 2, 0.05, (), measure_rss=False)
+    report = bench.run_bench(model, artifact, options, input_shapes=shapes)
+    assert report.passed

@@ -39,6 +39,7 @@ def recurrent_model(
     seed: int = 0,
     hidden: int = H,
     steps: int = T,
+    batch: int = B,
     **attrs: object,
 ) -> tuple:
     rng = np.random.default_rng(seed)
@@ -47,14 +48,16 @@ def recurrent_model(
     def rand(*shape: int) -> np.ndarray:
         return rng.uniform(-1, 1, shape).astype(np.float32)
 
-    x = rand(steps, B, IN) if layout == 0 else rand(B, steps, IN)
-    state_shape = (directions, B, hidden) if layout == 0 else (B, directions, hidden)
+    x = rand(steps, batch, IN) if layout == 0 else rand(batch, steps, IN)
+    state_shape = (directions, batch, hidden) if layout == 0 else (batch, directions, hidden)
     inputs: dict[str, np.ndarray | None] = {
         "X": x,
         "W": rand(directions, g * hidden, IN),
         "R": rand(directions, g * hidden, hidden),
         "B": rand(directions, 2 * g * hidden) if bias else None,
-        "sequence_lens": np.array([steps, 2, 4][:B], np.int32) if seq_lens else None,
+        "sequence_lens": np.array([steps, 2, 4, 1, 3, steps][:batch], np.int32)
+        if seq_lens
+        else None,
         "initial_h": rand(*state_shape) if initial else None,
     }
     if op == "LSTM":
@@ -131,6 +134,8 @@ CASES = [
         dict(hidden=20, directions=2, direction="bidirectional", bias=True, seq_lens=True),
     ),
     ("GRU", 14, dict(hidden=40, bias=True, initial=True)),
+    # 6 rows: a block of 4 sharing each weight load (AVX-512 targets), then a block of 2
+    ("GRU", 14, dict(hidden=40, batch=6, bias=True, seq_lens=True, initial=True)),
     ("GRU", 14, dict(hidden=40, bias=True, linear_before_reset=1)),
 ]
 

@@ -16,7 +16,8 @@ from tests.kernels import (
     lowers_for,
     only_kernel,
 )
-from tvmflow.schedules.cpu_conv2d import Conv2d
+from tvmflow.schedules.cpu_common import pick_tile
+from tvmflow.schedules.cpu_conv2d import NARROW_TILE_ROWS, Conv2d
 
 
 def _conv(cin, cout, hw, k=3, stride=1, pad=None, epilogue=True, batch=1):
@@ -92,6 +93,47 @@ def test_grouped_conv_is_a_gemm_per_group(cin, cout, groups, stride, batch, pad,
     assert sch is not None
     assert {"parallel", "vectorized"} <= loop_kinds(sch)
     assert_schedule_matches(func, sch)
+
+
+def _unrolled_extents(sch):
+    import tvm
+    import tvm_ffi
+
+    found: set[int] = set()
+
+    def visit(node):
+        if node.kind == tvm.tirx.ForKind.UNROLLED and isinstance(node.extent, tvm.tirx.IntImm):
+            found.add(int(node.extent))
+
+    tvm_ffi.structural_walk(sch.mod["main"].body, [(tvm.tirx.For, visit)], order="post")
+    return found
+
+
+def test_narrow_tiles_get_more_rows():
+    """A tile one vector wide has one accumulator per row: 8 rows left the FMA pipes waiting."""
+    assert pick_tile(56, 16, 16, 32) == (8, 1, 16)
+    assert pick_tile(56, 16, 16, 32, narrow_rows=14) == (14, 1, 16)
+    assert pick_tile(56, 8, 16, 32, narrow_rows=14) == (14, 1, 8)  # 8 channels per group
+    assert pick_tile(56, 48, 16, 32, narrow_rows=14) == (8, 3, 16)  # wide tiles: unchanged
+    assert pick_tile(56, 16, 8, 16, narrow_rows=14) == (14, 1, 8)  # fits AVX2's 16 registers
+
+
+@pytest.mark.parametrize("groups", [2, 4])  # 16 and 8 channels per group
+def test_grouped_conv_narrow_tile(groups):
+    """RegNetY's 16-wide and ResNeXt's 8-wide groups over a 14-wide map: 14-row tiles, as
+    compiled and as the first design space tuning searches (its rows a sampled knob)."""
+
+    def body(x):
+        y = relax.op.nn.conv2d(x, const((32, 32 // groups, 3, 3)), padding=1, groups=groups)
+        return relax.op.nn.relu(relax.op.add(y, const((1, 32, 1, 1), 1)))
+
+    func = only_kernel({"x": ((1, 32, 14, 14), "float32")}, body)
+    sch = Conv2d().apply(func, TARGET, False)
+    assert sch is not None and NARROW_TILE_ROWS in _unrolled_extents(sch)
+    assert_schedule_matches(func, sch)
+    space = Conv2d().design_spaces(func, TARGET)[0]
+    assert NARROW_TILE_ROWS in _unrolled_extents(space)
+    assert_schedule_matches(func, space)
 
 
 def test_other_cpus():

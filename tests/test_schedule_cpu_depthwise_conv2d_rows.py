@@ -1,10 +1,13 @@
 """cpu_depthwise_conv2d_rows.DepthwiseConv2dRows: stride-1 depthwise convs vectorized along
-NCHW rows, padding done per tile."""
+NCHW rows, each channel plane padded once."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
-from tvm import relax
+import tvm
+from tvm import relax, s_tir
 
 from tests.kernels import (
     AVX2,
@@ -84,6 +87,28 @@ def _one_loop_nest(sch):
     import tvm
 
     return isinstance(sch.mod["main"].body.block.body, tvm.tirx.For)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_each_plane_is_padded_once_before_its_tiles(stride):
+    """The padding copy runs once per (image, channel) plane, under the parallel loop and
+    outside the row tiles, so no input row is copied twice."""
+    func = _depthwise(8, (32, 64), stride=stride, n=2)
+    sch = DepthwiseConv2dRows().apply(func, TARGET, False)
+    assert sch is not None
+    writes = 0
+    for name in ("pad_temp", "pad_temp_pad_const"):
+        try:
+            block = sch.get_sblock(name)
+        except s_tir.ScheduleError:  # stride 1 pads in one block
+            continue
+        parallel, *inner = sch.get_loops(block)
+        assert sch.get(parallel).kind == tvm.tirx.ForKind.PARALLEL
+        assert int(sch.get(parallel).extent) == 2 * 8  # images x channels
+        writes = max(writes, math.prod(int(sch.get(loop).extent) for loop in inner))
+    rows = (32 // stride - 1) * stride + 3  # the padded rows the outputs read
+    assert writes == rows * 66  # the whole padded plane per parallel iteration
+    assert_schedule_matches(func, sch)
 
 
 def test_dense_and_grouped_convs_are_not_claimed():

@@ -97,6 +97,28 @@ def test_search_result_faster_than_baseline_is_applied(fused, tmp_path: Path) ->
     assert info.tasks_tuned == 1 and info.log_digest is not None
 
 
+def test_a_one_core_target_applies_records_without_parallel_loops(fused, tmp_path: Path) -> None:
+    """`cpu_single_core`: a one-core artifact's tuned kernels run their loops serially too."""
+    from tests.kernels import loop_kinds
+
+    mod, target = fused
+    kernel = _kernel(mod)
+    fixed, _ = _traces(kernel)
+    searched = tvm.s_tir.Schedule(kernel)
+    loops = searched.get_loops(searched.get_child_blocks(searched.get_sblock("root"))[0])
+    outer, _ = searched.split(loops[0], factors=searched.sample_perfect_tile(loops[0], n=2))
+    searched.parallel(outer)
+    log = _log(tmp_path / "log", kernel, target, [(fixed, 2e-3), (searched.trace, 1e-3)])
+    name = next(n for n in kernel_names(mod) if "matmul" in n)
+    kinds = {}
+    for cores in (4, 1):
+        with_cores = tvm.target.Target({**target.export(), "num-cores": cores})
+        tuned, info = apply_records(mod, with_cores, [log])
+        assert info.tasks_tuned == 1
+        kinds[cores] = loop_kinds(tvm.s_tir.Schedule(tuned[name]))
+    assert "parallel" in kinds[4] and "parallel" not in kinds[1]
+
+
 def _with_check(log: Path, kernel: tvm.IRModule, default_us: float, best_us: float) -> Path:
     """The summary a tuning job writes after re-measuring the best record beside the default."""
     workload = ms.database.JSONDatabase(str(log / WORKLOADS), str(log / RECORDS))

@@ -359,17 +359,25 @@ def compile_for_bench(
     use_shipped_logs: bool = True,
     freeze: Mapping[str, Any] | None = None,
     precision: str = "fp32",
+    threads: int | None = None,
 ) -> tuple[Path, float]:
     """Compile MODEL for a target that runs here; returns the artifact and the seconds it took.
 
-    Verification is left to the benchmark, which reports accuracy and exits 3 on a failure.
+    `threads` (the benchmark's thread count) becomes the target's `num-cores`, as the peers'
+    sessions are built for their thread count: at 1 the kernels are serial
+    (`tvmflow.schedules.cpu_single_core`). Verification is left to the benchmark, which
+    reports accuracy and exits 3 on a failure.
     """
+    from dataclasses import replace
+
     from tvmflow.compile import CompileOptions, compile_model
     from tvmflow.frontend import load_onnx
     from tvmflow.targets import resolve_preset
 
     preset = resolve_preset(target)
     check_runs_here(preset.name, preset.host_mismatch())
+    if threads and preset.device == "cpu":
+        preset = replace(preset, target={**preset.target, "num-cores": threads})
     start = time.perf_counter()
     imported = load_onnx(model, input_shapes, freeze)
     options = CompileOptions(

@@ -539,6 +539,7 @@ def bench_cmd(
                 tuning_logs,
                 not no_shipped_logs,
                 dict(freeze),
+                threads=options.threads,
             )
         report = bench.run_bench(
             model, artifact, options, arrays, str(npz), dict(input_shapes), compile_s

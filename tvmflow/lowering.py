@@ -93,7 +93,8 @@ def lower(model: ImportedModel, preset: Preset, options: LoweringOptions) -> Low
 
     check_precision(preset, options.precision)
     target = tvm.target.Target(preset.target)
-    mod = to_relax(model)
+    with target:  # converters that size kernels for it read it (tvmflow.ops.recurrent_kernel)
+        mod = to_relax(model)
     outputs = output_specs(mod, model)
     mod = fuse(mod, target, options.precision)
     mod, tuning = schedule(mod, target, log_dirs(preset, options))
@@ -105,7 +106,9 @@ def fused_module(model: ImportedModel, target: tvm.target.Target, precision: str
     """The model's fused, still unscheduled kernels: what tuning searches."""
     from tvmflow.frontend import to_relax
 
-    return fuse(to_relax(model), target, precision)
+    with target:  # as `lower` imports it
+        mod = to_relax(model)
+    return fuse(mod, target, precision)
 
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") -> tvm.IRModule:
@@ -125,6 +128,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
     # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM; conv2ds
     # get output channels and columns the register tile divides (padded, then sliced off).
+    from tvmflow.branch_sink import LiftBranches, SinkIntoBranches
     from tvmflow.conv1d import Conv1dAsConv2d
     from tvmflow.conv_dead_taps import DropDeadConvTaps
     from tvmflow.conv_tiles import PadConvForTiles
@@ -134,6 +138,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.matmul_reshape import MatmulReshape
     from tvmflow.ops.recurrent_kernel import on_one_gpu_thread
     from tvmflow.qdq import QdqToInteger
+    from tvmflow.resize_matmul import ResizeAsMatmul
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
@@ -150,6 +155,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             MatmulReshape(),  # a Linear's output reshape moves to its input: GELU fuses
             SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
             PowerAsMultiply(),  # x ** 3 (tanh GELU) as multiplies, not a powf per element
+            ResizeAsMatmul(),  # bilinear resizes of small maps as two matmuls, not gathers
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
@@ -168,6 +174,11 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     with target:
         return tvm.transform.Sequential(
             [
+                SinkIntoBranches(),  # an If's branches compute their own work, not both
+                # a function with control flow (an ONNX If) is one plain binding block:
+                # FuseOps only fuses inside dataflow blocks, so its straight-line runs get
+                # theirs back (else every op is its own kernel, one VM call each)
+                relax.transform.ConvertToDataflow(),
                 Fp16Accumulate(),  # an fp16 export's matmuls / convs sum in fp32
                 *integer,
                 *mixed,
@@ -177,6 +188,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
                 relax.transform.LegalizeOps(),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
+                LiftBranches(),  # FuseOps does not look inside an If's branches
                 relax.transform.FuseOps(),
                 relax.transform.FuseTIR(),
                 relax.transform.DeadCodeElimination(),
@@ -244,43 +256,115 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, tuple[np.ndarray, ...
     embedded in the library would be held twice once TVM loads it (the mapped file and a
     heap copy); as arguments they are held once, mapped from the weights file. Identical
     constants (same dtype, shape and bytes) become one argument; sub-byte constants (int4,
-    float4), whose numpy form is not TVM's packed one, stay in the library.
+    float4), whose numpy form is not TVM's packed one, stay in the library. A Relax function
+    `main` only calls (an If's branch, `tvmflow.branch_sink`) gets its constants as
+    parameters too, which `main` passes on from its own.
     """
     import hashlib
 
     import tvm
     from tvm import relax
 
+    params: list[relax.Var] = []  # main's new parameters
+    values: list[np.ndarray] = []
+    by_content: dict[tuple[str, tuple[int, ...], bytes], relax.Var] = {}
+
+    def main_param(const: Any) -> relax.Var:
+        value = const.value.numpy()
+        digest = hashlib.sha256(value.tobytes()).digest()
+        key = (value.dtype.str, value.shape, digest)
+        if key not in by_content:
+            by_content[key] = relax.Var(f"weight{len(params)}", const.ty)
+            params.append(by_content[key])
+            values.append(value)
+        return by_content[key]
+
     @relax.expr_functor.mutator
     class Lift(relax.PyExprMutator):  # type: ignore[misc]
-        def __init__(self, mod: tvm.IRModule) -> None:
+        """Constants to parameters: main's own, or (`local`) a callee's, each standing for
+        one of main's."""
+
+        def __init__(self, mod: tvm.IRModule, local: bool) -> None:
             super().__init__(mod)
-            self.params: list[relax.Var] = []
-            self.values: list[np.ndarray] = []
-            self.by_content: dict[tuple[str, tuple[int, ...], bytes], relax.Var] = {}
+            self.local = local
+            self.passed: dict[relax.Var, relax.Var] = {}  # main's param -> this callee's
 
         def visit_generic_const_(self, const: Any) -> relax.Expr:
             if tvm.DataType(str(const.value.dtype)).bits < 8:
                 return const  # sub-byte (int4, float4): numpy holds them unpacked; stays inside
-            value = const.value.numpy()
-            digest = hashlib.sha256(value.tobytes()).digest()
-            key = (value.dtype.str, value.shape, digest)
-            if key not in self.by_content:
-                self.by_content[key] = relax.Var(f"weight{len(self.params)}", const.ty)
-                self.params.append(self.by_content[key])
-                self.values.append(value)
-            return self.by_content[key]
+            outer = main_param(const)
+            if not self.local:
+                return outer
+            if outer not in self.passed:
+                self.passed[outer] = relax.Var(f"w{len(self.passed)}", const.ty)
+            return self.passed[outer]
+
+    main_gv = mod.get_global_var("main")
+    out = mod.clone()
+    # old callee -> (its new GlobalVar, main's params it also takes, in order)
+    extra: dict[Any, tuple[Any, list[relax.Var]]] = {}
+    for gv in _callees_of_main_only(mod):
+        func = mod[gv]
+        lift = Lift(mod, local=True)
+        body = lift.visit_expr(func.body)
+        if lift.passed:
+            new_params = [*func.params, *lift.passed.values()]
+            new = relax.Function(new_params, body, func.ret_ty, func.is_pure, func.attrs)
+            del out[gv]  # a new GlobalVar: the old one's type is the old signature
+            builder = relax.BlockBuilder(out)
+            extra[gv] = (builder.add_func(new, gv.name_hint), list(lift.passed))
+            out = builder.get()
+
+    @relax.expr_functor.mutator
+    class PassOn(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = super().visit_call_(call)
+            if call.op not in extra:
+                return call
+            callee, weights = extra[call.op]
+            return relax.Call(callee, [*call.args, *weights], call.attrs)
 
     main = mod["main"]
-    lift = Lift(mod)
-    body = lift.visit_expr(main.body)
+    body = PassOn(mod).visit_expr(Lift(mod, local=False).visit_expr(main.body))
     attrs = {**dict(main.attrs or {}), "num_input": len(main.params)}
     lifted = relax.Function(
-        [*main.params, *lift.params], body, main.ret_ty, main.is_pure, tvm.ir.DictAttrs(attrs)
+        [*main.params, *params], body, main.ret_ty, main.is_pure, tvm.ir.DictAttrs(attrs)
     )
-    out = mod.clone()
-    out[mod.get_global_var("main")] = lifted
-    return out, tuple(lift.values)
+    out[main_gv] = lifted
+    if extra:  # the extended calls have no type yet
+        out = relax.transform.Normalize()(out)
+    return out, tuple(values)
+
+
+def _callees_of_main_only(mod: tvm.IRModule) -> list[Any]:
+    """Relax functions that only `main` refers to, and only as the callee of a call."""
+    from tvm import relax
+
+    main_gv = mod.get_global_var("main")
+    elsewhere = {
+        g
+        for gv, func in mod.functions_items()
+        if isinstance(func, relax.Function) and gv != main_gv
+        for g in relax.analysis.all_global_vars(func)
+    }
+    seen: dict[Any, int] = {}
+    called: dict[Any, int] = {}
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.GlobalVar):
+            seen[expr] = seen.get(expr, 0) + 1
+        elif isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar):
+            called[expr.op] = called.get(expr.op, 0) + 1
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return [
+        gv
+        for gv, func in mod.functions_items()
+        if isinstance(func, relax.Function)
+        and gv != main_gv
+        and gv not in elsewhere
+        and called.get(gv, 0) == seen.get(gv, 0) > 0
+    ]
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:

@@ -9,7 +9,10 @@ anything is loaded, the manifest is checked (format version, machine, CPU featur
 sha256 of the library and of the weights file are compared with the manifest, so a tampered
 or foreign file is refused, not executed. The weights are mapped once and passed to every
 call as arguments after the model's inputs: on the CPU TVM reads them in place (no copy), on a
-GPU they are copied to the device once.
+GPU they are copied to the device once. Per call, what the manifest fixes (names, shapes,
+dtypes) is checked against precomputed slots; a big input whose memory already fits is passed
+in place, any other is copied into a buffer its thread keeps; each output is copied out once
+(`scripts/call_overhead.py` times run() against the VM call alone).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import importlib.util
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +32,11 @@ import numpy as np
 import tvm_ffi
 
 from tvmflow import weights
-from tvmflow.dtypes import from_storage, to_storage
+from tvmflow.dtypes import from_storage, is_narrow, to_storage
 from tvmflow.errors import TvmflowError
 from tvmflow.inputs import check_inputs, native_byte_order
 from tvmflow.manifest import (
+    DYNAMIC,
     LIBRARY_NAME,
     FrozenInput,
     Manifest,
@@ -151,6 +156,40 @@ def to_numpy(tensor: tvm_ffi.Tensor) -> np.ndarray:
     return array
 
 
+# Inputs at least this big are passed to the VM in place (DLPack) when their memory already
+# fits (64-byte aligned, C-contiguous, writable, native byte order); smaller ones are copied
+# into a per-thread buffer, which costs less than checking where a numpy array's data starts.
+ZERO_COPY_BYTES = 64 * 1024
+_NUMPY_DLPACK_KINDS = "biuf"  # what numpy's DLPack can share: bool, ints, floats (not ml_dtypes)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One input or output, checked and converted per call: what can be precomputed."""
+
+    spec: TensorSpec
+    dtype: np.dtype  # the dtype the caller passes or gets
+    shared: bool  # a CPU tensor of this dtype is a numpy array without a copy (DLPack)
+    static: bool  # no dynamic dim: the shape must equal `spec.shape`
+
+
+def _slot(spec: TensorSpec, cpu: bool) -> _Slot:
+    dtype = _numpy_dtype(spec.dtype)
+    ordinary = not is_narrow(spec.dtype) and dtype.kind in _NUMPY_DLPACK_KINDS
+    return _Slot(spec, dtype, cpu and ordinary, DYNAMIC not in spec.shape)
+
+
+class _PerThread(threading.local):
+    """One calling thread's VM (a VM holds per-call registers and is not reentrant), its
+    `main`, and the buffers small inputs are copied into."""
+
+    main: Any = None
+    staging: dict[int, tuple[tvm_ffi.Tensor, np.ndarray]]
+
+    def __init__(self) -> None:
+        self.staging = {}
+
+
 class CompiledModel:
     """A loaded artifact. `run` is safe to call from several threads at once."""
 
@@ -167,7 +206,10 @@ class CompiledModel:
         self._library = library
         self._device = device
         self._weights = weight_tensors  # shared by every thread's VM: kernels only read them
-        self._local = threading.local()
+        self._local = _PerThread()
+        cpu = _is_cpu(device)
+        self._in = tuple(_slot(s, cpu) for s in manifest.inputs)
+        self._out = tuple(_slot(s, cpu) for s in manifest.outputs)
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -182,44 +224,95 @@ class CompiledModel:
         """Inputs compiled in as constants (`--freeze`): `run` refuses them."""
         return self.manifest.frozen
 
-    def _vm(self) -> Any:
-        """One VM per calling thread: a VM holds per-call registers and is not reentrant."""
-        vm = getattr(self._local, "vm", None)
-        if vm is None:
+    def _main(self) -> tvm_ffi.Function:
+        """This thread's VM's `main` (the VM is made on a thread's first call)."""
+        local = self._local
+        if local.main is None:
             vm = self._library["vm_load_executable"]()
             dev, host = self._device, tvm_ffi.device("cpu", 0)
             vm["vm_initialization"](
                 *(dev.dlpack_device_type(), dev.index, _POOLED_ALLOCATOR),
                 *(host.dlpack_device_type(), host.index, _POOLED_ALLOCATOR),
             )
-            self._local.vm = vm
-        return vm
+            local.main = vm["main"]
+        return local.main
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on named numpy arrays; returns named numpy arrays."""
-        args = self.device_inputs(inputs)
+        """Run on named numpy arrays; returns named numpy arrays (new ones, owned by the
+        caller: the VM's memory is reused by the next call)."""
+        args = self._arguments(inputs)
         try:
-            result = self._vm()["main"](*args, *self._weights)
+            result = self._main()(*args, *self._weights)
         except Exception as exc:
             if not _is_signature_error(exc):
                 raise
             raise self._signature_mismatch(str(exc).strip().splitlines()[-1]) from exc
-        values = [result] if isinstance(result, tvm_ffi.Tensor) else list(result)
-        outputs = [
-            from_storage(to_numpy(v), s.dtype) for v, s in zip(values, self.outputs, strict=False)
+        if isinstance(result, tvm_ffi.Tensor):
+            values = [result]
+        else:  # an ffi.Array: its Python iterator makes two FFI calls per item, this one
+            values = [_global("ffi.ArrayGetItem")(result, i) for i in range(len(result))]
+        if len(values) != len(self._out):
+            raise self._signature_mismatch(
+                f"it returned {len(values)} outputs, the manifest lists {len(self._out)}"
+            )
+        return {s.spec.name: self._output(s, v) for s, v in zip(self._out, values, strict=True)}
+
+    def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list[tvm_ffi.Tensor]:
+        """The VM's input arguments; arrays that match the inputs exactly take the quick way,
+        anything else is checked first (the mismatch named) and converted."""
+        if len(inputs) == len(self._in):
+            args = []
+            for index, slot in enumerate(self._in):
+                array = inputs.get(slot.spec.name)
+                if (
+                    type(array) is not np.ndarray
+                    or array.shape != slot.spec.shape
+                    or array.dtype != slot.dtype
+                ):
+                    break
+                args.append(self._argument(index, slot, array))
+            else:
+                return args
+        check_inputs(inputs, self.inputs, self.manifest.frozen)
+        return [
+            self._argument(index, slot, np.asarray(inputs[slot.spec.name]))
+            for index, slot in enumerate(self._in)
         ]
-        got = tuple((tuple(o.shape), o.dtype.name) for o in outputs)
-        fits = [
-            s.accepts(shape, dtype) for s, (shape, dtype) in zip(self.outputs, got, strict=False)
-        ]
-        if len(got) != len(self.outputs) or not all(fits):
-            shown = ", ".join(f"{dtype}{list(shape)}" for shape, dtype in got)
-            raise self._signature_mismatch(f"it returned {shown}")
-        return {s.name: o for s, o in zip(self.outputs, outputs, strict=True)}
+
+    def _argument(self, index: int, slot: _Slot, array: np.ndarray) -> tvm_ffi.Tensor:
+        """One checked input as a tensor the VM reads: the array itself when its memory fits
+        and it is big enough to be worth it, else a copy in this thread's buffer for it (on
+        a GPU: a new device tensor)."""
+        if not slot.shared:
+            return to_tensor(to_storage(native_byte_order(array)), self._device)
+        if array.nbytes >= ZERO_COPY_BYTES and _shareable(array):
+            return tvm_ffi.from_dlpack(array)
+        staged = self._local.staging.get(index)
+        if staged is None:
+            tensor = _empty(slot.spec.shape, slot.spec.dtype, self._device)
+            staged = self._local.staging[index] = (tensor, np.from_dlpack(tensor))
+        staged[1][...] = array  # converts byte order and strides
+        return staged[0]
+
+    def _output(self, slot: _Slot, value: tvm_ffi.Tensor) -> np.ndarray:
+        """A numpy copy of one VM output (never a view: the next call may overwrite it),
+        checked against the manifest's output."""
+        if slot.shared:
+            out = np.from_dlpack(value).copy()
+        else:
+            out = from_storage(to_numpy(value), slot.spec.dtype)
+        if out.dtype != slot.dtype or not (
+            out.shape == slot.spec.shape
+            if slot.static
+            else slot.spec.accepts(out.shape, out.dtype.name)
+        ):
+            got = f"{out.dtype.name}{list(out.shape)}"
+            raise self._signature_mismatch(f"it returned {got} for {slot.spec.describe()}")
+        return out
 
     def device_inputs(self, inputs: Mapping[str, np.ndarray]) -> list[tvm_ffi.Tensor]:
-        """Named numpy arrays, checked against the inputs, as tensors on the model's device
-        in argument order (what `run` does first; `run_on_device` takes the result)."""
+        """Named numpy arrays, checked against the inputs, as new tensors on the model's
+        device in argument order (for `run_on_device`)."""
         check_inputs(inputs, self.inputs, self.manifest.frozen)
         return [
             to_tensor(to_storage(native_byte_order(np.asarray(inputs[s.name]))), self._device)
@@ -229,7 +322,7 @@ class CompiledModel:
     def run_on_device(self, tensors: Sequence[tvm_ffi.Tensor]) -> Any:
         """Run on `device_inputs`' tensors without numpy copies or checks (for timing
         device-resident calls); returns what the VM returns (tensors on the device)."""
-        return self._vm()["main"](*tensors, *self._weights)
+        return self._main()(*tensors, *self._weights)
 
     def sync(self) -> None:
         """Wait until the device has finished the work queued on it (a no-op on the CPU)."""
@@ -249,6 +342,18 @@ class CompiledModel:
     def __repr__(self) -> str:
         sig = ", ".join(s.describe() for s in self.inputs)
         return f"CompiledModel({str(self.directory)!r}, preset={self.manifest.preset}, ({sig}))"
+
+
+def _shareable(array: np.ndarray) -> bool:
+    """Whether the VM can read `array`'s memory as it is (TVM's kernels assume 64-byte
+    aligned data; DLPack cannot carry read-only or byte-swapped arrays)."""
+    flags = array.flags
+    return (
+        flags.c_contiguous
+        and flags.writeable
+        and array.dtype.isnative
+        and array.ctypes.data % weights.ALIGNMENT == 0
+    )
 
 
 def _is_signature_error(exc: Exception) -> bool:

@@ -572,6 +572,8 @@ def apply_records(
     import tvm
     from tvm import relax
 
+    from tvmflow.schedules.cpu_single_core import single_core
+
     def is_kernel(f: object) -> bool:
         return isinstance(f, tvm.tirx.PrimFunc)
 
@@ -580,7 +582,10 @@ def apply_records(
         return mod, TuningInfo(None, 0, total)
     if any(b'["Tensorize",' in (d / RECORDS).read_bytes() for d in log_dirs):
         register_tensor_intrinsics(target)  # a tensorized trace names its intrinsic
-    with target, improving_records(log_dirs):
+    records = improving_records(log_dirs)
+    if single_core(target):  # a one-core artifact has no parallel loops, tuned ones neither
+        records = serial_records(records)
+    with target, records:
         mod = relax.transform.MetaScheduleApplyDatabase()(mod)
     tuned = sum(
         1
@@ -630,6 +635,26 @@ def improving_records(log_dirs: Sequence[Path]) -> ms.database.Database:
                 )
             )
     return db
+
+
+def serial_records(db: ms.database.Database) -> ms.database.Database:
+    """`db`'s records with their traces' parallel loops run serially (`cpu_single_core`)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmflow.schedules.cpu_single_core import serial_trace
+
+    out = ms.database.MemoryDatabase()
+    for record in db.get_all_tuning_records():
+        out.commit_tuning_record(
+            ms.database.TuningRecord(
+                serial_trace(record.trace),
+                out.commit_workload(record.workload.mod),
+                record.run_secs,
+                record.target,
+                record.args_info,
+            )
+        )
+    return out
 
 
 def _checks(log: Path) -> dict[str, tuple[float, float]]:

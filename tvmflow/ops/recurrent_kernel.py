@@ -110,6 +110,7 @@ class KernelSpec:
     input_forget: bool = False  # LSTM: f = 1 - i
     linear_before_reset: bool = False  # GRU: r * (h·Rh^T + Rbh) instead of (r * h)·Rh^T + Rbh
     peepholes: bool = False  # LSTM
+    rows: int = 1  # batch rows sharing each loaded tile of R (`register_rows`)
 
     @property
     def gates(self) -> int:
@@ -133,6 +134,17 @@ class KernelSpec:
     @property
     def tiles(self) -> int:
         return sum(-(-count // TILE) for _, count in self.column_ranges)
+
+
+def register_rows(target: Any) -> int:
+    """Batch rows per register tile on `target` (None: unknown, 1): 4 where a TILE is 4
+    vectors (AVX-512: 16 of its 32 registers hold accumulators), else 1 (on AVX2 a TILE is
+    already 8 of its 16 registers; 4 rows spilled and ran 1.3x slower than 1 at batch 8)."""
+    if target is None or target.kind.name != "llvm":
+        return 1
+    from tvmflow.schedules.cpu_common import vector_lanes
+
+    return 4 if TILE // vector_lanes(target) <= 4 else 1
 
 
 def pack_columns(rt: Any, ranges: tuple[tuple[int, int], ...]) -> Any:
@@ -177,6 +189,7 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
     from tvm.script import tirx as T
 
     steps, batch, hidden, dtype = spec.steps, spec.batch, spec.hidden, spec.dtype
+    rows = min(spec.rows, batch)
     ndir, width, ct = len(spec.directions), spec.gates * spec.hidden, spec.compute_dtype
     lstm, gru, rnn = spec.kind == "LSTM", spec.kind == "GRU", spec.kind == "RNN"
     ranges, tiles = spec.column_ranges, spec.tiles
@@ -238,28 +251,72 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
         return act(d, 0)(clipped(pre(proj, acc, d, t, b, j, 0)))
 
     @T.macro
+    def block(
+        src: Any,
+        d: int,
+        rt: Any,
+        rb: Any,
+        acc: Any,
+        tile: Any,
+        r: int,
+        jo: Any,
+        b0: Any,
+        rows: int,
+        cols: int,
+    ) -> None:
+        # acc[b0:b0+rows, tile jo of range r] = rb + src[d, rows, :] · rt[:, tile]: `rows`
+        # batch rows x TILE columns of accumulators in registers, each weight load used
+        # `rows` times; of a last partial tile only the real `cols` columns are stored.
+        for bb in T.unroll(rows):
+            for ji in T.vectorized(TILE):
+                tile[bb, ji] = cast(rb[d, first[r] + jo, ji])
+        for k in range(hidden):
+            for bb in T.unroll(rows):
+                for ji in T.vectorized(TILE):
+                    tile[bb, ji] = tile[bb, ji] + cast(src[d, b0 + bb, k]) * cast(
+                        rt[d, first[r] + jo, k, ji]
+                    )
+        for bb in T.unroll(rows):
+            for ji in T.vectorized(cols):
+                acc[b0 + bb, ranges[r][0] + jo * TILE + ji] = tile[bb, ji]
+
+    @T.macro
     def matvec(src: Any, d: int, rt: Any, rb: Any, acc: Any, tile: Any, r: int) -> None:
-        # acc[b, cols] = rb + src[d, b, :] · rt[:, cols] over column range r, TILE columns at
-        # a time in a register tile; of a last partial tile only the real columns are stored.
-        for b in range(batch):
+        # acc[:, range r] = rb + src[d] · rt[:, range r], in blocks of rows x TILE.
+        for bo in range(batch // rows):
             for jo in range(ranges[r][1] // TILE):
-                for ji in T.vectorized(TILE):
-                    tile[ji] = cast(rb[d, first[r] + jo, ji])
-                for k in range(hidden):
-                    for ji in T.vectorized(TILE):
-                        tile[ji] = tile[ji] + cast(src[d, b, k]) * cast(rt[d, first[r] + jo, k, ji])
-                for ji in T.vectorized(TILE):
-                    acc[b, ranges[r][0] + jo * TILE + ji] = tile[ji]
+                block(src, d, rt, rb, acc, tile, r, jo, bo * rows, rows, TILE)
             if ranges[r][1] % TILE != 0:
-                for ji in T.vectorized(TILE):
-                    tile[ji] = cast(rb[d, first[r] + ranges[r][1] // TILE, ji])
-                for k in range(hidden):
-                    for ji in T.vectorized(TILE):
-                        tile[ji] = tile[ji] + cast(src[d, b, k]) * cast(
-                            rt[d, first[r] + ranges[r][1] // TILE, k, ji]
-                        )
-                for ji in T.vectorized(ranges[r][1] % TILE):
-                    acc[b, ranges[r][0] + ranges[r][1] // TILE * TILE + ji] = tile[ji]
+                block(
+                    src,
+                    d,
+                    rt,
+                    rb,
+                    acc,
+                    tile,
+                    r,
+                    ranges[r][1] // TILE,
+                    bo * rows,
+                    rows,
+                    ranges[r][1] % TILE,
+                )
+        if batch % rows != 0:
+            for jo in range(ranges[r][1] // TILE):
+                block(src, d, rt, rb, acc, tile, r, jo, batch // rows * rows, batch % rows, TILE)
+            if ranges[r][1] % TILE != 0:
+                block(
+                    src,
+                    d,
+                    rt,
+                    rb,
+                    acc,
+                    tile,
+                    r,
+                    ranges[r][1] // TILE,
+                    batch // rows * rows,
+                    batch % rows,
+                    ranges[r][1] % TILE,
+                )
 
     @T.macro
     def update(
@@ -354,7 +411,7 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
         cn: T.Buffer((hidden,), ct),  # type: ignore[valid-type]
     ) -> None:
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True, KERNEL_ATTR: True})
-        tile = T.alloc_buffer((TILE,), ct, scope="local")
+        tile = T.alloc_buffer((rows, TILE), ct, scope="local")
         for d, b, j in T.grid(ndir, batch, hidden):
             h[d, b, j] = h0[d, b, j]
         if lstm:

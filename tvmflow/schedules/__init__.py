@@ -45,13 +45,14 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_pointwise_conv2d import PointwiseConv2d
     from tvmflow.schedules.cpu_pool import Pool
     from tvmflow.schedules.cpu_row_norm import RowNorm
+    from tvmflow.schedules.cpu_single_core import SingleCore, single_core
     from tvmflow.schedules.cpu_squeeze_excite import SqueezeExcite
     from tvmflow.schedules.cpu_transpose import Transpose
     from tvmflow.schedules.cpu_winograd import WinogradDataPack, WinogradGemm, WinogradInverse
 
     # bf16 kernels (`--precision bf16`) exist only where the target has AVX512_BF16
     bf16 = [Bf16Gemm()] if has_bf16(target) else []
-    return [
+    rules = [
         *bf16,
         # the three kernels of a Winograd conv (tvmflow.winograd), claimed by block name
         WinogradGemm(),
@@ -77,6 +78,8 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         Elementwise(),
         Fallback(),
     ]
+    # a one-core target's kernels run their parallel loops serially (cpu_single_core)
+    return [SingleCore(rule) for rule in rules] if single_core(target) else rules
 
 
 def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:

@@ -189,20 +189,27 @@ _NVEC_PREFERENCE = (3, 2, 4, 1)
 
 
 def pick_tile(
-    m: int, n: int, lanes: int, registers: int, nvecs: Sequence[int] = _NVEC_PREFERENCE
+    m: int,
+    n: int,
+    lanes: int,
+    registers: int,
+    nvecs: Sequence[int] = _NVEC_PREFERENCE,
+    narrow_rows: int = 8,
 ) -> tuple[int, int, int]:
     """(rows, vectors per row, vector length) of the register tile of an m x n output.
 
     Only exact divisors, so no loop needs a tail predicate that would break vectorization.
     The tile with the most accumulators that still fits the register file next to its
     operands (nvec loaded vectors + one broadcast) wins: that is the best load-to-FMA ratio.
+    Tiles have at most 8 rows, one vector wide ones at most `narrow_rows` (see
+    `cpu_conv2d.NARROW_TILE_ROWS`).
     """
     v = pick_vector(n, lanes)
     best: tuple[int, int, int] | None = None
     for nvec in nvecs:
         if (n // v) % nvec:
             continue
-        for mr in (8, 7, 6, 5, 4, 3, 2, 1):
+        for mr in range(narrow_rows if nvec == 1 else 8, 0, -1):
             if m % mr == 0 and mr * nvec + nvec + 1 <= registers:
                 if best is None or mr * nvec > best[0] * best[1]:
                     best = (mr, nvec, v)
@@ -210,18 +217,20 @@ def pick_tile(
     return best or (1, 1, v)
 
 
-def tile_choices(m: int, n: int, lanes: int, registers: int) -> list[tuple[int, int, int]]:
+def tile_choices(
+    m: int, n: int, lanes: int, registers: int, narrow_rows: int = 8
+) -> list[tuple[int, int, int]]:
     """The tiles a tuning search may start from: `pick_tile`'s choice first, then its best
     tile for each other vectors-per-row count (one design space each: the weight packing
     follows the tile width, and a sampled decision cannot change a packing on replay)."""
-    default = pick_tile(m, n, lanes, registers)
-    others = (pick_tile(m, n, lanes, registers, (nvec,)) for nvec in _NVEC_PREFERENCE)
+    default = pick_tile(m, n, lanes, registers, narrow_rows=narrow_rows)
+    others = (pick_tile(m, n, lanes, registers, (nvec,), narrow_rows) for nvec in _NVEC_PREFERENCE)
     return list(dict.fromkeys([default, *others]))
 
 
 # At most this many design spaces (tile widths) per kernel: len(_NVEC_PREFERENCE).
 MAX_TILE_CHOICES = 4
-# The most output rows a register tile may have (the search's bound on the sampled rows).
+# The search's bound on a tile's sampled rows (or the default tile's rows, if more).
 MAX_TILE_ROWS = 8
 
 
@@ -255,7 +264,10 @@ def tile_gemm(
             m = int(sch.get(loops.m).extent)
             rows = list(
                 sch.sample_perfect_tile(
-                    loops.m, n=2, max_innermost_factor=MAX_TILE_ROWS, decision=[m // mr, mr]
+                    loops.m,
+                    n=2,
+                    max_innermost_factor=max(MAX_TILE_ROWS, mr),
+                    decision=[m // mr, mr],
                 )
             )
         m_o, m_i = sch.split(loops.m, factors=rows)
