@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,11 +106,17 @@ def profile_one(model: Model, options: Any, reuse: bool) -> dict[str, Any]:
     from tvmflow.lowering import fused_module
     from tvmflow.targets import resolve_preset
 
+    # built for the thread count it is measured at, as scripts/benchmark builds (at 1 the
+    # kernels are serial: tvmflow.schedules.cpu_single_core)
     preset = resolve_preset("x86")
+    preset = replace(preset, target={**preset.target, "num-cores": options.threads})
     art = ARTIFACTS / model.name
     saved = ARTIFACTS / f"{model.name}.classes.json"
     compile_s = None
-    if not (reuse and (art / "manifest.json").is_file() and saved.is_file()):
+    kept = json.loads(saved.read_text()) if saved.is_file() else {}
+    if not (
+        reuse and (art / "manifest.json").is_file() and kept.get("num_cores") == options.threads
+    ):
         imported = load_onnx(model.path, model.shapes, model.freeze or None)
         target = tvm.target.Target(preset.target)
         found: dict[str, str] = {}
@@ -125,7 +131,8 @@ def profile_one(model: Model, options: Any, reuse: bool) -> dict[str, Any]:
             ),
         )
         compile_s = round(time.perf_counter() - start, 1)
-        saved.write_text(json.dumps({"commit": _commit(), "classes": found}, indent=0))
+        built = {"commit": _commit(), "num_cores": options.threads, "classes": found}
+        saved.write_text(json.dumps(built, indent=0))
     built = json.loads(saved.read_text())
     classes = built["classes"]
     with tempfile.TemporaryDirectory(prefix="levers-") as scratch:
@@ -135,6 +142,7 @@ def profile_one(model: Model, options: Any, reuse: bool) -> dict[str, Any]:
     print(levers.format_standing(result), flush=True)
     # the commit the artifact was built at (a --reuse run measures an older build)
     row = row_of(result, missing) | {"kind": model.kind, "compile_s": compile_s}
+    row["num_cores"] = built.get("num_cores")
     return row | {"commit": built["commit"]}
 
 
@@ -198,6 +206,7 @@ def _lever_cell(lv: dict[str, Any] | None) -> str:
 
 
 def _geomean(values: list[float]) -> float:
+    values = [max(v, 1e-3) for v in values]  # a lever larger than the p50: a broken profile
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
@@ -260,7 +269,9 @@ def to_markdown(rows: dict[str, Any]) -> str:
         "check (in-place kernel CPU times against the p50 of other runs), the peers' is the "
         "share of their profiled runs' wall time spent inside nodes. Standings move with every "
         "kernel change: each row names the commit it measured (`ratio` here is CPU time; "
-        "`corpus.md` / the reference table are wall time).",
+        "`corpus.md` / the reference table are wall time). Rows are built for 1 core "
+        "(`num-cores=1`: serial kernels, as scripts/benchmark builds for its thread count); "
+        "† marks rows measured before that (built for the host's cores, run on 1 thread).",
         "",
         "| model | commit | tvmflow ms | best peer | ratio | next lever | ratio after | "
         "second lever | after both | coverage |",
@@ -271,7 +282,9 @@ def to_markdown(rows: dict[str, Any]) -> str:
         first, second = [*lv, None, None][:2]
         after_two = r.get("ratio_after_two")
         cells = [
-            r["name"] + (" (ref)" if r.get("kind") == "reference" else ""),
+            r["name"]
+            + (" (ref)" if r.get("kind") == "reference" else "")
+            + ("" if r.get("num_cores") == 1 else " †"),
             r["commit"],
             _ms(r["p50_ms"]["tvmflow"]),
             f"{r['best_peer']} {_ms(r['p50_ms'][r['best_peer']])}",

@@ -207,6 +207,6 @@ def test_script_rows_and_table(tmp_path):
     assert row["ratio"] == pytest.approx(1.25) and row["best_peer"] == "onnxruntime"
     assert [lv["class"] for lv in row["levers"]] == ["elementwise", "matmul"]
     assert row["ratio_after_two"] == pytest.approx((10 - 2 - 1) / 8)
-    text = module.to_markdown({"m": row | {"kind": "corpus"}})
+    text = module.to_markdown({"m": row | {"kind": "corpus", "num_cores": 1}})
     assert "| m | " in text and "**elementwise** (−2 ms" in text
     assert "1 of 1 rows are behind their best peer" in text
