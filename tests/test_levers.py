@@ -141,6 +141,12 @@ def test_onnxruntime_events_give_medians_per_node_and_the_covered_share():
     assert ops["a"].op_class == DEPTHWISE and ops["a"].seconds == pytest.approx(40e-6)
     assert ops["b"].op_class == MOVE and ops["b"].seconds == 0.0
     assert profile.covered == pytest.approx((0.8, 0.4))
+    # a prepacked int8 weight's shape is left out: the graph's node (named as a prefix) has it
+    qconv = node("l1.conv_token_7", "QLinearConv", 1, 10, [{"uint8": [1, 8, 8, 16]}])
+    qconv["args"]["output_type_shape"] = [{"uint8": [1, 8, 8, 16]}]
+    graph = {"l1.conv": ([16, 1, 3, 3], 16), "l1": ([16, 16, 1, 1], 1)}
+    (found,) = levers.ort_op_times([run(0, 100), qconv], weights=graph).ops
+    assert found.op_class == DEPTHWISE and found.op == "QLinearConv"
     sized = levers.PeerProfile(profile.ops, profile.covered).at(1e-3)
     assert sum(o.seconds for o in sized) == pytest.approx(1e-3 * 0.6)  # median covered share
 

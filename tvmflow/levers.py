@@ -174,8 +174,8 @@ def _block_class(block: Any) -> str:
         return CONV_3X3  # tvmflow.winograd's kernels: 3x3 stride-1 convs only
     if name == DW_BLOCK:  # tvmflow.qdq's int8 depthwise conv: (ry, rx)
         return DEPTHWISE
-    if name == CONV_BLOCK and len(reduce) == 4:  # tvmflow.qdq's int8 conv: (rc, ry, rx, ri)
-        return conv_class(reduce[1:3], reduce[0] * reduce[3], 1)
+    if name == CONV_BLOCK and len(reduce) == 4:  # tvmflow.qdq's int8 conv: (ry, rx, rc, ri)
+        return conv_class(reduce[:2], reduce[2] * reduce[3], 1)
     if "softmax" in name:
         return ATTENTION
     if "conv" in name and "transpose" in name and reduce:
@@ -390,7 +390,41 @@ class PeerProfile:
         return tuple(replace(o, seconds=o.seconds * factor) for o in self.ops)
 
 
-def ort_op_times(events: Sequence[Mapping[str, Any]], walls: Sequence[float] = ()) -> PeerProfile:
+def onnx_conv_weights(onnx_path: Path) -> dict[str, tuple[list[int], int]]:
+    """Each Conv / ConvTranspose node's weight shape [O, I/groups, k...] and groups, by node
+    name (through a DequantizeLinear for a QDQ model): onnxruntime's profiler leaves a
+    prepacked weight's shape out (its int8 QLinearConv), and names the node after the graph's."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:  # a dequantized weight has its int8 initializer's shape
+        if node.op_type == "DequantizeLinear" and node.input[0] in shapes:
+            shapes[node.output[0]] = shapes[node.input[0]]
+    return {
+        node.name: (
+            shapes[node.input[1]],
+            next((int(a.i) for a in node.attribute if a.name == "group"), 1),
+        )
+        for node in graph.node
+        if node.op_type in ("Conv", "ConvTranspose") and node.name and node.input[1] in shapes
+    }
+
+
+def _graph_weight(
+    node: str, weights: Mapping[str, tuple[list[int], int]]
+) -> tuple[list[int], int] | None:
+    """The weight of the graph node an onnxruntime node is named after (the longest graph
+    node name it starts with: fused nodes get suffixes such as `_token_65`)."""
+    found = [n for n in weights if node.startswith(n)]
+    return weights[max(found, key=len)] if found else None
+
+
+def ort_op_times(
+    events: Sequence[Mapping[str, Any]],
+    walls: Sequence[float] = (),
+    weights: Mapping[str, tuple[list[int], int]] | None = None,
+) -> PeerProfile:
     """Per-node median time over the profiled runs, from onnxruntime's profile JSON (a node
     that did not run in some runs, inside an If branch, counts 0 there), and each run's
     node time over its wall time (`walls`, else its `model_run` event)."""
@@ -407,7 +441,13 @@ def ort_op_times(events: Sequence[Mapping[str, Any]], walls: Sequence[float] = (
         shapes = [next(iter(s.values())) for s in args.get("input_type_shape", [])]
         outputs = [next(iter(s.values())) for s in args.get("output_type_shape", [])]
         node = f"{name[: -len('_kernel_time')]}#{args.get('node_index', '')}"
-        kind[node] = (op, ort_node_class(op, shapes, outputs))
+        if op in _ORT_CONV and weights and not _weight_known(op, shapes):
+            graph = _graph_weight(name[: -len("_kernel_time")], weights)
+            if graph is not None:  # as the graph's Conv: input channels = groups * I/groups
+                weight, groups = graph
+                shapes = [[1, weight[1] * groups], weight]
+                op = "Conv"
+        kind[node] = (str(args.get("op_name", "?")), ort_node_class(op, shapes, outputs))
         per_node.setdefault(node, []).append(float(e["dur"]) * 1e-6)
         run = next(
             (i for i, r in enumerate(runs) if r["ts"] <= e["ts"] <= r["ts"] + r["dur"]), None
@@ -430,6 +470,11 @@ def ort_op_times(events: Sequence[Mapping[str, Any]], walls: Sequence[float] = (
     return PeerProfile(ops, covered)
 
 
+def _weight_known(op: str, shapes: Sequence[Sequence[int]]) -> bool:
+    w = 3 if op == "QLinearConv" else 1
+    return len(shapes) > w and len(shapes[w]) >= 3
+
+
 def ort_profile(
     onnx_path: Path, feeds: Mapping[str, Any], threads: int, runs: int, scratch: Path
 ) -> PeerProfile:
@@ -450,7 +495,7 @@ def ort_profile(
         session.run(None, dict(feeds))
         walls.append(time.perf_counter() - start)
     events = json.loads(Path(session.end_profiling()).read_text())
-    return ort_op_times(after_first_run(events), walls)
+    return ort_op_times(after_first_run(events), walls, onnx_conv_weights(onnx_path))
 
 
 def after_first_run(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
