@@ -207,6 +207,23 @@ def test_gpu_targets_run_the_kernel_on_one_gpu_thread() -> None:
     assert "T.vectorized" not in str(kernels[0])
 
 
+def test_tuning_leaves_the_written_kernel_alone(tmp_path: Path) -> None:
+    """The recurrent kernel is written scheduled: no tuning task for it, only the input
+    projection's matmul."""
+    import onnx
+    import tvm
+
+    from tvmflow.frontend import load_onnx
+    from tvmflow.lowering import tuning_tasks
+    from tvmflow.targets import resolve_preset
+
+    path = tmp_path / "gru.onnx"
+    onnx.save(recurrent_model("GRU", 14, bias=True)[0], path)
+    target = tvm.target.Target(resolve_preset("x86").target)
+    names = [t.name for t in tuning_tasks(load_onnx(path), target, "fp32")]
+    assert names and not [n for n in names if "sequence" in n]
+
+
 def _relax(model: Any) -> Any:
     import onnx
 

@@ -445,9 +445,11 @@ def tuning_tasks(
     free = _layout_free_buffers(mod, target)
     tasks = []
     for t in ms.relax_integration.extract_tasks(mod, target):
-        if t.mod.attrs and t.mod.attrs.get("tirx.is_scheduled"):
-            continue
         workload = t.dispatched[0]
+        main = workload["main"]
+        scheduled = [m.attrs for m in (t.mod, main) if m.attrs]
+        if any(a.get("tirx.is_scheduled") for a in scheduled):
+            continue  # written scheduled (the recurrent kernels): nothing to search
         attr = free.get(_key(workload["main"]))
         kernel = workload
         if attr is not None:

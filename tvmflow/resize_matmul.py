@@ -8,7 +8,9 @@ that kernel took 19 ms, 30% of the model. A linear resize is separable, out = Rh
 with Rh [OH, H] and Rw [OW, W] fixed by the sizes and the coordinate mode, so it can run as
 matmuls the matmul rule tiles (for maps up to `MAX_SIDE`, where a dense row of the matrix
 costs at most that many multiply-adds per output). A resize that maps every pixel onto
-itself (SegFormer resizes its first map to its own size) is the identity.
+itself (SegFormer resizes its first map to its own size) is the identity. One difference
+from the gather: an inf or NaN in the input spreads along its row and column (a zero weight
+times inf is NaN), where the gather spreads it to the neighbouring outputs only.
 """
 
 from __future__ import annotations

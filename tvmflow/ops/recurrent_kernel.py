@@ -195,6 +195,7 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
     ranges, tiles = spec.column_ranges, spec.tiles
     split = len(ranges) == 2
     first = (0, -(-ranges[0][1] // TILE))  # each range's first tile in the packed weights
+    partial = tuple(count % TILE for _, count in ranges)  # columns of its last, partial tile
     c_shape = (ndir, batch, hidden) if lstm else (1,)
     peep_shape = (ndir, 3 * hidden) if spec.peepholes else (1,)
     one = tirx.const(1.0, ct)
@@ -261,62 +262,42 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
         r: int,
         jo: Any,
         b0: Any,
-        rows: int,
+        nrows: int,
         cols: int,
     ) -> None:
-        # acc[b0:b0+rows, tile jo of range r] = rb + src[d, rows, :] · rt[:, tile]: `rows`
-        # batch rows x TILE columns of accumulators in registers, each weight load used
-        # `rows` times; of a last partial tile only the real `cols` columns are stored.
-        for bb in T.unroll(rows):
+        # acc[b0:b0+nrows, tile jo of range r] = rb + src[d, those rows] · rt[:, tile]:
+        # nrows x TILE accumulators in registers, each weight load used nrows times; of a
+        # last partial tile only the real `cols` columns are stored.
+        for bb in T.unroll(nrows):
             for ji in T.vectorized(TILE):
                 tile[bb, ji] = cast(rb[d, first[r] + jo, ji])
         for k in range(hidden):
-            for bb in T.unroll(rows):
+            for bb in T.unroll(nrows):
                 for ji in T.vectorized(TILE):
                     tile[bb, ji] = tile[bb, ji] + cast(src[d, b0 + bb, k]) * cast(
                         rt[d, first[r] + jo, k, ji]
                     )
-        for bb in T.unroll(rows):
+        for bb in T.unroll(nrows):
             for ji in T.vectorized(cols):
                 acc[b0 + bb, ranges[r][0] + jo * TILE + ji] = tile[bb, ji]
+
+    @T.macro
+    def row_block(
+        src: Any, d: int, rt: Any, rb: Any, acc: Any, tile: Any, r: int, b0: Any, nrows: int
+    ) -> None:
+        # Batch rows b0 .. b0+nrows over column range r: whole tiles, then a partial one.
+        for jo in range(ranges[r][1] // TILE):
+            block(src, d, rt, rb, acc, tile, r, jo, b0, nrows, TILE)
+        if partial[r] != 0:
+            block(src, d, rt, rb, acc, tile, r, ranges[r][1] // TILE, b0, nrows, partial[r])
 
     @T.macro
     def matvec(src: Any, d: int, rt: Any, rb: Any, acc: Any, tile: Any, r: int) -> None:
         # acc[:, range r] = rb + src[d] · rt[:, range r], in blocks of rows x TILE.
         for bo in range(batch // rows):
-            for jo in range(ranges[r][1] // TILE):
-                block(src, d, rt, rb, acc, tile, r, jo, bo * rows, rows, TILE)
-            if ranges[r][1] % TILE != 0:
-                block(
-                    src,
-                    d,
-                    rt,
-                    rb,
-                    acc,
-                    tile,
-                    r,
-                    ranges[r][1] // TILE,
-                    bo * rows,
-                    rows,
-                    ranges[r][1] % TILE,
-                )
+            row_block(src, d, rt, rb, acc, tile, r, bo * rows, rows)
         if batch % rows != 0:
-            for jo in range(ranges[r][1] // TILE):
-                block(src, d, rt, rb, acc, tile, r, jo, batch // rows * rows, batch % rows, TILE)
-            if ranges[r][1] % TILE != 0:
-                block(
-                    src,
-                    d,
-                    rt,
-                    rb,
-                    acc,
-                    tile,
-                    r,
-                    ranges[r][1] // TILE,
-                    batch // rows * rows,
-                    batch % rows,
-                    ranges[r][1] % TILE,
-                )
+            row_block(src, d, rt, rb, acc, tile, r, batch // rows * rows, batch % rows)
 
     @T.macro
     def update(
