@@ -245,6 +245,29 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def cores_lever(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows measured both built for the host's cores (`tvmflow compile --target x86`, as the
+    corpus builds) and for 1 core: the build's own lever at 1 thread."""
+    both = [r for r in rows if r.get("host_cores_build") and r.get("num_cores") == 1]
+    if not both:
+        return []
+    lines = [
+        "",
+        "**Build for the thread count** (`num-cores=1`: serial kernels, no thread-pool "
+        "launches) is itself a lever for rows built as the corpus builds them (for the host's "
+        "cores) and run at 1 thread. Both builds measured here, at different commits (other "
+        "kernel changes landed in between, so this is an upper bound on the build's share):",
+        "",
+        "| model | host-cores build: ratio (commit) | 1-core build: ratio (commit) |",
+        "| --- | ---: | ---: |",
+    ]
+    for r in both:
+        h = r["host_cores_build"]
+        host, one = f"{h['ratio']:.2f}× ({h['commit']})", f"{r['ratio']:.2f}× ({r['commit']})"
+        lines.append(f"| {r['name']} | {host} | {one} |")
+    return lines
+
+
 def to_markdown(rows: dict[str, Any]) -> str:
     ordered = sorted(rows.values(), key=lambda r: (r.get("kind") != "reference", -r["ratio"]))
     out = [
@@ -307,6 +330,7 @@ def to_markdown(rows: dict[str, Any]) -> str:
             + ", ".join(f"{n} ({behind[n].get('compile_s') or 0:.0f} s)" for n in absent)
             + ".",
         ]
+    out += cores_lever(ordered)
     out += ["", "## Per-class times (ms)", ""]
     for r in ordered:
         engines = list(r["p50_ms"])
