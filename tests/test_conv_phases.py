@@ -50,8 +50,8 @@ def _dilations(mod):
 CASES = [
     ((1, 32, 40, 16), 64, 3, (1, 1, 1, 1), (2, 1), 1, True),  # plcmos-v2's convs, smaller
     ((1, 8, 21, 15), 8, 3, (2, 3, 2, 3), (2, 3), 1, True),  # odd height: padded, sliced
-    ((2, 6, 16, 16), 6, 5, (4, 4, 4, 4), (2, 2), 6, True),  # depthwise, batch 2
-    ((1, 4, 18, 10), 8, 3, (0, 0, 0, 0), (3, 2), 2, True),  # no padding, grouped
+    ((2, 16, 18, 10), 32, 3, (0, 0, 0, 0), (3, 2), 2, True),  # no padding, grouped, batch 2
+    ((1, 6, 16, 16), 6, 5, (4, 4, 4, 4), (2, 2), 6, False),  # depthwise: memory-bound
     ((1, 8, 16, 16), 8, 3, (12, 12, 12, 12), (12, 12), 1, False),  # ASPP on 16x16: waste
 ]
 

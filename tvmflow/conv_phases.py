@@ -11,7 +11,11 @@ they are Winograd's or the register-tiled Conv2d's.
 When the phases are padded out to equal lengths, each phase computes outputs past the real
 ones (sliced off). On small maps with large dilations that waste dominates (DeepLabV3's
 dilation-12 ASPP conv on a 16x16 map: 2.25x the multiply-adds), so a conv is rewritten only
-when the phases compute at most `MAX_WASTE` times its real outputs.
+when the phases compute at most `MAX_WASTE` times its real outputs. The split and the
+merge each move the input and output maps once more, which a depthwise conv (few
+multiply-adds per element) does not earn back: lraspp_mobilenet_v3's dilated 5x5 depthwise
+convs over phases were 1.10x slower end to end. So a conv needs `MIN_MACS_PER_MOVED`
+multiply-adds per input+output channel at a position.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from tvm import relax
 
 MAX_WASTE = 1.1  # computed / real outputs above which the dilated conv stays as it is
+MIN_MACS_PER_MOVED = 32
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ def phase_axis(size: int, kernel: int, dilation: int, pad: tuple[int, int]) -> P
 
 def _phases(call: relax.Call) -> relax.Expr | None:
     """`call` (an NCHW/OIHW stride-1 dilated conv2d, static shapes) over its input's
-    phases, or None when it is not one or the phases would waste too much."""
+    phases, or None when it is not one or the phases would cost more than they save."""
     import tvm
     from tvm import relax
 
@@ -70,7 +75,9 @@ def _phases(call: relax.Call) -> relax.Expr | None:
         return None
     if not all(isinstance(d, tvm.tirx.IntImm) for s in shapes for d in s):  # type: ignore[union-attr]
         return None
-    (n, c, h, wd), (_, _, kh, kw) = ([int(d) for d in s] for s in shapes)  # type: ignore[union-attr]
+    (n, c, h, wd), (k, per_group, kh, kw) = ([int(d) for d in s] for s in shapes)  # type: ignore[union-attr]
+    if per_group * kh * kw * k < MIN_MACS_PER_MOVED * (c + k):
+        return None
     pads = [int(p) for p in attrs.padding]  # top, left, bottom, right
     rows = phase_axis(h, kh, dilation[0], (pads[0], pads[2]))
     cols = phase_axis(wd, kw, dilation[1], (pads[1], pads[3]))
@@ -97,7 +104,7 @@ def _phases(call: relax.Call) -> relax.Expr | None:
         out_layout="NCHW",
         out_dtype=str(call.ty.dtype),
     )
-    k, qh, qw = int(call.ty.shape[1]), rows.computed // dh, cols.computed // dw
+    qh, qw = rows.computed // dh, cols.computed // dw
     merged = relax.op.reshape(
         relax.op.permute_dims(relax.op.reshape(conv, [dh, dw, n, k, qh, qw]), [2, 3, 4, 0, 5, 1]),
         [n, k, rows.computed, cols.computed],
