@@ -39,6 +39,7 @@ def recurrent_model(
     seed: int = 0,
     hidden: int = H,
     steps: int = T,
+    batch: int = B,
     **attrs: object,
 ) -> tuple:
     rng = np.random.default_rng(seed)
@@ -47,14 +48,16 @@ def recurrent_model(
     def rand(*shape: int) -> np.ndarray:
         return rng.uniform(-1, 1, shape).astype(np.float32)
 
-    x = rand(steps, B, IN) if layout == 0 else rand(B, steps, IN)
-    state_shape = (directions, B, hidden) if layout == 0 else (B, directions, hidden)
+    x = rand(steps, batch, IN) if layout == 0 else rand(batch, steps, IN)
+    state_shape = (directions, batch, hidden) if layout == 0 else (batch, directions, hidden)
     inputs: dict[str, np.ndarray | None] = {
         "X": x,
         "W": rand(directions, g * hidden, IN),
         "R": rand(directions, g * hidden, hidden),
         "B": rand(directions, 2 * g * hidden) if bias else None,
-        "sequence_lens": np.array([steps, 2, 4][:B], np.int32) if seq_lens else None,
+        "sequence_lens": np.array([steps, 2, 4, 1, 3, steps][:batch], np.int32)
+        if seq_lens
+        else None,
         "initial_h": rand(*state_shape) if initial else None,
     }
     if op == "LSTM":
@@ -131,6 +134,8 @@ CASES = [
         dict(hidden=20, directions=2, direction="bidirectional", bias=True, seq_lens=True),
     ),
     ("GRU", 14, dict(hidden=40, bias=True, initial=True)),
+    # 6 rows: a block of 4 sharing each weight load (AVX-512 targets), then a block of 2
+    ("GRU", 14, dict(hidden=40, batch=6, bias=True, seq_lens=True, initial=True)),
     ("GRU", 14, dict(hidden=40, bias=True, linear_before_reset=1)),
 ]
 
@@ -202,6 +207,23 @@ def test_gpu_targets_run_the_kernel_on_one_gpu_thread() -> None:
     assert "T.vectorized" not in str(kernels[0])
 
 
+def test_tuning_leaves_the_written_kernel_alone(tmp_path: Path) -> None:
+    """The recurrent kernel is written scheduled: no tuning task for it, only the input
+    projection's matmul."""
+    import onnx
+    import tvm
+
+    from tvmflow.frontend import load_onnx
+    from tvmflow.lowering import tuning_tasks
+    from tvmflow.targets import resolve_preset
+
+    path = tmp_path / "gru.onnx"
+    onnx.save(recurrent_model("GRU", 14, bias=True)[0], path)
+    target = tvm.target.Target(resolve_preset("x86").target)
+    names = [t.name for t in tuning_tasks(load_onnx(path), target, "fp32")]
+    assert names and not [n for n in names if "sequence" in n]
+
+
 def _relax(model: Any) -> Any:
     import onnx
 
@@ -227,3 +249,18 @@ def test_constant_weights_match_onnxruntime(op: str) -> None:
     del model.graph.input[:]
     model.graph.input.extend(kept)
     assert_matches(model, feeds)
+
+
+@pytest.mark.parametrize(
+    ("preset", "rows"), [("x86-avx512", 4), ("x86-avx2", 1), ("cuda-sm90", 1), (None, 1)]
+)
+def test_batch_rows_per_register_tile_follow_the_target(preset: str | None, rows: int) -> None:
+    """4 rows of 64-column accumulators fill half of AVX-512's 32 registers; on AVX2 one row
+    is already 8 of 16 (4 spilled); unknown targets and GPUs take 1."""
+    import tvm
+
+    from tvmflow.ops.recurrent_kernel import register_rows
+    from tvmflow.targets import resolve_preset
+
+    target = None if preset is None else tvm.target.Target(resolve_preset(preset).target)
+    assert register_rows(target) == rows

@@ -1,4 +1,4 @@
-"""Small converters (CumProd, Celu, Swish, LpNormalization, Det) against onnxruntime."""
+"""Small converters (CumProd, Celu, Swish, LpNormalization, Det, opset-9 Slice) vs onnxruntime."""
 
 from __future__ import annotations
 
@@ -40,3 +40,17 @@ def test_det_with_pivoting_and_a_singular_matrix() -> None:
     x[1, 2, 4] = x[1, 2, 1] * 2  # singular: determinant 0, not NaN
     model, feeds = one_node_model("Det", {"x": x}, ["y"], 22)
     assert_matches(model, feeds, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"starts": [0], "ends": [2], "axes": [0]},  # AECMOS's initial-state slices
+        {"starts": [-2, 1], "ends": [2**63 - 1, -1]},  # negative starts, "to the end"
+    ],
+)
+def test_attribute_slice_of_opset_9_matches_onnxruntime(attrs: dict) -> None:
+    """Slice before opset 10 takes starts / ends / axes as attributes (TVM has only the
+    input form)."""
+    model, feeds = one_node_model("Slice", {"x": X}, ["y"], 9, **attrs)
+    assert_matches(model, feeds)

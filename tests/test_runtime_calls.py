@@ -3,8 +3,12 @@ buffer, whatever their memory looks like, and outputs the caller owns."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -164,3 +168,101 @@ def test_bool_float16_and_scalar_inputs(
         assert actual["y"].dtype == np.float16 and actual["flipped"].dtype == np.bool_
         np.testing.assert_array_equal(actual["flipped"], expected["flipped"])
         np.testing.assert_allclose(actual["y"], expected["y"], rtol=1e-3, atol=1e-3)
+
+
+def test_call_overhead_script_times_all_three(
+    artifacts: dict[str, Artifact], zoo_dir: Path, tmp_path: Path
+) -> None:
+    """scripts/call_overhead.py on an artifact and its ONNX file: µs per call of run(), the
+    VM call alone and onnxruntime, as JSON."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "call_overhead.py"
+    pair = f"{artifacts['mlp'].directory}={zoo_dir / 'mlp.onnx'}"
+    out = tmp_path / "times.json"
+    argv = ["--artifact", pair, "--rounds", "1", "--round-s", "0.02", "--json", str(out)]
+    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text()).values()
+    assert set(row) == {"run", "vm", "onnxruntime"}
+    assert all(0 < us < 1e6 for us in row.values()), row
+    assert "run/VM" in proc.stdout
+
+
+def state_model(path: Path) -> Path:
+    """state' = state * 0.5 + x: a recurrent state of 256 KiB, as a decode loop carries."""
+    half = helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["state", "half"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "x"], ["next_state"]),
+        ],
+        "state",
+        [
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [256, 256]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256]),
+        ],
+        [helper.make_tensor_value_info("next_state", TensorProto.FLOAT, [256, 256])],
+        [half],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_big_output_fed_back_is_read_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big outputs start on a 64-byte boundary, so a loop that passes its state back in
+    costs no input copy; the numbers are a numpy loop's and each call's output is new."""
+    path = state_model(tmp_path / "state.onnx")
+    preset = resolve_preset("x86")
+    compile_model(load_onnx(path), preset, tmp_path / "art", CompileOptions())
+    model = tvmflow.load(tmp_path / "art")
+    in_place: list[tuple[int, ...]] = []
+    share = runtime.tvm_ffi.from_dlpack
+
+    def counted(array: np.ndarray, **kwargs: Any) -> Any:
+        in_place.append(array.shape)
+        return share(array, **kwargs)
+
+    monkeypatch.setattr(runtime.tvm_ffi, "from_dlpack", counted)
+    rng = np.random.default_rng(0)
+    state = _unaligned(np.zeros((256, 256), np.float32))  # the first call copies it
+    want = state.copy()
+    outputs = []
+    for _ in range(3):
+        x = rng.standard_normal((1, 256)).astype(np.float32)
+        state = model.run({"state": state, "x": x})["next_state"]
+        want = want * np.float32(0.5) + x
+        assert state.ctypes.data % 64 == 0 and state.flags.c_contiguous and state.flags.writeable
+        np.testing.assert_allclose(state, want, rtol=1e-6, atol=1e-6)
+        outputs.append(state)
+    assert in_place == [(256, 256), (256, 256)]  # the 2nd and 3rd calls took the state as is
+    assert not np.shares_memory(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("in_place_from", [0, runtime.ZERO_COPY_BYTES], ids=["in-place", "copied"])
+def test_an_output_that_is_the_input_is_still_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_place_from: int
+) -> None:
+    """An Identity's output is the VM's input tensor itself (the caller's array, or this
+    thread's buffer the next call overwrites): run copies it."""
+    monkeypatch.setattr(runtime, "ZERO_COPY_BYTES", in_place_from)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Neg", ["x"], ["z"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 16])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 16]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [16, 16]),
+        ],
+    )
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    compile_model(load_onnx(path), resolve_preset("x86"), tmp_path / "art", CompileOptions())
+    model = tvmflow.load(tmp_path / "art")
+    values = np.arange(256, dtype=np.float32).reshape(16, 16)
+    x = _aligned(values)
+    first = model.run({"x": x})["y"]
+    x[...] = -1.0  # the caller reuses its array
+    second = model.run({"x": _aligned(np.zeros((16, 16), np.float32))})["y"]
+    np.testing.assert_array_equal(first, values)
+    assert not second.any() and not np.shares_memory(first, x)

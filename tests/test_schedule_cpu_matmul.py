@@ -16,7 +16,7 @@ from tests.kernels import (
     only_kernel,
 )
 from tvmflow.schedules.cpu_common import pick_tile
-from tvmflow.schedules.cpu_matmul import Matmul
+from tvmflow.schedules.cpu_matmul import Matmul, gemv_tiles
 
 
 def _dense(m: int, k: int, n: int):
@@ -84,6 +84,37 @@ def test_tile_uses_exact_divisors_and_fits_registers():
         mr, nvec, v = pick_tile(m, n, lanes, regs)
         assert m % mr == 0 and n % (nvec * v) == 0
         assert mr * nvec + nvec + 1 <= regs
+
+
+@pytest.mark.parametrize(
+    ("n", "lanes", "regs", "widest"),
+    [
+        (1000, 16, 32, (1, 5, 8)),
+        (384, 16, 32, (1, 8, 16)),
+        (384, 8, 16, (1, 6, 8)),
+        (24, 16, 32, (1, 3, 8)),
+    ],
+)
+def test_gemv_tiles_keep_accumulators_in_flight(n, lanes, regs, widest):
+    """One output row: the widest tile that divides the row and fits the registers first
+    (the GEMM preference gave a 1000-wide LM head one accumulator)."""
+    tiles = gemv_tiles(n, lanes, regs)
+    assert tiles[0] == widest
+    for mr, nvec, v in tiles:
+        assert mr == 1 and n % (nvec * v) == 0 and 2 * nvec + 1 <= regs
+
+
+@pytest.mark.parametrize("target", [TARGET, AVX2], ids=["avx512", "avx2"])
+def test_decode_step_gemv_matches_unscheduled(target):
+    func = only_kernel(
+        {"x": ((1, 1, 128), "float32")},
+        lambda x: relax.op.matmul(x, const((128, 1000))),
+        target,
+    )
+    sch = Matmul().apply(func, target, False)
+    assert sch is not None
+    assert "T.unroll(T.int64(5))" in sch.mod["main"].script()  # 5 vectors of 8 per tile
+    assert_schedule_matches(func, sch, target)
 
 
 def test_other_cpus():

@@ -207,6 +207,8 @@ def LiftBranches() -> tvm.transform.Pass:
         def lift(seq: relax.SeqExpr) -> relax.Expr:
             params = _used(seq)
             body = relax.Function(params, seq, seq.body.ty, is_pure=True)
+            if relax.analysis.free_symbolic_vars(body):
+                return seq  # a shape variable only the caller defines: stays inline
             callee = bb.add_func(copy_with_new_vars(body), f"{name}_branch")
             out = relax.Var("branch_out", seq.body.ty)
             call = relax.VarBinding(out, relax.Call(callee, params))

@@ -93,7 +93,8 @@ def lower(model: ImportedModel, preset: Preset, options: LoweringOptions) -> Low
 
     check_precision(preset, options.precision)
     target = tvm.target.Target(preset.target)
-    mod = to_relax(model)
+    with target:  # converters that size kernels for it read it (tvmflow.ops.recurrent_kernel)
+        mod = to_relax(model)
     outputs = output_specs(mod, model)
     mod = fuse(mod, target, options.precision)
     mod, tuning = schedule(mod, target, log_dirs(preset, options))
@@ -105,7 +106,9 @@ def fused_module(model: ImportedModel, target: tvm.target.Target, precision: str
     """The model's fused, still unscheduled kernels: what tuning searches."""
     from tvmflow.frontend import to_relax
 
-    return fuse(to_relax(model), target, precision)
+    with target:  # as `lower` imports it
+        mod = to_relax(model)
+    return fuse(mod, target, precision)
 
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") -> tvm.IRModule:
@@ -125,9 +128,12 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
     # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM; conv2ds
     # get output channels and columns the register tile divides (padded, then sliced off).
+    from tvmflow.bf16 import Bf16Compute
     from tvmflow.branch_sink import LiftBranches, SinkIntoBranches
     from tvmflow.conv1d import Conv1dAsConv2d
     from tvmflow.conv_dead_taps import DropDeadConvTaps
+    from tvmflow.conv_phases import DilatedConvAsPhases
+    from tvmflow.conv_tap_regions import ConvAsTapRegions
     from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.fast_pow import PowerAsMultiply
     from tvmflow.fast_sigmoid import SigmoidAsTanh
@@ -135,37 +141,41 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.matmul_reshape import MatmulReshape
     from tvmflow.ops.recurrent_kernel import on_one_gpu_thread
     from tvmflow.qdq import QdqToInteger
+    from tvmflow.resize_matmul import ResizeAsMatmul
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
-    from tvmflow.winograd import WinogradConv2d
+    from tvmflow.winograd import BF16_SIZES, WinogradConv2d
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    # bf16: after the Winograd rewrite (F(4,3) beats the bf16 kernel, F(2,3) does not) and
+    # the rewrites that make convs of other ops, before the passes that pad / relayout convs
+    bf16 = precision == "bf16"
     cpu_only = (
         [
             SplitUpsamplingConvTranspose(),
             Conv1dAsConv2d(),
             DropDeadConvTaps(),  # dilated taps reading only padding (ASPP on small maps)
-            WinogradConv2d(vector_lanes(target)),  # 3x3 stride-1 convs, where faster
+            ConvAsTapRegions(),  # dilated convs mostly over padding: per-tap 1x1 convs
+            DilatedConvAsPhases(),  # stride-1 dilated convs as undilated ones, where no waste
+            # 3x3 stride-1 convs, where faster
+            WinogradConv2d(vector_lanes(target), *([BF16_SIZES] if bf16 else [])),
+            *([Bf16Compute()] if bf16 else []),
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
             MatmulReshape(),  # a Linear's output reshape moves to its input: GELU fuses
             SigmoidAsTanh(),  # before FastMathTransform, which makes the tanh fast
             PowerAsMultiply(),  # x ** 3 (tanh GELU) as multiplies, not a powf per element
+            ResizeAsMatmul(),  # bilinear resizes of small maps as two matmuls, not gathers
             relax.transform.FastMathTransform(),
         ]
         if target.kind.name == "llvm"
         else [on_one_gpu_thread()]  # recurrent kernels are CPU code (tvmflow.ops.recurrent_kernel)
     )
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    from tvmflow.bf16 import Bf16Compute
-
     # QDQ chains as int8 kernels where VNNI dot products run them (tvmflow.qdq)
     integer = [QdqToInteger()] if target.kind.name == "llvm" and has_vnni(target) else []
-    mixed = {
-        "fp16": [relax.transform.ToMixedPrecision(out_dtype="float32")],
-        "bf16": [Bf16Compute()],
-    }.get(precision, [])
+    mixed = [relax.transform.ToMixedPrecision(out_dtype="float32")] if precision == "fp16" else []
     with target:
         return tvm.transform.Sequential(
             [
@@ -453,9 +463,11 @@ def tuning_tasks(
     free = _layout_free_buffers(mod, target)
     tasks = []
     for t in ms.relax_integration.extract_tasks(mod, target):
-        if t.mod.attrs and t.mod.attrs.get("tirx.is_scheduled"):
-            continue
         workload = t.dispatched[0]
+        main = workload["main"]
+        scheduled = [m.attrs for m in (t.mod, main) if m.attrs]
+        if any(a.get("tirx.is_scheduled") for a in scheduled):
+            continue  # written scheduled (the recurrent kernels): nothing to search
         attr = free.get(_key(workload["main"]))
         kernel = workload
         if attr is not None:

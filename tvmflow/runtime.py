@@ -298,7 +298,7 @@ class CompiledModel:
         """A numpy copy of one VM output (never a view: the next call may overwrite it),
         checked against the manifest's output."""
         if slot.shared:
-            out = np.from_dlpack(value).copy()
+            out = _owned_copy(np.from_dlpack(value))
         else:
             out = from_storage(to_numpy(value), slot.spec.dtype)
         if out.dtype != slot.dtype or not (
@@ -342,6 +342,19 @@ class CompiledModel:
     def __repr__(self) -> str:
         sig = ", ".join(s.describe() for s in self.inputs)
         return f"CompiledModel({str(self.directory)!r}, preset={self.manifest.preset}, ({sig}))"
+
+
+def _owned_copy(view: np.ndarray) -> np.ndarray:
+    """A copy of `view`; one of ZERO_COPY_BYTES or more starts on a 64-byte boundary, so
+    passing it back in (a decode loop's state, the next model of a pipeline) is not copied
+    again (numpy's own allocations are 16-byte aligned)."""
+    if view.nbytes < ZERO_COPY_BYTES:
+        return view.copy()
+    raw = np.empty(view.nbytes + weights.ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % weights.ALIGNMENT
+    out = raw[start : start + view.nbytes].view(view.dtype).reshape(view.shape)
+    out[...] = view
+    return out
 
 
 def _shareable(array: np.ndarray) -> bool:

@@ -66,6 +66,8 @@ MODULES = (
     "bitcast",
     # integrator
     "conv_transpose",
+    # rnn
+    "slice",
 )
 
 DEFAULT_DOMAIN = ""

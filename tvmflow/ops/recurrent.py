@@ -26,6 +26,7 @@ from tvmflow.ops.recurrent_kernel import (
     activation,
     pack_columns,
     recurrent_kernel,
+    register_rows,
     scratch_shapes,
 )
 
@@ -135,6 +136,7 @@ def parse(
         directions=directions,
         acts=(),
         clip=None if clip is None else float(clip),
+        rows=register_rows(tvm.target.Target.current(allow_none=True)),
     )
     return Recurrent(bb, x, w, r, b, seq_lens, initial, layout, spec)
 

@@ -1,4 +1,4 @@
-"""One TIR kernel runs a recurrent op's whole time loop for one direction.
+"""One TIR kernel runs a recurrent node's whole time loop, every direction.
 
 Unrolled in Relax, a T-step sequence is T copies of the step: 3T VM calls per direction (the
 step's slice of the input projection, the recurrence matmul, the gates) and a graph whose
@@ -6,7 +6,9 @@ size, fusion and kernel checks grow with T (plcmos-v2 took 820 s to compile). Th
 written once per shape: the time loop is a TIR loop, each step a matrix-vector product
 (columns in register tiles of `TILE` floats, the previous hidden state broadcast) followed by
 one vectorized pass over the hidden units that applies the gates and writes Y and the state
-in place. The input projection of all steps (X·W^T + Wb) stays one matmul in Relax.
+in place; a bidirectional node runs its reverse pass after the forward one in the same
+kernel. The input projection of all steps and directions (X·W^T + Wb) stays one matmul in
+Relax.
 
 The kernel is already scheduled (`tirx.is_scheduled`): default rules and tuning leave it as
 written. Weights reach it prepared at import (`pack_columns`): R transposed into column
@@ -25,7 +27,7 @@ Activation = Callable[[PrimExpr], PrimExpr]
 
 TILE = 64  # columns of the recurrence matmul held in registers (4 AVX-512 / 8 AVX2 vectors)
 LANES = 16  # hidden units per vector in the gates pass
-KERNEL_ATTR = "tvmflow.recurrent"  # marks the kernels `single_thread_on_gpu` wraps
+KERNEL_ATTR = "tvmflow.recurrent"  # marks the kernels `on_one_gpu_thread` binds
 
 # tanh(x) as Eigen's (and TVM's fast_tanh's) rational polynomial: vectorizes, where tanh
 # would be one libm call per element. Inputs are clamped to [-9, 9], beyond which tanh
@@ -110,6 +112,7 @@ class KernelSpec:
     input_forget: bool = False  # LSTM: f = 1 - i
     linear_before_reset: bool = False  # GRU: r * (h·Rh^T + Rbh) instead of (r * h)·Rh^T + Rbh
     peepholes: bool = False  # LSTM
+    rows: int = 1  # batch rows sharing each loaded tile of R (`register_rows`)
 
     @property
     def gates(self) -> int:
@@ -133,6 +136,17 @@ class KernelSpec:
     @property
     def tiles(self) -> int:
         return sum(-(-count // TILE) for _, count in self.column_ranges)
+
+
+def register_rows(target: Any) -> int:
+    """Batch rows per register tile on `target` (None: unknown, 1): 4 where a TILE is 4
+    vectors (AVX-512: 16 of its 32 registers hold accumulators), else 1 (on AVX2 a TILE is
+    already 8 of its 16 registers; 4 rows spilled and ran 1.3x slower than 1 at batch 8)."""
+    if target is None or target.kind.name != "llvm":
+        return 1
+    from tvmflow.schedules.cpu_common import vector_lanes
+
+    return 4 if TILE // vector_lanes(target) <= 4 else 1
 
 
 def pack_columns(rt: Any, ranges: tuple[tuple[int, int], ...]) -> Any:
@@ -177,11 +191,13 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
     from tvm.script import tirx as T
 
     steps, batch, hidden, dtype = spec.steps, spec.batch, spec.hidden, spec.dtype
+    rows = min(spec.rows, batch)
     ndir, width, ct = len(spec.directions), spec.gates * spec.hidden, spec.compute_dtype
     lstm, gru, rnn = spec.kind == "LSTM", spec.kind == "GRU", spec.kind == "RNN"
     ranges, tiles = spec.column_ranges, spec.tiles
     split = len(ranges) == 2
     first = (0, -(-ranges[0][1] // TILE))  # each range's first tile in the packed weights
+    partial = tuple(count % TILE for _, count in ranges)  # columns of its last, partial tile
     c_shape = (ndir, batch, hidden) if lstm else (1,)
     peep_shape = (ndir, 3 * hidden) if spec.peepholes else (1,)
     one = tirx.const(1.0, ct)
@@ -238,28 +254,52 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
         return act(d, 0)(clipped(pre(proj, acc, d, t, b, j, 0)))
 
     @T.macro
+    def block(
+        src: Any,
+        d: int,
+        rt: Any,
+        rb: Any,
+        acc: Any,
+        tile: Any,
+        r: int,
+        jo: Any,
+        b0: Any,
+        nrows: int,
+        cols: int,
+    ) -> None:
+        # acc[b0:b0+nrows, tile jo of range r] = rb + src[d, those rows] · rt[:, tile]:
+        # nrows x TILE accumulators in registers, each weight load used nrows times; of a
+        # last partial tile only the real `cols` columns are stored.
+        for bb in T.unroll(nrows):
+            for ji in T.vectorized(TILE):
+                tile[bb, ji] = cast(rb[d, first[r] + jo, ji])
+        for k in range(hidden):
+            for bb in T.unroll(nrows):
+                for ji in T.vectorized(TILE):
+                    tile[bb, ji] = tile[bb, ji] + cast(src[d, b0 + bb, k]) * cast(
+                        rt[d, first[r] + jo, k, ji]
+                    )
+        for bb in T.unroll(nrows):
+            for ji in T.vectorized(cols):
+                acc[b0 + bb, ranges[r][0] + jo * TILE + ji] = tile[bb, ji]
+
+    @T.macro
+    def row_block(
+        src: Any, d: int, rt: Any, rb: Any, acc: Any, tile: Any, r: int, b0: Any, nrows: int
+    ) -> None:
+        # Batch rows b0 .. b0+nrows over column range r: whole tiles, then a partial one.
+        for jo in range(ranges[r][1] // TILE):
+            block(src, d, rt, rb, acc, tile, r, jo, b0, nrows, TILE)
+        if partial[r] != 0:
+            block(src, d, rt, rb, acc, tile, r, ranges[r][1] // TILE, b0, nrows, partial[r])
+
+    @T.macro
     def matvec(src: Any, d: int, rt: Any, rb: Any, acc: Any, tile: Any, r: int) -> None:
-        # acc[b, cols] = rb + src[d, b, :] · rt[:, cols] over column range r, TILE columns at
-        # a time in a register tile; of a last partial tile only the real columns are stored.
-        for b in range(batch):
-            for jo in range(ranges[r][1] // TILE):
-                for ji in T.vectorized(TILE):
-                    tile[ji] = cast(rb[d, first[r] + jo, ji])
-                for k in range(hidden):
-                    for ji in T.vectorized(TILE):
-                        tile[ji] = tile[ji] + cast(src[d, b, k]) * cast(rt[d, first[r] + jo, k, ji])
-                for ji in T.vectorized(TILE):
-                    acc[b, ranges[r][0] + jo * TILE + ji] = tile[ji]
-            if ranges[r][1] % TILE != 0:
-                for ji in T.vectorized(TILE):
-                    tile[ji] = cast(rb[d, first[r] + ranges[r][1] // TILE, ji])
-                for k in range(hidden):
-                    for ji in T.vectorized(TILE):
-                        tile[ji] = tile[ji] + cast(src[d, b, k]) * cast(
-                            rt[d, first[r] + ranges[r][1] // TILE, k, ji]
-                        )
-                for ji in T.vectorized(ranges[r][1] % TILE):
-                    acc[b, ranges[r][0] + ranges[r][1] // TILE * TILE + ji] = tile[ji]
+        # acc[:, range r] = rb + src[d] · rt[:, range r], in blocks of rows x TILE.
+        for bo in range(batch // rows):
+            row_block(src, d, rt, rb, acc, tile, r, bo * rows, rows)
+        if batch % rows != 0:
+            row_block(src, d, rt, rb, acc, tile, r, batch // rows * rows, batch % rows)
 
     @T.macro
     def update(
@@ -354,7 +394,7 @@ def recurrent_kernel(spec: KernelSpec) -> Any:
         cn: T.Buffer((hidden,), ct),  # type: ignore[valid-type]
     ) -> None:
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True, KERNEL_ATTR: True})
-        tile = T.alloc_buffer((TILE,), ct, scope="local")
+        tile = T.alloc_buffer((rows, TILE), ct, scope="local")
         for d, b, j in T.grid(ndir, batch, hidden):
             h[d, b, j] = h0[d, b, j]
         if lstm:
