@@ -386,3 +386,19 @@ def test_compile_for_bench_builds_for_the_benchmarks_thread_count(
     options = bench.BenchOptions(1, 1, 2, 0.05, (), measure_rss=False)
     report = bench.run_bench(model, artifact, options, input_shapes=shapes)
     assert report.passed
+
+
+def test_the_file_an_artifact_was_compiled_from_always_matches(
+    zoo_dir: Path, artifacts: dict[str, Artifact]
+) -> None:
+    """A model's declared output shapes may be wrong (ddddocr's CRNN declares [1, ?] for a
+    [T, 1, classes] output); the artifact compiled from that very file (same sha256) is its."""
+    from dataclasses import replace
+
+    from tvmflow.bench import check_artifact_matches
+    from tvmflow.manifest import TensorSpec
+
+    art = artifacts["conv_net"]
+    out = art.manifest.outputs[0]
+    other_rank = replace(art.manifest, outputs=(TensorSpec(out.name, (*out.shape, 1), out.dtype),))
+    assert check_artifact_matches(zoo_dir / "conv_net.onnx", other_rank, art.directory) == ()

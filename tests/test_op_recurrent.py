@@ -249,3 +249,18 @@ def test_constant_weights_match_onnxruntime(op: str) -> None:
     del model.graph.input[:]
     model.graph.input.extend(kept)
     assert_matches(model, feeds)
+
+
+@pytest.mark.parametrize(
+    ("preset", "rows"), [("x86-avx512", 4), ("x86-avx2", 1), ("cuda-sm90", 1), (None, 1)]
+)
+def test_batch_rows_per_register_tile_follow_the_target(preset: str | None, rows: int) -> None:
+    """4 rows of 64-column accumulators fill half of AVX-512's 32 registers; on AVX2 one row
+    is already 8 of 16 (4 spilled); unknown targets and GPUs take 1."""
+    import tvm
+
+    from tvmflow.ops.recurrent_kernel import register_rows
+    from tvmflow.targets import resolve_preset
+
+    target = None if preset is None else tvm.target.Target(resolve_preset(preset).target)
+    assert register_rows(target) == rows

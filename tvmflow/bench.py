@@ -230,7 +230,11 @@ def _signature(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> s
 def check_artifact_matches(model: Path, manifest: Manifest, directory: Path) -> tuple[str, ...]:
     """Refuse an artifact compiled from another model file: another signature (names, dtypes,
     ranks, static dims) or the same signature with another sha256 (other weights would
-    compare two different networks and blame the compiler); returns no warnings."""
+    compare two different networks and blame the compiler); returns no warnings. The very
+    file it was compiled from always matches: a model's declared output shapes may be wrong
+    (ddddocr's CRNN declares [1, ?] for its [T, 1, classes] output)."""
+    if sha256_file(model) == manifest.onnx_sha256:
+        return ()
     inputs, outputs = _onnx_signature(model)
     frozen = {f.spec.name for f in manifest.frozen}
     inputs = [i for i in inputs if i.name not in frozen]  # constants in the artifact

@@ -1,4 +1,4 @@
-"""One TIR kernel runs a recurrent op's whole time loop for one direction.
+"""One TIR kernel runs a recurrent node's whole time loop, every direction.
 
 Unrolled in Relax, a T-step sequence is T copies of the step: 3T VM calls per direction (the
 step's slice of the input projection, the recurrence matmul, the gates) and a graph whose
@@ -6,7 +6,9 @@ size, fusion and kernel checks grow with T (plcmos-v2 took 820 s to compile). Th
 written once per shape: the time loop is a TIR loop, each step a matrix-vector product
 (columns in register tiles of `TILE` floats, the previous hidden state broadcast) followed by
 one vectorized pass over the hidden units that applies the gates and writes Y and the state
-in place. The input projection of all steps (X·W^T + Wb) stays one matmul in Relax.
+in place; a bidirectional node runs its reverse pass after the forward one in the same
+kernel. The input projection of all steps and directions (X·W^T + Wb) stays one matmul in
+Relax.
 
 The kernel is already scheduled (`tirx.is_scheduled`): default rules and tuning leave it as
 written. Weights reach it prepared at import (`pack_columns`): R transposed into column
@@ -25,7 +27,7 @@ Activation = Callable[[PrimExpr], PrimExpr]
 
 TILE = 64  # columns of the recurrence matmul held in registers (4 AVX-512 / 8 AVX2 vectors)
 LANES = 16  # hidden units per vector in the gates pass
-KERNEL_ATTR = "tvmflow.recurrent"  # marks the kernels `single_thread_on_gpu` wraps
+KERNEL_ATTR = "tvmflow.recurrent"  # marks the kernels `on_one_gpu_thread` binds
 
 # tanh(x) as Eigen's (and TVM's fast_tanh's) rational polynomial: vectorizes, where tanh
 # would be one libm call per element. Inputs are clamped to [-9, 9], beyond which tanh
