@@ -65,3 +65,14 @@ def test_tuning_spaces_are_serial_too():
     for sch in spaces:
         assert "parallel" not in loop_kinds(sch)
         assert_schedule_matches(func, sch, ONE_CORE)
+
+
+def test_a_schedule_whose_trace_does_not_replay_is_kept_as_it_is():
+    """`serial` replays the trace on the kernel; where that fails (here: a trace of another
+    kernel) the parallel schedule stays, correct if slower on one thread."""
+    from tvmflow.schedules.cpu_single_core import serial
+
+    depthwise, pointwise, _ = _kernels()
+    _, sch = _schedule(depthwise, FOUR_CORES)
+    assert serial(pointwise, sch) is sch
+    assert "parallel" not in loop_kinds(serial(depthwise, sch))

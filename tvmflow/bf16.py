@@ -10,7 +10,8 @@ Only ops the bf16 micro-kernel (`schedules.cpu_bf16`) can run are rewritten: a c
 weight, output channels / columns a multiple of 16 (one `vdpbf16ps` vector), an even K for
 matmuls (dpbf16 multiplies pairs; a conv with an odd channel count, an RGB stem, gets one
 zero channel) and no groups. Anything else stays fp32: bf16 math without the kernel is fp32
-math plus conversions, i.e. slower.
+math plus conversions, i.e. slower. 1x1 convs over large planes run in the planes variant
+(`Bf16PointwiseConv2d`), or, with an odd channel count, stay fp32 (`_pointwise_fp32`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,27 @@ def _conv_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> bool:
         and (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
         and int(attrs.groups) == 1
         and w_shape[0] % LANES == 0
+        and not (w_shape[1] % 2 and _pointwise_fp32(call, w_shape))
     )
+
+
+def _pointwise_fp32(call: relax.Call, w_shape: list[int]) -> bool:
+    """A 1x1 conv the fp32 `PointwiseConv2d` rule runs (a large plane, few channels). Its
+    bf16 version runs in `Bf16PointwiseConv2d` (also vectorized over the plane) where the
+    input channels pair up; with an odd count it stays fp32: `Bf16Gemm` vectorizes over
+    output channels and scatters its tiles over the NCHW planes (MobileNetV2's expand convs
+    at 56x56 and 112x112 ran 1.6-2x slower than in fp32)."""
+    from tvmflow.schedules.cpu_bf16 import REGISTERS
+    from tvmflow.schedules.cpu_pointwise_conv2d import pointwise_tile
+
+    attrs = call.attrs
+    x_shape = _shape(call.args[0])
+    if x_shape is None or len(x_shape) != 4 or w_shape[2:] != [1, 1]:
+        return False
+    if any(int(s) != 1 for s in attrs.strides) or any(int(p) != 0 for p in attrs.padding):
+        return False
+    plane = x_shape[2] * x_shape[3]
+    return pointwise_tile(w_shape[0], plane, x_shape[1] * 4, LANES, REGISTERS) is not None
 
 
 def _matmul_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> bool:

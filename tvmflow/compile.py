@@ -16,7 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -90,9 +90,15 @@ class Artifact:
 
 
 def compile_model(
-    model: ImportedModel, preset: Preset, out_dir: Path, options: CompileOptions | None = None
+    model: ImportedModel,
+    preset: Preset,
+    out_dir: Path,
+    options: CompileOptions | None = None,
+    on_lowered: Callable[[Any], None] | None = None,
 ) -> Artifact:
-    """Build, export, verify and write an artifact; returns it once it is in place."""
+    """Build, export, verify and write an artifact; returns it once it is in place.
+    `on_lowered` sees the lowered module (`lowering.Lowered`) before codegen: its kernels
+    carry the names the library calls (scripts/levers classifies them)."""
     import tvm
 
     options = options or CompileOptions()
@@ -102,6 +108,8 @@ def compile_model(
     start = time.perf_counter()
     target = tvm.target.Target(preset.target)
     lowered = lower(model, preset, options.lowering)
+    if on_lowered is not None:
+        on_lowered(lowered)
     executable = build(lowered.mod, target)
 
     out_dir = Path(out_dir)

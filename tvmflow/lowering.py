@@ -128,9 +128,12 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     # first: no multiply-adds by the zeros Relax's legalization dilates the input with.
     # conv1d becomes a height-1 conv2d, which the conv2d rules schedule as a GEMM; conv2ds
     # get output channels and columns the register tile divides (padded, then sliced off).
+    from tvmflow.bf16 import Bf16Compute
     from tvmflow.branch_sink import LiftBranches, SinkIntoBranches
     from tvmflow.conv1d import Conv1dAsConv2d
     from tvmflow.conv_dead_taps import DropDeadConvTaps
+    from tvmflow.conv_phases import DilatedConvAsPhases
+    from tvmflow.conv_tap_regions import ConvAsTapRegions
     from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.fast_pow import PowerAsMultiply
     from tvmflow.fast_sigmoid import SigmoidAsTanh
@@ -142,14 +145,23 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.schedules.cpu_common import vector_lanes
     from tvmflow.schedules.cpu_int8_matmul import has_vnni
     from tvmflow.upsample_conv import SplitUpsamplingConvTranspose
-    from tvmflow.winograd import WinogradConv2d
+    from tvmflow.winograd import BF16_SIZES, WinogradConv2d
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    # bf16: after the Winograd rewrite (F(4,3) beats the bf16 kernel, F(2,3) does not) and
+    # the rewrites that make convs of other ops, before the passes that pad / relayout convs
+    bf16 = precision == "bf16"
     cpu_only = (
         [
             SplitUpsamplingConvTranspose(),
             Conv1dAsConv2d(),
             DropDeadConvTaps(),  # dilated taps reading only padding (ASPP on small maps)
-            WinogradConv2d(vector_lanes(target)),  # 3x3 stride-1 convs, where faster
+            ConvAsTapRegions(),  # dilated convs mostly over padding: per-tap 1x1 convs
+            DilatedConvAsPhases(),  # stride-1 dilated convs as undilated ones, where no waste
+            # 3x3 stride-1 convs, where faster
+            WinogradConv2d(vector_lanes(target), *([BF16_SIZES] if bf16 else [])),
+            *([Bf16Compute()] if bf16 else []),
             PadConvForTiles(vector_lanes(target)),
             conv_weights_hwio(),
             MatmulReshape(),  # a Linear's output reshape moves to its input: GELU fuses
@@ -161,16 +173,9 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
         if target.kind.name == "llvm"
         else [on_one_gpu_thread()]  # recurrent kernels are CPU code (tvmflow.ops.recurrent_kernel)
     )
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    from tvmflow.bf16 import Bf16Compute
-
     # QDQ chains as int8 kernels where VNNI dot products run them (tvmflow.qdq)
     integer = [QdqToInteger()] if target.kind.name == "llvm" and has_vnni(target) else []
-    mixed = {
-        "fp16": [relax.transform.ToMixedPrecision(out_dtype="float32")],
-        "bf16": [Bf16Compute()],
-    }.get(precision, [])
+    mixed = [relax.transform.ToMixedPrecision(out_dtype="float32")] if precision == "fp16" else []
     with target:
         return tvm.transform.Sequential(
             [
@@ -217,7 +222,7 @@ def conv_weights_hwio() -> tvm.transform.Pass:
             return call
         return relax.op.nn.conv2d(
             call.args[0],
-            relax.op.permute_dims(call.args[1], [2, 3, 1, 0]),
+            _hwio(call.args[1]),
             strides=attrs.strides,
             padding=attrs.padding,
             dilation=attrs.dilation,
@@ -229,6 +234,19 @@ def conv_weights_hwio() -> tvm.transform.Pass:
         )
 
     return call_rewrite_pass("ConvWeightsHWIO", [("relax.nn.conv2d", 2)], rewrite)
+
+
+def _hwio(weight: relax.Expr) -> relax.Expr:
+    """An OIHW weight as HWIO: a constant is transposed here, in numpy. Left to FoldConstant,
+    each weight shape was a kernel JIT-compiled to transpose it (DenseNet-121: 120 convs,
+    most of its FoldConstant time)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    if isinstance(weight, tvm.ir.expr.Constant):
+        return relax.const(np.ascontiguousarray(weight.value.numpy().transpose(2, 3, 1, 0)))
+    return relax.op.permute_dims(weight, [2, 3, 1, 0])
 
 
 def schedule(

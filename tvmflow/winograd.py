@@ -124,10 +124,21 @@ MIN_CHANNELS = {4: 32, 2: 128}  # per m, in the order tried: least harmonic mean
 DEFAULT_TILE = 4
 
 
-def choose_tile(conv: WinogradConv) -> int | None:
-    """m of the F(m, 3) that beats the direct conv for this shape, None to keep the direct
-    conv (see the measurements above). `conv.m` is ignored."""
+# With --precision bf16 the direct conv is the bf16 kernel, about half the fp32 one's time
+# (ResNet-18, 1 thread, profile-kernels: 64->64 56x56 0.59 ms per conv against F(4,3)'s
+# 0.51 ms; 128->128 28x28 0.55 against 0.39; 256->256 14x14 0.50 against F(2,3)'s 0.52):
+# F(4,3), 2.25x fewer multiply-adds, still wins, F(2,3) (1.8x) no longer does. The GEMM
+# stays fp32: in bf16 F(4,3)'s transforms amplify the rounding to 2.4% of a layer's output
+# magnitude (10x the direct bf16 conv's; F(2,3): 0.4%).
+BF16_SIZES = (4,)
+
+
+def choose_tile(conv: WinogradConv, sizes: tuple[int, ...] = tuple(MIN_CHANNELS)) -> int | None:
+    """m of the F(m, 3) among `sizes` that beats the direct conv for this shape, None to keep
+    the direct conv (see the measurements above). `conv.m` is ignored."""
     for m, least in MIN_CHANNELS.items():
+        if m not in sizes:
+            continue
         tiles = replace(conv, m=m).tiles
         if (
             2 * conv.c * conv.k >= least * (conv.c + conv.k)
@@ -148,7 +159,7 @@ def _static_shape(expr: relax.Expr) -> list[int] | None:
     return [int(v.value) for v in values]
 
 
-def _match(call: relax.Call) -> WinogradConv | None:
+def _match(call: relax.Call, sizes: tuple[int, ...]) -> WinogradConv | None:
     """The conv's shape when `call` is a float32 NCHW/OIHW 3x3 stride-1 dilation-1 dense
     conv2d with a constant weight, else None."""
     import tvm
@@ -174,7 +185,7 @@ def _match(call: relax.Call) -> WinogradConv | None:
     conv = WinogradConv(xs[0], xs[1], xs[2], xs[3], ws[0], pad, DEFAULT_TILE)  # type: ignore[arg-type]
     if conv.out_h <= 0 or conv.out_w <= 0:
         return None
-    m = choose_tile(conv)
+    m = choose_tile(conv, sizes)
     return None if m is None else replace(conv, m=m)
 
 
@@ -317,9 +328,10 @@ def _rewrite(
     )
 
 
-def WinogradConv2d(lanes: int) -> tvm.transform.Pass:
-    """Module pass: rewrite every conv2d `choose_tile` picks (see the module docstring);
-    `lanes`: the target's fp32 vector width, which the GEMM's output channels are padded to."""
+def WinogradConv2d(lanes: int, sizes: tuple[int, ...] = tuple(MIN_CHANNELS)) -> tvm.transform.Pass:
+    """Module pass: rewrite every conv2d `choose_tile` picks among the F(m, 3) `sizes` (see
+    the module docstring); `lanes`: the target's fp32 vector width, which the GEMM's output
+    channels are padded to."""
     import tvm
     from tvm import relax
 
@@ -329,7 +341,7 @@ def WinogradConv2d(lanes: int) -> tvm.transform.Pass:
             call = self.visit_expr_post_order(call)
             if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
                 return call
-            conv = _match(call)
+            conv = _match(call, sizes)
             if conv is None:
                 return call
             return _rewrite(self.builder_, call, conv, lanes)

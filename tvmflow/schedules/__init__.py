@@ -30,7 +30,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
             dlight.gpu.GeneralReduction(),
             dlight.gpu.Fallback(),
         ]
-    from tvmflow.schedules.cpu_bf16 import Bf16Gemm, has_bf16
+    from tvmflow.schedules.cpu_bf16 import Bf16Gemm, Bf16PointwiseConv2d, has_bf16
     from tvmflow.schedules.cpu_conv2d import Conv2d
     from tvmflow.schedules.cpu_depthwise_conv2d import DepthwiseConv2d
     from tvmflow.schedules.cpu_depthwise_conv2d_rows import DepthwiseConv2dRows
@@ -51,7 +51,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
     from tvmflow.schedules.cpu_winograd import WinogradDataPack, WinogradGemm, WinogradInverse
 
     # bf16 kernels (`--precision bf16`) exist only where the target has AVX512_BF16
-    bf16 = [Bf16Gemm()] if has_bf16(target) else []
+    bf16 = [Bf16PointwiseConv2d(), Bf16Gemm()] if has_bf16(target) else []
     rules = [
         *bf16,
         # the three kernels of a Winograd conv (tvmflow.winograd), claimed by block name

@@ -33,9 +33,11 @@ from tvmflow.schedules.cpu_common import (
     fuse_epilogue,
     index_vars,
     is_layout_free,
+    open_schedule,
     open_single_reduction,
     pick_tile,
     schedule_spatial,
+    single_reduction,
     uses,
 )
 
@@ -313,6 +315,207 @@ def _prepack(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, roles: Roles, n
     def index_map(*i: Any) -> list[Any]:
         rest = [i[d] for d in range(ndim) if d not in (n, p)]
         return [i[n] // nr, *rest, i[p] // 2, i[n] % nr, i[p] % 2]
+
+    sch.transform_layout(cache, ("write", 0), index_map)
+    sch.annotate(cache, PREPACK_ATTR, True)
+
+
+# dpbf16 with the pairs taken from two rows of 16 (two input channel planes, NCHW): the
+# rows are interleaved into one 32 x bf16 operand, the weight pair is broadcast.
+PLANES_INTRIN = "tvmflow_dpbf16ps_planes_16x2"
+PLANES_HELPER = "tvmflow_dpbf16ps_planes"
+_DPBF16_PLANES_IR = f"""
+define internal <16 x float> @{PLANES_HELPER}(<16 x float> %c, i32 %a, <16 x i16> %r0,
+                                              <16 x i16> %r1) #0 {{
+  %ins = insertelement <16 x i32> poison, i32 %a, i64 0
+  %bcast = shufflevector <16 x i32> %ins, <16 x i32> poison, <16 x i32> zeroinitializer
+  %av = bitcast <16 x i32> %bcast to <32 x bfloat>
+  %b = shufflevector <16 x i16> %r0, <16 x i16> %r1, <32 x i32> <i32 0, i32 16, i32 1, i32 17,
+    i32 2, i32 18, i32 3, i32 19, i32 4, i32 20, i32 5, i32 21, i32 6, i32 22, i32 7, i32 23,
+    i32 8, i32 24, i32 9, i32 25, i32 10, i32 26, i32 11, i32 27, i32 12, i32 28, i32 13,
+    i32 29, i32 14, i32 30, i32 15, i32 31>
+  %bv = bitcast <32 x i16> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %c, <32 x bfloat> %bv,
+                                                         <32 x bfloat> %av)
+  ret <16 x float> %r
+}}
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+attributes #0 = {{ alwaysinline nounwind readnone "target-features"="+avx512bf16" }}
+"""
+
+
+@functools.cache
+def register_planes_intrin() -> str:
+    """Register the planes variant: acc[16] += w[0] * x[0, 0:16] + w[1] * x[1, 0:16]."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2,), "bfloat16", offset_factor=1)
+        B = T.match_buffer(b, (2, 16), "bfloat16", offset_factor=1, strides=[T.int32(), 1])
+        C = T.match_buffer(c, (16,), "float32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:16], B[0:2, 0:16], A[0:2])
+            T.writes(C[0:16])
+            for i, k in T.grid(16, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.Cast("float32", B[vk, vi]) * T.Cast("float32", A[vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        stride = T.int32()
+        A = T.match_buffer(a, (2,), "bfloat16", offset_factor=1)
+        B = T.match_buffer(b, (2, 16), "bfloat16", offset_factor=1, strides=[stride, 1])
+        C = T.match_buffer(c, (16,), "float32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:16], B[0:2, 0:16], A[0:2])
+            T.writes(C[0:16])
+            Au = T.decl_buffer((2,), "uint16", data=A.data, elem_offset=A.elem_offset)
+            Bu = T.decl_buffer(
+                (2, 16), "uint16", data=B.data, elem_offset=B.elem_offset, strides=[stride, 1]
+            )
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_extern(
+                "float32x16",
+                PLANES_HELPER,
+                C.vload([0], "float32x16"),
+                T.reinterpret("int32", Au.vload([0], "uint16x2")),
+                Bu.vload([0, 0], "uint16x16"),
+                Bu.vload([1, 0], "uint16x16"),
+            )
+
+    TensorIntrin.register(PLANES_INTRIN, desc, impl, override=True)
+    return PLANES_INTRIN
+
+
+class Bf16PointwiseConv2d(ScheduleRule):
+    """bf16 1x1 stride-1 unpadded convs over NCHW planes of whole vectors: the register tile
+    is (output channels x vectors of the plane), as `PointwiseConv2d`'s in fp32, so output
+    rows are written whole; each dpbf16 interleaves a vector of two input planes (reused by
+    every output channel of the tile) and broadcasts a weight pair."""
+
+    def apply(
+        self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        if not has_bf16(target):
+            return None
+        try:
+            return _schedule_planes(func, target)
+        except (ScheduleError, InternalError, ValueError):
+            return None
+
+
+# Accumulators + interleaved operands of a planes tile (AVX-512), as `PointwiseConv2d`'s.
+_PLANES_BUDGET = 22
+
+
+def planes_tile(channels: int, plane_vectors: int) -> tuple[int, int] | None:
+    """(output channels, plane vectors) of a planes tile: the most channels first, as each
+    interleaved operand (a shuffle) is reused by every channel of the tile (24 -> 144 at
+    56x56, 1 thread: 8 x 2 0.098 ms, 4 x 4 0.100, 2 x 7 0.139, fp32 `PointwiseConv2d` 0.126)."""
+    for rows in range(8, 0, -1):
+        if channels % rows:
+            continue
+        for nvec in (4, 3, 2, 1):
+            if plane_vectors % nvec == 0 and rows * nvec + nvec <= _PLANES_BUDGET:
+                return rows, nvec
+    return None
+
+
+def _schedule_planes(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+    from tvmflow.schedules.cpu_conv2d import conv_roles
+    from tvmflow.schedules.cpu_pointwise_conv2d import (
+        MAX_PANEL_BYTES,
+        _fuse_plane,
+        _inline_copy,
+        _nchw_roles,
+        _unit_stride,
+        pointwise_tile,
+    )
+
+    opened = open_schedule(func, target)
+    if opened is None:
+        return None
+    sch, infos = opened
+    index = single_reduction(infos)
+    if index is None or index > 1:
+        return None
+    main = infos[index].block_rv
+    stmt = sch.get(main)
+    if str(stmt.writes[0].source.dtype) != "float32" or len(stmt.reads) != 2:
+        return None
+    if any(str(r.source.dtype) != "bfloat16" for r in stmt.reads):
+        return None
+    roles = conv_roles(sch, main, lambda buf: is_layout_free(func, buf))
+    if roles is None or not _nchw_roles(roles) or not _unit_stride(sch, main, roles):
+        return None
+    if not is_layout_free(func, stmt.reads[roles["weight_read"]].source):
+        return None
+    sizes = extents(sch, sch.get_loops(main))
+    if sizes is None or any(sizes[i] != 1 for i in roles["reduce"][1:]):
+        return None
+    inputs = sizes[roles["reduce"][0]]
+    spatial = tuple(sizes[: roles["m"] + 1])  # [batch], channels, height, width
+    plane = spatial[-2] * spatial[-1]
+    if inputs % 2 or pointwise_tile(spatial[-3], plane, inputs * 4, LANES, REGISTERS) is None:
+        return None  # the convs fp32 `PointwiseConv2d` runs (`tvmflow.bf16` sends them here)
+    tile = planes_tile(spatial[-3], plane // LANES)
+    if tile is None or inputs * 2 * tile[1] * LANES > MAX_PANEL_BYTES:
+        return None
+    if index == 1 and not _inline_copy(sch, infos[0].block_rv):
+        return None
+    epilogue = [i.block_rv for i in infos[index + 1 :]]
+    if any(p.same_as(sch.get(main).writes[0].source) for p in func.params):
+        epilogue.insert(0, sch.cache_write(main, 0, "global"))
+    _fuse_plane(sch, main, epilogue, spatial)
+    # the input as [.., channel, row * width + column]: a vector of 16 never crosses rows
+    data_read = 1 - roles["weight_read"]
+    copy = sch.cache_read(main, data_read, "global")
+    width = spatial[-1]
+    sch.transform_layout(main, ("read", data_read), lambda *i: [*i[:-2], i[-2] * width + i[-1]])
+    mr, nvec = tile
+    _prepack_planes(sch, main, roles, mr)
+    nb = len(roles["batch"])
+    loops = sch.get_loops(main)  # [batch], channel, p, reduction, unit taps
+    channel, plane, reduce = loops[nb], loops[nb + 1], loops[nb + 2]
+    k_o, k_i = sch.split(channel, factors=[None, mr])
+    p_o, p_i, p_v = sch.split(plane, factors=[None, nvec, LANES])
+    c_o, c_i = sch.split(reduce, factors=[None, 2])
+    sch.reorder(*loops[:nb], k_o, p_o, c_o, *loops[nb + 3 :], k_i, p_i, p_v, c_i)
+    acc = sch.cache_write(main, 0, "local")
+    sch.reverse_compute_at(acc, p_o, preserve_unit_loops=True)
+    tiles = [*loops[:nb], k_o, p_o]
+    tile_loop = sch.fuse(*tiles) if len(tiles) > 1 else tiles[0]
+    sch.parallel(tile_loop)
+    sch.decompose_reduction(main, c_o)
+    sch.tensorize(p_v, register_planes_intrin())
+    sch.unroll(k_i)
+    sch.unroll(p_i)
+    sch.annotate(tile_loop, "pragma_import_llvm", _DPBF16_PLANES_IR)
+    schedule_spatial(sch, copy, LANES)
+    out = fuse_epilogue(sch, acc, epilogue, LANES)
+    if out is None:
+        return None
+    column = sch.get_loops(out)[-1]
+    if extents(sch, [column]) == [nvec * LANES]:
+        sch.vectorize(sch.split(column, factors=[None, LANES])[1])
+    return sch
+
+
+def _prepack_planes(
+    sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, roles: dict[str, Any], mr: int
+) -> None:
+    """Repack the 1x1 weight ([1, 1, in, out] HWIO) as [out / mr, in / 2, mr, 2]: a tile's
+    weight pairs of one reduction step are one contiguous run (folded at compile time)."""
+    cache = sch.cache_read(main, roles["weight_read"], "global")
+    region = sch.get(cache).writes[0].region
+    ndim = len(region)
+    n, c = roles["weight_n_dim"], roles["weight_order"][0]
+
+    def index_map(*i: Any) -> list[Any]:
+        rest = [i[d] for d in range(ndim) if d not in (n, c)]
+        return [i[n] // mr, *rest, i[c] // 2, i[n] % mr, i[c] % 2]
 
     sch.transform_layout(cache, ("write", 0), index_map)
     sch.annotate(cache, PREPACK_ATTR, True)

@@ -40,10 +40,11 @@ if TYPE_CHECKING:
     from tvm import s_tir
 
 # Rows of a register tile one vector wide (16 channels, a grouped conv's 4-16 channels per
-# group, a squeeze conv's 16 outputs): 8 rows (8 accumulators) left the FMA pipes waiting on
-# their latency; up to 14 ran 1.2-2x faster on AVX-512, 1 thread (RegNetY's 16-wide groups
-# 137 -> 158 GFLOP/s at 14x14, ResNeXt's 8-wide 48 -> 94 at 28x28, a 128->16 1x1 conv at
-# 55x55 114 -> 149). Wider tiles already have 16-24 accumulators.
+# group, a squeeze conv's 16 outputs) with 32 vector registers: 8 rows (8 accumulators) left
+# the FMA pipes waiting on their latency; up to 14 ran 1.2-2x faster on AVX-512, 1 thread
+# (RegNetY's 16-wide groups 137 -> 158 GFLOP/s at 14x14, ResNeXt's 8-wide 48 -> 94 at
+# 28x28, a 128->16 1x1 conv at 55x55 114 -> 149). With AVX2's 16 registers 14 rows ran
+# 10-30% slower than 8 (spills), so those keep 8. Wider tiles have 16-24 accumulators.
 NARROW_TILE_ROWS = 14
 
 
@@ -161,9 +162,9 @@ class Conv2d(TiledRule):
         if sizes is None:
             return None
         lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
-        tiles = tile_choices(
-            sizes[roles["m"]], sizes[roles["n"]], lanes, vector_registers(target), NARROW_TILE_ROWS
-        )
+        registers = vector_registers(target)
+        narrow = NARROW_TILE_ROWS if registers >= 32 else 8
+        tiles = tile_choices(sizes[roles["m"]], sizes[roles["n"]], lanes, registers, narrow)
         if choice >= len(tiles):
             return None
         tile = tiles[choice]

@@ -81,16 +81,17 @@ class PointwiseConv2d(TiledRule):
         if index == 1 and not _inline_copy(sch, infos[0].block_rv):
             return None  # a real pad: leave the conv to Conv2d
         spatial = tuple(sizes[: roles["m"] + 1])  # [batch], channels, height, width
-        channels, plane = spatial[-3], spatial[-2] * spatial[-1]
-        lanes = vector_lanes(target, dtype_bits_of_block(sch, main))
-        if plane % lanes or plane // lanes < MIN_PLANE_VECTORS:
-            return None
-        tiles = _tiles(channels, plane, lanes, vector_registers(target))
-        if choice >= len(tiles):
-            return None
-        tile = tiles[choice]
-        reduction = sizes[roles["reduce"][0]] * dtype_bits_of_block(sch, main) // 8
-        if reduction * tile[1] * lanes > MAX_PANEL_BYTES:
+        bits = dtype_bits_of_block(sch, main)
+        lanes = vector_lanes(target, bits)
+        tile = pointwise_tile(
+            spatial[-3],
+            spatial[-2] * spatial[-1],
+            sizes[roles["reduce"][0]] * bits // 8,
+            lanes,
+            vector_registers(target),
+            choice,
+        )
+        if tile is None:
             return None
         epilogue = [i.block_rv for i in infos[index + 1 :]]
         try:
@@ -128,6 +129,20 @@ class PointwiseConv2d(TiledRule):
         if extents(sch, [column]) == [tile[1] * lanes]:
             sch.vectorize(sch.split(column, factors=[None, lanes])[1])
         return sch
+
+
+def pointwise_tile(
+    channels: int, plane: int, column_bytes: int, lanes: int, registers: int, choice: int = 0
+) -> tuple[int, int, int] | None:
+    """The `choice`-th tile this rule runs a 1x1 conv with (`channels` outputs, a `plane` of
+    rows x columns, `column_bytes` per input column), or None where it leaves the conv to
+    `Conv2d`: a plane of no whole vectors, too short to pay, or a panel beyond L1."""
+    if plane % lanes or plane // lanes < MIN_PLANE_VECTORS:
+        return None
+    tiles = _tiles(channels, plane, lanes, registers)
+    if choice >= len(tiles) or column_bytes * tiles[choice][1] * lanes > MAX_PANEL_BYTES:
+        return None
+    return tiles[choice]
 
 
 def _unit_stride(

@@ -13,6 +13,7 @@ its `parallel` instructions: the same loops, run in order.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from tvm.s_tir.dlight import ScheduleRule
@@ -20,6 +21,8 @@ from tvm.s_tir.dlight import ScheduleRule
 if TYPE_CHECKING:
     import tvm
     from tvm import s_tir
+
+log = logging.getLogger(__name__)
 
 
 def single_core(target: tvm.target.Target) -> bool:
@@ -57,15 +60,21 @@ class SingleCore(ScheduleRule):
 
 def serial(func: tvm.tirx.PrimFunc, sch: s_tir.Schedule) -> s_tir.Schedule:
     """`sch` replayed on `func` without its `Parallel` instructions (nothing uses their
-    result, so the rest of the trace applies unchanged)."""
+    result, so the rest of the trace applies unchanged); `sch` itself if the replay fails
+    (a schedule built outside its trace), which is slower on one thread but correct."""
     import tvm
     from tvm import s_tir
+    from tvm.error import InternalError
 
     trace = sch.trace
     if trace is None or not any(i.kind.name == "Parallel" for i in trace.insts):
         return sch
     replayed = s_tir.Schedule(tvm.IRModule({"main": func}))
-    serial_trace(trace).apply_to_schedule(replayed, remove_postproc=False)
+    try:
+        serial_trace(trace).apply_to_schedule(replayed, remove_postproc=False)
+    except (s_tir.ScheduleError, InternalError, ValueError, RuntimeError) as exc:
+        log.debug("single core: a kernel keeps its parallel loops (replay failed: %s)", exc)
+        return sch
     return replayed
 
 
