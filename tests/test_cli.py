@@ -186,3 +186,17 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
     assert "0.1.0" in capsys.readouterr().out
+
+
+def test_compile_threads_builds_for_that_many_runtime_threads(
+    zoo_dir: Path, tmp_path: Path
+) -> None:
+    """`--threads 1` sets the target's num-cores to 1 (serial kernels), the artifact still
+    verifies against onnxruntime; 0 threads is refused before anything is compiled."""
+    out = tmp_path / "serial"
+    args = ["compile", str(zoo_dir / "mlp.onnx"), "-t", "x86", "-o", str(out)]
+    assert main([*args, "--threads", "1", "--input-shape", "x=2,64"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["target"]["num-cores"] == 1 and manifest["accuracy"]
+    assert main([*args[:-1], str(tmp_path / "zero"), "--threads", "0"]) == 2
+    assert not (tmp_path / "zero").exists()

@@ -66,6 +66,16 @@ def test_reductions_are_not_claimed():
     assert Elementwise().apply(func, TARGET, False) is None
 
 
+def test_reduction_over_one_element_is_not_claimed():
+    """A 1x1 depthwise conv reduces over extents of 1: injective once normalized, yet a
+    reduction block with an init (scheduled as elementwise it computed wrong values)."""
+    func = only_kernel(
+        {"x": ((1, 8, 6, 6), "float32")},
+        lambda x: relax.op.add(relax.op.nn.conv2d(x, const((8, 1, 1, 1)), groups=8), x),
+    )
+    assert Elementwise().apply(func, TARGET, False) is None
+
+
 def test_other_cpus():
     func = _bias_relu((1, 8, 9, 24))
     sch = Elementwise().apply(func, AVX2, False)

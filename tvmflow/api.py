@@ -37,10 +37,12 @@ def compile(
     precision: str = "fp32",
     verify: bool = True,
     tolerance: Tolerance | None = None,
+    threads: int | None = None,
 ) -> Artifact:
     """Compile an ONNX model (a path, or a `load_onnx` result) for a target preset into
     `output` (model.so, weights.npz, manifest.json), verified against onnxruntime unless
-    `verify=False`. `freeze` bakes inputs in as constants (the artifact no longer takes them)."""
+    `verify=False`. `freeze` bakes inputs in as constants (the artifact no longer takes them).
+    `threads` builds a CPU artifact for that many runtime threads (1: serial kernels)."""
     from tvmflow.accuracy import Tolerance
     from tvmflow.compile import CompileOptions, check_output_dir, compile_model
 
@@ -52,7 +54,7 @@ def compile(
         precision=precision,
     )
     check_output_dir(Path(output))  # the cheap checks first: nothing is loaded yet
-    preset = _preset(target)
+    preset = _preset(target).for_threads(threads)
     return compile_model(_model(model, input_shapes, freeze), preset, Path(output), options)
 
 

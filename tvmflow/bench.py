@@ -372,16 +372,12 @@ def compile_for_bench(
     (`tvmflow.schedules.cpu_single_core`). Verification is left to the benchmark, which
     reports accuracy and exits 3 on a failure.
     """
-    from dataclasses import replace
-
     from tvmflow.compile import CompileOptions, compile_model
     from tvmflow.frontend import load_onnx
     from tvmflow.targets import resolve_preset
 
-    preset = resolve_preset(target)
+    preset = resolve_preset(target).for_threads(threads)
     check_runs_here(preset.name, preset.host_mismatch())
-    if threads and preset.device == "cpu":
-        preset = replace(preset, target={**preset.target, "num-cores": threads})
     start = time.perf_counter()
     imported = load_onnx(model, input_shapes, freeze)
     options = CompileOptions(

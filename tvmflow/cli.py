@@ -220,6 +220,12 @@ def targets_cmd(as_json: bool) -> None:
     "in bf16 with fp32 accumulation (--target x86-avx512-bf16: CPUs with AVX512_BF16); "
     "checked at atol 2e-2, rtol 3e-2 or looser.",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU targets: build for this many runtime threads (default: this host's cores); "
+    "1 gives serial kernels, without a thread-pool launch per kernel call.",
+)
 @tolerance_options
 def compile_cmd(
     model: Path,
@@ -231,6 +237,7 @@ def compile_cmd(
     no_shipped_logs: bool,
     no_verify: bool,
     precision: str,
+    threads: int | None,
     atol: float,
     rtol: float,
 ) -> None:
@@ -249,6 +256,7 @@ def compile_cmd(
         precision=precision,
         verify=not no_verify,
         tolerance=Tolerance(atol, rtol),
+        threads=threads,
     )
     m = artifact.manifest
     click.echo(

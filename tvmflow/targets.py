@@ -55,6 +55,14 @@ class Preset:
         """True when artifacts for this preset can be loaded and checked on this machine."""
         return self.host_mismatch() is None
 
+    def for_threads(self, threads: int | None) -> Preset:
+        """This preset built for `threads` runtime threads (the target's num-cores): kernels
+        are split for that many workers, and at 1 they are serial, with no thread-pool launch
+        per call. GPU presets and `None` leave it as it is."""
+        if threads is None or self.device != "cpu":
+            return self
+        return replace(self, target={**self.target, "num-cores": threads})
+
 
 def host_arch() -> str:
     machine = platform.machine().lower()
