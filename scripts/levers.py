@@ -275,7 +275,9 @@ def to_markdown(rows: dict[str, Any]) -> str:
         "",
         "Written by `scripts/levers` (method: `tvmflow/levers.py`). Per model, at 1 thread per "
         "engine on a shared 2-core machine: end-to-end p50 of tvmflow, onnxruntime and OpenVINO "
-        "(f32 hint) in interleaved rounds, as process CPU time per inference (at one thread it "
+        "(f32 hint) in interleaved rounds (tvmflow: the Relax VM's `main` call, without "
+        "`runtime.run`'s input/output handling), as process CPU time per inference (at one "
+        "thread it "
         "leaves out the time other processes held the core; wall times on this machine are "
         "2-3x longer and noisier); then each engine profiled per op and the ops mapped onto one "
         "set of classes (a fused epilogue counts with its conv / matmul): tvmflow's kernels "
