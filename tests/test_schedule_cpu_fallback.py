@@ -27,3 +27,13 @@ def test_tiny_kernels_stay_serial():
     sch = Fallback().apply(func, TARGET, False)
     assert "parallel" not in loop_kinds(sch)
     assert_schedule_matches(func, sch)
+
+
+def test_reduction_over_one_element_is_not_claimed():
+    """A depthwise 1x1 conv with a channel multiplier reduces over extents of 1: injective once
+    normalized, but Fallback's inlining into it computed wrong values."""
+    func = only_kernel(
+        {"x": ((1, 8, 6, 6), "float32")},
+        lambda x: relax.op.nn.relu(relax.op.nn.conv2d(x, const((16, 1, 1, 1)), groups=8)),
+    )
+    assert Fallback().apply(func, TARGET, False) is None

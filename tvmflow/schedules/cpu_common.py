@@ -51,7 +51,17 @@ def open_schedule(
         return None
     sch = s_tir.Schedule(func)
     infos = normalize_prim_func(sch)
-    return (sch, infos) if infos else None
+    if not infos or any(_degenerate_reduction(sch, info) for info in infos):
+        return None
+    return sch, infos
+
+
+def _degenerate_reduction(sch: s_tir.Schedule, info: Any) -> bool:
+    """A reduction block (it has an init) whose reduce iterators all have extent 1: a 1x1
+    depthwise conv (FastViT/MobileOne's scale branch). Normalized it looks injective, and
+    inlining or scheduling it as injective computed wrong values (the kernel check caught it),
+    so no rule claims it and it keeps the reference schedule."""
+    return info.is_injective() and sch.get(info.block_rv).init is not None
 
 
 def hides_writes(func: tvm.tirx.PrimFunc) -> bool:

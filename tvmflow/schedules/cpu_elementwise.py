@@ -35,22 +35,9 @@ class Elementwise(ScheduleRule):
         if opened is None:
             return None
         sch, infos = opened
-        if not all(info.is_injective() for info in infos) or _has_init(func):
+        if not all(info.is_injective() for info in infos):
             return None
         for info in try_inline(sch, infos):
             block = info.block_rv
             schedule_spatial(sch, block, vector_lanes(target, dtype_bits_of_block(sch, block)))
         return sch
-
-
-def _has_init(func: tvm.tirx.PrimFunc) -> bool:
-    """Whether a block is a reduction in TIR terms (it has an init) though every iterator is
-    spatial: normalization drops reduce iterators of extent 1, so a 1x1 depthwise conv (groups =
-    channels; FastViT/MobileOne's scale branch) looks injective, and scheduling it as such gave
-    wrong values (the kernel check caught it)."""
-    import tvm_ffi
-    from tvm import s_tir
-
-    blocks: list[s_tir.stmt.SBlock] = []
-    tvm_ffi.structural_walk(func.body, [(s_tir.stmt.SBlock, blocks.append)], order="pre")
-    return any(block.init is not None for block in blocks)
