@@ -131,6 +131,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.bf16 import Bf16Compute
     from tvmflow.branch_sink import LiftBranches, SinkIntoBranches
     from tvmflow.conv1d import Conv1dAsConv2d
+    from tvmflow.conv_branches import ParallelConvBranches
     from tvmflow.conv_dead_taps import DropDeadConvTaps
     from tvmflow.conv_phases import DilatedConvAsPhases
     from tvmflow.conv_tap_regions import ConvAsTapRegions
@@ -157,6 +158,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
         [
             SplitUpsamplingConvTranspose(),
             Conv1dAsConv2d(),
+            ParallelConvBranches(),  # conv + conv over one input (unfused MobileOne branches)
             DepthwiseScaleAsMultiply(),  # 1x1 depthwise convs (MobileOne scale branches)
             DropDeadConvTaps(),  # dilated taps reading only padding (ASPP on small maps)
             ConvAsTapRegions(),  # dilated convs mostly over padding: per-tap 1x1 convs
