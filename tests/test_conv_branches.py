@@ -117,3 +117,25 @@ def test_branches_merge_with_same_numbers(x_shape, specs, left):
     want = _reference(x, weights)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_branch_read_elsewhere_is_kept():
+    """A branch whose conv output is also a function output stays: merging would run it twice."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
+    ones = np.ones((4, 4, 1, 1), dtype="float32")
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.conv2d(x, relax.const(ones)))
+            b = bb.emit(relax.op.nn.conv2d(x, relax.const(ones)))
+            total = bb.emit(relax.op.add(a, b))
+            out = bb.emit_output(relax.Tuple([total, a]))
+        bb.emit_func_output(out)
+    adds = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.add":
+            adds.append(e)
+
+    relax.analysis.post_order_visit(ParallelConvBranches()(bb.get())["main"], visit)
+    assert len(adds) == 1  # not merged: the sum still adds the two convs

@@ -57,19 +57,26 @@ def _conv_count(mod: tvm.IRModule) -> int:
 def _rewriter(func: relax.Function) -> Any:
     from tvm import relax
 
+    from tvmflow.matmul_reshape import _uses
+
     values = relax.analysis.get_var2val(func)
+    uses = _uses(func)
 
     def branch(expr: relax.Expr) -> tuple[relax.Call, np.ndarray | None] | None:
-        """The constant-weight conv2d (and constant bias) `expr` is bound to, if it is one."""
+        """The constant-weight conv2d (and constant bias) `expr` is bound to, if it is one and
+        nothing else reads it (else merging would compute that conv twice)."""
         import tvm
 
         value = values.get(expr)
         bias = None
-        if _is_op(value, "relax.add"):
+        if _is_op(value, "relax.add") and uses[expr] == 1:
             bias = constant(value.args[1])
             if bias is None:
                 return None
-            value = values.get(value.args[0])
+            expr = value.args[0]
+            value = values.get(expr)
+        if uses[expr] != 1:
+            return None
         if not _is_op(value, "relax.nn.conv2d"):
             return None
         if not isinstance(value.args[1], tvm.ir.GenericConst):
