@@ -91,10 +91,11 @@ def test_channel_multiplier_is_a_depthwise_conv_over_repeated_channels(k, stride
         ((24, 1, 3, 3), {"groups": 24, "padding": 1}),  # plain 3x3 depthwise
         ((24, 24, 1, 1), {}),  # dense 1x1
         ((24, 2, 1, 1), {"groups": 12}),  # grouped, 2 channels per group
+        ((8, 1, 3, 3), {"padding": 1}),  # dense conv over one channel (grayscale stem)
     ],
 )
 def test_other_convs_are_kept(w_shape, attrs):
     w = np.ones(w_shape, dtype="float32")
-    mod = _conv((1, 24, 8, 8), w, **attrs)
+    mod = _conv((1, 24 if w_shape[1] > 1 or "groups" in attrs else 1, 8, 8), w, **attrs)
     (conv,) = _convs(DepthwiseScaleAsMultiply()(mod))
     assert conv.same_as(_convs(mod)[0])

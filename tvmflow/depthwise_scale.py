@@ -38,7 +38,8 @@ def _scaled(call: relax.Call) -> relax.Expr | None:
         return None
     channels, groups = int(x_shape[1]), int(attrs.groups)
     out_channels, per_group, *kernel = (int(d) for d in w_shape)
-    if groups != channels or per_group != 1 or out_channels % channels:
+    # groups 1: a dense conv over a one-channel input (a grayscale stem), the conv rules'
+    if groups == 1 or groups != channels or per_group != 1 or out_channels % channels:
         return None
     multiplier = out_channels // channels
     source = x if multiplier == 1 else relax.op.repeat(x, multiplier, axis=1)
