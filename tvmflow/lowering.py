@@ -131,10 +131,12 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.bf16 import Bf16Compute
     from tvmflow.branch_sink import LiftBranches, SinkIntoBranches
     from tvmflow.conv1d import Conv1dAsConv2d
+    from tvmflow.conv_branches import ParallelConvBranches
     from tvmflow.conv_dead_taps import DropDeadConvTaps
     from tvmflow.conv_phases import DilatedConvAsPhases
     from tvmflow.conv_tap_regions import ConvAsTapRegions
     from tvmflow.conv_tiles import PadConvForTiles
+    from tvmflow.depthwise_scale import DepthwiseScaleAsMultiply
     from tvmflow.fast_pow import PowerAsMultiply
     from tvmflow.fast_sigmoid import SigmoidAsTanh
     from tvmflow.fp16_accumulate import Fp16Accumulate
@@ -156,6 +158,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
         [
             SplitUpsamplingConvTranspose(),
             Conv1dAsConv2d(),
+            ParallelConvBranches(),  # conv + conv over one input (unfused MobileOne branches)
+            DepthwiseScaleAsMultiply(),  # 1x1 depthwise convs (MobileOne scale branches)
             DropDeadConvTaps(),  # dilated taps reading only padding (ASPP on small maps)
             ConvAsTapRegions(),  # dilated convs mostly over padding: per-tap 1x1 convs
             DilatedConvAsPhases(),  # stride-1 dilated convs as undilated ones, where no waste
