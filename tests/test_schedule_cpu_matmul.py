@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from tvm import relax
 
@@ -163,4 +165,24 @@ def test_dense_over_a_prime_token_count_pads_rows_and_keeps_the_prepacked_weight
     assert sch is not None
     script = sch.mod["main"].script()
     assert "_pad" in script and "layout_rewrite_preproc" in script
+    assert_schedule_matches(func, sch)
+
+
+@pytest.mark.parametrize(("m", "n"), [(26, 821), (1, 1003), (16, 30522 // 6)])
+def test_constant_weight_with_awkward_n_is_padded_into_the_prepack(m, n):
+    """ddddocr's 8210-class head (2 * 5 * 821) ran with 2-lane vectors: its constant weight
+    is padded to whole vectors inside the repacking (done at compile time), the output
+    written only where real."""
+    func = _dense(m, 24, n)
+    sch = Matmul().apply(func, TARGET, False)
+    assert sch is not None
+    script = sch.mod["main"].script()
+    assert "layout_rewrite_preproc" in script
+    packed = re.search(
+        r"_pad_global = T.sblock_alloc_buffer\(\(T.int64\((\d+)\).*T.int64\((\d+)\)\)\)", script
+    )
+    assert packed, "the constant weight is padded inside its repacking"
+    blocks, nr = int(packed[1]), int(packed[2])
+    assert nr % 16 == 0 and blocks * nr >= n > (blocks - 1) * nr, "padded to whole vectors"
+    assert "T.vectorized(T.int64(16))" in script
     assert_schedule_matches(func, sch)
