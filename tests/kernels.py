@@ -55,6 +55,17 @@ def only_kernel(
     return next(iter(kernels.values()))
 
 
+def kernel_named(
+    prefix: str,
+    inputs: dict[str, tuple[tuple[int, ...], str]],
+    body: Callable[..., relax.Expr],
+    target: tvm.target.Target = TARGET,
+) -> tvm.tirx.PrimFunc:
+    """The one kernel whose name starts with `prefix` (graphs with weight-layout kernels too)."""
+    (func,) = [f for n, f in fused_kernels(inputs, body, target).items() if n.startswith(prefix)]
+    return func
+
+
 def const(shape: tuple[int, ...], seed: int = 0) -> relax.Constant:
     return relax.const(np.random.default_rng(seed).standard_normal(shape).astype("float32"))
 

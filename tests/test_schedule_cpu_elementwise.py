@@ -11,6 +11,7 @@ from tests.kernels import (
     TARGET,
     assert_schedule_matches,
     const,
+    kernel_named,
     loop_kinds,
     lowers_for,
     only_kernel,
@@ -68,10 +69,12 @@ def test_reductions_are_not_claimed():
 
 def test_reduction_over_one_element_is_not_claimed():
     """A 1x1 depthwise conv reduces over extents of 1: injective once normalized, yet a
-    reduction block with an init (scheduled as elementwise it computed wrong values)."""
-    func = only_kernel(
-        {"x": ((1, 8, 6, 6), "float32")},
-        lambda x: relax.op.add(relax.op.nn.conv2d(x, const((8, 1, 1, 1)), groups=8), x),
+    reduction block with an init (scheduled as elementwise it computed wrong values). Its
+    weight is an input: DepthwiseScaleAsMultiply rewrites constant-weight ones as a multiply."""
+    func = kernel_named(
+        "fused_conv2d",
+        {"x": ((1, 8, 6, 6), "float32"), "w": ((8, 1, 1, 1), "float32")},
+        lambda x, w: relax.op.add(relax.op.nn.conv2d(x, w, groups=8), x),
     )
     assert Elementwise().apply(func, TARGET, False) is None
 

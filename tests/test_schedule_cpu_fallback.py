@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from tvm import relax
 
-from tests.kernels import TARGET, assert_schedule_matches, const, loop_kinds, only_kernel
+from tests.kernels import (
+    TARGET,
+    assert_schedule_matches,
+    const,
+    kernel_named,
+    loop_kinds,
+    only_kernel,
+)
 from tvmflow.schedules import default_rules
 from tvmflow.schedules.cpu_fallback import Fallback
 
@@ -31,9 +38,11 @@ def test_tiny_kernels_stay_serial():
 
 def test_reduction_over_one_element_is_not_claimed():
     """A depthwise 1x1 conv with a channel multiplier reduces over extents of 1: injective once
-    normalized, but Fallback's inlining into it computed wrong values."""
-    func = only_kernel(
-        {"x": ((1, 8, 6, 6), "float32")},
-        lambda x: relax.op.nn.relu(relax.op.nn.conv2d(x, const((16, 1, 1, 1)), groups=8)),
+    normalized, but Fallback's inlining into it computed wrong values. Its weight is an input:
+    DepthwiseScaleAsMultiply rewrites constant-weight ones as a multiply."""
+    func = kernel_named(
+        "fused_conv2d",
+        {"x": ((1, 8, 6, 6), "float32"), "w": ((16, 1, 1, 1), "float32")},
+        lambda x, w: relax.op.nn.relu(relax.op.nn.conv2d(x, w, groups=8)),
     )
     assert Fallback().apply(func, TARGET, False) is None
