@@ -211,7 +211,7 @@ def rebench(entry: Entry, previous: dict[str, Any], args: argparse.Namespace) ->
     return kept | bench_model(entry, art, args)
 
 
-def measured_commit() -> str:
+def _commit() -> str:
     """The tvmflow commit a row was measured with (`+dirty` with uncommitted changes)."""
     head = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -233,7 +233,7 @@ def run_model(entry: Entry, args: argparse.Namespace) -> dict[str, Any]:
         "quick": entry.quick,
         "shapes": entry.shapes,
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": measured_commit(),
+        "commit": _commit(),
     }
     if not entry.path.is_file():
         return row | {"status": "missing", "reason": f"{entry.path} not fetched/exported"}

@@ -82,10 +82,15 @@ def corpus_behind(threshold: float, max_compile_s: float = float("inf")) -> list
 
 
 def _commit() -> str:
-    """The commit a row measured: the corpus's rule (`+dirty` with uncommitted tvmflow changes)."""
-    from corpus import measured_commit
-
-    return measured_commit()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "tvmflow"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return head + ("+dirty" if dirty else "")
 
 
 # --------------------------------------------------------------------------- one model (child)
