@@ -212,16 +212,9 @@ def rebench(entry: Entry, previous: dict[str, Any], args: argparse.Namespace) ->
 
 
 def _commit() -> str:
-    """The tvmflow commit a row was measured with (`+dirty` with uncommitted changes)."""
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "tvmflow"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return head + ("+dirty" if dirty else "")
+    from tvmflow.reporting import source_commit
+
+    return source_commit(ROOT)
 
 
 def run_model(entry: Entry, args: argparse.Namespace) -> dict[str, Any]:

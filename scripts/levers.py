@@ -82,15 +82,9 @@ def corpus_behind(threshold: float, max_compile_s: float = float("inf")) -> list
 
 
 def _commit() -> str:
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "tvmflow"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return head + ("+dirty" if dirty else "")
+    from tvmflow.reporting import source_commit
+
+    return source_commit(ROOT)
 
 
 # --------------------------------------------------------------------------- one model (child)

@@ -34,6 +34,21 @@ def live_taps(
     return range(live[0], live[-1] + 1)
 
 
+def static_spatial(call: relax.Call) -> tuple[list[int], list[int], list[int]] | None:
+    """The input, kernel and output (height, width) of a 4-D conv2d whose shapes are all
+    static, or None (the dead-tap and tap-region rewrites need numbers to decide)."""
+    import tvm
+
+    x, w = call.args
+    shapes = [getattr(e.ty, "shape", None) for e in (x, w, call)]
+    if any(s is None or len(s) != 4 for s in shapes):
+        return None
+    if not all(isinstance(d, tvm.tirx.IntImm) for s in shapes for d in s):  # type: ignore[union-attr]
+        return None
+    (_, _, *size), (_, _, *kernel), (_, _, *out) = ([int(d) for d in s] for s in shapes)  # type: ignore[union-attr]
+    return size, kernel, out
+
+
 def _trimmed(call: relax.Call) -> relax.Expr | None:
     """`call` (an NCHW/OIHW conv2d with static shapes) without its dead taps, or None."""
     import tvm
@@ -43,12 +58,10 @@ def _trimmed(call: relax.Call) -> relax.Expr | None:
     x, w = call.args
     if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
         return None
-    shapes = [getattr(e.ty, "shape", None) for e in (x, w, call)]
-    if any(s is None or len(s) != 4 for s in shapes):
+    spatial = static_spatial(call)
+    if spatial is None:
         return None
-    if not all(isinstance(d, tvm.tirx.IntImm) for s in shapes for d in s):  # type: ignore[union-attr]
-        return None
-    (_, _, *size), (_, _, *kernel), (_, _, *out) = ([int(d) for d in s] for s in shapes)  # type: ignore[union-attr]
+    size, kernel, out = spatial
     pads = [int(p) for p in attrs.padding]  # top, left, bottom, right
     dilation = [int(d) for d in attrs.dilation]
     strides = [int(s) for s in attrs.strides]

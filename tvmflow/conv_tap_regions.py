@@ -35,6 +35,8 @@ def _tap_sum(call: relax.Call) -> relax.Expr | None:
     import tvm
     from tvm import relax
 
+    from tvmflow.conv_dead_taps import static_spatial
+
     attrs = call.attrs
     x, w = call.args
     if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
@@ -44,12 +46,10 @@ def _tap_sum(call: relax.Call) -> relax.Expr | None:
         return None
     if not isinstance(w, tvm.ir.GenericConst):
         return None
-    shapes = [getattr(e.ty, "shape", None) for e in (x, w, call)]
-    if any(s is None or len(s) != 4 for s in shapes):
+    spatial = static_spatial(call)
+    if spatial is None:
         return None
-    if not all(isinstance(d, tvm.tirx.IntImm) for s in shapes for d in s):  # type: ignore[union-attr]
-        return None
-    (_, _, *size), (_, _, *kernel), (_, _, *out) = ([int(d) for d in s] for s in shapes)  # type: ignore[union-attr]
+    size, kernel, out = spatial
     pads = [int(p) for p in attrs.padding]  # top, left, bottom, right
     regions = [
         [live_outputs(size[a], out[a], t, dilation[a], pads[a]) for t in range(kernel[a])]

@@ -20,6 +20,20 @@ from tvmflow.engines import REFERENCE, TVMFLOW
 from tvmflow.errors import TvmflowError
 
 
+def source_commit(root: Path) -> str:
+    """The commit of the checkout at `root` a measurement ran with, `+dirty` when tvmflow/ has
+    uncommitted changes (benchmark rows say what code they measured)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "tvmflow")
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
+
+
 def reports_json(reports: Sequence[BenchReport]) -> dict[str, Any]:
     """One JSON document for one or several models measured on the same machine."""
     return {
