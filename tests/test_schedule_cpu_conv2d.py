@@ -16,6 +16,7 @@ from tests.kernels import (
     lowers_for,
     only_kernel,
 )
+from tvmflow.schedules import cpu_conv2d
 from tvmflow.schedules.cpu_common import pick_tile
 from tvmflow.schedules.cpu_conv2d import NARROW_TILE_ROWS, Conv2d
 
@@ -42,6 +43,10 @@ def _conv(cin, cout, hw, k=3, stride=1, pad=None, epilogue=True, batch=1):
         dict(cin=6, cout=12, hw=(11, 7), k=1, stride=2, epilogue=False),
         dict(cin=5, cout=7, hw=(13, 10), k=3, pad=0),
         dict(cin=4, cout=16, hw=(6, 6), batch=2),
+        # short reductions (1-3 input channels, stride 1): row tiles
+        dict(cin=1, cout=8, hw=(12, 16)),
+        dict(cin=3, cout=6, hw=(9, 24), batch=2),
+        dict(cin=1, cout=5, hw=(7, 8), epilogue=False),
     ],
 )
 def test_conv_matches_unscheduled(case):
@@ -56,6 +61,34 @@ def test_conv_is_tiled_vectorized_parallel_and_prepacks_weights():
     assert sch is not None
     assert {"parallel", "vectorized", "unrolled"} <= loop_kinds(sch)
     assert "layout_rewrite_preproc" in sch.mod["main"].script()
+
+
+@pytest.mark.parametrize(
+    ("cin", "stride", "rows"),
+    [(1, 1, True), (3, 1, True), (3, 2, False), (4, 1, False)],
+    ids=["spectrogram", "rgb", "strided-stem", "4-channels"],
+)
+def test_short_reductions_get_row_tiles(monkeypatch, cin, stride, rows):
+    """Convs over 1-3 input channels with stride 1 vectorize along the output row (the
+    input row is contiguous there); others keep channel-vector tiles."""
+    taken: list[int] = []
+    original = cpu_conv2d._row_gemm
+
+    def row_gemm(*args):
+        taken.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(cpu_conv2d, "_row_gemm", row_gemm)
+    func = _conv(cin, 32, (16, 32), stride=stride)
+    sch = Conv2d().apply(func, TARGET, False)
+    assert sch is not None and bool(taken) == rows
+    assert {"vectorized", "unrolled"} <= loop_kinds(sch)
+
+
+def test_row_tile_is_two_channels_by_up_to_four_vectors():
+    assert cpu_conv2d.row_tile(32, 128, 16) == (2, 4, 16)
+    assert cpu_conv2d.row_tile(32, 120, 16) == (2, 3, 8)
+    assert cpu_conv2d.row_tile(5, 16, 16) == (1, 1, 16)
 
 
 def test_depthwise_and_non_conv_are_not_claimed():
