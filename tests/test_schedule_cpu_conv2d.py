@@ -47,6 +47,8 @@ def _conv(cin, cout, hw, k=3, stride=1, pad=None, epilogue=True, batch=1):
         dict(cin=1, cout=8, hw=(12, 16)),
         dict(cin=3, cout=6, hw=(9, 24), batch=2),
         dict(cin=1, cout=5, hw=(7, 8), epilogue=False),
+        dict(cin=3, cout=8, hw=(32, 32), stride=2),  # stem: staged in column phases
+        dict(cin=3, cout=8, hw=(31, 33), stride=2, pad=0),  # odd input row: a padded phase
     ],
 )
 def test_conv_matches_unscheduled(case):
@@ -65,12 +67,12 @@ def test_conv_is_tiled_vectorized_parallel_and_prepacks_weights():
 
 @pytest.mark.parametrize(
     ("cin", "stride", "rows"),
-    [(1, 1, True), (3, 1, True), (3, 2, False), (4, 1, False)],
-    ids=["spectrogram", "rgb", "strided-stem", "4-channels"],
+    [(1, 1, True), (3, 1, True), (3, 2, True), (3, 3, False), (4, 1, False)],
+    ids=["spectrogram", "rgb", "stem", "stride-3", "4-channels"],
 )
 def test_short_reductions_get_row_tiles(monkeypatch, cin, stride, rows):
-    """Convs over 1-3 input channels with stride 1 vectorize along the output row (the
-    input row is contiguous there); others keep channel-vector tiles."""
+    """Convs over 1-3 input channels with stride 1 or 2 vectorize along the output row (the
+    input row is contiguous there, or in its column phases); others keep channel tiles."""
     taken: list[int] = []
     original = cpu_conv2d._row_gemm
 
@@ -85,10 +87,11 @@ def test_short_reductions_get_row_tiles(monkeypatch, cin, stride, rows):
     assert {"vectorized", "unrolled"} <= loop_kinds(sch)
 
 
-def test_row_tile_is_two_channels_by_up_to_four_vectors():
-    assert cpu_conv2d.row_tile(32, 128, 16) == (2, 4, 16)
-    assert cpu_conv2d.row_tile(32, 120, 16) == (2, 3, 8)
-    assert cpu_conv2d.row_tile(5, 16, 16) == (1, 1, 16)
+def test_row_tile_is_two_channels_by_the_row_vectors_that_fit():
+    assert cpu_conv2d.row_tile(32, 112, 16, 32) == (2, 7, 16)  # stem: 7 vectors per row
+    assert cpu_conv2d.row_tile(32, 120, 16, 32) == (2, 5, 8)
+    assert cpu_conv2d.row_tile(32, 128, 16, 16) == (2, 4, 16)  # AVX2's 16 registers
+    assert cpu_conv2d.row_tile(5, 16, 16, 32) == (1, 1, 16)
 
 
 def test_depthwise_and_non_conv_are_not_claimed():

@@ -168,10 +168,13 @@ class Conv2d(TiledRule):
             return None
         lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
         registers = vector_registers(target)
-        if _row_tiled(sch, main.block_rv, roles, sizes, lanes):
+        stride = _row_tiled(sch, main.block_rv, roles, sizes, lanes)
+        if stride is not None:
             if choice > 0:
                 return None  # one tile shape (its rows are still sampled when tuning)
-            tile = row_tile(sizes[roles["n"]], sizes[roles["m"]], lanes)
+            if stride == 2:
+                producers = _column_phases(sch, main.block_rv, roles, producers)
+            tile = row_tile(sizes[roles["n"]], sizes[roles["m"]], lanes, registers)
             gemm = _row_gemm(sch, func, main.block_rv, roles, loops, tile)
             writeback = tile_gemm(sch, main.block_rv, gemm, tile, tunable)
             if fuse_epilogue(sch, writeback, epilogue, lanes) is None:
@@ -220,9 +223,9 @@ def _row_tiled(
     roles: dict[str, Any],
     sizes: list[int],
     lanes: int,
-) -> bool:
-    """Whether a conv gets row tiles: a short reduction, a stride-1 input row (contiguous
-    along the output column) and output rows of whole vectors."""
+) -> int | None:
+    """The column stride (1 or 2) of a conv that gets row tiles: a short reduction and
+    output rows of whole vectors; None for other convs."""
     import tvm
     from tvm.sym.pattern import detect_linear_equation
 
@@ -230,21 +233,55 @@ def _row_tiled(
     for i in roles["reduce"]:
         reduction *= sizes[i]
     if reduction > ROW_TILE_MAX_REDUCTION or pick_vector(sizes[roles["m"]], lanes) < min(lanes, 8):
-        return False
+        return None
     stmt = sch.get(block)
     data = stmt.reads[1 - roles["weight_read"]]
     coef = detect_linear_equation(data.region[-1].min, [stmt.iter_vars[roles["m"]].var])
-    return len(coef) == 2 and isinstance(coef[0], tvm.tirx.IntImm) and int(coef[0]) == 1
+    if len(coef) != 2 or not isinstance(coef[0], tvm.tirx.IntImm):
+        return None
+    return int(coef[0]) if int(coef[0]) in (1, 2) else None
 
 
-def row_tile(channels: int, columns: int, lanes: int) -> tuple[int, int, int]:
-    """(channels, vectors, lanes) of a row tile: two channels by up to four row vectors.
+def _column_phases(
+    sch: s_tir.Schedule,
+    block: s_tir.schedule.SBlockRV,
+    roles: dict[str, Any],
+    producers: list[s_tir.schedule.SBlockRV],
+) -> list[s_tir.schedule.SBlockRV]:
+    """A stride-2 conv's input staged as (..., column % 2, column // 2): each tap then reads
+    its row tile's columns contiguously (one vector load, where the strided row was a load
+    per lane). The padding is computed into the staged copy; returns the producers left."""
+    data_read = 1 - roles["weight_read"]
+    staged = sch.cache_read(block, data_read, "global")
+    left = list(producers)
+    while left:
+        try:
+            sch.compute_inline(left[-1])
+        except (ScheduleError, InternalError):
+            break
+        left.pop()
+    sch.transform_layout(
+        staged,
+        ("write", 0),
+        lambda *i: [*i[:-1], i[-1] % 2, i[-1] // 2],
+        pad_value=0.0,
+    )
+    half, phase = sch.split(sch.get_loops(staged)[-1], factors=[None, 2])
+    sch.reorder(phase, half)
+    return left
+
+
+def row_tile(channels: int, columns: int, lanes: int, registers: int) -> tuple[int, int, int]:
+    """(channels, vectors, lanes) of a row tile: two channels by as many row vectors as
+    divide the row and fit the registers (2 accumulators + 1 load each, 2 broadcasts).
     Tiles over more output channels ran 3-5x slower (0.27 -> 1.1-1.4 ms on a 1->32 conv
     at 400x128, 0.87 -> 3.6 ms at 900x120; 1 thread, AVX-512), whatever their accumulator
     count: each channel is another output plane the tile's stores stream into."""
     v = pick_vector(columns, lanes)
-    nvec = next(n for n in (4, 3, 2, 1) if (columns // v) % n == 0)
-    return (2 if channels % 2 == 0 else 1), nvec, v
+    rows = 2 if channels % 2 == 0 else 1
+    most = max(1, (registers - rows) // (rows + 1))
+    nvec = next(n for n in range(min(most, columns // v), 0, -1) if (columns // v) % n == 0)
+    return rows, nvec, v
 
 
 def _row_gemm(
