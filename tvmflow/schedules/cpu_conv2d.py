@@ -149,7 +149,8 @@ class Conv2d(TiledRule):
         roles = conv_roles(sch, main.block_rv, lambda buf: is_layout_free(func, buf))
         loops = [it.loop_rv for it in main.iters]
         epilogue = [i.block_rv for i in infos[index + 1 :]]
-        if roles is None and _group_split(sch.get(main.block_rv)) is not None:
+        grouped = roles is None and _group_split(sch.get(main.block_rv)) is not None
+        if grouped:
             lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
             added = _split_groups(sch, func, main.block_rv, lanes)
             if added is None:
@@ -168,7 +169,8 @@ class Conv2d(TiledRule):
             return None
         lanes = vector_lanes(target, dtype_bits_of_block(sch, main.block_rv))
         registers = vector_registers(target)
-        stride = _row_tiled(sch, main.block_rv, roles, sizes, lanes)
+        # grouped convs keep channel tiles: row tiles were not measured there
+        stride = None if grouped else _row_tiled(sch, main.block_rv, roles, sizes, lanes)
         if stride is not None:
             if choice > 0:
                 return None  # one tile shape (its rows are still sampled when tuning)
