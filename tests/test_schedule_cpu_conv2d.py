@@ -44,11 +44,11 @@ def _conv(cin, cout, hw, k=3, stride=1, pad=None, epilogue=True, batch=1):
         dict(cin=5, cout=7, hw=(13, 10), k=3, pad=0),
         dict(cin=4, cout=16, hw=(6, 6), batch=2),
         # short reductions (1-3 input channels, stride 1): row tiles
-        dict(cin=1, cout=8, hw=(12, 16)),
-        dict(cin=3, cout=6, hw=(9, 24), batch=2),
-        dict(cin=1, cout=5, hw=(7, 8), epilogue=False),
-        dict(cin=3, cout=8, hw=(32, 32), stride=2),  # stem: staged in column phases
-        dict(cin=3, cout=8, hw=(31, 33), stride=2, pad=0),  # odd input row: a padded phase
+        dict(cin=1, cout=32, hw=(12, 16)),
+        dict(cin=3, cout=34, hw=(9, 24), batch=2),
+        dict(cin=1, cout=33, hw=(7, 8), epilogue=False),
+        dict(cin=3, cout=32, hw=(32, 32), stride=2),  # stem: staged in column phases
+        dict(cin=3, cout=32, hw=(31, 33), stride=2, pad=0),  # odd input row: a padded phase
     ],
 )
 def test_conv_matches_unscheduled(case):
@@ -66,13 +66,21 @@ def test_conv_is_tiled_vectorized_parallel_and_prepacks_weights():
 
 
 @pytest.mark.parametrize(
-    ("cin", "stride", "rows"),
-    [(1, 1, True), (3, 1, True), (3, 2, True), (3, 3, False), (4, 1, False)],
-    ids=["spectrogram", "rgb", "stem", "stride-3", "4-channels"],
+    ("cin", "stride", "cout", "rows"),
+    [
+        (1, 1, 32, True),
+        (3, 1, 32, True),
+        (3, 2, 32, True),
+        (3, 3, 32, False),
+        (4, 1, 32, False),
+        (3, 2, 16, False),
+    ],
+    ids=["spectrogram", "rgb", "stem", "stride-3", "4-channels", "one-channel-vector"],
 )
-def test_short_reductions_get_row_tiles(monkeypatch, cin, stride, rows):
-    """Convs over 1-3 input channels with stride 1 or 2 vectorize along the output row (the
-    input row is contiguous there, or in its column phases); others keep channel tiles."""
+def test_short_reductions_get_row_tiles(monkeypatch, cin, stride, cout, rows):
+    """Convs over 1-3 input channels with stride 1 or 2 and more than one vector of output
+    channels vectorize along the output row (the input row is contiguous there, or in its
+    column phases); others keep channel tiles."""
     taken: list[int] = []
     original = cpu_conv2d._row_gemm
 
@@ -81,7 +89,7 @@ def test_short_reductions_get_row_tiles(monkeypatch, cin, stride, rows):
         return original(*args)
 
     monkeypatch.setattr(cpu_conv2d, "_row_gemm", row_gemm)
-    func = _conv(cin, 32, (16, 32), stride=stride)
+    func = _conv(cin, cout, (16, 32), stride=stride)
     sch = Conv2d().apply(func, TARGET, False)
     assert sch is not None and bool(taken) == rows
     assert {"vectorized", "unrolled"} <= loop_kinds(sch)
