@@ -32,6 +32,8 @@ OUT_MD = ROOT / "benchmarks" / "levers.md"
 ARTIFACTS = ROOT / ".cache" / "levers"
 CORPUS_JSON = ROOT / "benchmarks" / "corpus.json"
 ENGINES = ("tvmflow", "onnxruntime", "openvino")
+# how tvmflow's kernel times are sized to its p50 (levers.tvm_profile); rows without it: ‡
+KERNEL_SIZING = "share of alternating unprofiled runs"
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def row_of(s: Any, missing: dict[str, str]) -> dict[str, Any]:
         "levers": [lever(lv) for lv in s.levers[:4]],
         "ratio_after_two": round(both, 4) if len(s.levers) > 1 else None,
         "missing_peers": missing,
+        "kernel_sizing": KERNEL_SIZING,
     }
 
 
@@ -280,10 +283,10 @@ def to_markdown(rows: dict[str, Any]) -> str:
         "onnxruntime's profiler node durations and OpenVINO's PERF_COUNT (fastest of the "
         "profiled runs per node); every engine's ops sized to its CPU-time p50 by their share "
         "of its profiled runs (tvmflow: of the unprofiled runs between them). `call overhead` "
-        "= p50 − Σ ops. Rows measured before 2026-12-01T07:30 sized tvmflow's kernels to the "
-        "p50 directly: the machine's load, different minutes apart, moved several % of the "
-        "p50 into or out of tvmflow's `call overhead` (`perf` on a loop of VM calls puts the "
-        "VM's own time between kernels at 1-4 % of a call on the reference models). "
+        "= p50 − Σ ops. ‡ marks rows that sized tvmflow's kernels to the p50 directly: the "
+        "machine's load, different minutes apart, moved several % of the p50 into or out of "
+        "their tvmflow `call overhead` (`perf` on a loop of VM calls puts the VM's own time "
+        "between kernels at 1-4 % of a call on the reference models). "
         "The **next lever** is the class where tvmflow spends the most time "
         "beyond the best peer (the peer with the lower p50); **ratio after** is tvmflow/best "
         "peer had tvmflow matched that peer in that class and nothing else changed (after "
@@ -307,7 +310,8 @@ def to_markdown(rows: dict[str, Any]) -> str:
         cells = [
             r["name"]
             + (" (ref)" if r.get("kind") == "reference" else "")
-            + ("" if r.get("num_cores") == 1 else " †"),
+            + ("" if r.get("num_cores") == 1 else " †")
+            + ("" if r.get("kernel_sizing") == KERNEL_SIZING else " ‡"),
             r["commit"],
             _ms(r["p50_ms"]["tvmflow"]),
             f"{r['best_peer']} {_ms(r['p50_ms'][r['best_peer']])}",
