@@ -88,10 +88,15 @@ def measure(directory: Path, seconds: float) -> dict[str, float]:
             [sys.executable, "-c", CHILD, str(directory), str(seconds)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         assert child.stdin is not None and child.stdout is not None
-        tid = int(child.stdout.readline())
+        first = child.stdout.readline().strip()
+        if not first.isdigit():  # the artifact did not load (tvmflow's one-line reason last)
+            lines = child.communicate()[1].strip().splitlines() or ["the child process failed"]
+            raise MeasureError(f"{directory}: {lines[-1]}")
+        tid = int(first)
         perf = subprocess.Popen(
             ["perf", "record", "-q", "-F", "2000", "-p", str(child.pid), "-o", str(data)],
             stderr=subprocess.DEVNULL,
@@ -109,12 +114,13 @@ def measure(directory: Path, seconds: float) -> dict[str, float]:
             text=True,
         )
     if done.returncode != 0:
-        raise PerfError(f"perf could not sample {directory}: {done.stderr.strip()[-200:]}")
+        raise MeasureError(f"perf could not sample {directory}: {done.stderr.strip()[-200:]}")
     return {"calls": int(calls), "cpu_ms": float(cpu_per_call) * 1e3, **split(done.stdout, tid)}
 
 
-class PerfError(Exception):
-    """perf is missing or may not sample the child (permissions, a container without it)."""
+class MeasureError(Exception):
+    """The artifact does not load, or perf may not sample the child (permissions, a
+    container without perf events)."""
 
 
 def table(rows: dict[str, dict[str, float]]) -> Iterable[str]:
@@ -138,7 +144,7 @@ def main() -> int:
     for directory in args.artifacts:
         try:
             rows[directory.name] = measure(directory, args.seconds)
-        except PerfError as exc:
+        except MeasureError as exc:
             print(exc, file=sys.stderr)
             return 2
     print("\n".join(table(rows)))
