@@ -175,7 +175,7 @@ class Conv2d(TiledRule):
             if choice > 0:
                 return None  # one tile shape (its rows are still sampled when tuning)
             if stride == 2:
-                producers = _column_phases(sch, main.block_rv, roles, producers)
+                _column_phases(sch, main.block_rv, roles)
             tile = row_tile(sizes[roles["n"]], sizes[roles["m"]], lanes, registers)
             gemm = _row_gemm(sch, func, main.block_rv, roles, loops, tile)
             writeback = tile_gemm(sch, main.block_rv, gemm, tile, tunable)
@@ -250,23 +250,13 @@ def _row_tiled(
 
 
 def _column_phases(
-    sch: s_tir.Schedule,
-    block: s_tir.schedule.SBlockRV,
-    roles: dict[str, Any],
-    producers: list[s_tir.schedule.SBlockRV],
-) -> list[s_tir.schedule.SBlockRV]:
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, roles: dict[str, Any]
+) -> None:
     """A stride-2 conv's input staged as (..., column % 2, column // 2): each tap then reads
     its row tile's columns contiguously (one vector load, where the strided row was a load
-    per lane). The padding is computed into the staged copy; returns the producers left."""
-    data_read = 1 - roles["weight_read"]
-    staged = sch.cache_read(block, data_read, "global")
-    left = list(producers)
-    while left:
-        try:
-            sch.compute_inline(left[-1])
-        except (ScheduleError, InternalError):
-            break
-        left.pop()
+    per lane). The padding stays its own vectorized pass before the copy (computed inside
+    the copy's strided loop, it kept that loop scalar: MobileNetV2's stem 0.172 vs 0.155 ms)."""
+    staged = sch.cache_read(block, 1 - roles["weight_read"], "global")
     sch.transform_layout(
         staged,
         ("write", 0),
@@ -275,7 +265,6 @@ def _column_phases(
     )
     half, phase = sch.split(sch.get_loops(staged)[-1], factors=[None, 2])
     sch.reorder(phase, half)
-    return left
 
 
 def row_tile(channels: int, columns: int, lanes: int, registers: int) -> tuple[int, int, int]:
