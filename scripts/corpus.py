@@ -453,7 +453,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         if r.get("bench_error"):
             result += f" (bench: {r['bench_error']})"
         if r.get("openvino_error"):
-            result += " (OpenVINO cannot run it)"
+            result += f" (OpenVINO cannot run it: {r['openvino_error']})"
         if status == "ok" and "--threads" not in r.get("command", "--threads"):
             result += " (built for the host's cores)"
         result = result.replace("|", "\\|")
