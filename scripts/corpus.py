@@ -376,6 +376,8 @@ def summary(results: dict[str, Any]) -> str:
             by_class[r.get("status", "?")] = by_class.get(r.get("status", "?"), 0) + 1
     g_ort = _geomean([r.get("ratio_onnxruntime") for r in ok])
     g_ov = _geomean([r.get("ratio_openvino") for r in ok])
+    best = [min(v for v in (r.get(k) for k in _PEER_RATIOS) if v) for r in ok if _has_peer(r)]
+    g_best = _geomean(best)
     failed = ", ".join(f"{n} {c}" for c, n in sorted(by_class.items()))
     n_ov = sum(1 for r in ok if r.get("ratio_openvino"))
     n_ort = sum(1 for r in ok if r.get("ratio_onnxruntime"))
@@ -384,8 +386,16 @@ def summary(results: dict[str, Any]) -> str:
         + (f" (failed: {failed})" if failed else "")
         + f"; p50 geomean tvmflow/onnxruntime **{_f(g_ort, '.2f')}×** over the {n_ort} "
         f"benchmarked of those that pass, tvmflow/OpenVINO **{_f(g_ov, '.2f')}×** over the "
-        f"{n_ov} OpenVINO runs."
+        f"{n_ov} OpenVINO runs; against the best peer (the faster of the two per row) "
+        f"**{_f(g_best, '.2f')}×** over {len(best)}."
     )
+
+
+_PEER_RATIOS = ("ratio_onnxruntime", "ratio_openvino")
+
+
+def _has_peer(row: dict[str, Any]) -> bool:
+    return any(row.get(k) for k in _PEER_RATIOS)
 
 
 def update_readme(results: dict[str, Any]) -> None:
@@ -453,7 +463,8 @@ def to_markdown(results: dict[str, Any]) -> str:
         if r.get("bench_error"):
             result += f" (bench: {r['bench_error']})"
         if r.get("openvino_error"):
-            result += f" (OpenVINO cannot run it: {r['openvino_error']})"
+            why = r["openvino_error"].split("; compare without it")[0]  # the fix is for users
+            result += f" (OpenVINO cannot run it: {why})"
         if status == "ok" and "--threads" not in r.get("command", "--threads"):
             result += " (built for the host's cores)"
         result = result.replace("|", "\\|")
