@@ -480,7 +480,7 @@ def to_markdown(results: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------- main
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", help="comma-separated names (default: all)")
     parser.add_argument("--quick", action="store_true", help="only the CI subset")
@@ -501,7 +501,11 @@ def main() -> None:
     )
     parser.add_argument("--min-time", type=float, default=1.5)
     parser.add_argument("--timeout", type=float, default=1500, help="seconds per step")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     entries, packages = load_list()
     if args.models:
