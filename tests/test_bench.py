@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.conftest import real_model
 from tvmflow import bench, reporting, zoo
 from tvmflow.cli import main
 from tvmflow.compile import Artifact
@@ -366,6 +367,21 @@ def test_openvino_outputs_keep_their_onnx_names(tmp_path: Path) -> None:
     out = opened.run({"x": x})
     assert list(out) == ["z"]
     np.testing.assert_array_equal(out["z"], np.maximum(x, 0))
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed (tvmflow[openvino])")
+def test_a_model_openvino_cannot_read_says_why_in_one_line() -> None:
+    """openWakeWord's hey-jarvis has an If whose condition has rank 2, which OpenVINO's ONNX
+    frontend rejects; its error's first line is only a C++ source location."""
+    from tvmflow.engines import ENGINES, EngineSpec
+    from tvmflow.errors import TvmflowError
+
+    path = real_model("oww-hey-jarvis.onnx")
+    with pytest.raises(TvmflowError) as info:
+        ENGINES["openvino"].open(EngineSpec("openvino", str(path), 1))
+    message = str(info.value)
+    assert "\n" not in message and "core.cpp" not in message
+    assert "conversion failed for If" in message and "--compare onnxruntime" in message
 
 
 def test_demo_prints_a_latency_comparison(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

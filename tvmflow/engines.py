@@ -157,7 +157,13 @@ class OpenVino(Engine):
     def open(self, spec: EngineSpec) -> Opened:
         ov = import_openvino()
         core = ov.Core()
-        model = core.read_model(spec.path)
+        try:
+            model = core.read_model(spec.path)
+        except RuntimeError as exc:  # its ONNX frontend rejects the model: a peer's limit
+            raise TvmflowError(
+                f"OpenVINO cannot read {Path(spec.path).name}: {_ov_reason(str(exc))}; "
+                "compare without it: --compare onnxruntime"
+            ) from exc
         model.reshape(spec.shapes)
         config: dict[str, Any] = {
             "INFERENCE_NUM_THREADS": spec.threads,
@@ -191,6 +197,23 @@ class OpenVinoDefault(OpenVino):
     name = "openvino-default"
     hint = None
     peer = False
+
+
+def _ov_reason(message: str) -> str:
+    """OpenVINO's multi-line error in one line: the ops it failed on and the first detail,
+    without the C++ source locations (its first line is only `Exception from core.cpp`)."""
+    noise = ("Exception from", "Check '", "While validating", "FrontEnd API failed", "Summary:")
+    lines = [ln.strip(" -") for ln in message.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(noise)]
+    failed = [ln for ln in lines if ln.startswith("Conversion is failed for")]
+    detail = [ln for ln in lines if not ln.startswith(("Conversion is failed", "Model wasn't"))]
+    detail = [ln for ln in detail if not ln.endswith("with a message:")]
+    if failed:
+        ops = failed[0].partition(":")[2].strip()
+        reason = f"conversion failed for {ops}" + (f" ({detail[0]})" if detail else "")
+    else:
+        reason = (lines or message.strip().splitlines() or ["no message"])[-1]
+    return " ".join(reason.split())[:300]
 
 
 def _ov_precision(value: Any) -> str:
