@@ -376,7 +376,7 @@ def summary(results: dict[str, Any]) -> str:
             by_class[r.get("status", "?")] = by_class.get(r.get("status", "?"), 0) + 1
     g_ort = _geomean([r.get("ratio_onnxruntime") for r in ok])
     g_ov = _geomean([r.get("ratio_openvino") for r in ok])
-    best = [min(v for v in (r.get(k) for k in _PEER_RATIOS) if v) for r in ok if _has_peer(r)]
+    best = [max(v for v in (r.get(k) for k in _PEER_RATIOS) if v) for r in ok if _has_peer(r)]
     g_best = _geomean(best)
     failed = ", ".join(f"{n} {c}" for c, n in sorted(by_class.items()))
     n_ov = sum(1 for r in ok if r.get("ratio_openvino"))
