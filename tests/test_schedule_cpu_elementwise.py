@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tvm import relax
+import tvm
+from tvm import relax, s_tir
 
 from tests.kernels import (
     AVX2,
@@ -17,6 +18,8 @@ from tests.kernels import (
     only_kernel,
 )
 from tvmflow.schedules.cpu_elementwise import Elementwise
+
+SINGLE_CORE = tvm.target.Target({**TARGET.export(), "num-cores": 1})
 
 
 def _bias_relu(shape: tuple[int, ...]):
@@ -77,6 +80,57 @@ def test_reduction_over_one_element_is_not_claimed():
         lambda x, w: relax.op.add(relax.op.nn.conv2d(x, w, groups=8), x),
     )
     assert Elementwise().apply(func, TARGET, False) is None
+
+
+def _concat_bn_relu(channels: tuple[int, ...], hw: int):
+    """DenseNet's pre-activation: concat of earlier features, BN (inference), ReLU."""
+    inputs: dict[str, tuple[tuple[int, ...], str]] = {
+        f"x{i}": ((1, c, hw, hw), "float32") for i, c in enumerate(channels)
+    }
+    total = sum(channels)
+
+    def body(*xs):
+        cat = relax.op.concat(list(xs), axis=1)
+        scaled = relax.op.multiply(
+            relax.op.subtract(cat, const((1, total, 1, 1))), const((1, total, 1, 1), 1)
+        )
+        return relax.op.nn.relu(relax.op.add(scaled, const((1, total, 1, 1), 2)))
+
+    return only_kernel(inputs, body)
+
+
+def _loop_extents(sch) -> set[int]:
+    import tvm_ffi
+
+    found: set[int] = set()
+    tvm_ffi.structural_walk(
+        sch.mod["main"].body, [(tvm.tirx.For, lambda f: found.add(int(f.extent)))], order="pre"
+    )
+    return found
+
+
+def _writing_blocks(sch) -> int:
+    import tvm_ffi
+
+    found: list[int] = []
+    tvm_ffi.structural_walk(
+        sch.mod["main"].body,
+        [(s_tir.stmt.SBlock, lambda b: found.append(1) if b.writes else None)],
+        order="pre",
+    )
+    return len(found)
+
+
+@pytest.mark.parametrize("target", [TARGET, SINGLE_CORE])
+def test_concat_is_split_into_vectorized_copies(target):
+    """Each concat input gets its own loop and block (its select chain then folds away) and
+    the 14 x 14 maps are fused into one vectorizable run."""
+    func = _concat_bn_relu((24, 8, 8, 8, 16), 14)
+    sch = Elementwise().apply(func, target, False)
+    assert sch is not None
+    assert _writing_blocks(sch) == 5
+    assert 14 * 14 in _loop_extents(sch)  # LLVM vectorizes it with a remainder
+    assert_schedule_matches(func, sch, target)
 
 
 def test_other_cpus():
