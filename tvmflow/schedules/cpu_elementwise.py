@@ -64,7 +64,7 @@ class Elementwise(ScheduleRule):
             # a thread-pool launch per piece costs more than a small piece's copy
             work = MIN_PARALLEL_WORK if len(pieces) == 1 else MIN_PIECE_PARALLEL_WORK
             for piece in pieces:
-                _fuse_contiguous_tail(sch, piece, lanes)
+                fuse_contiguous_tail(sch, piece, lanes)
                 schedule_spatial(sch, piece, lanes, work)
         return sch
 
@@ -122,7 +122,7 @@ def _select_offsets(stmt: Any) -> dict[Any, set[int]]:
     return found
 
 
-def _fuse_contiguous_tail(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+def fuse_contiguous_tail(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
     """Fuse the block's trailing loops when the innermost one is not a whole number of
     vectors and every access reads those dims as one contiguous run (a 14 x 14 map: 196
     elements to vectorize instead of 14); a transposed or shifted access keeps them apart."""
@@ -134,11 +134,18 @@ def _fuse_contiguous_tail(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, l
     iters = [iv.var for iv in stmt.iter_vars]
     if len(iters) != len(loops):
         return
-    tail = 1
-    while tail < len(loops) and _contiguous(stmt, iters[-tail - 1 :], sizes[-tail - 1 :]):
-        tail += 1
+    tail = contiguous_run(stmt, iters, sizes)
     if tail > 1:
         sch.fuse(*loops[-tail:])
+
+
+def contiguous_run(stmt: Any, iters: list[Any], sizes: list[int]) -> int:
+    """How many of `iters` (block vars of extents `sizes`), counted from the last, every
+    access of the block reads as one contiguous run (at least 1)."""
+    tail = 1
+    while tail < len(iters) and _contiguous(stmt, iters[-tail - 1 :], sizes[-tail - 1 :]):
+        tail += 1
+    return tail
 
 
 def _contiguous(stmt: Any, tail: list[Any], sizes: list[int]) -> bool:
