@@ -86,3 +86,23 @@ def test_plain_batched_matmul_needs_no_permutes():
 )
 def test_other_einsums_are_kept(subscripts, shape_a, shape_b):
     assert matmul_plan(subscripts, shape_a, shape_b) is None
+
+
+@pytest.mark.parametrize(
+    ("equation", "shapes"),
+    [
+        ("B G H I D, B G H J D -> B G H I J", [(1, 2, 3, 5, 8), (1, 2, 3, 7, 8)]),  # MaxViT
+        ("...ii->...i", [(2, 3, 3)]),  # not a matrix product: TVM's einsum kernel
+    ],
+    ids=["maxvit-scores", "batch-diagonal"],
+)
+def test_onnx_einsum_matches_onnxruntime(equation, shapes, tmp_path, monkeypatch):
+    """The Einsum converter (`tvmflow/ops/einsum.py`) hands the graph a Relax einsum, which
+    this pass or TVM's legalization then computes."""
+    from tests.onnx_ops import assert_matches, one_node_model
+
+    monkeypatch.setenv("TVMFLOW_BACKEND_CACHE", str(tmp_path / "builds"))
+    rng = np.random.default_rng(1)
+    inputs = {f"x{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)}
+    model, feeds = one_node_model("Einsum", inputs, ["y"], 12, equation=equation)
+    assert_matches(model, feeds)
