@@ -133,6 +133,26 @@ def test_concat_is_split_into_vectorized_copies(target):
     assert_schedule_matches(func, sch, target)
 
 
+@pytest.mark.parametrize("axis", [1, 2, 3])
+@pytest.mark.parametrize("target", [TARGET, SINGLE_CORE], ids=["cores", "one-core"])
+def test_concat_on_any_axis_matches_unscheduled(axis, target):
+    """Pieces whose split loop starts past 0 are inner or middle loops here (UNet's
+    concat after a pixel shuffle, ShuffleNet's channel split): same results."""
+    shapes = [[2, 24, 10, 40], [2, 24, 10, 40]]
+    shapes[1][axis] = 24 if axis != 3 else 8
+    inputs: dict[str, tuple[tuple[int, ...], str]] = {
+        "a": (tuple(shapes[0]), "float32"),
+        "b": (tuple(shapes[1]), "float32"),
+    }
+    func = only_kernel(
+        inputs, lambda a, b: relax.op.nn.leakyrelu(relax.op.concat([a, b], axis=axis), 0.1)
+    )
+    sch = Elementwise().apply(func, target, False)
+    assert sch is not None
+    assert _writing_blocks(sch) == 2
+    assert_schedule_matches(func, sch, target)
+
+
 def test_other_cpus():
     func = _bias_relu((1, 8, 9, 24))
     sch = Elementwise().apply(func, AVX2, False)

@@ -22,7 +22,6 @@ from tvm.error import InternalError
 from tvm.s_tir.schedule import ScheduleError
 
 from tvmflow.schedules.cpu_common import (
-    MIN_PARALLEL_WORK,
     dtype_bits_of_block,
     extents,
     index_vars,
@@ -61,11 +60,12 @@ class Elementwise(ScheduleRule):
             block = info.block_rv
             lanes = vector_lanes(target, dtype_bits_of_block(sch, block))
             pieces = _split_at_selects(sch, block)
-            # a thread-pool launch per piece costs more than a small piece's copy
-            work = MIN_PARALLEL_WORK if len(pieces) == 1 else MIN_PIECE_PARALLEL_WORK
+            if len(pieces) == 1:
+                fuse_contiguous_tail(sch, block, lanes)
+                schedule_spatial(sch, block, lanes)
+                continue
             for piece in pieces:
-                fuse_contiguous_tail(sch, piece, lanes)
-                schedule_spatial(sch, piece, lanes, work)
+                _schedule_piece(sch, piece, lanes)
         return sch
 
 
@@ -93,6 +93,19 @@ def _split_at_selects(
     except (ScheduleError, InternalError):
         return [block]
     return [sch.get_child_blocks(part)[0] for part in parts]
+
+
+def _schedule_piece(sch: s_tir.Schedule, piece: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """`schedule_spatial` for one piece of a split loop, run in parallel only when large (a
+    thread-pool launch per piece costs more than a small piece's copy). The pieces' loops
+    over the split axis start past 0, which split and fuse refuse: a piece whose split axis
+    is its innermost loop or sits among loops to fuse keeps those loops as they are (LLVM
+    still vectorizes a plain copy loop)."""
+    try:
+        fuse_contiguous_tail(sch, piece, lanes)
+        schedule_spatial(sch, piece, lanes, MIN_PIECE_PARALLEL_WORK)
+    except (ScheduleError, InternalError):
+        return
 
 
 def _select_offsets(stmt: Any) -> dict[Any, set[int]]:
