@@ -153,6 +153,30 @@ def test_concat_on_any_axis_matches_unscheduled(axis, target):
     assert_schedule_matches(func, sch, target)
 
 
+def _pixel_shuffle(x, c: int, hw: int):
+    """An upsampling conv's pixel shuffle (tvmflow.upsample_conv), then a bias."""
+    x = relax.op.reshape(x, [1, c, 2, 2, hw, hw])
+    x = relax.op.permute_dims(x, [0, 1, 4, 2, 5, 3])
+    x = relax.op.reshape(x, [1, c, 2 * hw, 2 * hw])
+    return relax.op.add(x, const((1, c, 1, 1)))
+
+
+@pytest.mark.parametrize("target", [TARGET, SINGLE_CORE], ids=["cores", "one-core"])
+def test_pixel_shuffle_runs_in_phases(target):
+    """Output columns split into (column // 2, phase), the phase unrolled, on the plain
+    kernel and on a concat's piece (UNet: shuffled upsample, then concat with the skip)."""
+    plain = only_kernel({"x": ((1, 64, 16, 16), "float32")}, lambda x: _pixel_shuffle(x, 16, 16))
+    concat = only_kernel(
+        {"x": ((1, 64, 16, 16), "float32"), "skip": ((1, 8, 32, 32), "float32")},
+        lambda x, skip: relax.op.concat([_pixel_shuffle(x, 16, 16), skip], axis=1),
+    )
+    for func in (plain, concat):
+        sch = Elementwise().apply(func, target, False)
+        assert sch is not None
+        assert "unrolled" in loop_kinds(sch)
+        assert_schedule_matches(func, sch, target)
+
+
 def test_other_cpus():
     func = _bias_relu((1, 8, 9, 24))
     sch = Elementwise().apply(func, AVX2, False)

@@ -16,12 +16,14 @@ does not divide (14 x 14) are fused first where every access stays contiguous.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import TYPE_CHECKING, Any
 
 from tvm.error import InternalError
 from tvm.s_tir.schedule import ScheduleError
 
 from tvmflow.schedules.cpu_common import (
+    MIN_PARALLEL_WORK,
     dtype_bits_of_block,
     extents,
     index_vars,
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
 
 from tvm.s_tir.dlight import ScheduleRule
 
+# Phase splits up to this factor (a pixel shuffle's upscale; beyond it the unrolled phases
+# stop being one vector group).
+MAX_PHASES = 4
 # More pieces than this: the partitioned copies would bloat the code for little gain.
 MAX_PIECES = 64
 # A concat's pieces run in parallel only from this many elements (a launch is ~6 us).
@@ -61,8 +66,9 @@ class Elementwise(ScheduleRule):
             lanes = vector_lanes(target, dtype_bits_of_block(sch, block))
             pieces = _split_at_selects(sch, block)
             if len(pieces) == 1:
-                fuse_contiguous_tail(sch, block, lanes)
-                schedule_spatial(sch, block, lanes)
+                if not _split_phases(sch, block):
+                    fuse_contiguous_tail(sch, block, lanes)
+                    schedule_spatial(sch, block, lanes)
                 continue
             for piece in pieces:
                 _schedule_piece(sch, piece, lanes)
@@ -102,10 +108,63 @@ def _schedule_piece(sch: s_tir.Schedule, piece: s_tir.schedule.SBlockRV, lanes: 
     is its innermost loop or sits among loops to fuse keeps those loops as they are (LLVM
     still vectorizes a plain copy loop)."""
     try:
+        if _split_phases(sch, piece, MIN_PIECE_PARALLEL_WORK):
+            return
         fuse_contiguous_tail(sch, piece, lanes)
         schedule_spatial(sch, piece, lanes, MIN_PIECE_PARALLEL_WORK)
     except (ScheduleError, InternalError):
         return
+
+
+def _split_phases(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, min_parallel_work: int = MIN_PARALLEL_WORK
+) -> bool:
+    """A block that reads its innermost var divided by a small k (a pixel shuffle after an
+    upsampling conv, a depth-to-space, a nearest upsample: `x[.., w // 2]`, channel picked by
+    `w % 2`) gets that loop split into (w // k, w % k) with the phases unrolled: each source
+    row is then read contiguously and LLVM writes the k phases as one interleaved vector
+    group, where a vector over w gathered from k rows (UNet's up path: 0.48 -> 0.04 ms)."""
+    loops = sch.get_loops(block)
+    sizes = extents(sch, loops)
+    stmt = sch.get(block)
+    if sizes is None or len(loops) < 2 or len(stmt.iter_vars) != len(loops):
+        return False
+    phases = _divisors_of(stmt, stmt.iter_vars[-1].var)
+    if len(phases) != 1:
+        return False
+    (k,) = phases
+    if sizes[-1] % k or sizes[-1] // k < 2:
+        return False
+    outer, phase = sch.split(loops[-1], factors=[None, k])
+    sch.unroll(phase)
+    if math.prod(sizes) >= min_parallel_work:
+        rest = loops[:-1]
+        sch.parallel(sch.fuse(*rest) if len(rest) > 1 else rest[0])
+    del outer
+    return True
+
+
+def _divisors_of(stmt: Any, var: Any) -> set[int]:
+    """The constants k (2..MAX_PHASES) by which the block's reads floor-divide or take the
+    remainder of an expression of `var`."""
+    import tvm_ffi
+    from tvm import tirx
+    from tvm.s_tir.dlight.analysis.common_analysis import collect_vars_used_in_prim_expr
+
+    found: set[int] = set()
+
+    def visit(node: Any) -> None:
+        if not isinstance(node.b, tirx.IntImm) or not 2 <= int(node.b.value) <= MAX_PHASES:
+            return
+        if any(v.same_as(var) for v in collect_vars_used_in_prim_expr(node.a)):
+            found.add(int(node.b.value))
+
+    for region in stmt.reads:
+        for r in region.region:
+            tvm_ffi.structural_walk(
+                r.min, [(tirx.FloorDiv, visit), (tirx.FloorMod, visit)], order="pre"
+            )
+    return found
 
 
 def _select_offsets(stmt: Any) -> dict[Any, set[int]]:
