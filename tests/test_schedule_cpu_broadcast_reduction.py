@@ -46,11 +46,21 @@ def _channel_centering(c: int, hw: int):
     )
 
 
+def _dfl_softmax(bins: int, anchors: int):
+    """YOLOv8's distribution focal loss head: a softmax over the bins axis (strided), then
+    the bins weighted."""
+    return only_kernel(
+        {"x": ((1, bins, 4, anchors), "float32")},
+        lambda x: relax.op.multiply(relax.op.nn.softmax(x, axis=1), const((1, bins, 1, 1))),
+    )
+
+
 KERNELS = {
     "grn-56x56": lambda: _grn_tail(40, 56),
     "grn-7x7": lambda: _grn_tail(320, 7),
     "centering-16x16": lambda: _channel_centering(24, 16),
     "centering-14x14": lambda: _channel_centering(8, 14),
+    "dfl-softmax": lambda: _dfl_softmax(16, 96),
 }
 
 
