@@ -137,6 +137,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.conv_tap_regions import ConvAsTapRegions
     from tvmflow.conv_tiles import PadConvForTiles
     from tvmflow.depthwise_scale import DepthwiseScaleAsMultiply
+    from tvmflow.einsum_matmul import EinsumAsMatmul
     from tvmflow.fast_pow import PowerAsMultiply
     from tvmflow.fast_sigmoid import SigmoidAsTanh
     from tvmflow.fp16_accumulate import Fp16Accumulate
@@ -173,6 +174,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
             PowerAsMultiply(),  # x ** 3 (tanh GELU) as multiplies, not a powf per element
             ResizeAsMatmul(),  # bilinear resizes of small maps as two matmuls, not gathers
             relax.transform.FastMathTransform(),
+            # reduce
+            EinsumAsMatmul(),  # two-operand einsums that are matrix products: matmul rules
         ]
         if target.kind.name == "llvm"
         else [on_one_gpu_thread()]  # recurrent kernels are CPU code (tvmflow.ops.recurrent_kernel)

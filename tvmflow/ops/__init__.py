@@ -68,6 +68,8 @@ MODULES = (
     "conv_transpose",
     # rnn
     "slice",
+    # reduce
+    "einsum",
 )
 
 DEFAULT_DOMAIN = ""

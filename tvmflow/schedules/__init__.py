@@ -31,6 +31,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
             dlight.gpu.Fallback(),
         ]
     from tvmflow.schedules.cpu_bf16 import Bf16Gemm, Bf16PointwiseConv2d, has_bf16
+    from tvmflow.schedules.cpu_broadcast_reduction import BroadcastReduction
     from tvmflow.schedules.cpu_conv2d import Conv2d
     from tvmflow.schedules.cpu_depthwise_conv2d import DepthwiseConv2d
     from tvmflow.schedules.cpu_depthwise_conv2d_rows import DepthwiseConv2dRows
@@ -70,6 +71,8 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         Pool(),
         PlaneReduction(),
         RowNorm(),
+        # reduce: reductions broadcast over a larger output (GRN), before dlight's Reduction
+        BroadcastReduction(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),

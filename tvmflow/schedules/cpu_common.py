@@ -130,8 +130,14 @@ def extents(sch: s_tir.Schedule, loops: Sequence[s_tir.schedule.LoopRV]) -> list
     return out
 
 
-def schedule_spatial(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
-    """Parallelize the outer loops of a spatial block and vectorize its innermost loop.
+def schedule_spatial(
+    sch: s_tir.Schedule,
+    block: s_tir.schedule.SBlockRV,
+    lanes: int,
+    min_parallel_work: int = MIN_PARALLEL_WORK,
+) -> None:
+    """Parallelize the outer loops of a spatial block (of at least `min_parallel_work`
+    elements) and vectorize its innermost loop.
 
     Loops are not fused across dims for vectorization: a fused index reaches the buffers
     through div/mod, which for pads and transposes turns every vector into a gather
@@ -150,7 +156,7 @@ def schedule_spatial(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes:
     if sch.get(inner).extent.value % lanes == 0 and lanes > 1:
         _, vec = sch.split(inner, factors=[None, lanes])
         sch.vectorize(vec)
-    if outer and math.prod(sizes) >= MIN_PARALLEL_WORK:
+    if outer and math.prod(sizes) >= min_parallel_work:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
