@@ -30,6 +30,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
             dlight.gpu.GeneralReduction(),
             dlight.gpu.Fallback(),
         ]
+    from tvmflow.schedules.cpu_axis_norm import AxisNorm
     from tvmflow.schedules.cpu_bf16 import Bf16Gemm, Bf16PointwiseConv2d, has_bf16
     from tvmflow.schedules.cpu_conv2d import Conv2d
     from tvmflow.schedules.cpu_depthwise_conv2d import DepthwiseConv2d
@@ -70,6 +71,8 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         Pool(),
         PlaneReduction(),
         RowNorm(),
+        # attn: softmax / norms over a non-innermost axis (YOLOv8's DFL softmax)
+        AxisNorm(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
         # schedule made LLVM codegen take minutes (PP-OCRv4 det: >200 s vs 7 s without it).
         dlight.cpu.Reduction(),
