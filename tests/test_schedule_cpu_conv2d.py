@@ -16,6 +16,7 @@ from tests.kernels import (
     lowers_for,
     only_kernel,
 )
+from tvmflow.schedules import cpu_conv2d
 from tvmflow.schedules.cpu_common import pick_tile
 from tvmflow.schedules.cpu_conv2d import NARROW_TILE_ROWS, Conv2d
 
@@ -42,6 +43,12 @@ def _conv(cin, cout, hw, k=3, stride=1, pad=None, epilogue=True, batch=1):
         dict(cin=6, cout=12, hw=(11, 7), k=1, stride=2, epilogue=False),
         dict(cin=5, cout=7, hw=(13, 10), k=3, pad=0),
         dict(cin=4, cout=16, hw=(6, 6), batch=2),
+        # short reductions (1-3 input channels, stride 1): row tiles
+        dict(cin=1, cout=32, hw=(12, 16)),
+        dict(cin=3, cout=34, hw=(9, 24), batch=2),
+        dict(cin=1, cout=33, hw=(7, 8), epilogue=False),
+        dict(cin=3, cout=32, hw=(32, 32), stride=2),  # stem: staged in column phases
+        dict(cin=3, cout=32, hw=(31, 33), stride=2, pad=0),  # odd input row: a padded phase
     ],
 )
 def test_conv_matches_unscheduled(case):
@@ -56,6 +63,43 @@ def test_conv_is_tiled_vectorized_parallel_and_prepacks_weights():
     assert sch is not None
     assert {"parallel", "vectorized", "unrolled"} <= loop_kinds(sch)
     assert "layout_rewrite_preproc" in sch.mod["main"].script()
+
+
+@pytest.mark.parametrize(
+    ("cin", "stride", "cout", "rows"),
+    [
+        (1, 1, 32, True),
+        (3, 1, 32, True),
+        (3, 2, 32, True),
+        (3, 3, 32, False),
+        (4, 1, 32, False),
+        (3, 2, 16, False),
+    ],
+    ids=["spectrogram", "rgb", "stem", "stride-3", "4-channels", "one-channel-vector"],
+)
+def test_short_reductions_get_row_tiles(monkeypatch, cin, stride, cout, rows):
+    """Convs over 1-3 input channels with stride 1 or 2 and more than one vector of output
+    channels vectorize along the output row (the input row is contiguous there, or in its
+    column phases); others keep channel tiles."""
+    taken: list[int] = []
+    original = cpu_conv2d._row_gemm
+
+    def row_gemm(*args):
+        taken.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(cpu_conv2d, "_row_gemm", row_gemm)
+    func = _conv(cin, cout, (16, 32), stride=stride)
+    sch = Conv2d().apply(func, TARGET, False)
+    assert sch is not None and bool(taken) == rows
+    assert {"vectorized", "unrolled"} <= loop_kinds(sch)
+
+
+def test_row_tile_is_two_channels_by_the_row_vectors_that_fit():
+    assert cpu_conv2d.row_tile(32, 112, 16, 32) == (2, 7, 16)  # stem: 7 vectors per row
+    assert cpu_conv2d.row_tile(32, 120, 16, 32) == (2, 5, 8)
+    assert cpu_conv2d.row_tile(32, 128, 16, 16) == (2, 4, 16)  # AVX2's 16 registers
+    assert cpu_conv2d.row_tile(5, 16, 16, 32) == (1, 1, 16)
 
 
 def test_depthwise_and_non_conv_are_not_claimed():

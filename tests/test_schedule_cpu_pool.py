@@ -29,6 +29,12 @@ POOLS = {
         (1, 6, 16, 10),
         lambda x: relax.op.nn.relu(relax.op.nn.avg_pool2d(x, (2, 3), (2, 1))),
     ),
+    # PLCMOS's spectrogram pools: a 1x4 window (its unit row loop normalizes away), odd width
+    "max-row": ((1, 3, 5, 257), lambda x: relax.op.nn.max_pool2d(x, (1, 4), (1, 4))),
+    "max-column": ((1, 3, 17, 6), lambda x: relax.op.nn.max_pool2d(x, (4, 1), (4, 1))),
+    # windows past MAX_UNROLLED_TAPS keep their row loop outside the column loop
+    "avg-large": ((1, 2, 20, 20), lambda x: relax.op.nn.avg_pool2d(x, 9, 1, padding=4)),
+    "max-wide": ((1, 2, 3, 150), lambda x: relax.op.nn.max_pool2d(x, (1, 70), (1, 10))),
 }
 
 
@@ -40,6 +46,8 @@ def test_pool_matches_unscheduled(name):
     assert sch is not None
     assert_schedule_matches(func, sch)
     assert "parallel" in loop_kinds(sch)
+    # small windows: the taps unrolled inside the column loop (LLVM vectorizes across them)
+    assert ("unrolled" in loop_kinds(sch)) == (name != "max-wide")
 
 
 @pytest.mark.parametrize("target", [AVX2, NEON], ids=["avx2", "neon"])
