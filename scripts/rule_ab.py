@@ -55,12 +55,14 @@ def main(argv: list[str]) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="tvmflow-rule-ab-"))
     path = zoo.save(args.model, scratch) if args.model in zoo.MODELS else Path(args.model)
     model = load_onnx(path, dict(args.input_shape))
-    preset = resolve_preset(args.target)
+    # built for the thread count it runs with, as scripts/benchmark builds
+    preset = resolve_preset(args.target).for_threads(args.threads)
     dropped = set(args.without.split(","))
     full = schedules.default_rules
 
     def without(target: Any) -> list[Any]:
-        return [r for r in full(target) if type(r).__name__ not in dropped]
+        # a one-core target's rules come wrapped in cpu_single_core.SingleCore
+        return [r for r in full(target) if type(getattr(r, "rule", r)).__name__ not in dropped]
 
     artifacts = {}
     for label, rules in (("A", without), ("B", full)):

@@ -159,6 +159,37 @@ def test_attention_matmuls_are_padded_to_full_tiles(a, b, epilogue):
     lowers_for(sch, TARGET)
 
 
+def test_padded_columns_leave_no_predicate_in_vectorized_loops():
+    """CoAtNet's attention scores + relative position bias (196 tokens): cropping padded
+    columns inside the tile put a lane predicate in the write-back, which scalarized it and
+    the bias add (3x slower); the epilogue runs as its own pass instead."""
+    import tvm
+    import tvm_ffi
+    from tvm import s_tir
+
+    func = only_kernel(
+        {"x": ((1, 2, 196, 32), "float32"), "y": ((1, 2, 32, 196), "float32")},
+        lambda x, y: relax.op.add(relax.op.matmul(x, y), const((1, 2, 196, 196))),
+    )
+    sch = Matmul().apply(func, TARGET, False)
+    assert sch is not None
+    predicated: list[str] = []
+
+    def visit(loop: tvm.tirx.For) -> None:
+        if loop.kind != tvm.tirx.ForKind.VECTORIZED:
+            return
+
+        def realize(node: s_tir.stmt.SBlockRealize) -> None:
+            if not isinstance(node.predicate, tvm.tirx.IntImm):
+                predicated.append(node.block.name_hint)
+
+        tvm_ffi.structural_walk(loop.body, [(s_tir.stmt.SBlockRealize, realize)], order="pre")
+
+    tvm_ffi.structural_walk(sch.mod["main"].body, [(tvm.tirx.For, visit)], order="pre")
+    assert predicated == []
+    assert_schedule_matches(func, sch)
+
+
 def test_dense_over_a_prime_token_count_pads_rows_and_keeps_the_prepacked_weight():
     func = _dense(197, 64, 192)  # a ViT MLP: 197 tokens
     sch = Matmul().apply(func, TARGET, False)

@@ -30,6 +30,7 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
             dlight.gpu.GeneralReduction(),
             dlight.gpu.Fallback(),
         ]
+    from tvmflow.schedules.cpu_axis_norm import AxisNorm
     from tvmflow.schedules.cpu_bf16 import Bf16Gemm, Bf16PointwiseConv2d, has_bf16
     from tvmflow.schedules.cpu_broadcast_reduction import BroadcastReduction
     from tvmflow.schedules.cpu_conv2d import Conv2d
@@ -71,6 +72,8 @@ def default_rules(target: tvm.target.Target) -> list[ScheduleRule]:
         Pool(),
         PlaneReduction(),
         RowNorm(),
+        # attn: softmax / norms over a non-innermost axis (YOLOv8's DFL softmax)
+        AxisNorm(),
         # reduce: reductions broadcast over a larger output (GRN), before dlight's Reduction
         BroadcastReduction(),
         # dlight.cpu.GEMV is left out: on 1x1 convs over 1x1 maps (squeeze-excite blocks) its
