@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from tvm import relax
 
@@ -81,6 +83,17 @@ def test_design_spaces_start_from_the_default():
     assert spaces
     for sch in spaces:
         assert_schedule_matches(func, sch)
+
+
+def test_tiles_crossing_rows_keep_the_accumulator_in_registers():
+    """At 40x40 a 64-wide tile crosses rows: the epilogue must still read the accumulator
+    at the fused index (a row // column sum there left the accumulator in memory)."""
+    func = _pointwise(16, 16, (40, 40))
+    sch = PointwiseConv2d().apply(func, TARGET, False)
+    assert sch is not None
+    indices = re.findall(r"_local\[([^\]]*)\]", sch.mod["main"].script())
+    assert indices and not any("//" in index or "%" in index for index in indices)
+    assert_schedule_matches(func, sch)
 
 
 def test_other_cpus():
