@@ -32,6 +32,8 @@ OUT_MD = ROOT / "benchmarks" / "levers.md"
 ARTIFACTS = ROOT / ".cache" / "levers"
 CORPUS_JSON = ROOT / "benchmarks" / "corpus.json"
 ENGINES = ("tvmflow", "onnxruntime", "openvino")
+# how tvmflow's kernel times are sized to its p50 (levers.tvm_profile); rows without it: ‡
+KERNEL_SIZING = "share of alternating unprofiled runs"
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def row_of(s: Any, missing: dict[str, str]) -> dict[str, Any]:
         "levers": [lever(lv) for lv in s.levers[:4]],
         "ratio_after_two": round(both, 4) if len(s.levers) > 1 else None,
         "missing_peers": missing,
+        "kernel_sizing": KERNEL_SIZING,
     }
 
 
@@ -276,17 +279,24 @@ def to_markdown(rows: dict[str, Any]) -> str:
         "2-3x longer and noisier); then each engine profiled per op and the ops mapped onto one "
         "set of classes (a fused epilogue counts with its conv / matmul): tvmflow's kernels "
         "timed in place (the Relax VM's instrument hook brackets every kernel call with CPU "
-        "time, median of the profiled runs), onnxruntime's profiler node durations and "
-        "OpenVINO's PERF_COUNT (fastest of the profiled runs per node, sized to the CPU-time "
-        "p50 by their share of the run's wall time). `call overhead` = p50 − Σ ops (for "
-        "tvmflow also measurement residue: the in-place kernel times and the p50 come from "
-        "different runs). The **next lever** is the class where tvmflow spends the most time "
+        "time, median of the profiled runs, each run after an unprofiled one timed alike), "
+        "onnxruntime's profiler node durations and OpenVINO's PERF_COUNT (fastest of the "
+        "profiled runs per node); every engine's ops sized to its CPU-time p50 by their share "
+        "of its profiled runs (tvmflow: of the unprofiled runs between them). `call overhead` "
+        "= p50 − Σ ops. ‡ marks rows that sized tvmflow's kernels to the p50 directly: the "
+        "machine's load, different minutes apart, moved several % of the p50 into or out of "
+        "their tvmflow `call overhead`. `perf` on a loop of VM calls (scripts/vm_time_split.py) "
+        "puts the VM's own time at 0.5-2.5 % of a call of 3 ms or more, 4-11 % of one of "
+        "0.1-1 ms and 3-5 µs of a 10 µs one; "
+        "tvmflow's `call overhead` here also holds the in-place timing's residue, a few % more "
+        "on models with many small kernels (benchmarks/call-overhead.md has both per model). "
+        "The **next lever** is the class where tvmflow spends the most time "
         "beyond the best peer (the peer with the lower p50); **ratio after** is tvmflow/best "
         "peer had tvmflow matched that peer in that class and nothing else changed (after "
         "both: in the first two classes). Coverage = Σ ops / p50 (tvmflow / onnxruntime / "
-        "OpenVINO): the share of the latency the profile explains; tvmflow's is an independent "
-        "check (in-place kernel CPU times against the p50 of other runs), the peers' is the "
-        "share of their profiled runs' wall time spent inside nodes. Standings move with every "
+        "OpenVINO): the share of the latency the profile explains (tvmflow's: in-place kernel "
+        "CPU times against the unprofiled runs between them, the peers': their profiled runs' "
+        "wall time spent inside nodes). Standings move with every "
         "kernel change: each row names the commit it measured (`ratio` here is CPU time; "
         "`corpus.md` / the reference table are wall time). Rows are built for 1 core "
         "(`num-cores=1`: serial kernels, as scripts/benchmark builds for its thread count); "
@@ -303,7 +313,8 @@ def to_markdown(rows: dict[str, Any]) -> str:
         cells = [
             r["name"]
             + (" (ref)" if r.get("kind") == "reference" else "")
-            + ("" if r.get("num_cores") == 1 else " †"),
+            + ("" if r.get("num_cores") == 1 else " †")
+            + ("" if r.get("kernel_sizing") == KERNEL_SIZING else " ‡"),
             r["commit"],
             _ms(r["p50_ms"]["tvmflow"]),
             f"{r['best_peer']} {_ms(r['p50_ms'][r['best_peer']])}",

@@ -266,3 +266,54 @@ def test_an_output_that_is_the_input_is_still_a_copy(
     second = model.run({"x": _aligned(np.zeros((16, 16), np.float32))})["y"]
     np.testing.assert_array_equal(first, values)
     assert not second.any() and not np.shares_memory(first, x)
+
+
+def _vm_time_split() -> Any:
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "vm_time_split.py"
+    spec = importlib.util.spec_from_file_location("vm_time_split", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_vm_time_split_counts_the_calling_threads_samples_by_library() -> None:
+    """perf's per-thread, per-library lines: kernels (and the libc copies they call), the VM
+    (TVM's runtime, tvm_ffi, the rest of libc), Python and the OS; other threads ignored."""
+    report = """
+# Overhead  Pid:Command  Shared Object  Symbol
+    90.00%  7:python  model.so  [.] fused_conv2d_add_relu_compute_
+     3.00%  7:python  libc.so.6  [.] __memmove_avx512_unaligned_erms
+     2.00%  7:python  libc.so.6  [.] malloc
+     2.00%  7:python  libtvm_runtime.so  [.] tvm::runtime::vm::VMExecutable::GetInstruction
+     1.00%  7:python  libpython3.11.so.1.0  [.] _PyEval_EvalFrameDefault
+     2.00%  7:python  [kernel.kallsyms]  [k] __schedule
+     9.00%  8:python  [kernel.kallsyms]  [k] do_sched_yield
+"""
+    shares = _vm_time_split().split(report, 7)
+    assert shares == pytest.approx({"kernels": 0.93, "vm": 0.04, "python": 0.01, "os": 0.02})
+
+
+def test_vm_time_split_script_samples_a_loop_of_vm_calls(
+    artifacts: dict[str, Artifact], tmp_path: Path
+) -> None:
+    """scripts/vm_time_split.py under perf on a real artifact: the shares add up and the
+    kernels' is there (skipped where perf is missing or may not attach)."""
+    import shutil
+
+    if shutil.which("perf") is None:
+        pytest.skip("perf is not installed")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "vm_time_split.py"
+    out = tmp_path / "split.json"
+    argv = [str(artifacts["mlp"].directory), "--seconds", "0.5", "--json", str(out)]
+    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
+    if proc.returncode == 2 and "perf" in proc.stderr:
+        pytest.skip(f"perf cannot sample here: {proc.stderr.strip()[-200:]}")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text()).values()
+    assert row["calls"] > 0 and row["cpu_ms"] > 0
+    shares = {k: v for k, v in row.items() if k not in ("calls", "cpu_ms")}
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["kernels"] > 0, shares

@@ -3,10 +3,11 @@
 tvmflow's kernels (replayed one call at a time, `tvmflow.kernel_profile`), onnxruntime's
 nodes (its profiler's per-node durations) and OpenVINO's executed nodes (PERF_COUNT) are
 mapped onto the same op classes, so "tvmflow spends 9 ms more than OpenVINO in depthwise
-convs" can be read off directly. Each engine's class times are medians over profiled runs;
-what its end-to-end p50 (timed unprofiled, all engines interleaved) has beyond the sum of its
-kernels is its `call overhead` class. A kernel's fused epilogue (bias, activation, residual
-add) counts with the conv or matmul it is fused into, as each engine fuses it.
+convs" can be read off directly. Each engine's class times are medians over profiled runs,
+sized to its end-to-end p50 (timed unprofiled, all engines interleaved) by their share of the
+profiled runs; the rest of the p50 is its `call overhead` class. A kernel's fused epilogue
+(bias, activation, residual add) counts with the conv or matmul it is fused into, as each
+engine fuses it.
 
 The next lever is the class where tvmflow is furthest behind the best peer (the peer with the
 lower end-to-end p50, the bar issue 13 sets); its expected gain is that gap: the ratio tvmflow
@@ -371,18 +372,21 @@ class OpTime:
 
 
 @dataclass(frozen=True)
-class PeerProfile:
-    """A peer's profiled nodes (median wall time each) and, per profiled run, the share of
-    the run's wall time its nodes account for."""
+class OpProfile:
+    """An engine's profiled ops (median time each) and, per profiled run, the share of the
+    run's time its ops account for."""
 
     ops: tuple[OpTime, ...]
     covered: tuple[float, ...]
 
     def at(self, p50: float) -> tuple[OpTime, ...]:
-        """The nodes sized to a CPU-time p50. Node durations are wall time, which on a shared
-        machine includes the time other processes held the core (more on longer nodes); each
-        node keeps its share of the profile, and the nodes together the share of the run they
-        covered (the rest, between nodes, is the peer's call overhead)."""
+        """The ops sized to a CPU-time p50 timed in other runs: each op keeps its share of the
+        profile, and the ops together the share of the run they covered (the rest, between
+        ops, is the engine's call overhead). Peers' node durations are wall time, which on a
+        shared machine includes the time other processes held the core (more on longer
+        nodes); tvmflow's kernel times are CPU time, but the load on the machine, which
+        changes CPU time too (shared caches and cores), differs between the p50's rounds and
+        the profiled runs."""
         total = sum(o.seconds for o in self.ops)
         if not total:
             return self.ops
@@ -424,7 +428,7 @@ def ort_op_times(
     events: Sequence[Mapping[str, Any]],
     walls: Sequence[float] = (),
     weights: Mapping[str, tuple[list[int], int]] | None = None,
-) -> PeerProfile:
+) -> OpProfile:
     """Per-node median time over the profiled runs, from onnxruntime's profile JSON (a node
     that did not run in some runs, inside an If branch, counts 0 there), and each run's
     node time over its wall time (`walls`, else its `model_run` event)."""
@@ -467,7 +471,7 @@ def ort_op_times(
     )
     walls = list(walls) if len(walls) == len(runs) else [float(r["dur"]) * 1e-6 for r in runs]
     covered = tuple(min(n / w, 1.0) for n, w in zip(in_run, walls, strict=True) if w > 0)
-    return PeerProfile(ops, covered)
+    return OpProfile(ops, covered)
 
 
 def _weight_known(op: str, shapes: Sequence[Sequence[int]]) -> bool:
@@ -477,7 +481,7 @@ def _weight_known(op: str, shapes: Sequence[Sequence[int]]) -> bool:
 
 def ort_profile(
     onnx_path: Path, feeds: Mapping[str, Any], threads: int, runs: int, scratch: Path
-) -> PeerProfile:
+) -> OpProfile:
     """Profile onnxruntime as `engines.onnxruntime_session` opens it (default graph
     optimizations); the first run (allocations, weight prepacking) is left out."""
     import onnxruntime as ort
@@ -600,7 +604,7 @@ def ov_profile(
     feeds: Mapping[str, Any],
     threads: int,
     runs: int,
-) -> PeerProfile:
+) -> OpProfile:
     """Profile OpenVINO as `engines.OpenVino` runs it (f32, latency hint), with PERF_COUNT."""
     from tvmflow.engines import _DYNAMIC_QUANT, import_openvino
 
@@ -668,7 +672,7 @@ def ov_profile(
         )
         for name, t in samples.items()
     )
-    return PeerProfile(ops, tuple(covered))
+    return OpProfile(ops, tuple(covered))
 
 
 # ------------------------------------------------------------------------------- measuring
@@ -697,7 +701,7 @@ def interleaved_p50(
 
 def tvm_profile(
     vm: Any, args: Sequence[Any], classes: Mapping[str, str], runs: int, kernels: Any = None
-) -> tuple[OpTime, ...]:
+) -> OpProfile:
     """tvmflow's kernels timed in place: the Relax VM's instrument hook brackets every kernel
     call of an inference with process CPU time (at one thread the kernel runs on the calling
     thread, so time other processes held the core is left out), in the real call order with
@@ -706,10 +710,18 @@ def tvm_profile(
     a microsecond or two). A call shorter than `SMALL_CALL` in place is timed by replaying
     it instead (`time_evaluator` on `kernels`, the library's kernel module, with its real
     arguments): there the hook's cost, which grows with the call's argument count, is no
-    longer small against the call. Summed per kernel."""
+    longer small against the call. Summed per kernel.
+
+    Each profiled inference follows an unprofiled one, timed alike: the kernels' share of
+    those (`OpProfile.covered`) sizes them to the p50 of other runs. Taking the p50's rounds
+    and these runs minutes apart on a shared machine, the load (and with it the CPU time of
+    every kernel) differs by several percent, which the share cancels: sized to the p50
+    directly, the kernels left or took that much of the p50 as `call overhead`, several
+    times the VM's own cost between kernels (1-4 % of a call on the reference models)."""
     samples: list[list[float]] = []
     names: list[str] = []
     idle: list[float] = []
+    plain: list[float] = []
 
     def instrument(func: Any, symbol: str, before: bool, ret: Any, *call_args: Any) -> int:
         name = str(symbol)
@@ -722,17 +734,20 @@ def tvm_profile(
         return 0
 
     vm["main"](*args)  # warm
-    vm.set_instrument(instrument)
-    try:
-        for _ in range(runs):
-            run: list[float] = []
-            order: list[str] = []
+    for _ in range(runs):
+        start = time.process_time()
+        vm["main"](*args)
+        plain.append(time.process_time() - start)
+        run: list[float] = []
+        order: list[str] = []
+        vm.set_instrument(instrument)
+        try:
             vm["main"](*args)
-            idle.extend(t for t, n in zip(run, order, strict=True) if n in _NO_OPS)
-            samples.append([t for t, n in zip(run, order, strict=True) if n in classes])
-            names = [n for n in order if n in classes]
-    finally:
-        vm.set_instrument(None)
+        finally:
+            vm.set_instrument(None)
+        idle.extend(t for t, n in zip(run, order, strict=True) if n in _NO_OPS)
+        samples.append([t for t, n in zip(run, order, strict=True) if n in classes])
+        names = [n for n in order if n in classes]
     hook = statistics.median(idle) if idle else 0.0
     times = [
         max(statistics.median(s[i] for s in samples if i < len(s)) - hook, 0.0)
@@ -754,10 +769,12 @@ def tvm_profile(
         entry = totals.setdefault(name, [0, 0.0])
         entry[0] += 1
         entry[1] += seconds
-    return tuple(
+    ops = tuple(
         OpTime(name, f"{int(n)} calls", classes[name], seconds, calls=int(n))
         for name, (n, seconds) in sorted(totals.items(), key=lambda kv: -kv[1][1])
     )
+    kernel_sum = sum(times)
+    return OpProfile(ops, tuple(kernel_sum / t for t in plain if t > 0))
 
 
 SMALL_CALL = 20e-6  # seconds: in-place kernel calls shorter than this are timed by replay
@@ -821,7 +838,7 @@ def measure(
 
     runs = options.profile_runs
     kernel_lib = library.imports[0] if library.imports else library
-    tvm_ops = tvm_profile(vm, args, classes, runs, kernel_lib)
+    tvm_ops = tvm_profile(vm, args, classes, runs, kernel_lib).at(p50[TVMFLOW][1])
     ort_ops = ort_profile(onnx_path, peer_feeds, options.threads, runs, scratch)
     ort_p50 = p50[ONNXRUNTIME]
     peers = [EngineBreakdown(ONNXRUNTIME, ort_p50[1], ort_ops.at(ort_p50[1]), ort_p50[0])]
