@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import tvm
 from tvm import relax
 
 from tests.kernels import (
@@ -59,7 +62,7 @@ def test_pointwise_matches_unscheduled(case):
         dict(cin=16, cout=32, hw=(14, 14)),  # plane 196: not whole vectors, Conv2d's
         dict(cin=16, cout=32, hw=(28, 28), stride=2),  # strided: the plane is not contiguous
         dict(cin=16, cout=32, hw=(28, 28), pad=1),  # padded
-        dict(cin=160, cout=32, hw=(28, 28)),  # input panel beyond L1: Conv2d is faster
+        dict(cin=160, cout=32, hw=(28, 28)),  # panel beyond L1, 2-row tiles: Conv2d is faster
     ],
 )
 def test_other_convs_are_left_to_conv2d(case):
@@ -81,6 +84,30 @@ def test_design_spaces_start_from_the_default():
     assert spaces
     for sch in spaces:
         assert_schedule_matches(func, sch)
+
+
+def test_tiles_crossing_rows_keep_the_accumulator_in_registers():
+    """At 40x40 a 64-wide tile crosses rows: the epilogue must still read the accumulator
+    at the fused index (a row // column sum there left the accumulator in memory)."""
+    func = _pointwise(16, 16, (40, 40))
+    sch = PointwiseConv2d().apply(func, TARGET, False)
+    assert sch is not None
+    indices = re.findall(r"_local\[([^\]]*)\]", sch.mod["main"].script())
+    assert indices and not any("//" in index or "%" in index for index in indices)
+    assert_schedule_matches(func, sch)
+
+
+def test_panels_beyond_l1_are_staged_per_plane_tile():
+    """256 input channels x a 64-wide tile is a 64 KiB panel: copied contiguously once per
+    plane tile (under the tile loop), then streamed by each channel tile."""
+    func = _pointwise(256, 16, (32, 32), epilogue="residual")
+    sch = PointwiseConv2d().apply(func, TARGET, False)
+    assert sch is not None
+    copy = sch.get_sblock("x_global")
+    assert [int(d) for d in sch.get(copy).writes[0].source.shape] == [1, 256, 1024]
+    (tile_loop,) = sch.get_loops(copy)[:1]
+    assert sch.get(tile_loop).kind == tvm.tirx.ForKind.PARALLEL
+    assert_schedule_matches(func, sch)
 
 
 def test_other_cpus():

@@ -256,6 +256,7 @@ def tile_gemm(
     loops: GemmLoops,
     tile: tuple[int, int, int],
     tunable: bool = False,
+    m_inside: bool = False,
 ) -> s_tir.schedule.SBlockRV:
     """Register-tiled GEMM loop nest: out[.., m, n] += a[.., m, k] * b[.., k, n].
 
@@ -267,6 +268,8 @@ def tile_gemm(
 
     `tunable`: the tile's rows come from a sampling instruction whose decision is `mr`, so a
     search varies them; with that decision the schedule is exactly the untunable one.
+    `m_inside`: only the n tiles are distributed, the m tiles run serially inside each one
+    (its own loop, where a rule can stage that tile's panel of `b`).
     """
     mr, nvec, v = tile
     acc = sch.cache_write(block, 0, "local")
@@ -291,6 +294,8 @@ def tile_gemm(
         sch.reorder(*tiles, *loops.reduce, m_i, n_i, n_v)
         sch.unroll(m_i)
     sch.reverse_compute_at(acc, tiles[-1], preserve_unit_loops=True)
+    if m_inside and loops.m is not None:
+        tiles = tiles[:-1]
     sch.parallel(sch.fuse(*tiles) if len(tiles) > 1 else tiles[0])
     if v > 1:
         sch.vectorize(n_v)
@@ -354,6 +359,7 @@ def fuse_epilogue(
     epilogue: Sequence[s_tir.schedule.SBlockRV],
     lanes: int,
     slices: bool = False,
+    depth: int = 0,
 ) -> s_tir.schedule.SBlockRV | None:
     """Apply the injective blocks after a tiled reduction to each tile as it is written.
 
@@ -367,8 +373,9 @@ def fuse_epilogue(
     fewer values (a slice dropping the padding `conv_tiles` added) follows the tile when
     every iteration reads it (no if_then_else); only for tiles that are boxes of the output
     the slice indexes the same way (a tile of a fused row * column index, as
-    `PointwiseConv2d`'s, maps to a bounding box of rows: wrong values). Returns the block
-    that now writes the tile, or None if the epilogue cannot be scheduled.
+    `PointwiseConv2d`'s, maps to a bounding box of rows: wrong values). `depth`: the
+    writeback's loop that walks the tiles (1 under `tile_gemm(m_inside=True)`). Returns the
+    block that now writes the tile, or None if the epilogue cannot be scheduled.
     """
     from tvm.error import InternalError
     from tvm.s_tir.schedule import ScheduleError
@@ -387,7 +394,7 @@ def fuse_epilogue(
             for block in remaining:
                 schedule_spatial(sch, block, lanes)
             return writeback
-        tile_loop = sch.get_loops(writeback)[0]
+        tile_loop = sch.get_loops(writeback)[depth]
         for block in remaining:
             sch.reverse_compute_at(block, tile_loop, preserve_unit_loops=True)
         sch.compute_inline(writeback)

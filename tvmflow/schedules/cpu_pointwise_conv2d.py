@@ -38,18 +38,25 @@ if TYPE_CHECKING:
     from tvm import s_tir
 
 # Vectors of p per tile row, most preferred first: the first that divides the plane wins
-# (measured on AVX-512, 1 thread: 2x7 beat 3x7, 6x4, 8x2 and 2x8 on MobileNetV2's maps; 7
-# divides every 7*2^k-wide map, which ImageNet-sized inputs have; 5 and 3 serve maps such as
-# 60x60, 225 vectors). Even 8x1 tiles beat `Conv2d` on the maps measured.
-_NVECS = (7, 4, 5, 3, 2, 1)
+# (measured on AVX-512, 1 thread: 4x4 tiles, 4 loads per 16 FMAs, beat 2x7, 7 per 14, where
+# both divide: 128 -> 256 at 56x56 151 -> 236 GFLOP/s, 144 -> 24 142 -> 158; 2x7 beat 3x7,
+# 6x4, 8x2 and 2x8. 7 divides 7*2^k-wide maps with an odd number of vectors, as 28x28;
+# 5 and 3 serve maps such as 60x60, 225 vectors). Even 8x1 tiles beat `Conv2d` on the maps
+# measured.
+_NVECS = (4, 7, 5, 3, 2, 1)
 # Register budget of a tile (accumulators + row loads) per register file size: wider tiles
 # spilled in LLVM's allocation (3x7 and 6x4 ran 2-5x slower than 2x7 and 4x4 on AVX-512).
 _TILE_REGISTERS = {16: 12, 32: 22}
 # Smaller planes (vectors of p) are left to `Conv2d`: few tiles per plane, nothing to win.
 MIN_PLANE_VECTORS = 32
-# The input panel a tile streams (input channels x tile width) must stay in L1: measured
-# 144->32 channels at 28x28 (a 64 KiB panel) ran 2x slower than `Conv2d`.
+# The input panel a tile streams (input channels x tile width) is read in place while it fits
+# in L1. A larger one is first copied per plane tile into a contiguous buffer the tile's
+# channel tiles then stream from L2: read in place, its rows a plane apart thrashed (144->32
+# channels at 28x28, a 64 KiB panel, ran 2x slower than `Conv2d`); copied, K=1024 -> 256 at
+# 64x64 ran 225 GFLOP/s (`Conv2d` 124, in place 119), 256 -> 256 at 32x32 235 (`Conv2d` 176).
+# Smaller panels lose by the copy (16 -> 96 at 112x112: 167 -> 82 GFLOP/s).
 MAX_PANEL_BYTES = 48 * 1024
+MIN_PACKED_ROWS = 4
 
 
 class PointwiseConv2d(TiledRule):
@@ -83,15 +90,17 @@ class PointwiseConv2d(TiledRule):
         spatial = tuple(sizes[: roles["m"] + 1])  # [batch], channels, height, width
         bits = dtype_bits_of_block(sch, main)
         lanes = vector_lanes(target, bits)
+        column_bytes = sizes[roles["reduce"][0]] * bits // 8
         tile = pointwise_tile(
             spatial[-3],
             spatial[-2] * spatial[-1],
-            sizes[roles["reduce"][0]] * bits // 8,
+            column_bytes,
             lanes,
             vector_registers(target),
             choice,
         )
-        if tile is None:
+        pack = None if tile is None else packs_panel(tile, column_bytes)
+        if tile is None or pack is None:
             return None
         epilogue = [i.block_rv for i in infos[index + 1 :]]
         try:
@@ -120,8 +129,13 @@ class PointwiseConv2d(TiledRule):
             n=loops[nb + 1],
             reduce=tuple(loops[nb + 2 :]),
         )
-        writeback = tile_gemm(sch, main, gemm, tile, tunable)
-        out = fuse_epilogue(sch, writeback, epilogue, lanes)
+        data_read = 1 - roles["weight_read"]
+        copy = _panel_copy(sch, main, data_read, spatial[-1]) if pack else None
+        writeback = tile_gemm(sch, main, gemm, tile, tunable, m_inside=pack)
+        if copy is not None:
+            sch.compute_at(copy, sch.get_loops(writeback)[0])
+            sch.vectorize(sch.split(sch.get_loops(copy)[-1], factors=[None, lanes])[1])
+        out = fuse_epilogue(sch, writeback, epilogue, lanes, depth=int(pack))
         if out is None:
             return None
         # the tile's rows are whole vectors of one output plane: store them as vectors
@@ -136,13 +150,38 @@ def pointwise_tile(
 ) -> tuple[int, int, int] | None:
     """The `choice`-th tile this rule runs a 1x1 conv with (`channels` outputs, a `plane` of
     rows x columns, `column_bytes` per input column), or None where it leaves the conv to
-    `Conv2d`: a plane of no whole vectors, too short to pay, or a panel beyond L1."""
+    `Conv2d`: a plane of no whole vectors, or too short to pay."""
     if plane % lanes or plane // lanes < MIN_PLANE_VECTORS:
         return None
     tiles = _tiles(channels, plane, lanes, registers)
-    if choice >= len(tiles) or column_bytes * tiles[choice][1] * lanes > MAX_PANEL_BYTES:
-        return None
-    return tiles[choice]
+    return tiles[choice] if choice < len(tiles) else None
+
+
+def packs_panel(tile: tuple[int, int, int], column_bytes: int) -> bool | None:
+    """Whether a tile's input panel is staged in a contiguous copy (`MAX_PANEL_BYTES`), or
+    None where the conv is left to `Conv2d`: a copied panel streams from L2, and a tile of
+    fewer than 4 rows (2 x 7: 7 panel loads per 14 FMAs) cannot hide that (144 -> 32 and
+    512 -> 128 at 28x28 ran 20-25% slower than `Conv2d`)."""
+    mr, nvec, lanes = tile
+    if column_bytes * nvec * lanes <= MAX_PANEL_BYTES:
+        return False
+    return True if mr >= MIN_PACKED_ROWS else None
+
+
+def _panel_copy(
+    sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, data_read: int, width: int
+) -> s_tir.schedule.SBlockRV:
+    """A copy of the input as [.., channel, row * width + column], iterated over that fused
+    index: computed at a plane tile, it stages the tile's panel contiguously."""
+    from tvm.tirx import IndexMap
+
+    copy = sch.cache_read(main, data_read, "global")
+    sch.transform_layout(main, ("read", data_read), lambda *i: [*i[:-2], i[-2] * width + i[-1]])
+    ndim = len(sch.get(copy).iter_vars)
+    sch.transform_block_layout(
+        copy, IndexMap.from_func(lambda *i: [*i[:-2], i[-2] * width + i[-1]], ndim=ndim)
+    )
+    return copy
 
 
 def _unit_stride(
@@ -226,14 +265,26 @@ def _fuse_plane(
         )
 
     fuse_rows(main, len(sch.get(main).iter_vars), len(spatial) - 2)
-    sch.transform_layout(main, ("write", 0), lambda n, c, h, w: (n, c, h * width + w))
+    fused = [main]
     for block in epilogue:
         # blocks made by cache_write keep the unit batch dim normalization drops elsewhere
         domain = tuple(int(iv.dom.extent) for iv in sch.get(block).iter_vars)
         if _squeeze(domain) == _squeeze(spatial) and domain[-2:] == spatial[-2:]:
             fuse_rows(block, len(domain), len(domain) - 2)
+            fused.append(block)
         elif math.prod(domain) == math.prod(spatial):
             raise ValueError("an epilogue over the conv's output in another shape")
+    # The conv's result and the epilogue's intermediates get the fused index too, after the
+    # blocks' iters are fused: this rewrite simplifies their accesses (p // width * width +
+    # p % width -> p). Left with rows and columns, inlining an epilogue block substitutes
+    # that sum unsimplified, and a tile crossing a row then maps to no box of the
+    # accumulator, which stays in memory (a 192 -> 64 conv at 80x80 ran 2x slower).
+    params = sch.mod["main"].params
+    for block in fused:
+        buffer = sch.get(block).writes[0].source
+        shape = [int(d) for d in buffer.shape]
+        if not any(p.same_as(buffer) for p in params) and shape[-2:] == list(spatial[-2:]):
+            sch.transform_layout(block, ("write", 0), lambda *i: [*i[:-2], i[-2] * width + i[-1]])
 
 
 def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
