@@ -125,14 +125,14 @@ def test_default_decisions_tile_and_packing():
 
 
 def test_pass_keeps_fp32_where_the_kernel_cannot_run():
-    """Channels not a multiple of 16, activation x activation matmuls, vector x matrix and
+    """Matmul columns not a multiple of 16, activation x activation matmuls, vector x matrix and
     depthwise convs stay fp32 (bf16 without the kernel is slower), and so do 1x1 convs over
     a large plane with an odd channel count (the fp32 PointwiseConv2d rule runs them faster).
     Depthwise inputs stay fp32: read in bf16 they took MobileNetV2 at batch 8 past the bf16
     tolerance (max abs err 0.36 against 0.27, allowed 0.35)."""
     Inputs = dict[str, tuple[tuple[int, ...], str]]
     cases: dict[str, tuple[Inputs, Callable[..., Any]]] = {
-        "10 channels": ({"x": ((1, 16, 8, 8), "float32")}, _conv(16, 10, 8, 3, 1)),
+        "10 columns": ({"x": ((4, 32), "float32")}, lambda x: relax.op.matmul(x, const((32, 10)))),
         "attention": (
             {"q": ((4, 32), "float32"), "k": ((32, 16), "float32")},
             lambda q, k: relax.op.matmul(q, k),
@@ -254,3 +254,31 @@ def test_qdq_convs_run_int8_kernels_under_bf16(tmp_path: Path) -> None:
     rules = list(kernel_rules(mod, BF16).values())
     convs = [n.op_type for n in onnx.load(str(model)).graph.node].count("Conv")
     assert convs and rules.count("Int8Conv2d") == convs
+
+
+@runs_bf16
+def test_conv_output_channels_are_padded_to_vectors():
+    """24 output channels (PP-OCR's 96->24 3x3 convs, MobileNetV2's projections at 14x14):
+    zero filters up to 32 in bf16 (as `PadConvForTiles` pads fp32 convs), sliced off."""
+    kernels = _kernels({"x": ((1, 16, 16, 16), "float32")}, _conv(16, 24, 16, 3, 2))
+    func = _bf16_kernel(kernels)
+    assert [int(d) for d in func.params[1].shape][-1] == 32  # HWIO weight, padded
+    assert [int(d) for d in func.params[-1].shape] == [1, 24, 8, 8]
+    sch = Bf16Gemm().apply(func, BF16, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch, BF16)
+
+
+@runs_bf16
+def test_pointwise_with_24_channels_runs_unpadded_in_the_planes_kernel():
+    """The planes kernel vectorizes over the plane: 32->24 at 56x56 needs no zero filters."""
+    kernels = _kernels({"x": ((1, 32, 56, 56), "float32")}, _conv(32, 24, 56, 1, 1))
+    func = _bf16_kernel(kernels)
+    assert [int(d) for d in func.params[1].shape][-1] == 24
+    rules = default_rules(BF16)
+    assert next(type(r) for r in rules if r.apply(func, BF16, False) is not None) is (
+        Bf16PointwiseConv2d
+    )
+    sch = Bf16PointwiseConv2d().apply(func, BF16, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch, BF16)

@@ -7,11 +7,14 @@ constants, so FoldConstant stores them as bf16 (half the bytes); activations are
 the kernel that produces them (FuseOps fuses the cast into the producer's epilogue).
 
 Only ops the bf16 micro-kernel (`schedules.cpu_bf16`) can run are rewritten: a constant
-weight, output channels / columns a multiple of 16 (one `vdpbf16ps` vector), an even K for
+weight, columns a multiple of 16 (one `vdpbf16ps` vector) for matmuls, an even K for
 matmuls (dpbf16 multiplies pairs; a conv with an odd channel count, an RGB stem, gets one
-zero channel) and no groups. Anything else stays fp32: bf16 math without the kernel is fp32
-math plus conversions, i.e. slower. 1x1 convs over large planes run in the planes variant
-(`Bf16PointwiseConv2d`), or, with an odd channel count, stay fp32 (`_pointwise_fp32`).
+zero channel) and no groups. A conv's output channels are padded with zero filters to whole
+vectors (sliced off after; fp32 convs get the same padding from `PadConvForTiles`), so
+PP-OCR's 96->24 and MobileNetV2's 144->24 convs run in bf16 too. Anything else stays fp32:
+bf16 math without the kernel is fp32 math plus conversions, i.e. slower. 1x1 convs over
+large planes run in the planes variant (`Bf16PointwiseConv2d`, any output channel count),
+or, with an odd channel count, stay fp32 (`_pointwise_fp32`).
 """
 
 from __future__ import annotations
@@ -55,9 +58,29 @@ def _conv_fits(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> bool:
         and w_shape is not None
         and (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
         and int(attrs.groups) == 1
-        and w_shape[0] % LANES == 0
         and not (w_shape[1] % 2 and _pointwise_fp32(call, w_shape))
     )
+
+
+def _extra_channels(call: relax.Call, w_shape: list[int]) -> int:
+    """Zero filters a bf16 conv gets: up to whole vectors for `Bf16Gemm` (as
+    `PadConvForTiles` pads an fp32 conv), none for a 1x1 conv the planes variant runs
+    (it vectorizes over the plane)."""
+    from tvmflow.conv_tiles import _channel_padding
+    from tvmflow.schedules.cpu_bf16 import planes_fit
+
+    x_shape = _shape(call.args[0])
+    attrs = call.attrs
+    if (
+        x_shape is not None
+        and len(x_shape) == 4
+        and w_shape[2:] == [1, 1]
+        and all(int(s) == 1 for s in attrs.strides)
+        and all(int(p) == 0 for p in attrs.padding)
+        and planes_fit(w_shape[0], w_shape[1], x_shape[2] * x_shape[3]) is not None
+    ):
+        return 0
+    return _channel_padding(w_shape[0], LANES)
 
 
 def _pointwise_fp32(call: relax.Call, w_shape: list[int]) -> bool:
@@ -101,12 +124,15 @@ def _rewrite(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> relax.E
     if name == "relax.nn.conv2d" and _conv_fits(call, bound):
         a = call.attrs
         x, w = call.args
-        if (_shape(w) or [0, 0])[1] % 2:
+        w_shape = _shape(w) or [0, 0]
+        extra = _extra_channels(call, w_shape)
+        if w_shape[1] % 2 or extra:
             # an odd channel count (an RGB stem): one zero channel more, as dpbf16 sums pairs
-            x = relax.op.nn.pad(x, [0, 0, 0, 1, 0, 0, 0, 0])
-            w = relax.op.nn.pad(w, [0, 0, 0, 1, 0, 0, 0, 0])
+            odd = w_shape[1] % 2
+            x = relax.op.nn.pad(x, [0, 0, 0, odd, 0, 0, 0, 0]) if odd else x
+            w = relax.op.nn.pad(w, [0, extra, 0, odd, 0, 0, 0, 0])
         x, w = relax.op.astype(x, "bfloat16"), relax.op.astype(w, "bfloat16")
-        return relax.op.nn.conv2d(
+        y = relax.op.nn.conv2d(
             x,
             w,
             strides=a.strides,
@@ -118,6 +144,9 @@ def _rewrite(call: relax.Call, bound: Mapping[relax.Var, relax.Expr]) -> relax.E
             out_layout=a.out_layout,
             out_dtype="float32",
         )
+        if not extra:
+            return y
+        return relax.op.strided_slice(y, axes=[1], begin=[0], end=[w_shape[0]])
     if name == "relax.matmul" and _matmul_fits(call, bound):
         a, b = (relax.op.astype(arg, "bfloat16") for arg in call.args)
         return relax.op.matmul(a, b, out_dtype="float32")
