@@ -282,3 +282,22 @@ def test_pointwise_with_24_channels_runs_unpadded_in_the_planes_kernel():
     sch = Bf16PointwiseConv2d().apply(func, BF16, False)
     assert sch is not None
     assert_schedule_matches(func, sch, BF16)
+
+
+@runs_bf16
+def test_a_bf16_cast_epilogue_is_vectorized_at_the_fp32_width():
+    """An elementwise kernel computing in fp32 and storing bf16 (a pixel shuffle feeding a
+    bf16 conv) gets vectors of 16 (its math is fp32): at 32 bf16 lanes its 240-wide rows had
+    no whole vector and stayed scalar. Same values as the unscheduled kernel."""
+    from tvmflow.schedules.cpu_elementwise import Elementwise
+
+    def body(x: relax.Expr) -> relax.Expr:
+        y = relax.op.permute_dims(relax.op.reshape(x, (1, 4, 2, 2, 120, 120)), [0, 1, 4, 2, 5, 3])
+        y = relax.op.nn.relu(relax.op.add(relax.op.reshape(y, (1, 4, 240, 240)), const((4, 1, 1))))
+        return relax.op.astype(y, "bfloat16")
+
+    kernels = fused_kernels({"x": ((1, 16, 120, 120), "float32")}, body, BF16)
+    (func,) = kernels.values()
+    sch = Elementwise().apply(func, BF16, False)
+    assert sch is not None and "vectorized" in loop_kinds(sch)
+    assert_schedule_matches(func, sch, BF16)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tvmflow.schedules.cpu_common import (
-    dtype_bits_of_block,
+    compute_bits_of_block,
     open_schedule,
     schedule_spatial,
     vector_lanes,
@@ -39,5 +39,5 @@ class Elementwise(ScheduleRule):
             return None
         for info in try_inline(sch, infos):
             block = info.block_rv
-            schedule_spatial(sch, block, vector_lanes(target, dtype_bits_of_block(sch, block)))
+            schedule_spatial(sch, block, vector_lanes(target, compute_bits_of_block(sch, block)))
         return sch
