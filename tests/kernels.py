@@ -19,19 +19,26 @@ AVX2 = tvm.target.Target(resolve_preset("x86-avx2").target)  # runs on any AVX-5
 NEON = tvm.target.Target(resolve_preset("arm-neoverse-n1").target)  # compiled, not run
 
 
-def fused_module(
-    inputs: Mapping[str, tuple[tuple[int, ...], str]],
-    body: Callable[..., relax.Expr],
-    target: tvm.target.Target = TARGET,
+def graph_module(
+    inputs: Mapping[str, tuple[tuple[int, ...], str]], body: Callable[..., relax.Expr]
 ) -> tvm.IRModule:
-    """The module tvmflow's lowering makes of `body(*input_vars)`, fused and unscheduled."""
+    """The Relax module `main(*inputs) = body(*input_vars)`, before tvmflow's lowering."""
     bb = relax.BlockBuilder()
     params = [relax.Var(n, relax.TensorType(s, d)) for n, (s, d) in inputs.items()]
     with bb.function("main", params):
         with bb.dataflow():
             out = bb.emit_output(body(*params))
         bb.emit_func_output(out)
-    return relax.transform.AttachAttrLayoutFreeBuffers()(fuse(bb.get(), target))
+    return bb.get()
+
+
+def fused_module(
+    inputs: Mapping[str, tuple[tuple[int, ...], str]],
+    body: Callable[..., relax.Expr],
+    target: tvm.target.Target = TARGET,
+) -> tvm.IRModule:
+    """The module tvmflow's lowering makes of `body(*input_vars)`, fused and unscheduled."""
+    return relax.transform.AttachAttrLayoutFreeBuffers()(fuse(graph_module(inputs, body), target))
 
 
 def fused_kernels(

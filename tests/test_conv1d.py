@@ -8,23 +8,18 @@ import pytest
 import tvm
 from tvm import relax
 
-from tests.kernels import AVX2, NEON, TARGET
+from tests.kernels import AVX2, NEON, TARGET, graph_module
 from tvmflow.conv1d import Conv1dAsConv2d
 from tvmflow.lowering import build, fuse
 from tvmflow.schedules import apply_default_schedules, kernel_rules
 
 
 def _module(x_shape, w, bias=None, **attrs):
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = relax.op.nn.conv1d(x, relax.const(w), **attrs)
-            if bias is not None:
-                y = relax.op.nn.relu(relax.op.add(y, relax.const(bias)))
-            out = bb.emit_output(y)
-        bb.emit_func_output(out)
-    return bb.get()
+    def body(x):
+        y = relax.op.nn.conv1d(x, relax.const(w), **attrs)
+        return y if bias is None else relax.op.nn.relu(relax.op.add(y, relax.const(bias)))
+
+    return graph_module({"x": (x_shape, "float32")}, body)
 
 
 def _reference(x, w, bias, strides=1, padding=0, groups=1):

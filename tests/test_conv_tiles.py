@@ -9,21 +9,17 @@ import tvm
 from tvm import relax
 from tvm_ffi import structural_equal
 
-from tests.kernels import AVX2, TARGET
+from tests.kernels import AVX2, TARGET, graph_module
 from tvmflow.conv_tiles import PadConvForTiles, _channel_padding
 from tvmflow.lowering import build, fuse
 from tvmflow.schedules import apply_default_schedules, kernel_rules
 
 
 def _module(x_shape, w, **attrs):
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = relax.op.nn.relu(relax.op.nn.conv2d(x, relax.const(w), **attrs))
-            out = bb.emit_output(y)
-        bb.emit_func_output(out)
-    return bb.get()
+    return graph_module(
+        {"x": (x_shape, "float32")},
+        lambda x: relax.op.nn.relu(relax.op.nn.conv2d(x, relax.const(w), **attrs)),
+    )
 
 
 def _reference(x, w, strides=1, padding=0):

@@ -6,21 +6,16 @@ import numpy as np
 import pytest
 import tvm
 from tvm import relax
+from tvm.relax.op.nn import conv2d
 
-from tests.kernels import TARGET
+from tests.kernels import TARGET, graph_module
 from tvmflow.depthwise_scale import DepthwiseScaleAsMultiply
 from tvmflow.lowering import build, fuse
 from tvmflow.schedules import apply_default_schedules
 
 
 def _conv(x_shape, w, **attrs):
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(relax.op.nn.conv2d(x, relax.const(w), **attrs))
-        bb.emit_func_output(out)
-    return bb.get()
+    return graph_module({"x": (x_shape, "float32")}, lambda x: conv2d(x, relax.const(w), **attrs))
 
 
 def _convs(mod):
