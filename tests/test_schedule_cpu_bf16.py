@@ -17,7 +17,13 @@ import pytest
 import tvm
 from tvm import relax
 
-from tests.kernels import assert_schedule_matches, const, fused_kernels, loop_kinds
+from tests.kernels import (
+    assert_schedule_matches,
+    const,
+    fused_kernels,
+    graph_module,
+    loop_kinds,
+)
 from tvmflow.accuracy import BF16_TOLERANCE, Tolerance, tolerance_for
 from tvmflow.cli import main
 from tvmflow.lowering import BF16_FEATURE, BF16_PRESET, fuse
@@ -35,13 +41,7 @@ def _kernels(
     inputs: dict[str, tuple[tuple[int, ...], str]], body: Callable[..., relax.Expr]
 ) -> dict[str, tvm.tirx.PrimFunc]:
     """The kernels of `body` lowered with --precision bf16 for the bf16 preset."""
-    bb = relax.BlockBuilder()
-    params = [relax.Var(n, relax.TensorType(s, d)) for n, (s, d) in inputs.items()]
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = bb.emit_output(body(*params))
-        bb.emit_func_output(out)
-    mod = fuse(bb.get(), BF16, "bf16")
+    mod = fuse(graph_module(inputs, body), BF16, "bf16")
     with BF16:
         mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
