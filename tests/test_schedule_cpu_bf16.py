@@ -125,7 +125,8 @@ def test_default_decisions_tile_and_packing():
 
 
 def test_pass_keeps_fp32_where_the_kernel_cannot_run():
-    """Matmul columns not a multiple of 16, activation x activation matmuls, vector x matrix and
+    """Matmul columns / 1x1 conv outputs not a multiple of 16, activation x activation matmuls,
+    vector x matrix and
     depthwise convs stay fp32 (bf16 without the kernel is slower), and so do 1x1 convs over
     a large plane with an odd channel count (the fp32 PointwiseConv2d rule runs them faster).
     Depthwise inputs stay fp32: read in bf16 they took MobileNetV2 at batch 8 past the bf16
@@ -139,6 +140,8 @@ def test_pass_keeps_fp32_where_the_kernel_cannot_run():
         ),
         "gemv": ({"v": ((32,), "float32")}, lambda v: relax.op.matmul(v, const((32, 16)))),
         "odd 1x1 over 56x56": ({"x": ((1, 15, 56, 56), "float32")}, _conv(15, 96, 56, 1, 1)),
+        # 1x1 -> 24: MobileNetV2's projections in bf16 took its error to 98% of the tolerance
+        "1x1 to 24 channels": ({"x": ((1, 32, 56, 56), "float32")}, _conv(32, 24, 56, 1, 1)),
         "depthwise": (
             {"x": ((1, 32, 8, 8), "float32")},
             lambda x: relax.op.nn.conv2d(x, const((32, 1, 3, 3)), padding=1, groups=32),
@@ -265,21 +268,6 @@ def test_conv_output_channels_are_padded_to_vectors():
     assert [int(d) for d in func.params[1].shape][-1] == 32  # HWIO weight, padded
     assert [int(d) for d in func.params[-1].shape] == [1, 24, 8, 8]
     sch = Bf16Gemm().apply(func, BF16, False)
-    assert sch is not None
-    assert_schedule_matches(func, sch, BF16)
-
-
-@runs_bf16
-def test_pointwise_with_24_channels_runs_unpadded_in_the_planes_kernel():
-    """The planes kernel vectorizes over the plane: 32->24 at 56x56 needs no zero filters."""
-    kernels = _kernels({"x": ((1, 32, 56, 56), "float32")}, _conv(32, 24, 56, 1, 1))
-    func = _bf16_kernel(kernels)
-    assert [int(d) for d in func.params[1].shape][-1] == 24
-    rules = default_rules(BF16)
-    assert next(type(r) for r in rules if r.apply(func, BF16, False) is not None) is (
-        Bf16PointwiseConv2d
-    )
-    sch = Bf16PointwiseConv2d().apply(func, BF16, False)
     assert sch is not None
     assert_schedule_matches(func, sch, BF16)
 
