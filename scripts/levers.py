@@ -9,6 +9,10 @@ onnxruntime's profiler, OpenVINO's PERF_COUNT), maps them onto the same op class
 Each model runs in its own process under a timeout, so one crash costs one row. Rows merge
 into `benchmarks/levers.json` (keyed by model, with the commit and time they were measured)
 and `benchmarks/levers.md` is rewritten from it.
+
+`--precision bf16` does the same for tvmflow built `--precision bf16 --target x86-avx512-bf16`
+against OpenVINO at its default precision (bf16 on this CPU) and onnxruntime (fp32), into
+`benchmarks/levers-bf16.{json,md}` (artifacts in `.cache/levers-bf16/`).
 """
 
 from __future__ import annotations
@@ -26,12 +30,46 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tvmflow.lowering import BF16_PRESET
+
 ROOT = Path(__file__).resolve().parent.parent
-OUT_JSON = ROOT / "benchmarks" / "levers.json"
-OUT_MD = ROOT / "benchmarks" / "levers.md"
-ARTIFACTS = ROOT / ".cache" / "levers"
 CORPUS_JSON = ROOT / "benchmarks" / "corpus.json"
-ENGINES = ("tvmflow", "onnxruntime", "openvino")
+ENGINES = ("tvmflow", "onnxruntime", "openvino", "openvino-default")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a precision's rows are built for and written to."""
+
+    precision: str
+    preset: str  # the target preset tvmflow is built for (at the measured thread count)
+    stem: str  # benchmarks/<stem>.{json,md}, .cache/<stem>/ for the artifacts
+    peers: str  # how the peers run, for the table's header
+
+    @property
+    def out_json(self) -> Path:
+        return ROOT / "benchmarks" / f"{self.stem}.json"
+
+    @property
+    def out_md(self) -> Path:
+        return ROOT / "benchmarks" / f"{self.stem}.md"
+
+    @property
+    def artifacts(self) -> Path:
+        return ROOT / ".cache" / self.stem
+
+
+SETUPS = {
+    "fp32": Setup("fp32", "x86", "levers", "onnxruntime and OpenVINO (f32 hint)"),
+    "bf16": Setup(
+        "bf16",
+        BF16_PRESET,
+        "levers-bf16",
+        "onnxruntime (fp32) and OpenVINO at its default precision (`openvino-default`: bf16 on "
+        "this CPU, the bar issue 13 sets for `--precision bf16`); tvmflow built `--precision "
+        f"bf16 --target {BF16_PRESET}`",
+    ),
+}
 # how tvmflow's kernel times are sized to its p50 (levers.tvm_profile); rows without it: ‡
 KERNEL_SIZING = "share of alternating unprofiled runs"
 
@@ -104,10 +142,12 @@ def profile_one(model: Model, options: Any, reuse: bool) -> dict[str, Any]:
 
     # built for the thread count it is measured at, as scripts/benchmark builds (at 1 the
     # kernels are serial: tvmflow.schedules.cpu_single_core)
-    preset = resolve_preset("x86")
+    setup = SETUPS[options.precision]
+    preset = resolve_preset(setup.preset)
     preset = replace(preset, target={**preset.target, "num-cores": options.threads})
-    art = ARTIFACTS / model.name
-    saved = ARTIFACTS / f"{model.name}.classes.json"
+    setup.artifacts.mkdir(parents=True, exist_ok=True)
+    art = setup.artifacts / model.name
+    saved = setup.artifacts / f"{model.name}.classes.json"
     compile_s = None
     kept = json.loads(saved.read_text()) if saved.is_file() else {}
     if not (
@@ -121,9 +161,12 @@ def profile_one(model: Model, options: Any, reuse: bool) -> dict[str, Any]:
             imported,
             preset,
             art,
-            CompileOptions(verify=False),  # as scripts/benchmark (corpus rows verify)
+            # unverified, as scripts/benchmark (corpus rows verify)
+            CompileOptions(verify=False, precision=options.precision),
             on_lowered=lambda lowered: found.update(
-                levers.lowered_classes(fused_module(imported, target, "fp32"), lowered.mod)
+                levers.lowered_classes(
+                    fused_module(imported, target, options.precision), lowered.mod
+                )
             ),
         )
         compile_s = round(time.perf_counter() - start, 1)
@@ -138,6 +181,7 @@ def profile_one(model: Model, options: Any, reuse: bool) -> dict[str, Any]:
     print(levers.format_standing(result), flush=True)
     # the commit the artifact was built at (a --reuse run measures an older build)
     row = row_of(result, missing) | {"kind": model.kind, "compile_s": compile_s}
+    row["precision"] = options.precision
     row["num_cores"] = built.get("num_cores")
     return row | {"commit": built["commit"]}
 
@@ -265,14 +309,17 @@ def cores_lever(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def to_markdown(rows: dict[str, Any]) -> str:
+def to_markdown(rows: dict[str, Any], setup: Setup = SETUPS["fp32"]) -> str:
     ordered = sorted(rows.values(), key=lambda r: (r.get("kind") != "reference", -r["ratio"]))
+    bf16 = setup.precision != "fp32"
     out = [
-        "# Standing per model and the next lever",
+        "# Standing per model and the next lever"
+        + (f" ({setup.precision}: tvmflow `--precision {setup.precision}`)" if bf16 else ""),
         "",
-        "Written by `scripts/levers` (method: `tvmflow/levers.py`). Per model, at 1 thread per "
-        "engine on a shared 2-core machine: end-to-end p50 of tvmflow, onnxruntime and OpenVINO "
-        "(f32 hint) in interleaved rounds (tvmflow: the Relax VM's `main` call, without "
+        f"Written by `scripts/levers{' --precision ' + setup.precision if bf16 else ''}` "
+        "(method: `tvmflow/levers.py`). Per model, at 1 thread per "
+        f"engine on a shared 2-core machine: end-to-end p50 of tvmflow, {setup.peers}, "
+        "in interleaved rounds (tvmflow: the Relax VM's `main` call, without "
         "`runtime.run`'s input/output handling), as process CPU time per inference (at one "
         "thread it "
         "leaves out the time other processes held the core; wall times on this machine are "
@@ -328,7 +375,8 @@ def to_markdown(rows: dict[str, Any]) -> str:
         out.append("| " + " | ".join(cells) + " |")
     out += summary(ordered)
     behind = json.loads(CORPUS_JSON.read_text())["models"] if CORPUS_JSON.is_file() else {}
-    absent = [n for n in corpus_behind(1.0) if n not in rows]
+    # corpus.json's ratios are fp32's
+    absent = [] if bf16 else [n for n in corpus_behind(1.0) if n not in rows]
     if absent:
         out += [
             "",
@@ -392,10 +440,19 @@ def main(argv: list[str]) -> int:
         default=float("inf"),
         help="with --corpus-above: leave out models whose last corpus compile took longer",
     )
+    parser.add_argument(
+        "--precision",
+        choices=tuple(SETUPS),
+        default="fp32",
+        help="tvmflow's precision (bf16: the x86-avx512-bf16 preset against OpenVINO's default "
+        "precision; rows in benchmarks/levers-bf16.*)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--profile-runs", type=int, default=10)
-    parser.add_argument("--reuse", action="store_true", help="reuse .cache/levers artifacts")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse .cache/levers (-bf16) artifacts"
+    )
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per model")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite levers.md only")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child: profile one model
@@ -407,12 +464,13 @@ def main(argv: list[str]) -> int:
     if args.one:
         from tvmflow.levers import MeasureOptions
 
-        options = MeasureOptions(1, args.rounds, args.per_round, args.profile_runs)
+        options = MeasureOptions(1, args.rounds, args.per_round, args.profile_runs, args.precision)
         row = profile_one(known[args.one], options, args.reuse)
         args.row_out.write_text(json.dumps(row, indent=1))
         return 0
 
-    rows = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
+    setup = SETUPS[args.precision]
+    rows = json.loads(setup.out_json.read_text()) if setup.out_json.is_file() else {}
     names: list[str] = []
     if args.reference:
         names += [m.name for m in known.values() if m.kind == "reference"]
@@ -432,6 +490,7 @@ def main(argv: list[str]) -> int:
             child += ["--profile-runs", str(args.profile_runs)] + (
                 ["--reuse"] if args.reuse else []
             )
+            child += ["--precision", args.precision]
             try:
                 rc = subprocess.run(child, timeout=args.timeout).returncode
             except subprocess.TimeoutExpired:
@@ -441,10 +500,10 @@ def main(argv: list[str]) -> int:
                 print(f"{name}: failed (exit {rc})", file=sys.stderr)
                 continue
             rows[name] = json.loads(out.read_text())
-        OUT_JSON.write_text(json.dumps(rows, indent=1) + "\n")
-        OUT_MD.write_text(to_markdown(rows))
+        setup.out_json.write_text(json.dumps(rows, indent=1) + "\n")
+        setup.out_md.write_text(to_markdown(rows, setup))
     if args.markdown_only:
-        OUT_MD.write_text(to_markdown(rows))
+        setup.out_md.write_text(to_markdown(rows, setup))
     return 0
 
 

@@ -31,8 +31,8 @@ from tvmflow.levers import (
     EngineBreakdown,
     OpTime,
 )
-from tvmflow.lowering import LoweringOptions, fused_module, lower
-from tvmflow.targets import resolve_preset
+from tvmflow.lowering import BF16_FEATURE, BF16_PRESET, LoweringOptions, fused_module, lower
+from tvmflow.targets import host_cpu_features, resolve_preset
 
 MOBILENET = {"image": (1, 3, 224, 224)}
 ENCODER = {"hidden_in": (1, 128, 256)}
@@ -200,8 +200,8 @@ def test_a_measured_standing_adds_up(
     assert all(a.gap >= b.gap > 0 for a, b in zip(s.levers, s.levers[1:], strict=False))
 
 
-def test_script_rows_and_table(tmp_path):
-    """scripts/levers: a standing becomes a JSON row and a table line with its levers."""
+def _script() -> Any:
+    """scripts/levers.py as a module."""
     import importlib.util
     import sys
 
@@ -211,6 +211,12 @@ def test_script_rows_and_table(tmp_path):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
+    return module
+
+
+def test_script_rows_and_table(tmp_path):
+    """scripts/levers: a standing becomes a JSON row and a table line with its levers."""
+    module = _script()
     mine = _engine("tvmflow", 0.010, matmul=0.004, elementwise=0.003)
     ort = _engine("onnxruntime", 0.008, matmul=0.003, elementwise=0.001)
     row = module.row_of(levers.standing("m", mine, [ort]), {"openvino": "cannot read it"})
@@ -220,3 +226,42 @@ def test_script_rows_and_table(tmp_path):
     text = module.to_markdown({"m": row | {"kind": "corpus", "num_cores": 1}})
     assert "| m | " in text and "**elementwise** (−2 ms" in text
     assert "1 of 1 rows are behind their best peer" in text
+
+
+@pytest.mark.skipif(BF16_FEATURE not in host_cpu_features(), reason="this host has no AVX512_BF16")
+def test_a_bf16_standing_is_against_openvino_default(zoo_dir: Path, tmp_path: Path) -> None:
+    """`--precision bf16`: the artifact is built bf16 for the bf16 preset, its bf16 kernels
+    keep their conv classes, and the OpenVINO peer is OpenVINO's default precision (bf16
+    here), written to its own table."""
+    import tvm
+
+    from tvmflow.compile import CompileOptions, compile_model
+
+    shapes = ZOO_SHAPES["resnet_block"]
+    model = load_onnx(zoo_dir / "resnet_block.onnx", shapes)
+    preset = resolve_preset(BF16_PRESET).for_threads(1)
+    target = tvm.target.Target(preset.target)
+    classes: dict[str, str] = {}
+    compile_model(
+        model,
+        preset,
+        tmp_path / "art",
+        CompileOptions(verify=False, precision="bf16"),
+        on_lowered=lambda low: classes.update(
+            levers.lowered_classes(fused_module(model, target, "bf16"), low.mod)
+        ),
+    )
+    assert CONV_3X3 in classes.values()
+    options = levers.MeasureOptions(1, 1, 3, 3, precision="bf16")
+    s, missing = levers.measure(
+        "resnet_block", tmp_path / "art", model.path, classes, options, tmp_path
+    )
+    peers = {p.engine for p in s.peers} | set(missing)
+    assert peers == {"onnxruntime", "openvino-default"}
+    assert {o.op_class for o in s.tvmflow.ops} >= {CONV_3X3, POOL}
+    module = _script()
+    setup = module.SETUPS["bf16"]
+    assert setup.out_json.name == "levers-bf16.json" and setup.preset == BF16_PRESET
+    row = module.row_of(s, missing) | {"kind": "reference", "num_cores": 1}
+    text = module.to_markdown({"resnet_block": row}, setup)
+    assert "--precision bf16" in text and "| resnet_block (ref) | " in text

@@ -12,11 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import tvm
 from tvm import relax
 
-from tests.kernels import assert_schedule_matches, const, fused_kernels, loop_kinds
+from tests.kernels import (
+    assert_schedule_matches,
+    const,
+    fused_kernels,
+    graph_module,
+    loop_kinds,
+)
 from tvmflow.accuracy import BF16_TOLERANCE, Tolerance, tolerance_for
 from tvmflow.cli import main
 from tvmflow.lowering import BF16_FEATURE, BF16_PRESET, fuse
@@ -34,13 +41,7 @@ def _kernels(
     inputs: dict[str, tuple[tuple[int, ...], str]], body: Callable[..., relax.Expr]
 ) -> dict[str, tvm.tirx.PrimFunc]:
     """The kernels of `body` lowered with --precision bf16 for the bf16 preset."""
-    bb = relax.BlockBuilder()
-    params = [relax.Var(n, relax.TensorType(s, d)) for n, (s, d) in inputs.items()]
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = bb.emit_output(body(*params))
-        bb.emit_func_output(out)
-    mod = fuse(bb.get(), BF16, "bf16")
+    mod = fuse(graph_module(inputs, body), BF16, "bf16")
     with BF16:
         mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
@@ -124,20 +125,23 @@ def test_default_decisions_tile_and_packing():
 
 
 def test_pass_keeps_fp32_where_the_kernel_cannot_run():
-    """Channels not a multiple of 16, activation x activation matmuls, vector x matrix and
+    """Matmul columns / 1x1 conv outputs not a multiple of 16, activation x activation matmuls,
+    vector x matrix and
     depthwise convs stay fp32 (bf16 without the kernel is slower), and so do 1x1 convs over
     a large plane with an odd channel count (the fp32 PointwiseConv2d rule runs them faster).
     Depthwise inputs stay fp32: read in bf16 they took MobileNetV2 at batch 8 past the bf16
     tolerance (max abs err 0.36 against 0.27, allowed 0.35)."""
     Inputs = dict[str, tuple[tuple[int, ...], str]]
     cases: dict[str, tuple[Inputs, Callable[..., Any]]] = {
-        "10 channels": ({"x": ((1, 16, 8, 8), "float32")}, _conv(16, 10, 8, 3, 1)),
+        "10 columns": ({"x": ((4, 32), "float32")}, lambda x: relax.op.matmul(x, const((32, 10)))),
         "attention": (
             {"q": ((4, 32), "float32"), "k": ((32, 16), "float32")},
             lambda q, k: relax.op.matmul(q, k),
         ),
         "gemv": ({"v": ((32,), "float32")}, lambda v: relax.op.matmul(v, const((32, 16)))),
         "odd 1x1 over 56x56": ({"x": ((1, 15, 56, 56), "float32")}, _conv(15, 96, 56, 1, 1)),
+        # 1x1 -> 24: MobileNetV2's projections in bf16 took its error to 98% of the tolerance
+        "1x1 to 24 channels": ({"x": ((1, 32, 56, 56), "float32")}, _conv(32, 24, 56, 1, 1)),
         "depthwise": (
             {"x": ((1, 32, 8, 8), "float32")},
             lambda x: relax.op.nn.conv2d(x, const((32, 1, 3, 3)), padding=1, groups=32),
@@ -235,3 +239,53 @@ def test_compile_resnet_block_bf16_verifies(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == "bf16" and manifest["accuracy"]
     assert BF16_FEATURE in manifest["cpu_features"]
+
+
+def test_qdq_convs_run_int8_kernels_under_bf16(tmp_path: Path) -> None:
+    """Every AVX512_BF16 CPU has AVX512-VNNI, so the bf16 preset keeps QDQ convs as int8
+    kernels (`tvmflow.qdq`); without VNNI in the preset they ran dequantized in fp32 / bf16
+    (resnet18-qdq 2.2x onnxruntime's int8 session)."""
+    from tvmflow import zoo
+    from tvmflow.frontend import load_onnx
+    from tvmflow.lowering import fused_module
+    from tvmflow.schedules import kernel_rules
+
+    model = zoo.quantize_qdq(zoo.conv_net(), tmp_path, {"image": (1, 3, 32, 32)})
+    mod = fused_module(load_onnx(model, {"image": (1, 3, 32, 32)}), BF16, "bf16")
+    with BF16:
+        mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+    rules = list(kernel_rules(mod, BF16).values())
+    convs = [n.op_type for n in onnx.load(str(model)).graph.node].count("Conv")
+    assert convs and rules.count("Int8Conv2d") == convs
+
+
+@runs_bf16
+def test_conv_output_channels_are_padded_to_vectors():
+    """24 output channels (PP-OCR's 96->24 3x3 convs, MobileNetV2's projections at 14x14):
+    zero filters up to 32 in bf16 (as `PadConvForTiles` pads fp32 convs), sliced off."""
+    kernels = _kernels({"x": ((1, 16, 16, 16), "float32")}, _conv(16, 24, 16, 3, 2))
+    func = _bf16_kernel(kernels)
+    assert [int(d) for d in func.params[1].shape][-1] == 32  # HWIO weight, padded
+    assert [int(d) for d in func.params[-1].shape] == [1, 24, 8, 8]
+    sch = Bf16Gemm().apply(func, BF16, False)
+    assert sch is not None
+    assert_schedule_matches(func, sch, BF16)
+
+
+@runs_bf16
+def test_a_bf16_cast_epilogue_is_vectorized_at_the_fp32_width():
+    """An elementwise kernel computing in fp32 and storing bf16 (a pixel shuffle feeding a
+    bf16 conv) gets vectors of 16 (its math is fp32): at 32 bf16 lanes its 240-wide rows had
+    no whole vector and stayed scalar. Same values as the unscheduled kernel."""
+    from tvmflow.schedules.cpu_elementwise import Elementwise
+
+    def body(x: relax.Expr) -> relax.Expr:
+        y = relax.op.permute_dims(relax.op.reshape(x, (1, 4, 2, 2, 120, 120)), [0, 1, 4, 2, 5, 3])
+        y = relax.op.nn.relu(relax.op.add(relax.op.reshape(y, (1, 4, 240, 240)), const((4, 1, 1))))
+        return relax.op.astype(y, "bfloat16")
+
+    kernels = fused_kernels({"x": ((1, 16, 120, 120), "float32")}, body, BF16)
+    (func,) = kernels.values()
+    sch = Elementwise().apply(func, BF16, False)
+    assert sch is not None and "vectorized" in loop_kinds(sch)
+    assert_schedule_matches(func, sch, BF16)

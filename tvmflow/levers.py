@@ -12,6 +12,10 @@ engine fuses it.
 The next lever is the class where tvmflow is furthest behind the best peer (the peer with the
 lower end-to-end p50, the bar issue 13 sets); its expected gain is that gap: the ratio tvmflow
 would have if it matched the peer in that class and nothing else changed.
+
+At `precision="bf16"` (an artifact built `--precision bf16`) the OpenVINO peer is OpenVINO at
+its default precision (`openvino-default`: bf16 on CPUs with AVX512_BF16), the bar issue 13
+sets for bf16; onnxruntime (fp32) stays beside it for reference.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
     import tvm
 
 TVMFLOW, ONNXRUNTIME, OPENVINO = "tvmflow", "onnxruntime", "openvino"
+OPENVINO_DEFAULT = "openvino-default"
 CONV_1X1 = "conv 1x1"
 CONV_3X3 = "conv 3x3"
 CONV_OTHER = "conv other"
@@ -604,9 +609,11 @@ def ov_profile(
     feeds: Mapping[str, Any],
     threads: int,
     runs: int,
+    engine: str = OPENVINO,
 ) -> OpProfile:
-    """Profile OpenVINO as `engines.OpenVino` runs it (f32, latency hint), with PERF_COUNT."""
-    from tvmflow.engines import _DYNAMIC_QUANT, import_openvino
+    """Profile OpenVINO as `engines.OpenVino` (f32) or `engines.OpenVinoDefault` (its
+    default precision) runs it (latency hint), with PERF_COUNT."""
+    from tvmflow.engines import _DYNAMIC_QUANT, ENGINES, import_openvino
 
     ov = import_openvino()
     core = ov.Core()
@@ -616,11 +623,13 @@ def ov_profile(
     config: dict[str, Any] = {
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32",
         "PERF_COUNT": True,
     }
-    if _DYNAMIC_QUANT in core.get_property("CPU", "SUPPORTED_PROPERTIES"):
-        config[_DYNAMIC_QUANT] = 0
+    hint = getattr(ENGINES[engine], "hint", None)
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
+        if _DYNAMIC_QUANT in core.get_property("CPU", "SUPPORTED_PROPERTIES"):
+            config[_DYNAMIC_QUANT] = 0
     compiled = core.compile_model(model, "CPU", config)
     nodes = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
@@ -788,6 +797,12 @@ class MeasureOptions:
     rounds: int = 3
     per_round: int = 10
     profile_runs: int = 10  # profiled inferences per engine (medians per node / kernel)
+    precision: str = "fp32"  # the artifact's: bf16 is compared with OpenVINO's default
+
+    @property
+    def openvino(self) -> str:
+        """The OpenVINO engine of this precision's comparison (`tvmflow.engines` name)."""
+        return OPENVINO if self.precision == "fp32" else OPENVINO_DEFAULT
 
 
 def measure(
@@ -798,13 +813,14 @@ def measure(
     options: MeasureOptions,
     scratch: Path,
 ) -> tuple[Standing, dict[str, str]]:
-    """Time an artifact beside onnxruntime and OpenVINO (f32), profile all three per op and
-    attribute; also returns why a peer is missing (OpenVINO cannot open every model)."""
+    """Time an artifact beside onnxruntime and OpenVINO (f32, or its default precision for a
+    bf16 artifact: `options.openvino`), profile all three per op and attribute; also returns
+    why a peer is missing (OpenVINO cannot open every model)."""
     import numpy as np
     import tvm
     from tvm import relax
 
-    from tvmflow.engines import EngineSpec, OpenVino, onnxruntime_session
+    from tvmflow.engines import ENGINES, EngineSpec, onnxruntime_session
     from tvmflow.inputs import random_inputs
     from tvmflow.kernel_profile import set_threads
     from tvmflow.manifest import LIBRARY_NAME, read_manifest
@@ -827,13 +843,14 @@ def measure(
         ONNXRUNTIME: lambda: session.run(None, peer_feeds),
     }
     missing: dict[str, str] = {}
+    openvino = options.openvino
     try:
-        spec = EngineSpec("openvino", str(onnx_path), options.threads, shapes=shapes)
-        ov_run = OpenVino().open(spec).run
+        spec = EngineSpec(openvino, str(onnx_path), options.threads, shapes=shapes)
+        ov_run = ENGINES[openvino].open(spec).run
         ov_run(peer_feeds)
-        runners[OPENVINO] = lambda: ov_run(peer_feeds)
+        runners[openvino] = lambda: ov_run(peer_feeds)
     except Exception as exc:  # OpenVINO's errors have no common type
-        missing[OPENVINO] = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "?"
+        missing[openvino] = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "?"
     p50 = interleaved_p50(runners, options.rounds, options.per_round)
 
     runs = options.profile_runs
@@ -842,10 +859,10 @@ def measure(
     ort_ops = ort_profile(onnx_path, peer_feeds, options.threads, runs, scratch)
     ort_p50 = p50[ONNXRUNTIME]
     peers = [EngineBreakdown(ONNXRUNTIME, ort_p50[1], ort_ops.at(ort_p50[1]), ort_p50[0])]
-    if OPENVINO in runners:
-        ov_ops = ov_profile(onnx_path, shapes, peer_feeds, options.threads, runs)
-        ov_p50 = p50[OPENVINO]
-        peers.append(EngineBreakdown(OPENVINO, ov_p50[1], ov_ops.at(ov_p50[1]), ov_p50[0]))
+    if openvino in runners:
+        ov_ops = ov_profile(onnx_path, shapes, peer_feeds, options.threads, runs, openvino)
+        ov_p50 = p50[openvino]
+        peers.append(EngineBreakdown(openvino, ov_p50[1], ov_ops.at(ov_p50[1]), ov_p50[0]))
     mine = EngineBreakdown(TVMFLOW, p50[TVMFLOW][1], tvm_ops, p50[TVMFLOW][0])
     return standing(name, mine, peers), missing
 

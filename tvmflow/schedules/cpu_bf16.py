@@ -423,15 +423,28 @@ def planes_tile(channels: int, plane_vectors: int) -> tuple[int, int] | None:
     return None
 
 
+def planes_fit(channels: int, inputs: int, plane: int) -> tuple[int, int] | None:
+    """The planes tile of a bf16 1x1 conv (`channels` outputs, `inputs` channels in, a
+    `plane` of rows x columns), or None where `Bf16PointwiseConv2d` leaves it: an odd input
+    count (dpbf16 pairs input channels), a plane fp32 `PointwiseConv2d` would not run
+    either, a panel beyond L1. The output channel count needs no vector multiple here."""
+    from tvmflow.schedules.cpu_pointwise_conv2d import MAX_PANEL_BYTES, pointwise_tile
+
+    if inputs % 2 or pointwise_tile(channels, plane, inputs * 4, LANES, REGISTERS) is None:
+        return None
+    tile = planes_tile(channels, plane // LANES)
+    if tile is None or inputs * 2 * tile[1] * LANES > MAX_PANEL_BYTES:
+        return None
+    return tile
+
+
 def _schedule_planes(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
     from tvmflow.schedules.cpu_conv2d import conv_roles
     from tvmflow.schedules.cpu_pointwise_conv2d import (
-        MAX_PANEL_BYTES,
         _fuse_plane,
         _inline_copy,
         _nchw_roles,
         _unit_stride,
-        pointwise_tile,
     )
 
     opened = open_schedule(func, target)
@@ -457,11 +470,9 @@ def _schedule_planes(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> s_ti
         return None
     inputs = sizes[roles["reduce"][0]]
     spatial = tuple(sizes[: roles["m"] + 1])  # [batch], channels, height, width
-    plane = spatial[-2] * spatial[-1]
-    if inputs % 2 or pointwise_tile(spatial[-3], plane, inputs * 4, LANES, REGISTERS) is None:
-        return None  # the convs fp32 `PointwiseConv2d` runs (`tvmflow.bf16` sends them here)
-    tile = planes_tile(spatial[-3], plane // LANES)
-    if tile is None or inputs * 2 * tile[1] * LANES > MAX_PANEL_BYTES:
+    # the convs fp32 `PointwiseConv2d` runs (`tvmflow.bf16` sends them here)
+    tile = planes_fit(spatial[-3], inputs, spatial[-2] * spatial[-1])
+    if tile is None:
         return None
     if index == 1 and not _inline_copy(sch, infos[0].block_rv):
         return None

@@ -181,6 +181,24 @@ def dtype_bits_of_block(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> 
     return int(stmt.writes[0].source.dtype.bits) if stmt.writes else 32
 
 
+def compute_bits_of_block(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int:
+    """The float width a block computes in: its output's, or for a narrow float output
+    read from wider floats (an fp32 -> bf16 cast epilogue, which TIR's BF16 legalization
+    computes in fp32) the widest float read. Vectors of that many lanes fill a register;
+    at the output's width (32 bf16 lanes) a 240-wide row had no whole vector and stayed
+    scalar (PP-OCR's pixel shuffle + bf16 cast at batch 8: 71 vs 21 ms in fp32)."""
+    out = dtype_bits_of_block(sch, block)
+    stmt = sch.get(block)
+    if out >= 32 or not stmt.writes or not _is_float(stmt.writes[0].source.dtype):
+        return out
+    reads = [int(r.source.dtype.bits) for r in stmt.reads if _is_float(r.source.dtype)]
+    return max([out, *reads])
+
+
+def _is_float(dtype: Any) -> bool:
+    return str(dtype).startswith(("float", "bfloat"))
+
+
 def vector_registers(target: tvm.target.Target) -> int:
     """SIMD registers of the target: 32 with AVX-512 and on AArch64, 16 with AVX2/SSE."""
     return 32 if vector_bits(target) == 512 or _is_arm(target) else 16

@@ -24,7 +24,7 @@ from tvm.s_tir.schedule import ScheduleError
 
 from tvmflow.schedules.cpu_common import (
     MIN_PARALLEL_WORK,
-    dtype_bits_of_block,
+    compute_bits_of_block,
     extents,
     index_vars,
     open_schedule,
@@ -63,7 +63,7 @@ class Elementwise(ScheduleRule):
             return None
         for info in try_inline(sch, infos):
             block = info.block_rv
-            lanes = vector_lanes(target, dtype_bits_of_block(sch, block))
+            lanes = vector_lanes(target, compute_bits_of_block(sch, block))
             pieces = _split_at_selects(sch, block)
             if len(pieces) == 1:
                 if not _split_phases(sch, block):
