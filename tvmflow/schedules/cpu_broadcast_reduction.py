@@ -24,7 +24,7 @@ from tvm.s_tir.schedule import ScheduleError
 from tvmflow.schedules.cpu_common import (
     dtype_bits_of_block,
     extents,
-    open_schedule,
+    open_reduction_epilogue,
     schedule_spatial,
     vector_lanes,
 )
@@ -41,13 +41,11 @@ class BroadcastReduction(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-        opened = open_schedule(func, target)
+        opened = open_reduction_epilogue(func, target)
         if opened is None:
             return None
         sch, infos = opened
-        if len(infos) < 2 or not infos[-1].is_injective():
-            return None
-        if all(info.is_injective() for info in infos) or not _recomputed(sch, infos, func, target):
+        if not _recomputed(sch, infos, func, target):
             return None
         try:
             return _schedule(sch, infos, target)

@@ -56,6 +56,22 @@ def open_schedule(
     return sch, infos
 
 
+def open_reduction_epilogue(
+    func: tvm.tirx.PrimFunc, target: tvm.target.Target
+) -> tuple[s_tir.Schedule, list[Any]] | None:
+    """`open_schedule` for rules over reductions followed by elementwise work (softmax, norms,
+    GRN): None unless there are several blocks, one of them a reduction, the last injective."""
+    opened = open_schedule(func, target)
+    if opened is None:
+        return None
+    _, infos = opened
+    if len(infos) < 2 or not infos[-1].is_injective():
+        return None
+    if all(info.is_injective() for info in infos):
+        return None
+    return opened
+
+
 def _degenerate_reduction(sch: s_tir.Schedule, info: Any) -> bool:
     """A reduction block (it has an init) whose reduce iterators all have extent 1: a 1x1
     depthwise conv (FastViT/MobileOne's scale branch). Normalized it looks injective, and

@@ -24,7 +24,7 @@ from tvmflow.schedules.cpu_common import (
     dtype_bits_of_block,
     extents,
     index_vars,
-    open_schedule,
+    open_reduction_epilogue,
     vector_lanes,
 )
 
@@ -40,14 +40,10 @@ class RowNorm(ScheduleRule):
     def apply(
         self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool
     ) -> s_tir.Schedule | None:
-        opened = open_schedule(func, target)
+        opened = open_reduction_epilogue(func, target)
         if opened is None:
             return None
         sch, infos = opened
-        if len(infos) < 2 or not infos[-1].is_injective():
-            return None
-        if all(info.is_injective() for info in infos):
-            return None
         rows = _row_dims(sch, infos)
         if rows is None:
             return None
