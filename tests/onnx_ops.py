@@ -11,6 +11,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from tvmflow.accuracy import unsigned_integer_weights
 from tvmflow.backend import TvmflowBackend
 
 
@@ -47,10 +48,14 @@ def one_node_model(
 def reference_outputs(
     model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], use_ort: bool = True
 ) -> list[np.ndarray]:
-    """onnxruntime's outputs (onnx's ReferenceEvaluator where onnxruntime lacks a feature)."""
+    """onnxruntime's outputs (onnx's ReferenceEvaluator where onnxruntime lacks a feature),
+    its int8 weights made unsigned as tvmflow's reference does (exact without VNNI)."""
     if use_ort:
+        exact = onnx.ModelProto()
+        exact.CopyFrom(model)
+        unsigned_integer_weights(exact)
         session = ort.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
+            exact.SerializeToString(), providers=["CPUExecutionProvider"]
         )
         return list(session.run(None, dict(feeds)))
     return list(ReferenceEvaluator(model).run(None, dict(feeds)))

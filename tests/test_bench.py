@@ -245,7 +245,7 @@ def _foreign_copy(artifact: Artifact, tmp_path: Path, **changes: Any) -> Path:
             "target arm-neoverse-n1 runs on aarch64 and this machine is x86_64",
         ),
         (
-            {"cpu_features": ("avx512f", "made_up_feature")},
+            {"cpu_features": ("avx2", "made_up_feature")},
             "needs CPU features made_up_feature that this machine lacks",
         ),
     ],

@@ -122,7 +122,8 @@ def quant_allowance(
     from tvmflow.engines import onnxruntime_session
 
     try:
-        fused = dict(zip(names, onnxruntime_session(model).run(names, dict(feeds)), strict=True))
+        session = onnxruntime_session(exact_integer_model(model))
+        fused = dict(zip(names, session.run(names, dict(feeds)), strict=True))
     except Exception:  # onnxruntime's own errors: its optimized session is only a yardstick
         logging.getLogger(__name__).warning("onnxruntime's default session failed: 1 step")
         return {name: (step, 1) for name, step in steps.items()}
@@ -161,6 +162,99 @@ def tolerance_for(
     return Tolerance(max(requested.atol, floor.atol), max(requested.rtol, floor.rtol))
 
 
+# Integer ops whose int8 weight (input `weight`) multiplies uint8 activations, with the
+# weight's zero point at input `zero_point`.
+_INTEGER_WEIGHT_SLOTS = {
+    "MatMulInteger": (1, 3),
+    "ConvInteger": (1, 3),
+    "QLinearMatMul": (3, 5),
+    "QLinearConv": (3, 5),
+}
+
+
+def exact_integer_model(model: Path) -> Path | bytes:
+    """`model` as onnxruntime computes it exactly on every x86 CPU (`unsigned_integer_weights`):
+    the file itself, or the rewritten model serialized."""
+    import onnx
+
+    header = onnx.load(str(model), load_external_data=False)
+    if not any(n.op_type in _INTEGER_WEIGHT_SLOTS for n in header.graph.node):
+        return model
+    proto = onnx.load(str(model))
+    return proto.SerializeToString() if unsigned_integer_weights(proto) else model
+
+
+def unsigned_integer_weights(proto: Any) -> bool:
+    """Re-express (in place) every constant int8 weight of an integer matmul/conv in `proto`
+    as uint8 (+128, zero point +128): the same integers, so the same math. Whether any was.
+
+    Without VNNI, onnxruntime's uint8 x int8 kernels sum pairs of products into int16 with
+    vpmaddubsw, which saturates (255 * 127 * 2 > 32767): on an AVX2 host a dynamically
+    quantized encoder's reference moved by 0.11 and a full-range MatMulInteger by 26551,
+    while tvmflow's kernels are exact. Its uint8 x uint8 kernels widen to int16 first."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    types = _elem_types(proto)
+    changed = False
+    for node in graph.node:
+        slots = _INTEGER_WEIGHT_SLOTS.get(node.op_type)
+        if slots is None or len(node.input) <= slots[0]:
+            continue
+        activation_zp = node.input[2] if len(node.input) > 2 else ""  # A's / x's zero point
+        a_type = types.get(activation_zp) or types.get(node.input[0])
+        if a_type != onnx.TensorProto.UINT8:
+            continue  # int8 x int8 is exact: only uint8 x int8 pairs saturate
+        w_slot, zp_slot = slots
+        weight = inits.get(node.input[w_slot])
+        if weight is None or weight.data_type != onnx.TensorProto.INT8:
+            continue
+        zp_name = node.input[zp_slot] if len(node.input) > zp_slot else ""
+        zp_init = inits.get(zp_name) if zp_name else None
+        if zp_name and zp_init is None:
+            continue  # a computed zero point: leave the node as written
+        w = numpy_helper.to_array(weight).astype(np.int16)
+        zp = numpy_helper.to_array(zp_init).astype(np.int16) if zp_init is not None else 0
+        name = f"{node.output[0]}__unsigned"
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array((w + 128).astype(np.uint8), f"{name}_w"),
+                numpy_helper.from_array(np.asarray(zp + 128).astype(np.uint8), f"{name}_zp"),
+            ]
+        )
+        while len(node.input) <= zp_slot:
+            node.input.append("")
+        node.input[w_slot] = f"{name}_w"
+        node.input[zp_slot] = f"{name}_zp"
+        changed = True
+    if changed:  # drop the int8 originals nothing reads now (onnxruntime warns about each)
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        kept = [i for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return changed
+
+
+def _elem_types(proto: Any) -> dict[str, int]:
+    """Element type of each value whose type the graph states or shape inference finds."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto).graph
+    except Exception:  # inference is a convenience here: declared types still count
+        inferred = proto.graph
+    types = {i.name: i.data_type for i in proto.graph.initializer}
+    for info in [*inferred.input, *inferred.value_info, *inferred.output]:
+        if info.type.HasField("tensor_type"):
+            types.setdefault(info.name, info.type.tensor_type.elem_type)
+    for node in proto.graph.node:
+        if node.op_type == "DynamicQuantizeLinear":
+            types.setdefault(node.output[0], onnx.TensorProto.UINT8)
+    return types
+
+
 def onnxruntime_outputs(
     model: Path, feeds: Mapping[str, np.ndarray], threads: int | None = None
 ) -> dict[str, np.ndarray]:
@@ -175,7 +269,7 @@ def onnxruntime_outputs(
                 f"{np.asarray(array).dtype}, so there is no reference to check against; "
                 "compile with --no-verify (verify=False)"
             )
-    session = onnxruntime_session(model, threads or 0, as_written=True)
+    session = onnxruntime_session(exact_integer_model(model), threads or 0, as_written=True)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, dict(feeds)), strict=True))
 
