@@ -7,6 +7,7 @@ from tvm import relax
 
 from tests.kernels import (
     AVX2,
+    AVX512,
     NEON,
     TARGET,
     assert_schedule_matches,
@@ -90,7 +91,7 @@ def test_short_reductions_get_row_tiles(monkeypatch, cin, stride, cout, rows):
 
     monkeypatch.setattr(cpu_conv2d, "_row_gemm", row_gemm)
     func = _conv(cin, cout, (16, 32), stride=stride)
-    sch = Conv2d().apply(func, TARGET, False)
+    sch = Conv2d().apply(func, AVX512, False)
     assert sch is not None and bool(taken) == rows
     assert {"vectorized", "unrolled"} <= loop_kinds(sch)
 
@@ -171,12 +172,12 @@ def test_grouped_conv_narrow_tile(groups):
         return relax.op.nn.relu(relax.op.add(y, const((1, 32, 1, 1), 1)))
 
     func = only_kernel({"x": ((1, 32, 14, 14), "float32")}, body)
-    sch = Conv2d().apply(func, TARGET, False)
+    sch = Conv2d().apply(func, AVX512, False)
     assert sch is not None and NARROW_TILE_ROWS in _unrolled_extents(sch)
-    assert_schedule_matches(func, sch)
-    space = Conv2d().design_spaces(func, TARGET)[0]
+    assert_schedule_matches(func, sch, AVX512)
+    space = Conv2d().design_spaces(func, AVX512)[0]
     assert NARROW_TILE_ROWS in _unrolled_extents(space)
-    assert_schedule_matches(func, space)
+    assert_schedule_matches(func, space, AVX512)
     avx2 = only_kernel({"x": ((1, 32, 14, 14), "float32")}, body, AVX2)
     sch = Conv2d().apply(avx2, AVX2, False)  # 16 registers: 14 rows spilled
     assert sch is not None and NARROW_TILE_ROWS not in _unrolled_extents(sch)

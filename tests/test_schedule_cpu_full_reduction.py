@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tvm import relax
 
-from tests.kernels import TARGET, assert_schedule_matches, loop_kinds, only_kernel
+from tests.kernels import AVX512, TARGET, assert_schedule_matches, loop_kinds, only_kernel
 from tvmflow.schedules.cpu_full_reduction import FullReduction
 
 
@@ -25,5 +25,5 @@ def test_whole_tensor_reductions_are_vectorized_and_correct(op, shape):
 def test_row_reductions_and_tiny_tensors_are_left_to_other_rules():
     row = only_kernel({"x": ((64, 256), "float32")}, lambda x: relax.op.max(x, axis=[1]))
     tiny = only_kernel({"x": ((4, 8), "float32")}, lambda x: relax.op.max(x))
-    assert FullReduction().apply(row, TARGET, False) is None
-    assert FullReduction().apply(tiny, TARGET, False) is None
+    assert FullReduction().apply(row, AVX512, False) is None
+    assert FullReduction().apply(tiny, AVX512, False) is None

@@ -10,6 +10,7 @@ from tvm import relax
 
 from tests.kernels import (
     AVX2,
+    AVX512,
     NEON,
     TARGET,
     assert_schedule_matches,
@@ -66,7 +67,7 @@ def test_pointwise_matches_unscheduled(case):
     ],
 )
 def test_other_convs_are_left_to_conv2d(case):
-    assert PointwiseConv2d().apply(_pointwise(**case), TARGET, False) is None
+    assert PointwiseConv2d().apply(_pointwise(**case), AVX512, False) is None
 
 
 def test_3x3_and_depthwise_are_not_claimed():
@@ -101,13 +102,13 @@ def test_panels_beyond_l1_are_staged_per_plane_tile():
     """256 input channels x a 64-wide tile is a 64 KiB panel: copied contiguously once per
     plane tile (under the tile loop), then streamed by each channel tile."""
     func = _pointwise(256, 16, (32, 32), epilogue="residual")
-    sch = PointwiseConv2d().apply(func, TARGET, False)
+    sch = PointwiseConv2d().apply(func, AVX512, False)
     assert sch is not None
     copy = sch.get_sblock("x_global")
     assert [int(d) for d in sch.get(copy).writes[0].source.shape] == [1, 256, 1024]
     (tile_loop,) = sch.get_loops(copy)[:1]
     assert sch.get(tile_loop).kind == tvm.tirx.ForKind.PARALLEL
-    assert_schedule_matches(func, sch)
+    assert_schedule_matches(func, sch, AVX512)
 
 
 def test_other_cpus():
