@@ -87,3 +87,26 @@ def test_a_model_with_fp16_outputs_is_held_to_the_fp16_tolerance() -> None:
     assert tolerance_for("fp32", Tolerance(atol=0.5, rtol=0.0), half) == Tolerance(0.5, 0.01)
     assert tolerance_for("fp32", Tolerance(), {"y": np.zeros(3, np.float32)}) == Tolerance()
     assert tolerance_for("bf16", Tolerance(), half) == tolerance_for("bf16", Tolerance())
+
+
+def test_on_cpus_the_kernels_multiply_fp32_weights(tmp_path: Path) -> None:
+    """A constant fp16 weight is widened once at compile time (a transposed one inside the
+    weight prepack): converting it at every multiply-add held distilbert_fp16's matmuls to
+    113 GFLOP/s, against 175 with fp32 weights."""
+    import tvm
+
+    from tvmflow.frontend import load_onnx
+    from tvmflow.lowering import fused_module
+    from tvmflow.targets import resolve_preset
+
+    _fp16_model(tmp_path / "m.onnx")
+    target = tvm.target.Target(resolve_preset("x86").target)
+    mod = fused_module(load_onnx(tmp_path / "m.onnx"), target, "fp32")
+    kernels = {
+        gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    }
+    weighted = [f for name, f in kernels.items() if "matmul" in name or "conv2d" in name]
+    assert len(weighted) == 2, sorted(kernels)
+    for func in weighted:
+        weight = func.params[1]  # (data, weight, ...): the weight as the kernel reads it
+        assert str(weight.ty.dtype) == "float32", func.script()

@@ -71,13 +71,17 @@ def test_correct_schedules_pass_on_every_cpu_target():
         assert check([RuleKernel("k", "Elementwise", func, sch.mod["main"])], target) == []
 
 
-def test_an_fp16_reduction_reordered_by_its_schedule_passes(recwarn):
+@pytest.mark.parametrize("out", ["float16", "float32"])
+def test_an_fp16_reduction_reordered_by_its_schedule_passes(out, recwarn):
     """An fp16 softmax keeps its running sums in fp16: the vectorized schedule's order moves
     outputs by a few fp16 units (distilbert_fp16's attention fell back to the serial
-    reference, 2.9 ms of 63), and the poisons stay finite in fp16 (no overflow warning)."""
+    reference, 2.9 ms of 63), also where its result is cast to fp32 for an fp32 matmul; the
+    poisons stay finite in fp16 (no overflow warning)."""
     one_core = tvm.target.Target({**TARGET.export(), "num-cores": 1})
     func = only_kernel(
-        {"x": ((1, 12, 64, 64), "float16")}, lambda x: relax.op.nn.softmax(x, axis=-1), one_core
+        {"x": ((1, 12, 64, 64), "float16")},
+        lambda x: relax.op.astype(relax.op.nn.softmax(x, axis=-1), out),
+        one_core,
     )
     kernels, _ = kernel_check.apply_rules(
         tvm.IRModule({"softmax": func}), one_core, default_rules(one_core)

@@ -53,6 +53,7 @@ _BF16_RTOL = 2.0**-7
 # differ by up to 4 units (3e-3) between the serial reference and a vectorized schedule.
 # Held to what the accuracy check allows an fp16 model (tvmflow.accuracy.FP16_TOLERANCE).
 _FP16_RTOL = 1e-2
+_NARROW_RTOL = {"bfloat16": _BF16_RTOL, "float16": _FP16_RTOL}
 
 
 def _is_float(dtype: np.dtype) -> bool:
@@ -338,12 +339,14 @@ class _Case:
     lifted: tvm.tirx.PrimFunc
     scratch: tuple[tuple[tuple[int, ...], str], ...]
     outputs: tuple[int, ...]
+    rtol: float
 
     @staticmethod
     def of(kernel: RuleKernel) -> _Case:
         ref, ref_scratch = _lift_scratch(reference(kernel.original, REFERENCE_WORK_CAP))
         lifted, scratch = _lift_scratch(kernel.scheduled)
-        return _Case(kernel, ref, ref_scratch, lifted, scratch, _written(kernel.original))
+        written = _written(kernel.original)
+        return _Case(kernel, ref, ref_scratch, lifted, scratch, written, _rtol(kernel.original))
 
     @property
     def partial(self) -> bool:
@@ -383,7 +386,7 @@ class _Case:
             known = np.ones(expected.shape, bool)
             for other in refs[1:]:
                 known &= _same(expected, other[index])
-            bad = _mismatches(expected[known], first[known])
+            bad = _mismatches(expected[known], first[known], self.rtol)
             if bad:
                 return (
                     f"output {index}: {bad} of {int(known.sum())} values checked differ from "
@@ -576,11 +579,27 @@ def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a == b) | (np.isnan(a) & np.isnan(b))
 
 
-def _mismatches(expected: np.ndarray, actual: np.ndarray) -> int:
-    """How many values of `actual` are not `expected` up to float rounding."""
+def _rtol(func: tvm.tirx.PrimFunc) -> float:
+    """The rounding a kernel's results carry: that of the narrowest float it computes in
+    (any buffer: an fp16 softmax whose result is cast to fp32 has fp16's rounding)."""
+    import tvm_ffi
+    from tvm import s_tir
+
+    dtypes = {str(getattr(p.ty, "dtype", "")) for p in func.params}
+
+    def visit(block: s_tir.stmt.SBlock) -> None:
+        dtypes.update(str(b.dtype) for b in block.alloc_buffers)
+
+    tvm_ffi.structural_walk(func.body, [(s_tir.stmt.SBlock, visit)], order="pre")
+    return max([_RTOL] + [_NARROW_RTOL[d] for d in dtypes if d in _NARROW_RTOL])
+
+
+def _mismatches(expected: np.ndarray, actual: np.ndarray, rtol: float = _RTOL) -> int:
+    """How many values of `actual` are not `expected` up to float rounding (`rtol`: the
+    kernel's, `_rtol`; at least that of the output's own dtype)."""
     if not _is_float(expected.dtype):
         return int(np.count_nonzero(expected != actual))
-    rtol = {"bfloat16": _BF16_RTOL, "float16": _FP16_RTOL}.get(expected.dtype.name, _RTOL)
+    rtol = max(rtol, _NARROW_RTOL.get(expected.dtype.name, _RTOL))
     e = expected.astype(np.float64)
     a = actual.astype(np.float64)
     finite = np.isfinite(e)

@@ -191,7 +191,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
                 # FuseOps only fuses inside dataflow blocks, so its straight-line runs get
                 # theirs back (else every op is its own kernel, one VM call each)
                 relax.transform.ConvertToDataflow(),
-                Fp16Accumulate(),  # an fp16 export's matmuls / convs sum in fp32
+                # an fp16 export's matmuls / convs sum in fp32 (on CPUs, fp32 weights too)
+                Fp16Accumulate(widen_weights=target.kind.name == "llvm"),
                 *integer,
                 *mixed,
                 relax.transform.DecomposeOpsForInference(),
