@@ -31,6 +31,7 @@ import tempfile
 import time
 import tomllib
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,6 +426,15 @@ def _err(row: dict[str, Any]) -> str:
 def to_markdown(results: dict[str, Any]) -> str:
     rows = list(results["models"].values())
     machine = results.get("machine", {})
+    cpus = Counter(r.get("cpu", machine.get("cpu", "?")) for r in rows)
+    usual = cpus.most_common(1)[0][0] if cpus else machine.get("cpu", "?")
+    where = (
+        f"Machine: {usual}"
+        if len(cpus) <= 1
+        else "Machines (each row's ratios are from one run on one): "
+        + ", ".join(f"{cpu} ({n} rows)" for cpu, n in cpus.most_common())
+        + "; rows not on the first are marked"
+    )
     lines = [
         "# Real-model corpus",
         "",
@@ -447,7 +457,7 @@ def to_markdown(results: dict[str, Any]) -> str:
             else ""
         ),
         "",
-        f"Machine: {machine.get('cpu', '?')}, {machine.get('threads_used', '?')} threads per "
+        f"{where}, {machine.get('threads_used', '?')} threads per "
         "engine; "
         f"versions {', '.join(f'{k} {v}' for k, v in machine.get('versions', {}).items())}.",
         "",
@@ -467,6 +477,8 @@ def to_markdown(results: dict[str, Any]) -> str:
             result += f" (OpenVINO cannot run it: {why})"
         if status == "ok" and "--threads" not in r.get("command", "--threads"):
             result += " (built for the host's cores)"
+        if r.get("cpu", usual) != usual:
+            result += f" (measured on {r['cpu']})"
         result = result.replace("|", "\\|")
         compile_s = r.get("compile_s") or r.get("compile_wall_s")
         lines.append(
@@ -540,7 +552,12 @@ def main() -> None:
         results = load_results()  # another run may have written meanwhile
         machine = row.pop("machine", None)
         if machine:
+            earlier = results.get("machine", {}).get("cpu")
+            if earlier and earlier != machine.get("cpu"):  # the other rows keep theirs
+                for other in results["models"].values():
+                    other.setdefault("cpu", earlier)
             results["machine"] = machine
+            row["cpu"] = machine.get("cpu")
         results["models"][entry.name] = row
         save_results(results, entries)
 

@@ -26,10 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tvmflow.bench import cpu_model
 from tvmflow.lowering import BF16_PRESET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +72,8 @@ SETUPS = {
         f"bf16 --target {BF16_PRESET}`",
     ),
 }
+# rows from before each row named its CPU were all measured on this one
+EARLIER_CPU = "AMD EPYC"
 # how tvmflow's kernel times are sized to its p50 (levers.tvm_profile); rows without it: ‡
 KERNEL_SIZING = "share of alternating unprofiled runs"
 
@@ -210,6 +214,7 @@ def row_of(s: Any, missing: dict[str, str]) -> dict[str, Any]:
         "name": s.model,
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
+        "cpu": cpu_model(),
         "threads": 1,
         "p50_ms": {e.engine: round(e.p50 * 1e3, 4) for e in engines},
         "wall_p50_ms": {e.engine: round(e.wall_p50 * 1e3, 4) for e in engines},
@@ -312,6 +317,8 @@ def cores_lever(rows: list[dict[str, Any]]) -> list[str]:
 def to_markdown(rows: dict[str, Any], setup: Setup = SETUPS["fp32"]) -> str:
     ordered = sorted(rows.values(), key=lambda r: (r.get("kind") != "reference", -r["ratio"]))
     bf16 = setup.precision != "fp32"
+    cpus = Counter(r.get("cpu", EARLIER_CPU) for r in ordered)
+    usual = cpus.most_common(1)[0][0] if cpus else EARLIER_CPU
     out = [
         "# Standing per model and the next lever"
         + (f" ({setup.precision}: tvmflow `--precision {setup.precision}`)" if bf16 else ""),
@@ -347,7 +354,10 @@ def to_markdown(rows: dict[str, Any], setup: Setup = SETUPS["fp32"]) -> str:
         "kernel change: each row names the commit it measured (`ratio` here is CPU time; "
         "`corpus.md` / the reference table are wall time). Rows are built for 1 core "
         "(`num-cores=1`: serial kernels, as scripts/benchmark builds for its thread count); "
-        "† marks rows measured before that (built for the host's cores, run on 1 thread).",
+        "† marks rows measured before that (built for the host's cores, run on 1 thread). "
+        "Machines: "
+        + ", ".join(f"{cpu} ({n} rows)" for cpu, n in cpus.most_common())
+        + ("; rows on another than the first name theirs." if len(cpus) > 1 else "."),
         "",
         "| model | commit | tvmflow ms | best peer | ratio | next lever | ratio after | "
         "second lever | after both | coverage |",
@@ -361,7 +371,8 @@ def to_markdown(rows: dict[str, Any], setup: Setup = SETUPS["fp32"]) -> str:
             r["name"]
             + (" (ref)" if r.get("kind") == "reference" else "")
             + ("" if r.get("num_cores") == 1 else " †")
-            + ("" if r.get("kernel_sizing") == KERNEL_SIZING else " ‡"),
+            + ("" if r.get("kernel_sizing") == KERNEL_SIZING else " ‡")
+            + ("" if r.get("cpu", EARLIER_CPU) == usual else f" (on {r['cpu']})"),
             r["commit"],
             _ms(r["p50_ms"]["tvmflow"]),
             f"{r['best_peer']} {_ms(r['p50_ms'][r['best_peer']])}",

@@ -657,7 +657,7 @@ def machine_info(threads: int, engines: Sequence[str] = (REFERENCE,)) -> dict[st
     if "openvino" in engines:
         versions["openvino"] = version("openvino")
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cores": psutil.cpu_count(logical=True),
         "cores_available": len(os.sched_getaffinity(0)),
@@ -669,7 +669,8 @@ def machine_info(threads: int, engines: Sequence[str] = (REFERENCE,)) -> dict[st
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name, as benchmark tables name the machine."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
