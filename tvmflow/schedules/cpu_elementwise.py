@@ -76,7 +76,7 @@ class Elementwise(ScheduleRule):
                     schedule_spatial(sch, block, lanes)
                 continue
             for piece in pieces:
-                _schedule_piece(sch, piece, lanes)
+                sch = _schedule_piece(sch, piece, lanes)
         return sch
 
 
@@ -106,19 +106,28 @@ def _split_at_selects(
     return [sch.get_child_blocks(part)[0] for part in parts]
 
 
-def _schedule_piece(sch: s_tir.Schedule, piece: s_tir.schedule.SBlockRV, lanes: int) -> None:
+def _schedule_piece(
+    sch: s_tir.Schedule, piece: s_tir.schedule.SBlockRV, lanes: int
+) -> s_tir.Schedule:
     """`schedule_spatial` for one piece of a split loop, run in parallel only when large (a
     thread-pool launch per piece costs more than a small piece's copy). The pieces' loops
     over the split axis start past 0, which split and fuse refuse: a piece whose split axis
     is its innermost loop or sits among loops to fuse keeps those loops as they are (LLVM
-    still vectorizes a plain copy loop)."""
+    still vectorizes a plain copy loop). A piece that transposes a large input goes through
+    register tiles (`cpu_transpose.tile_piece`)."""
+    from tvmflow.schedules.cpu_transpose import tile_piece
+
+    tiled = tile_piece(sch, piece, lanes, MIN_PIECE_PARALLEL_WORK)
+    if tiled is not None:
+        return tiled
     try:
         if _split_phases(sch, piece, MIN_PIECE_PARALLEL_WORK):
-            return
+            return sch
         fuse_contiguous_tail(sch, piece, lanes)
         schedule_spatial(sch, piece, lanes, MIN_PIECE_PARALLEL_WORK)
     except (ScheduleError, InternalError):
-        return
+        pass
+    return sch
 
 
 def _split_phases(

@@ -12,8 +12,9 @@ Measured on that kernel: 9 -> 1.1 ms.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tvm.error import InternalError
 from tvm.s_tir.dlight import ScheduleRule
@@ -179,3 +180,91 @@ def _schedule_transposed(
     heads = order[: at + 1]
     if math.prod(sizes) >= MIN_PARALLEL_WORK:
         sch.parallel(sch.fuse(*heads) if len(heads) > 1 else heads[0])
+
+
+# A concat piece's tile: the transposed dim whole by one vector of output columns.
+MAX_PIECE_TILE_BYTES = 32 * 1024
+
+
+def tile_piece(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int, min_parallel_work: int
+) -> s_tir.Schedule | None:
+    """For one piece of a split concat (`cpu_elementwise`) that copies a large input read
+    across its contiguous dim: the piece run as tiles of the transposed dim's whole extent
+    by one vector of output columns, the input's rows copied into a local tile with vector
+    loads. A schedule (a copy of `sch`), or None where the piece is no such transpose.
+
+    The piece's loop over the concat axis starts past 0, which split refuses, so it stays
+    whole inside the tile. SegFormer's decoder concat of a transposed [4096, 256] token
+    map with three feature maps: 7.8 -> 1.4 ms."""
+    import tvm
+    from tvm.s_tir.dlight.analysis.common_analysis import collect_vars_used_in_prim_expr
+
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    sizes = extents(sch, loops)
+    if sizes is None or len(loops) < 2 or len(loops) != len(stmt.iter_vars):
+        return None
+    if sizes[-1] % lanes or int(sch.get(loops[-1]).min) != 0:
+        return None
+    values = list(getattr(sch.get(loops[-1]).body, "iter_values", []))
+    for value, loop in zip(values, loops, strict=False):
+        used = list(collect_vars_used_in_prim_expr(value))
+        if len(used) != 1 or not used[0].same_as(sch.get(loop).loop_var):
+            return None
+    position = {iv.var: i for i, iv in enumerate(stmt.iter_vars)}
+    analyzer = tvm.sym.Analyzer()
+    for iv in stmt.iter_vars:
+        analyzer.bind(iv.var, iv.dom)
+    best: tuple[int, int, int] | None = None  # (elements, loop position, read index)
+    for index, read in enumerate(stmt.reads):
+        used = list(collect_vars_used_in_prim_expr(read.region[-1].min)) if read.region else []
+        at = position.get(used[0]) if len(used) == 1 else None
+        if at is None or at == len(loops) - 1:
+            continue
+        bytes_per = read.source.dtype.bits // 8
+        elements = math.prod(int(d) for d in read.source.shape)
+        if elements * bytes_per < MIN_TRANSPOSE_BYTES:
+            continue
+        if sizes[at] * lanes * bytes_per > MAX_PIECE_TILE_BYTES:
+            continue
+        if not _in_bounds(analyzer, read):
+            continue  # another piece's input: this piece never reads it
+        if best is None or elements > best[0]:
+            best = (elements, at, index)
+    if best is None:
+        return None
+    _, at, read_index = best
+    work = sch.copy()
+    try:
+        loops = work.get_loops(block)
+        row_tiles, row = work.split(loops[-1], factors=[None, lanes])
+        heads = [lp for i, lp in enumerate(loops[:-1]) if i != at]
+        work.reorder(*heads, row_tiles, loops[at], row)
+        tile = work.cache_read(block, read_index, "local")
+        work.compute_at(tile, row_tiles)
+        copy = work.get_loops(tile)[len(heads) + 1 :]
+        copy_sizes = extents(work, copy)
+        if copy_sizes is None or math.prod(copy_sizes) > sizes[at] * lanes:
+            return None
+        if copy_sizes[-1] % lanes == 0:
+            work.vectorize(work.split(copy[-1], factors=[None, lanes])[1])
+        work.vectorize(row)
+        if math.prod(sizes) >= min_parallel_work:
+            outer = [*heads, row_tiles]
+            # serial where the concat axis is among them (it starts past 0: fuse refuses)
+            with contextlib.suppress(ScheduleError, InternalError):
+                work.parallel(work.fuse(*outer) if len(outer) > 1 else outer[0])
+    except (ScheduleError, InternalError):
+        return None
+    return work
+
+
+def _in_bounds(analyzer: Any, read: Any) -> bool:
+    """Whether every index of `read` stays inside its buffer over the block vars' domains
+    (bound in `analyzer`)."""
+    for r, extent in zip(read.region, read.source.shape, strict=True):
+        bound = analyzer.const_int_bound(r.min)
+        if bound.min_value < 0 or bound.max_value + int(r.extent) > int(extent):
+            return False
+    return True
