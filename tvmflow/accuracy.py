@@ -181,7 +181,9 @@ def exact_integer_model(model: Path) -> Path | bytes:
     if not any(n.op_type in _INTEGER_WEIGHT_SLOTS for n in header.graph.node):
         return model
     proto = onnx.load(str(model))
-    return proto.SerializeToString() if unsigned_integer_weights(proto) else model
+    if not unsigned_integer_weights(proto) or proto.ByteSize() >= 2**31:
+        return model  # protobuf serializes 2 GiB at most: such a model is taken as written
+    return proto.SerializeToString()
 
 
 def unsigned_integer_weights(proto: Any) -> bool:
