@@ -160,3 +160,41 @@ def test_a_branch_using_a_symbolic_shape_builds_and_runs() -> None:
     for flag, want in ((True, np.ones(5, "float32")), (False, 2 * x)):
         got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(np.array(flag)))
         np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_a_branch_using_a_size_known_only_in_the_body_is_lifted() -> None:
+    """A shape variable the caller binds in its body (a data-dependent size: match_cast after
+    NonZero, TopK with a run-time k), not through a parameter's type: the lifted branch takes
+    it as a shape argument. Inline, FuseOps failed on the branch ("could not be found in any
+    group")."""
+    from tvm.script import ir as I
+    from tvm.script import relax as R
+    from tvm.script import tirx as T
+
+    from tvmflow.lowering import build, fuse
+    from tvmflow.schedules import apply_default_schedules
+
+    @I.ir_module
+    class Module:
+        @R.function
+        def main(x: R.Tensor(ndim=1, dtype="float32"), flag: R.Tensor((), "bool")):  # type: ignore[valid-type]
+            n = T.int64()
+            xs = R.match_cast(x, R.Tensor((n,), "float32"))
+            y = R.add(xs, xs)
+            z = R.zeros(R.shape([n]), "float32")
+            w = R.add(z, R.const(1.0, "float32"))
+            if flag:  # noqa: SIM108 (TVMScript's If, not a Python conditional)
+                r = w
+            else:
+                r = y
+            return r
+
+    target = tvm.target.Target(resolve_preset("x86").target)
+    fused = fuse(Module, target)
+    assert "main_branch" in [gv.name_hint for gv, _ in fused.functions_items()]
+    vm = relax.VirtualMachine(build(apply_default_schedules(fused, target), target), tvm.cpu())
+    for size in (5, 2):
+        x = np.arange(size, dtype="float32")
+        for flag, want in ((True, np.ones(size, "float32")), (False, 2 * x)):
+            got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(np.array(flag)))
+            np.testing.assert_array_equal(got.numpy(), want)

@@ -97,10 +97,16 @@ def test_nonzero_output_has_a_data_dependent_dim() -> None:
         np.testing.assert_array_equal(rep.run([data])[0], want)
 
 
-def test_unique_outputs_match_onnxruntime() -> None:
+def test_unique_is_refused_since_only_tvms_compiler_runs_it() -> None:
+    """TVM lowers Unique to `relax.run.unique`, a function of its compiler library: such an
+    artifact ran where it was compiled but not where tvmflow's runtime loads it. The compile
+    says so instead of shipping it."""
+    from tvmflow.errors import RuntimeLibraryError
+
     x = np.array([[1, 2, 2], [3, 1, 2], [1, 2, 2]], np.float32)
     model, feeds = one_node_model("Unique", {"x": x}, ["y", "idx", "inv", "cnt"], 11, axis=0)
-    assert_matches(model, feeds)
+    with pytest.raises(RuntimeLibraryError, match="relax.run.unique"):
+        assert_matches(model, feeds)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +121,8 @@ def test_non_max_suppression_matches_onnxruntime(
     center_point_box: int, iou: float | None, score: float | None
 ) -> None:
     """TVM typed the selected indices with the padded size, suppressed at IoU == threshold,
-    never at threshold 0, and took 0.5 for an absent threshold (ONNX: 0)."""
+    never at threshold 0, and took 0.5 for an absent threshold (ONNX: 0); tvmflow's kernel
+    replaced it."""
     boxes = RNG.uniform(0, 1, (2, 6, 4)).astype(np.float32)
     boxes[..., 2:] += boxes[..., :2]  # x2 > x1, y2 > y1 (or width, height)
     boxes[0, :2] = np.array([[0, 0, 1, 1], [0.5, 0.5, 1.5, 1.5]])  # IoU exactly 1/7
@@ -140,6 +147,45 @@ def test_non_max_suppression_matches_onnxruntime(
         center_point_box=center_point_box,
     )
     assert_matches(model, feeds)
+
+
+@pytest.mark.parametrize("center_point_box", [0, 1])
+def test_non_max_suppression_on_crowded_boxes(center_point_box: int) -> None:
+    """Many overlapping boxes (corners in either order, some of zero area, scores tied and
+    negative), two batches of three classes, a limit some classes reach: one artifact,
+    onnxruntime's selection on each input."""
+    from tvmflow.backend import TvmflowBackend
+
+    rng = np.random.default_rng(7)
+    n = 60
+    model, _ = one_node_model(
+        "NonMaxSuppression",
+        {
+            "boxes": np.zeros((2, n, 4), np.float32),
+            "scores": np.zeros((2, 3, n), np.float32),
+            "max_out": np.array([9], np.int64),
+            "iou": np.array([0.4], np.float32),
+            "score": np.array([-0.5], np.float32),
+        },
+        ["y"],
+        11,
+        center_point_box=center_point_box,
+    )
+    rep = TvmflowBackend.prepare(model)
+    for _ in range(3):
+        boxes = rng.uniform(0, 4, (2, n, 4)).astype(np.float32)
+        boxes[:, ::7, 2] = boxes[:, ::7, 0]  # zero width
+        scores = rng.choice(np.linspace(-1, 1, 25), (2, 3, n)).astype(np.float32)  # ties
+        feeds: dict[str, np.ndarray] = {
+            "boxes": boxes,
+            "scores": scores,
+            "max_out": np.array([9], np.int64),
+            "iou": np.array([0.4], np.float32),
+            "score": np.array([-0.5], np.float32),
+        }
+        want = reference_outputs(model, feeds)[0]
+        got = rep.run(list(feeds.values()))[0]
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize(
@@ -476,3 +522,167 @@ def test_loop_trip_count_from_a_small_input_is_baked() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
     feeds: dict[str, np.ndarray] = {"n": np.array(3, np.int64), "v0": X[0, 0, :3], "x": X[1, 1, :3]}
     assert_matches(model, feeds)
+
+
+def _candidates_model() -> onnx.ModelProto:
+    """torchvision's detector tail in small: per-score candidates by NonZero, k = min(5,
+    candidates) by ReduceMin over their Shape, TopK with that k, then NMS of the boxes kept."""
+    from onnx import TensorProto, helper
+
+    def const(name: str, value: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(value))
+
+    i64 = np.int64
+    nodes = [
+        const("thr", np.array(0.3, np.float32)),
+        const("flat", np.array([-1], i64)),
+        const("five", np.array([5], i64)),
+        const("one", np.array([1], i64)),
+        const("zero", np.array([0], i64)),
+        const("zero_one", np.array([0, 1], i64)),
+        const("max_out", np.array([3], i64)),
+        const("iou", np.array([0.5], np.float32)),
+        helper.make_node("Reshape", ["scores", "flat"], ["s"]),
+        helper.make_node("Greater", ["s", "thr"], ["mask"]),
+        helper.make_node("NonZero", ["mask"], ["nz"]),
+        helper.make_node("Reshape", ["nz", "flat"], ["idx"]),
+        helper.make_node("Gather", ["s", "idx"], ["cand"]),
+        helper.make_node("Shape", ["cand"], ["count"]),
+        helper.make_node("Concat", ["count", "five"], ["both"], axis=0),
+        helper.make_node("ReduceMin", ["both"], ["k0"], keepdims=0),
+        helper.make_node("Reshape", ["k0", "one"], ["k"]),
+        helper.make_node("TopK", ["cand", "k"], ["vals", "pos"]),
+        helper.make_node("Gather", ["idx", "pos"], ["keep"]),
+        helper.make_node("Gather", ["boxes", "keep"], ["kept"]),
+        helper.make_node("Unsqueeze", ["kept", "zero"], ["b"]),
+        helper.make_node("Unsqueeze", ["vals", "zero_one"], ["sc"]),
+        helper.make_node("NonMaxSuppression", ["b", "sc", "max_out", "iou"], ["sel"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "candidates",
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 8]),
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [8, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("vals", TensorProto.FLOAT, ["k"]),
+            helper.make_tensor_value_info("keep", TensorProto.INT64, ["k"]),
+            helper.make_tensor_value_info("sel", TensorProto.INT64, ["selected", 3]),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_run_time_k_from_shape_arithmetic_matches_onnxruntime() -> None:
+    """TVM refused ReduceMin over a Shape ("cannot handle ShapeExpr inputs") and a TopK k
+    known only at run time; NMS of boxes counted at run time crashed its type inference. One
+    artifact serves every candidate count, none included."""
+    from tvmflow.backend import TvmflowBackend
+
+    model = _candidates_model()
+    corners = RNG.uniform(0, 0.6, (8, 2)).astype(np.float32)
+    boxes = np.concatenate([corners, corners + 0.4], axis=1)
+    rep = TvmflowBackend.prepare(model)
+    for scores in (
+        RNG.uniform(0.35, 1, (1, 8)),  # 8 candidates: k = 5
+        np.array([[0.9, 0.1, 0.2, 0.8, 0.0, 0.1, 0.2, 0.25]]),  # 2 candidates: k = 2
+        np.zeros((1, 8)),  # none
+    ):
+        feeds = {"scores": scores.astype(np.float32), "boxes": boxes}
+        want = reference_outputs(model, feeds)
+        got = rep.run([feeds["scores"], boxes])
+        for name, a, b in zip(("vals", "keep", "sel"), got, want, strict=True):
+            assert a.shape == b.shape, name
+            np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_top_k_at_opset_10_reads_k_from_its_input(k: int) -> None:
+    """TVM converted opset 10's TopK with its opset-1 rule (attribute k, absent: 1)."""
+    x = RNG.standard_normal((2, 6)).astype(np.float32)
+    model, feeds = one_node_model("TopK", {"x": x, "k": np.array([k], np.int64)}, ["v", "i"], 10)
+    assert_matches(model, feeds)
+
+
+def test_counts_after_an_if_reach_reduce_min() -> None:
+    """An If, then arithmetic on a data-dependent count (ReduceMin over NonZero's Shape and a
+    constant, as detectors take min(k, candidates)): TVM's importer swaps its value table
+    for a plain copy when it leaves a branch, which the conversion of such values must
+    survive; each branch's count comes out as onnxruntime's."""
+    from onnx import TensorProto, helper
+
+    def branch(name: str, op: str) -> onnx.GraphProto:
+        node = helper.make_node(op, ["x", "two"], [f"{name}_y"])
+        out = helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [8])
+        return helper.make_graph([node], name, [], [out])
+
+    nodes = [
+        helper.make_node(
+            "If",
+            ["flag"],
+            ["y"],
+            then_branch=branch("then", "Mul"),
+            else_branch=branch("else", "Sub"),
+        ),
+        helper.make_node("Greater", ["y", "zero"], ["mask"]),
+        helper.make_node("NonZero", ["mask"], ["nz"]),
+        helper.make_node("Shape", ["nz"], ["count"]),
+        helper.make_node("Concat", ["count", "five"], ["both"], axis=0),
+        helper.make_node("ReduceMin", ["both"], ["k"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "after_if",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [8]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("k", TensorProto.INT64, [])],
+        [
+            onnx.numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+            onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            onnx.numpy_helper.from_array(np.array([5], np.int64), "five"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.array([3, -1, 2.5, 0.5, 4, -3, 1, 2], np.float32)
+    for flag in (True, False):
+        assert_matches(model, {"x": x, "flag": np.array(flag)})
+
+
+NON_ZERO_PROBE = """
+import sys, json
+import numpy as np
+import tvmflow
+x = np.array([[0, 1.5, 0], [np.nan, 0, -2]], np.float32)
+out = tvmflow.load(sys.argv[1]).run({"x": x})["y"]
+print(json.dumps({"y": out.tolist(), "tvm": "tvm" in sys.modules}))
+"""
+
+
+def test_non_zero_artifact_runs_on_tvms_runtime_alone(tmp_path: Path) -> None:
+    """TVM ran NonZero as `relax.run.nonzero`, which only its compiler library has: the
+    artifact compiled and verified, then failed to load where only the runtime is. tvmflow's
+    kernel runs there (NaN counts as nonzero, as in numpy)."""
+    import json
+    import subprocess
+    import sys
+
+    from tvmflow.cli import main
+
+    model, _ = one_node_model("NonZero", {"x": np.zeros((2, 3), np.float32)}, ["y"], 13)
+    path = tmp_path / "nonzero.onnx"
+    onnx.save(model, path)
+    assert main(["compile", str(path), "-t", "x86", "-o", str(tmp_path / "art")]) == 0
+    proc = subprocess.run(
+        [sys.executable, "-c", NON_ZERO_PROBE, str(tmp_path / "art")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not info["tvm"]
+    want = np.stack(np.nonzero(np.array([[0, 1.5, 0], [np.nan, 0, -2]], np.float32)))
+    np.testing.assert_array_equal(np.array(info["y"]), want)

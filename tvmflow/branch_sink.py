@@ -35,6 +35,8 @@ def _movable(binding: relax.Binding) -> bool:
     value = binding.value
     if isinstance(value, relax.If | relax.SeqExpr | relax.Function):
         return False
+    if isinstance(binding, relax.MatchCast):
+        return False  # it may define shape variables code outside the branch reads
     return not relax.analysis.contains_impure_call(value)
 
 
@@ -206,12 +208,16 @@ def LiftBranches() -> tvm.transform.Pass:
     ) -> relax.Function | None:
         def lift(seq: relax.SeqExpr) -> relax.Expr:
             params = _used(seq)
+            args: list[relax.Expr] = list(params)
             body = relax.Function(params, seq, seq.body.ty, is_pure=True)
-            if relax.analysis.free_symbolic_vars(body):
-                return seq  # a shape variable only the caller defines: stays inline
+            dims = list(relax.analysis.free_symbolic_vars(body))
+            if dims:  # shape variables the caller defines (data-dependent sizes): passed on
+                params.append(relax.Var("dims", relax.ShapeType(dims)))
+                args.append(relax.ShapeExpr(dims))
+                body = relax.Function(params, seq, seq.body.ty, is_pure=True)
             callee = bb.add_func(copy_with_new_vars(body), f"{name}_branch")
             out = relax.Var("branch_out", seq.body.ty)
-            call = relax.VarBinding(out, relax.Call(callee, params))
+            call = relax.VarBinding(out, relax.Call(callee, args))
             return relax.SeqExpr([relax.BindingBlock([call])], out)
 
         return lift_function(func, lift)

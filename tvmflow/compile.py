@@ -11,15 +11,19 @@ a half-written or unverified artifact behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,7 +38,7 @@ from tvmflow.accuracy import (
 )
 from tvmflow.api import callable_module
 from tvmflow.emulate import HostRunner, host_runner
-from tvmflow.errors import AccuracyError, TvmflowError
+from tvmflow.errors import AccuracyError, RuntimeLibraryError, TvmflowError
 from tvmflow.export import export_library
 from tvmflow.frontend import ImportedModel
 from tvmflow.inputs import random_inputs
@@ -50,6 +54,9 @@ from tvmflow.manifest import (
     write_manifest,
 )
 from tvmflow.targets import Preset, check_build_tools
+
+if TYPE_CHECKING:
+    from tvm import relax
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +118,8 @@ def compile_model(
     if on_lowered is not None:
         on_lowered(lowered)
     executable = build(lowered.mod, target)
+    if target.kind.name == "llvm":  # CUDA artifacts also load TVM's CUDA runtime library
+        check_runtime_functions(executable)
 
     out_dir = Path(out_dir)
     with (
@@ -283,3 +292,43 @@ def _verify(
 
 
 callable_module(__name__, api.compile)  # tvmflow.compile(model, target, output=...)
+
+
+_PACKED = re.compile(r"@(\S+) packed_func;")
+
+_RUNTIME_FUNCTIONS_PROBE = """
+import json, tvm_ffi
+from tvmflow.runtime import load_runtime_library
+load_runtime_library()
+print(json.dumps(sorted(tvm_ffi.registry.list_global_func_names())))
+"""
+
+
+@functools.cache
+def runtime_functions() -> frozenset[str]:
+    """The global functions `libtvm_runtime.so` registers: read in a process of its own,
+    since in this one TVM's compiler has registered its functions too."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUNTIME_FUNCTIONS_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return frozenset(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def check_runtime_functions(executable: relax.VMExecutable) -> None:
+    """Refuse a build whose VM calls a function neither its own library nor TVM's runtime
+    library has, only TVM's compiler (TVM lowers a few ops, Unique among them, to such
+    calls): verified here, it would fail to load in production ("Cannot find
+    ffi::Function")."""
+    needed = set(_PACKED.findall(executable.as_text()))
+    library = executable.mod
+    own = {name for name in needed if library.implements_function(name, True)}
+    missing = sorted(needed - own - runtime_functions())
+    if missing:
+        raise RuntimeLibraryError(
+            f"the compiled model calls {', '.join(missing)}, which TVM's runtime library "
+            "lacks (only its compiler has it), so the artifact could not be loaded"
+        )

@@ -38,3 +38,8 @@ class ImporterError(TvmflowError):
 
     def __str__(self) -> str:
         return f"{super().__str__()} (a tvmflow limitation; rerun with --debug for the traceback)"
+
+
+class RuntimeLibraryError(ImporterError):
+    """The build calls a function TVM's runtime library lacks (it lives in TVM's compiler):
+    the artifact would not load where tvmflow's runtime runs it (exit 1)."""

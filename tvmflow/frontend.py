@@ -444,6 +444,7 @@ def _import(model: ImportedModel, proto: onnx.ModelProto) -> tvm.IRModule:
     from tvm.relax.frontend.onnx import from_onnx
 
     from tvmflow import dtypes
+    from tvmflow.ops.dynamic_values import type_unknown_dims
 
     try:
         mod = from_onnx(
@@ -463,7 +464,7 @@ def _import(model: ImportedModel, proto: onnx.ModelProto) -> tvm.IRModule:
             f"TVM's ONNX importer failed on {model.path.name}: {first[:300]}"
             f"{_freeze_hint(model.proto)}"
         ) from exc
-    return tensor_outputs(mod)
+    return tensor_outputs(type_unknown_dims(mod))
 
 
 _TVM_META_NOTE = "# Metadata omitted. Use show_meta=True in script() method to show it."

@@ -218,8 +218,9 @@ def _key(
 
 
 def checkable(func: tvm.tirx.PrimFunc) -> bool:
-    """Whether every parameter has a static shape (the check draws data of those shapes)."""
-    return all(_static(p.shape) for p in func.params if hasattr(p, "shape"))
+    """Whether every parameter is a buffer of static shape (the check draws data of those
+    shapes; a scalar parameter is a run-time dim, which it has no value for)."""
+    return all(hasattr(p, "shape") and _static(p.shape) for p in func.params)
 
 
 def runnable_target(target: tvm.target.Target) -> tvm.target.Target:

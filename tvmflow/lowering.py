@@ -200,6 +200,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
                 *cpu_only,
                 relax.transform.LegalizeOps(),
                 relax.transform.AnnotateTIROpPattern(),
+                scalar_kernels_opaque(),
                 relax.transform.FoldConstant(),
                 LiftBranches(),  # FuseOps does not look inside an If's branches
                 relax.transform.FuseOps(),
@@ -207,6 +208,29 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
                 relax.transform.DeadCodeElimination(),
             ]
         )(mod)
+
+
+def scalar_kernels_opaque() -> tvm.transform.Pass:
+    """Kernels that take a scalar parameter (a data-dependent size: `shape_to_tensor` of a
+    NonZero count, a slice to a run-time length) stay unfused: FuseTIR, merging one with a
+    kernel whose buffers are sized by the same variable, defined it twice and failed
+    ("VarRemapGet(source) == nullptr"). They are tiny."""
+    import tvm
+
+    opaque = 8  # OpPatternKind::kOpaque
+
+    def run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        out = mod
+        for gv, func in mod.functions_items():
+            if isinstance(func, tvm.tirx.PrimFunc) and any(
+                not hasattr(p, "shape") for p in func.params
+            ):
+                if out is mod:
+                    out = mod.clone()
+                out[gv] = func.with_attr("op_pattern", opaque)
+        return out
+
+    return tvm.transform.module_pass(run, opt_level=0, name="ScalarKernelsOpaque")
 
 
 def conv_weights_hwio() -> tvm.transform.Pass:

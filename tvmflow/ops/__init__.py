@@ -48,6 +48,7 @@ MODULES = (
     "quantized",
     # opfix
     "non_max_suppression",
+    "non_zero",
     "rms_normalization",
     "pow",
     "resize",
@@ -158,9 +159,13 @@ def convert_map() -> dict[str, Any]:
 
 
 def install() -> None:
-    """Make TVM's ONNX importer use `convert_map()` (idempotent)."""
+    """Make TVM's ONNX importer use `convert_map()` and convert shape values for ops that
+    read tensors and type data-dependent dims (`dynamic_values`); idempotent."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
+    from tvmflow.ops import dynamic_values
+
+    dynamic_values.install()
     current = onnx_frontend._get_convert_map
     if getattr(current, "__wrapped__", None) is not None:
         return

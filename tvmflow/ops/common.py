@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,15 @@ from tvm.relax.frontend.onnx import onnx_frontend
 from tvm.relax.frontend.onnx.onnx_frontend import get_constant, onnx_input
 
 Expr = Any
+
+
+_DIMS = itertools.count()
+
+
+def size_var(name: str) -> tvm.tirx.Var:
+    """A new symbolic dim for a data-dependent size, named uniquely: fused kernels take such
+    dims by name, and two of one name were confused ("conflicts with the value inferred")."""
+    return tvm.tirx.Var(f"{name}_{next(_DIMS)}", "int64")
 
 
 def shape(x: Expr) -> list[int]:

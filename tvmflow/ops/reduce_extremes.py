@@ -52,8 +52,8 @@ def _reducer(name: str, tvm_converter: type, np_reduce: Callable[..., Any], larg
         def convert(bb: Any, inputs: Any, attr: dict[str, Any], params: Any) -> Expr:
             x = inputs[0]
             dtype = str(x.ty.dtype)
-            shape = [int(v) for v in x.ty.shape.values]
-            if 0 in shape:
+            shape = [getattr(v, "value", None) for v in x.ty.shape.values]
+            if 0 in shape and None not in shape:  # statically empty (symbolic dims: unknown)
                 axes = _axes(inputs, attr, params, opset)
                 if axes is None and opset >= 18 and attr.get("noop_with_empty_axes", 0):
                     return x
