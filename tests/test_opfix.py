@@ -686,3 +686,41 @@ def test_non_zero_artifact_runs_on_tvms_runtime_alone(tmp_path: Path) -> None:
     assert not info["tvm"]
     want = np.stack(np.nonzero(np.array([[0, 1.5, 0], [np.nan, 0, -2]], np.float32)))
     np.testing.assert_array_equal(np.array(info["y"]), want)
+
+
+def test_ranked_outputs_are_compared_as_sets_of_rows(tmp_path: Path) -> None:
+    """Outputs after a TopK compare as row sets where tied scores swapped two rows (any two
+    correct engines may); a wrong row still fails, and outputs before it stay ordered."""
+    from onnx import TensorProto, helper
+
+    from tvmflow.accuracy import compare, ranked_outputs
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("TopK", ["r", "k"], ["vals", "idx"], axis=0),
+            helper.make_node("Gather", ["boxes", "idx"], ["picked"], axis=0),
+        ],
+        "ranked",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [4, 2]),
+        ],
+        [
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info("picked", TensorProto.FLOAT, [3, 2]),
+        ],
+        [onnx.numpy_helper.from_array(np.array([3], np.int64), "k")],
+    )
+    path = tmp_path / "ranked.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    ranked = ranked_outputs(path)
+    assert ranked == {"picked"}
+    want = {"r": np.array([1.0, 2.0, 3.0, 4.0]), "picked": np.array([[1.0, 2], [3, 4], [5, 6]])}
+    swapped = {"r": want["r"], "picked": want["picked"][[0, 2, 1]]}
+    (r, picked) = compare(swapped, want, ranked=ranked)
+    assert picked.max_abs_err == 0 and picked.rows_as_set and not r.rows_as_set
+    wrong = {"r": want["r"], "picked": np.array([[1.0, 2], [5, 6], [3, 5]])}
+    assert compare(wrong, want, ranked=ranked)[1].max_abs_err == 1
+    (r_swapped, _) = compare({"r": want["r"][::-1], "picked": want["picked"]}, want, ranked=ranked)
+    assert r_swapped.max_abs_err == 3  # not after a TopK: order counts

@@ -47,6 +47,7 @@ from tvmflow.accuracy import (
     onnxruntime_outputs,
     output_scales,
     quant_allowance,
+    ranked_outputs,
     tolerance_for,
 )
 from tvmflow.engines import (
@@ -449,9 +450,15 @@ def run_bench(
     frozen_feeds = {f.spec.name: f.array() for f in manifest.frozen}  # the file still takes them
     expected = onnxruntime_outputs(model, {**feeds, **frozen_feeds}, threads)
     steps = quant_allowance(model, {**feeds, **frozen_feeds}, expected)
+    ranked = ranked_outputs(model)
     accuracy = tuple(
         _accuracy(
-            k, e.outputs, expected, tolerance_for(e.precision, options.tolerance, expected), steps
+            k,
+            e.outputs,
+            expected,
+            tolerance_for(e.precision, options.tolerance, expected),
+            steps,
+            ranked,
         )
         for k, e in loaded.items()
         if k != REFERENCE
@@ -608,8 +615,9 @@ def _accuracy(
     expected: Mapping[str, np.ndarray],
     tolerance: Tolerance,
     quant: Mapping[str, tuple[float, int]],
+    ranked: frozenset[str],
 ) -> EngineAccuracy:
-    outputs = compare(actual, expected, quant)
+    outputs = compare(actual, expected, quant, ranked)
     scales = output_scales(expected)
     failing = tuple(o.name for o in outputs if not tolerance.passes(o, scales[o.name]))
     return EngineAccuracy(engine, outputs, failing)

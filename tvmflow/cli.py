@@ -271,8 +271,10 @@ def compile_cmd(
             if acc.quant_step
             else ""
         )
+        rows = " (rows compared as a set: tied scores order them either way)" * acc.rows_as_set
         click.echo(
-            f"  {acc.name}: max abs err {acc.max_abs_err:.2e}, rel {acc.max_rel_err:.2e}{step}"
+            f"  {acc.name}: max abs err {acc.max_abs_err:.2e}, rel {acc.max_rel_err:.2e}"
+            f"{step}{rows}"
         )
     if m.accuracy is None:
         note = m.extra.get("accuracy_note", "not checked")

@@ -34,6 +34,7 @@ from tvmflow.accuracy import (
     onnxruntime_outputs,
     output_scales,
     quant_allowance,
+    ranked_outputs,
     tolerance_for,
 )
 from tvmflow.api import callable_module
@@ -268,7 +269,12 @@ def _verify(
             f"({', '.join(unstable)}): some kernel reads memory it never wrote; nothing was "
             "written (use --no-verify to write it anyway)"
         )
-    accuracy = compare(actual, expected, quant_allowance(model.path, reference_feeds, expected))
+    accuracy = compare(
+        actual,
+        expected,
+        quant_allowance(model.path, reference_feeds, expected),
+        ranked_outputs(model.path),
+    )
     scales = output_scales(expected)
     bad = [a for a in accuracy if not tolerance.passes(a, scales[a.name])]
     if bad:

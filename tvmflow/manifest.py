@@ -87,6 +87,9 @@ class OutputAccuracy:
     # None / 0 when it was held to atol/rtol alone
     quant_step: float | None = None
     quant_steps: int = 0
+    # its rows were matched as a set (`tvmflow.accuracy.ranked_outputs`): it comes after a
+    # TopK / NonMaxSuppression, where near-tied scores may order rows either way
+    rows_as_set: bool = False
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ from tvmflow.manifest import (
 from tvmflow.targets import DEVICES, host_mismatch
 
 RUNTIME_LIBRARY = "libtvm_runtime.so"
+# TVM's runtime extras: the sort kernels TopK / argsort call (tvm.contrib.sort.*), random fills
+RUNTIME_EXTRA_LIBRARY = "libtvm_runtime_extra.so"
 CUDA_RUNTIME_LIBRARY = "libtvm_runtime_cuda.so"  # TVM's CUDA device API, a separate library
 _POOLED_ALLOCATOR = 2  # the Relax VM's allocator kinds: 1 naive, 2 pooled (TVM's default)
 _DEVICE_EXISTS, _COMPUTE_VERSION = 0, 4  # TVM's DeviceAttrKind (runtime.GetDeviceAttr)
@@ -64,10 +66,12 @@ def _tvm_lib_dir() -> Path:
 
 @functools.cache
 def load_runtime_library() -> None:
-    """Load `libtvm_runtime.so` once, globally, so model libraries resolve against it and its
-    global functions (the Relax VM, tensors, the thread pool) reach `tvm_ffi`. Where `tvm`
-    is already imported this finds the copy it loaded."""
+    """Load `libtvm_runtime.so` and its extras once, globally, so model libraries resolve
+    against them and their global functions (the Relax VM, tensors, the thread pool, the sort
+    kernels TopK calls) reach `tvm_ffi`. Where `tvm` is already imported this finds the
+    copies it loaded."""
     ctypes.CDLL(str(_tvm_lib_dir() / RUNTIME_LIBRARY), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(str(_tvm_lib_dir() / RUNTIME_EXTRA_LIBRARY), mode=ctypes.RTLD_GLOBAL)
 
 
 @functools.cache
