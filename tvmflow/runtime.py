@@ -71,7 +71,9 @@ def load_runtime_library() -> None:
     kernels TopK calls) reach `tvm_ffi`. Where `tvm` is already imported this finds the
     copies it loaded."""
     ctypes.CDLL(str(_tvm_lib_dir() / RUNTIME_LIBRARY), mode=ctypes.RTLD_GLOBAL)
-    ctypes.CDLL(str(_tvm_lib_dir() / RUNTIME_EXTRA_LIBRARY), mode=ctypes.RTLD_GLOBAL)
+    extra = _tvm_lib_dir() / RUNTIME_EXTRA_LIBRARY
+    if extra.exists():  # in every TVM 0.27 wheel; a runtime-only install may leave it out
+        ctypes.CDLL(str(extra), mode=ctypes.RTLD_GLOBAL)
 
 
 @functools.cache

@@ -33,21 +33,29 @@ from tvmflow.ops.recurrent_kernel import KERNEL_ATTR
 
 Expr = Any
 
+LANES = 16  # kept boxes compared at once (one AVX-512 vector of float32; LLVM splits it)
+
 
 def nms_kernel(center_point_box: bool, filter_scores: bool) -> tvm.tirx.PrimFunc:
     """The greedy selection over sorted candidates (see the module docstring); box
-    coordinates are corners in any order, or centers and sizes (`center_point_box`)."""
+    coordinates are corners in any order, or centers and sizes (`center_point_box`).
+
+    Each batch's boxes are first brought to [x low, x high, y low, y high, area] (`coords`),
+    and a class's kept boxes are copied to a field-major list (`kept`), both scratch outputs;
+    a candidate is compared with a vector of kept boxes at a time, and its comparisons stop
+    at the first vector that suppresses it (SSDLite's 27k candidates: ~500 ms compared one by
+    one with the extents recomputed each time; 593 -> 257 ms for the whole model)."""
 
     @T.macro
     def extent(box: Any, b: Any, i: Any, axis: int, out: Any, slot: int) -> None:
         # the box's [low, high] on one axis (ONNX: x is coordinate 1 of corners, 0 of centers)
         if center_point_box:
             half = box[b, i, axis + 2] / T.float32(2)
-            out[slot] = box[b, i, axis] - half
-            out[slot + 1] = box[b, i, axis] + half
+            out[i, slot] = box[b, i, axis] - half
+            out[i, slot + 1] = box[b, i, axis] + half
         else:
-            out[slot] = T.min(box[b, i, axis], box[b, i, axis + 2])
-            out[slot + 1] = T.max(box[b, i, axis], box[b, i, axis + 2])
+            out[i, slot] = T.min(box[b, i, axis], box[b, i, axis + 2])
+            out[i, slot + 1] = T.max(box[b, i, axis], box[b, i, axis + 2])
 
     @T.prim_func(s_tir=True)
     def kernel(
@@ -59,6 +67,8 @@ def nms_kernel(center_point_box: bool, filter_scores: bool) -> tvm.tirx.PrimFunc
         score_threshold: T.Buffer((1,), "float32"),  # type: ignore[valid-type]
         var_out: T.handle,
         count: T.Buffer((1,), "int64"),  # type: ignore[valid-type]
+        var_coords: T.handle,
+        var_kept: T.handle,
     ) -> None:
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True, KERNEL_ATTR: True})
         batch, classes, n = T.int64(), T.int64(), T.int64()
@@ -66,14 +76,18 @@ def nms_kernel(center_point_box: bool, filter_scores: bool) -> tvm.tirx.PrimFunc
         scores = T.match_buffer(var_scores, (batch, classes, n), "float32")
         order = T.match_buffer(var_order, (batch, classes, n), "int64")
         out = T.match_buffer(var_out, (batch * classes * n, 3), "int64")
-        # rows written, kept in this class, next candidate, candidate suppressed (0/1)
-        state = T.alloc_buffer((4,), "int64", scope="local")
-        # candidate's x low/high, y low/high, then the kept box's
-        edges = T.alloc_buffer((8,), "float32", scope="local")
+        coords = T.match_buffer(var_coords, (n, 5), "float32")
+        kept = T.match_buffer(var_kept, (5, n + LANES), "float32")
+        # rows written, kept in this class, next candidate, suppressed (0/1), next kept box
+        state = T.alloc_buffer((5,), "int64", scope="local")
+        hit = T.alloc_buffer((LANES,), "int32", scope="local")
         state[0] = T.int64(0)
         for b in range(batch):
+            for i in range(n):
+                extent(boxes, b, i, 1 - T.int64(center_point_box), coords, 0)
+                extent(boxes, b, i, T.int64(center_point_box), coords, 2)
+                coords[i, 4] = (coords[i, 1] - coords[i, 0]) * (coords[i, 3] - coords[i, 2])
             for c in range(classes):
-                first = state[0]
                 state[1] = T.int64(0)
                 state[2] = T.int64(0)
                 while state[2] < n and state[1] < limit[0]:
@@ -81,29 +95,39 @@ def nms_kernel(center_point_box: bool, filter_scores: bool) -> tvm.tirx.PrimFunc
                     if filter_scores and scores[b, c, i] <= score_threshold[0]:
                         state[2] = n  # sorted: no later candidate passes either
                     else:
-                        extent(boxes, b, i, 1 - T.int64(center_point_box), edges, 0)
-                        extent(boxes, b, i, T.int64(center_point_box), edges, 2)
                         state[3] = T.int64(0)
-                        for k in range(state[1]):
-                            j = out[first + k, 2]
-                            extent(boxes, b, j, 1 - T.int64(center_point_box), edges, 4)
-                            extent(boxes, b, j, T.int64(center_point_box), edges, 6)
-                            wide = T.min(edges[1], edges[5]) - T.max(edges[0], edges[4])
-                            high = T.min(edges[3], edges[7]) - T.max(edges[2], edges[6])
-                            inter = wide * high
-                            area = (edges[1] - edges[0]) * (edges[3] - edges[2])
-                            other = (edges[5] - edges[4]) * (edges[7] - edges[6])
-                            union = area + other - inter
-                            if (
-                                wide > T.float32(0)
-                                and high > T.float32(0)
-                                and area > T.float32(0)
-                                and other > T.float32(0)
-                                and union > T.float32(0)
-                                and inter / union > iou_threshold[0]
-                            ):
-                                state[3] = T.int64(1)
+                        state[4] = T.int64(0)
+                        while state[4] < state[1] and state[3] == T.int64(0):
+                            # a vector of kept boxes at a time, without branches (lanes past
+                            # the kept count read stale columns and are masked); a plain loop
+                            # LLVM vectorizes: TVM's T.vectorized miscompiled this mask
+                            for v in T.serial(LANES):
+                                k = state[4] + v
+                                wide = T.min(coords[i, 1], kept[1, k]) - T.max(
+                                    coords[i, 0], kept[0, k]
+                                )
+                                high = T.min(coords[i, 3], kept[3, k]) - T.max(
+                                    coords[i, 2], kept[2, k]
+                                )
+                                inter = wide * high
+                                union = coords[i, 4] + kept[4, k] - inter
+                                hit[v] = T.Select(
+                                    k < state[1]
+                                    and wide > T.float32(0)
+                                    and high > T.float32(0)
+                                    and coords[i, 4] > T.float32(0)
+                                    and kept[4, k] > T.float32(0)
+                                    and union > T.float32(0)
+                                    and inter / union > iou_threshold[0],
+                                    1,
+                                    0,
+                                )
+                            for v in range(LANES):
+                                state[3] = T.max(state[3], T.int64(hit[v]))
+                            state[4] = state[4] + LANES
                         if state[3] == T.int64(0):
+                            for f in range(5):
+                                kept[f, state[1]] = coords[i, f]
                             out[state[0], 0] = b
                             out[state[0], 1] = c
                             out[state[0], 2] = i
@@ -174,6 +198,9 @@ class NonMaxSuppression(OnnxOpConverter):
                 [
                     relax.TensorType([batch * classes * n, 3], "int64"),
                     relax.TensorType([1], "int64"),
+                    relax.TensorType([n, 5], "float32"),  # scratch: each box's extents
+                    # scratch: a class's kept boxes, a field per row, a vector of slack
+                    relax.TensorType([5, n + LANES], "float32"),
                 ],
             )
         )
