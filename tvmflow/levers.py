@@ -117,15 +117,29 @@ def kernel_classes(mod: tvm.IRModule) -> dict[str, str]:
     import tvm
 
     return {
-        gv.name_hint: RECURRENT if gv.name_hint.startswith(_RECURRENT_KERNELS) else tir_class(func)
+        gv.name_hint: _named_class(gv.name_hint) or tir_class(func)
         for gv, func in mod.functions_items()
         if isinstance(func, tvm.tirx.PrimFunc)
     }
 
 
-# tvmflow.ops.recurrent's kernels: a whole LSTM / GRU / RNN time loop each (the input
-# projection X*W runs before, as a matmul)
+def _named_class(name: str) -> str | None:
+    """The class of tvmflow's hand-written kernels (no blocks to read it from), by name."""
+    for prefix, cls in _NAMED_KERNELS.items():
+        if name.startswith(prefix):
+            return cls
+    return None
+
+
+# tvmflow.ops' hand-written kernels: a whole LSTM / GRU / RNN time loop each (the input
+# projection X*W runs before, as a matmul), NonMaxSuppression (the peers' NMS counts as
+# other too) and NonZero (data movement, as the peers' tables have it)
 _RECURRENT_KERNELS = ("lstm_sequence", "gru_sequence", "rnn_sequence")
+_NAMED_KERNELS = {
+    **dict.fromkeys(_RECURRENT_KERNELS, RECURRENT),
+    "non_max_suppression": OTHER,
+    "non_zero": MOVE,
+}
 
 
 def lowered_classes(fused: tvm.IRModule, lowered: tvm.IRModule) -> dict[str, str]:
