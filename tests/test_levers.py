@@ -265,3 +265,18 @@ def test_a_bf16_standing_is_against_openvino_default(zoo_dir: Path, tmp_path: Pa
     row = module.row_of(s, missing) | {"kind": "reference", "num_cores": 1}
     text = module.to_markdown({"resnet_block": row}, setup)
     assert "--precision bf16" in text and "| resnet_block (ref) | " in text
+
+
+def test_hand_written_kernels_are_classed_by_name() -> None:
+    """tvmflow's NMS and NonZero kernels have no blocks to read a class from: they count as
+    the peers' NMS (other) and NonZero (data movement) do."""
+    import tvm
+
+    from tvmflow.levers import MOVE, OTHER, kernel_classes
+    from tvmflow.ops.non_max_suppression import nms_kernel
+    from tvmflow.ops.non_zero import non_zero_kernel
+
+    mod = tvm.IRModule(
+        {"non_max_suppression1": nms_kernel(False, True), "non_zero": non_zero_kernel(2)}
+    )
+    assert kernel_classes(mod) == {"non_max_suppression1": OTHER, "non_zero": MOVE}
