@@ -189,7 +189,10 @@ def _block_class(block: Any) -> str:
     from tvmflow.qdq import CONV_BLOCK, DW_BLOCK
 
     name = str(block.name_hint).lower()
-    reduce = [int(iv.dom.extent) for iv in block.iter_vars if int(iv.iter_type) == 2]
+    # a reduction over a data-dependent size (after NonZero, TopK) has no static extent: -1
+    reduce = [
+        int(getattr(iv.dom.extent, "value", -1)) for iv in block.iter_vars if int(iv.iter_type) == 2
+    ]
     if name.startswith("winograd"):
         return CONV_3X3  # tvmflow.winograd's kernels: 3x3 stride-1 convs only
     if name == DW_BLOCK:  # tvmflow.qdq's int8 depthwise conv: (ry, rx)
