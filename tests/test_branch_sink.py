@@ -128,15 +128,29 @@ def test_both_branches_give_onnxruntimes_numbers(gated: Path, tmp_path: Path) ->
         np.testing.assert_allclose(model.run(feeds)["y"], expected, rtol=1e-5, atol=1e-5)
 
 
+def _lifted_branches_run(module: tvm.IRModule, sizes: tuple[int, ...]) -> None:
+    """`module` (x, flag -> ones like x if flag else 2 x) fuses with its branch lifted, and
+    builds and computes that for each size of x."""
+    from tvmflow.lowering import build, fuse
+    from tvmflow.schedules import apply_default_schedules
+
+    target = tvm.target.Target(resolve_preset("x86").target)
+    fused = fuse(module, target)
+    assert "main_branch" in [gv.name_hint for gv, _ in fused.functions_items()]
+    vm = relax.VirtualMachine(build(apply_default_schedules(fused, target), target), tvm.cpu())
+    for size in sizes:
+        x = np.arange(size, dtype="float32")
+        for flag, want in ((True, np.ones(size, "float32")), (False, 2 * x)):
+            got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(np.array(flag)))
+            np.testing.assert_array_equal(got.numpy(), want)
+
+
 def test_a_branch_using_a_symbolic_shape_builds_and_runs() -> None:
     """The lifted branch takes the caller's shape variable as an argument (TVM passes it as
     a PrimValue): both branches build and compute what they did inline."""
     from tvm.script import ir as I
     from tvm.script import relax as R
     from tvm.script import tirx as T
-
-    from tvmflow.lowering import build, fuse
-    from tvmflow.schedules import apply_default_schedules
 
     @I.ir_module
     class Module:
@@ -152,14 +166,7 @@ def test_a_branch_using_a_symbolic_shape_builds_and_runs() -> None:
                 r = y
             return r
 
-    target = tvm.target.Target(resolve_preset("x86").target)
-    fused = fuse(Module, target)
-    assert "main_branch" in [gv.name_hint for gv, _ in fused.functions_items()]
-    vm = relax.VirtualMachine(build(apply_default_schedules(fused, target), target), tvm.cpu())
-    x = np.arange(5, dtype="float32")
-    for flag, want in ((True, np.ones(5, "float32")), (False, 2 * x)):
-        got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(np.array(flag)))
-        np.testing.assert_array_equal(got.numpy(), want)
+    _lifted_branches_run(Module, sizes=(5,))
 
 
 def test_a_branch_using_a_size_known_only_in_the_body_is_lifted() -> None:
@@ -170,9 +177,6 @@ def test_a_branch_using_a_size_known_only_in_the_body_is_lifted() -> None:
     from tvm.script import ir as I
     from tvm.script import relax as R
     from tvm.script import tirx as T
-
-    from tvmflow.lowering import build, fuse
-    from tvmflow.schedules import apply_default_schedules
 
     @I.ir_module
     class Module:
@@ -189,12 +193,4 @@ def test_a_branch_using_a_size_known_only_in_the_body_is_lifted() -> None:
                 r = y
             return r
 
-    target = tvm.target.Target(resolve_preset("x86").target)
-    fused = fuse(Module, target)
-    assert "main_branch" in [gv.name_hint for gv, _ in fused.functions_items()]
-    vm = relax.VirtualMachine(build(apply_default_schedules(fused, target), target), tvm.cpu())
-    for size in (5, 2):
-        x = np.arange(size, dtype="float32")
-        for flag, want in ((True, np.ones(size, "float32")), (False, 2 * x)):
-            got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(np.array(flag)))
-            np.testing.assert_array_equal(got.numpy(), want)
+    _lifted_branches_run(Module, sizes=(5, 2))

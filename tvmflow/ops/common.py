@@ -26,6 +26,28 @@ def size_var(name: str) -> tvm.tirx.Var:
     return tvm.tirx.Var(f"{name}_{next(_DIMS)}", "int64")
 
 
+def first_along(bb: Any, x: Expr, axis: int, count: Expr, name: str) -> Expr:
+    """x's first `count` (a run-time int64 tensor of one element) entries along `axis`, that
+    dim typed as a new size variable (`size_var`): the outputs of NonZero, NMS and a TopK
+    with a run-time k, trimmed to what the data selected. A dynamic slice (ends as a tensor):
+    `strided_slice` with a symbolic end typed the result with an if_then_else dim that later
+    passes could not re-type."""
+    rank = len(x.ty.shape.values)
+    along = np.zeros(rank, np.int64)
+    along[axis] = 1
+    dims = bb.emit(relax.op.shape_to_tensor(relax.op.shape_of(x)))
+    count = bb.emit(relax.op.astype(relax.op.reshape(count, [1]), "int64"))
+    ends = relax.op.add(
+        relax.op.multiply(dims, relax.const(1 - along, "int64")),
+        relax.op.multiply(count, relax.const(along, "int64")),
+    )
+    begin, step = relax.const(np.zeros(rank), "int64"), relax.const(np.ones(rank), "int64")
+    kept = bb.emit(relax.op.dynamic_strided_slice(x, begin, ends, step))
+    dims_out = list(x.ty.shape.values)
+    dims_out[axis] = size_var(name)
+    return bb.match_cast(kept, relax.TensorType(dims_out, x.ty.dtype))
+
+
 def shape(x: Expr) -> list[int]:
     """The static shape of a Relax tensor expression."""
     return [int(v) for v in x.ty.shape.values]

@@ -28,7 +28,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 from tvm.script import tirx as T
 
 from tvmflow.ops import Converter
-from tvmflow.ops.common import size_var
+from tvmflow.ops.common import first_along, size_var
 from tvmflow.ops.recurrent_kernel import KERNEL_ATTR
 
 Expr = Any
@@ -205,18 +205,7 @@ class NonMaxSuppression(OnnxOpConverter):
             )
         )
         rows = bb.emit(relax.TupleGetItem(found, 0))
-        count = bb.emit(relax.TupleGetItem(found, 1))
-        ends = bb.emit(relax.op.concat([count, relax.const(np.array([3]), "int64")]))
-        kept = bb.emit(
-            relax.op.dynamic_strided_slice(
-                rows,
-                relax.const(np.zeros(2), "int64"),
-                ends,
-                relax.const(np.ones(2), "int64"),
-            )
-        )
-        selected = size_var("num_selected")
-        return bb.match_cast(kept, relax.TensorType([selected, 3], "int64"))
+        return first_along(bb, rows, 0, bb.emit(relax.TupleGetItem(found, 1)), "num_selected")
 
 
 CONVERTERS = (Converter("NonMaxSuppression", NonMaxSuppression, since=10, replaces=True),)

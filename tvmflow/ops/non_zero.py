@@ -21,7 +21,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 from tvm.script import tirx as T
 
 from tvmflow.ops import Converter
-from tvmflow.ops.common import size_var
+from tvmflow.ops.common import first_along
 from tvmflow.ops.recurrent_kernel import KERNEL_ATTR
 
 Expr = Any
@@ -83,16 +83,7 @@ class NonZero(OnnxOpConverter):
         )
         columns = bb.emit(relax.TupleGetItem(found, 0))
         count = bb.emit(relax.TupleGetItem(found, 1))
-        ends = bb.emit(relax.op.concat([relax.const(np.array([rank]), "int64"), count]))
-        kept = bb.emit(
-            relax.op.dynamic_strided_slice(
-                columns,
-                relax.const(np.zeros(2), "int64"),
-                ends,
-                relax.const(np.ones(2), "int64"),
-            )
-        )
-        return bb.match_cast(kept, relax.TensorType([rank, size_var("nonzero_count")], "int64"))
+        return first_along(bb, columns, 1, count, "nonzero_count")
 
 
 CONVERTERS = (Converter("NonZero", NonZero, since=9, replaces=True),)

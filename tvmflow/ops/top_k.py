@@ -20,7 +20,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter, get_constant
 
 from tvmflow.ops import Converter
-from tvmflow.ops.common import size_var
+from tvmflow.ops.common import first_along
 
 Expr = Any
 
@@ -41,30 +41,6 @@ def _constant_k(k: Expr, params: Any) -> int | None:
     if not isinstance(value, tvm.ir.GenericConst):
         return None
     return int(np.asarray(value.value.numpy()).reshape(-1)[0])
-
-
-def _first_k(bb: Any, x: Expr, k: Expr, axis: int) -> Expr:
-    """The first k (a run-time scalar or [1] tensor) entries of `x` along `axis`.
-
-    A dynamic slice (ends as a tensor): `strided_slice` with a symbolic end typed the result
-    with an if_then_else dim that later passes cannot re-type."""
-    rank = len(x.ty.shape.values)
-    along = np.zeros(rank, np.int64)
-    along[axis] = 1
-    dims = bb.emit(relax.op.shape_to_tensor(relax.op.shape_of(x)))
-    k = bb.emit(relax.op.astype(relax.op.reshape(k, [1]), "int64"))
-    ends = relax.op.add(
-        relax.op.multiply(dims, relax.const(1 - along, "int64")),
-        relax.op.multiply(k, relax.const(along, "int64")),
-    )
-    kept = bb.emit(
-        relax.op.dynamic_strided_slice(
-            x, relax.const(np.zeros(rank), "int64"), ends, relax.const(np.ones(rank), "int64")
-        )
-    )
-    shape = list(x.ty.shape.values)
-    shape[axis] = size_var("topk_count")  # min(k, n), data-dependent
-    return bb.match_cast(kept, relax.TensorType(shape, x.ty.dtype))
 
 
 class TopK(OnnxOpConverter):
@@ -92,7 +68,9 @@ class TopK(OnnxOpConverter):
                 indices = bb.emit(relax.TupleGetItem(found, 1))
             else:  # all of the axis, sorted, then its first k
                 found = topk(-1)
-                indices = _first_k(bb, bb.emit(relax.TupleGetItem(found, 1)), inputs[1], axis)
+                indices = first_along(
+                    bb, bb.emit(relax.TupleGetItem(found, 1)), axis, inputs[1], "topk_count"
+                )
             if key is x and k is not None:
                 values = bb.emit(relax.TupleGetItem(found, 0))
             else:
