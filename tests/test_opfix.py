@@ -724,3 +724,36 @@ def test_ranked_outputs_are_compared_as_sets_of_rows(tmp_path: Path) -> None:
     assert compare(wrong, want, ranked=ranked)[1].max_abs_err == 1
     (r_swapped, _) = compare({"r": want["r"][::-1], "picked": want["picked"]}, want, ranked=ranked)
     assert r_swapped.max_abs_err == 3  # not after a TopK: order counts
+
+
+def test_non_max_suppression_of_offset_classes_matches_onnxruntime() -> None:
+    """torchvision's batched NMS: each class's boxes shifted apart along x, one NMS over all
+    of them (the kernel files kept boxes in strips of the x range and compares a candidate
+    only with those it can reach); wide and thin boxes, near-duplicates, every count kept."""
+    from tvmflow.backend import TvmflowBackend
+
+    rng = np.random.default_rng(11)
+    classes, per_class = 24, 40
+    corners = rng.uniform(0, 50, (classes, per_class, 2))
+    sizes = rng.uniform(0.5, 30, (classes, per_class, 2))
+    sizes[:, ::9, 0] = 49  # some boxes span the class's whole width
+    boxes = np.concatenate([corners, corners + sizes], axis=-1)  # x1, y1, x2, y2
+    boxes[:, 1::5] = boxes[:, ::5] + rng.normal(0, 0.5, boxes[:, ::5].shape)  # near-duplicates
+    boxes[..., [0, 2]] += 81.0 * np.arange(classes)[:, None, None]  # the per-class offset
+    boxes = boxes.reshape(1, -1, 4)[..., [1, 0, 3, 2]].astype(np.float32)  # ONNX: y, x order
+    scores = rng.uniform(0, 1, (1, 1, classes * per_class)).astype(np.float32)
+    model, feeds = one_node_model(
+        "NonMaxSuppression",
+        {
+            "boxes": boxes,
+            "scores": scores,
+            "max_out": np.array([10_000], np.int64),
+            "iou": np.array([0.3], np.float32),
+        },
+        ["y"],
+        11,
+    )
+    want = reference_outputs(model, feeds)[0]
+    got = TvmflowBackend.run_model(model, feeds)[0]
+    assert len(want) > classes  # most classes keep several boxes
+    np.testing.assert_array_equal(got, want)
