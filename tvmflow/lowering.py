@@ -142,6 +142,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
     from tvmflow.fast_sigmoid import SigmoidAsTanh
     from tvmflow.fp16_accumulate import Fp16Accumulate
     from tvmflow.matmul_reshape import MatmulReshape
+    from tvmflow.ops.non_zero import NonZeroAsKernel
     from tvmflow.ops.recurrent_kernel import on_one_gpu_thread
     from tvmflow.qdq import QdqToInteger
     from tvmflow.resize_matmul import ResizeAsMatmul
@@ -191,6 +192,8 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target, precision: str = "fp32") 
                 # FuseOps only fuses inside dataflow blocks, so its straight-line runs get
                 # theirs back (else every op is its own kernel, one VM call each)
                 relax.transform.ConvertToDataflow(),
+                # TVM runs relax.nonzero as a function of its compiler library only
+                NonZeroAsKernel(),
                 # an fp16 export's matmuls / convs sum in fp32 (on CPUs, fp32 weights too)
                 Fp16Accumulate(widen_weights=target.kind.name == "llvm"),
                 *integer,

@@ -48,7 +48,6 @@ MODULES = (
     "quantized",
     # opfix
     "non_max_suppression",
-    "non_zero",
     "rms_normalization",
     "pow",
     "resize",
