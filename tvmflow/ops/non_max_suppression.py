@@ -13,8 +13,9 @@ list greedily as onnxruntime does: a candidate scoring above the score threshold
 unless its IoU with a box already kept in its class exceeds the threshold, until the class
 has `max_output_boxes_per_class`. The kept boxes are written as [batch, class, box] rows in
 that order; the output is trimmed to their number, a symbolic dim (data-dependent, as ONNX
-defines it). Thresholds and the limit are read at run time. Work is O(candidates x kept)
-per class, as in onnxruntime.
+defines it). Thresholds and the limit are read at run time. Work is at most O(candidates x
+kept) per class, as in onnxruntime, and far less where boxes spread along x: a candidate is
+compared only with the kept boxes its x extent can reach (`nms_kernel`).
 """
 
 from __future__ import annotations
